@@ -1,0 +1,459 @@
+//! The fuser adapter: each callback is one call into [`crate::ops`] and one reply.
+//!
+//! Caching policy (see ARCHITECTURE.md): this node is the only writer, so the
+//! kernel may cache attributes, entries and pages for long. `open` and `opendir`
+//! answer ENOSYS, which tells the kernel we keep no per-open state: it then sends
+//! no open/release at all and keeps the page cache across opens (FOPEN_KEEP_CACHE),
+//! which is what makes Apache on the mount run at native speed.
+
+use crate::error::FsError;
+use crate::ops::{Ctx, Fs, RenameFlags, SetAttr, SetTime};
+use crate::store::Store;
+use crate::types::{FileKind, Ino, Inode, BLOCK_SIZE};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Kernel-facing options of a mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuseOptions {
+    /// How long the kernel may cache attributes and directory entries.
+    pub attr_timeout: Duration,
+    /// Let the kernel buffer writes in its page cache (writes reach the store in
+    /// large batches; fsync and close still push them through).
+    pub writeback_cache: bool,
+    /// Number of threads serving FUSE requests.
+    pub threads: usize,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions { attr_timeout: Duration::from_secs(1), writeback_cache: true, threads: 4 }
+    }
+}
+
+/// A [`Fs`] served to the kernel.
+#[derive(Debug)]
+pub struct FuseFs<S: Store> {
+    fs: Arc<Fs<S>>,
+    opts: FuseOptions,
+}
+
+impl<S: Store> FuseFs<S> {
+    /// Wraps `fs`.
+    pub fn new(fs: Arc<Fs<S>>, opts: FuseOptions) -> Self {
+        FuseFs { fs, opts }
+    }
+
+    /// The fuser mount configuration for these options.
+    pub fn mount_config(&self) -> fuser::Config {
+        let mut c = fuser::Config::default();
+        c.mount_options = vec![
+            fuser::MountOption::FSName("twinfs".into()),
+            fuser::MountOption::Subtype("twinfs".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::RW,
+            fuser::MountOption::Suid,
+            fuser::MountOption::Dev,
+            fuser::MountOption::Exec,
+        ];
+        c.acl = fuser::SessionACL::All;
+        c.n_threads = Some(self.opts.threads.max(1));
+        c.clone_fd = true;
+        c
+    }
+
+    fn attr(&self, ino: Ino, i: &Inode) -> FileAttr {
+        attr(ino, i)
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<(Ino, Inode), FsError>, op: &str) {
+        match r {
+            Ok((ino, i)) => {
+                self.fs.remember(ino);
+                reply.entry(&self.opts.attr_timeout, &self.attr(ino, &i), Generation(0));
+            }
+            Err(e) => reply.error(errno(op, e)),
+        }
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+/// The `stat` view of an inode.
+pub fn attr(ino: Ino, i: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino.0),
+        size: i.size,
+        blocks: i.size.div_ceil(512),
+        atime: i.atime.into(),
+        mtime: i.mtime.into(),
+        ctime: i.ctime.into(),
+        crtime: i.crtime.into(),
+        kind: kind(i.kind),
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: BLOCK_SIZE as u32,
+        flags: 0,
+    }
+}
+
+/// Maps an error to its errno, logging the ones an operator must see.
+fn errno(op: &str, e: FsError) -> Errno {
+    if let FsError::Store(s) = &e {
+        tracing::error!(op, error = %s, "store error");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx { uid: req.uid(), gid: req.gid() }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => SetTime::At(t.into()),
+        TimeOrNow::Now => SetTime::Now,
+    }
+}
+
+impl<S: Store> fuser::Filesystem for FuseFs<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let mut want = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS;
+        if self.opts.writeback_cache {
+            want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if let Err(missing) = config.add_capabilities(want) {
+            tracing::warn!(?missing, "kernel lacks some FUSE capabilities; continuing without them");
+            let _ = config.add_capabilities(want - missing);
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.fs.lookup(Ino(parent.0), name.as_bytes()), "lookup");
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if let Err(e) = self.fs.forget(Ino(ino.0), nlookup) {
+            tracing::error!(ino = ino.0, error = %e, "forget failed; the inode is removed at the next mount");
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(Ino(ino.0)) {
+            Ok(i) => reply.attr(&self.opts.attr_timeout, &self.attr(Ino(ino.0), &i)),
+            Err(e) => reply.error(errno("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            ctime: ctime.map(Into::into),
+        };
+        match self.fs.setattr(Ino(ino.0), a) {
+            Ok(i) => reply.attr(&self.opts.attr_timeout, &self.attr(Ino(ino.0), &i)),
+            Err(e) => reply.error(errno("setattr", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(Ino(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno("readlink", e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(reply, self.fs.mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, rdev), "mknod");
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.entry(reply, self.fs.mkdir(ctx(req), Ino(parent.0), name.as_bytes(), mode), "mkdir");
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.unlink(Ino(parent.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(Ino(parent.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = self.fs.symlink(ctx(req), Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes());
+        self.entry(reply, r, "symlink");
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let f = RenameFlags {
+            noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+        };
+        if flags.contains(fuser::RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        match self.fs.rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), f) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.fs.link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()).map(|i| (Ino(ino.0), i));
+        self.entry(reply, r, "link");
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No per-open state: see the module docs.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(Ino(ino.0), offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(Ino(ino.0), offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: fuser::LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        // Bounded: each round consumes at least one entry or stops.
+        let mut off = offset;
+        loop {
+            let batch = match self.fs.readdir(Ino(ino.0), off, 256) {
+                Ok(b) => b,
+                Err(e) => return reply.error(errno("readdir", e)),
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                if reply.add(INodeNo(e.ino.0), e.offset, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                    return reply.ok();
+                }
+                off = e.offset;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(u) => reply.statfs(u.blocks, u.bfree, u.bavail, u.files, u.ffree, u.frsize, 255, u.frsize),
+            Err(e) => reply.error(errno("statfs", e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(Ino(ino.0), name.as_bytes()) {
+            Ok(v) => xattr_reply(reply, &v, size),
+            Err(e) => reply.error(errno("getxattr", e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(Ino(ino.0)) {
+            Ok(v) => xattr_reply(reply, &v, size),
+            Err(e) => reply.error(errno("listxattr", e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.removexattr(Ino(ino.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, 0) {
+            Ok((ino, i)) => {
+                self.fs.remember(ino);
+                reply.created(
+                    &self.opts.attr_timeout,
+                    &self.attr(ino, &i),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Err(e) => reply.error(errno("create", e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fallocate(Ino(ino.0), offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", e)),
+        }
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}

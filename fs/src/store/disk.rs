@@ -1,0 +1,692 @@
+//! The on-disk store: an append-only mutation log plus a sled index.
+//!
+//! ```text
+//! DIR/store.toml              format marker (refuse what we cannot read)
+//! DIR/LOCK                    flock'ed while a process has the store open
+//! DIR/log/seg-00000001.log    mutation records, appended; file data lives here
+//! DIR/meta/                   sled: inodes, dirents, block index, xattrs, "applied"
+//! ```
+//!
+//! Write path ([`Store::apply`]): the mutation is encoded as one record and
+//! appended to the active segment with a single `pwrite`, then the index changes
+//! (including the new "applied" position) go into sled as one atomic batch.
+//! [`Store::sync`] is one `fdatasync` per segment written since the last sync, so
+//! an application's fsync costs what a native fsync costs. sled itself is flushed
+//! and its files fsynced only at checkpoints ([`DiskStore::checkpoint`]): after a
+//! crash, the index is whatever sled recovered, and every log record after the
+//! recovered "applied" position is replayed. Records are self-checking (blake3 over
+//! header and ops, plus each block's digest), so a torn tail is recognised and cut.
+
+use super::{Store, Usage};
+use crate::error::StoreError;
+use crate::mutation::{
+    decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, RecordHeader, HEADER_LEN,
+};
+use crate::types::{DirEntry, Ino, Inode, Seq};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// The store format this build reads and writes.
+pub const STORE_FORMAT: u32 = 1;
+
+/// A segment is closed and a new one started once it would grow past this size.
+const SEGMENT_MAX: u64 = 256 << 20;
+
+const K_INODE: u8 = b'I';
+const K_DIRENT: u8 = b'D';
+const K_COOKIE: u8 = b'C';
+const K_BLOCK: u8 = b'B';
+const K_XATTR: u8 = b'X';
+const K_ORPHAN: u8 = b'O';
+const META_APPLIED: &[u8] = b"Mapplied";
+const META_NEXT_INO: &[u8] = b"Mnext_ino";
+
+/// Where a data block lives in the log, and its digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BlockRef {
+    pub(crate) segment: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) digest: [u8; 32],
+}
+
+/// The last applied mutation and where the log continues after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+struct Applied {
+    seq: u64,
+    segment: u32,
+    end: u64,
+}
+
+fn key(tag: u8, ino: Ino) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag);
+    k.extend_from_slice(&ino.0.to_be_bytes());
+    k
+}
+
+fn key2(tag: u8, ino: Ino, n: u64) -> Vec<u8> {
+    let mut k = key(tag, ino);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn key_name(tag: u8, ino: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = key(tag, ino);
+    k.extend_from_slice(name);
+    k
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(v).map_err(|e| StoreError::BadRecord { key: format!("{k:?}"), reason: e.to_string() })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // postcard cannot fail on our plain record types.
+    postcard::to_stdvec(v).expect("record serialises")
+}
+
+pub(crate) fn segment_name(id: u32) -> String {
+    format!("seg-{id:08}.log")
+}
+
+/// The append position of the log.
+struct LogWriter {
+    segment: u32,
+    file: Arc<File>,
+    end: u64,
+    /// Segments written since the last sync.
+    dirty: BTreeSet<u32>,
+}
+
+/// The store used by a mount: see the module docs for the layout.
+pub struct DiskStore {
+    dir: PathBuf,
+    log_dir: PathBuf,
+    db: sled::Db,
+    writer: Mutex<LogWriter>,
+    segments: RwLock<HashMap<u32, Arc<File>>>,
+    last: AtomicU64,
+    sync_lock: Mutex<()>,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore").field("dir", &self.dir).field("last", &self.last).finish()
+    }
+}
+
+/// Reads `DIR/store.toml` (if present) and checks the format number.
+fn check_format(dir: &Path) -> Result<bool, StoreError> {
+    let path = dir.join("store.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StoreError::io(&path, e)),
+    };
+    let format = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("format").map(|r| r.trim_start().trim_start_matches('=').trim()))
+        .unwrap_or("<missing>");
+    if format != STORE_FORMAT.to_string() {
+        return Err(StoreError::IncompatibleFormat { path, found: format.to_string(), supported: STORE_FORMAT });
+    }
+    Ok(true)
+}
+
+fn fsync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(path, e))
+}
+
+impl DiskStore {
+    /// Opens the store in `dir`, creating a new one if `dir` is empty.
+    ///
+    /// `dir` must exist. A directory that is neither empty nor a store is refused, as
+    /// is a store of another format; in both cases nothing is written. After an
+    /// unclean shutdown, the log records the index has not yet absorbed are replayed.
+    pub fn open(dir: &Path) -> Result<DiskStore, StoreError> {
+        let meta = std::fs::metadata(dir).map_err(|e| StoreError::io(dir, e))?;
+        if !meta.is_dir() {
+            return Err(StoreError::io(dir, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        let exists = check_format(dir)?;
+        if !exists {
+            let mut entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+            if entries.next().is_some() {
+                return Err(StoreError::BadRecord {
+                    key: dir.join("store.toml").display().to_string(),
+                    reason: "missing, and the directory is not empty: not a twinfs data dir".into(),
+                });
+            }
+        }
+        // Take the lock before creating anything, so two processes never initialise together.
+        let lock_path = dir.join("LOCK");
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io(&lock_path, e))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Locked { path: lock_path.clone() })?;
+        let log_dir = dir.join("log");
+        if !exists {
+            std::fs::create_dir_all(&log_dir).map_err(|e| StoreError::io(&log_dir, e))?;
+            let marker = dir.join("store.toml");
+            let text = format!(
+                "# twinfs store marker: do not edit\nformat = {STORE_FORMAT}\nblock_size = {}\n",
+                crate::BLOCK_SIZE
+            );
+            let tmp = dir.join("store.toml.tmp");
+            std::fs::write(&tmp, text).map_err(|e| StoreError::io(&tmp, e))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&tmp, e))?;
+            std::fs::rename(&tmp, &marker).map_err(|e| StoreError::io(&marker, e))?;
+            fsync_dir(dir)?;
+        }
+        let db = sled::Config::new()
+            .path(dir.join("meta"))
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(256 << 20)
+            // We flush sled at our own checkpoints, after the log is durable; see the module docs.
+            .flush_every_ms(None)
+            .open()?;
+        let applied: Applied = match db.get(META_APPLIED)? {
+            Some(v) => decode(META_APPLIED, &v)?,
+            None => Applied { seq: 0, segment: 1, end: 0 },
+        };
+        let mut store = DiskStore {
+            dir: dir.to_path_buf(),
+            log_dir: log_dir.clone(),
+            db,
+            writer: Mutex::new(LogWriter {
+                segment: applied.segment,
+                file: Arc::new(Self::open_segment_file(&log_dir, applied.segment, true)?),
+                end: applied.end,
+                dirty: BTreeSet::new(),
+            }),
+            segments: RwLock::new(HashMap::new()),
+            last: AtomicU64::new(applied.seq),
+            sync_lock: Mutex::new(()),
+            _lock: lock,
+        };
+        store.replay(applied)?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_segment_file(log_dir: &Path, id: u32, create: bool) -> Result<File, StoreError> {
+        let path = log_dir.join(segment_name(id));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        if create {
+            fsync_dir(log_dir)?;
+        }
+        Ok(f)
+    }
+
+    /// The path of segment `id`.
+    pub fn segment_path(&self, id: u32) -> PathBuf {
+        self.log_dir.join(segment_name(id))
+    }
+
+    fn segment(&self, id: u32) -> Result<Arc<File>, StoreError> {
+        if let Some(f) = self.segments.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(Self::open_segment_file(&self.log_dir, id, false)?);
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// Segment ids present in the log directory, ascending.
+    fn segment_ids(&self) -> Result<Vec<u32>, StoreError> {
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir(&self.log_dir).map_err(|e| StoreError::io(&self.log_dir, e))? {
+            let e = e.map_err(|e| StoreError::io(&self.log_dir, e))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_prefix("seg-").and_then(|r| r.strip_suffix(".log")) {
+                if let Ok(id) = id.parse() {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Reads one complete, valid record at `off`, or `None` if there is none (end of log or torn).
+    fn read_record(file: &File, off: u64, len: u64) -> Option<(RecordHeader, Vec<LogOp>, Vec<u8>)> {
+        if off + HEADER_LEN as u64 > len {
+            return None;
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut hb, off).ok()?;
+        let hdr = RecordHeader::parse(&hb)?;
+        if off + hdr.total_len() > len {
+            return None;
+        }
+        let mut rest = vec![0u8; (hdr.total_len() - HEADER_LEN as u64) as usize];
+        file.read_exact_at(&mut rest, off + HEADER_LEN as u64).ok()?;
+        let meta = &rest[..hdr.meta_len as usize];
+        if !hdr.check_meta(meta) {
+            return None;
+        }
+        let ops = decode_meta(meta)?;
+        Some((hdr, ops, rest))
+    }
+
+    /// Re-applies the records after `applied` (the position sled recovered) and cuts a torn tail.
+    fn replay(&mut self, applied: Applied) -> Result<(), StoreError> {
+        let ids = self.segment_ids()?;
+        let (mut seg, mut off, mut last) = (applied.segment, applied.end, applied.seq);
+        let mut replayed = 0u64;
+        for &id in ids.iter().filter(|&&id| id >= applied.segment) {
+            if id != seg {
+                // Records continue in the next segment only if the previous one ended cleanly.
+                seg = id;
+                off = 0;
+            }
+            let path = self.segment_path(id);
+            let file = Self::open_segment_file(&self.log_dir, id, false)?;
+            let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            if off > len {
+                return Err(StoreError::BadRecord {
+                    key: path.display().to_string(),
+                    reason: format!(
+                        "the index references the log up to offset {off} but the segment ends at {len}: \
+                         log data was lost (a disk that ignored flushes?); run `twinfs verify`"
+                    ),
+                });
+            }
+            let mut torn = false;
+            while off < len {
+                let Some((hdr, ops, rest)) = Self::read_record(&file, off, len) else {
+                    torn = true;
+                    break;
+                };
+                if hdr.seq.0 != last + 1 {
+                    torn = true;
+                    break;
+                }
+                let pl = placements(&hdr, &ops);
+                let intact = pl.iter().all(|p| {
+                    let start = p.offset as usize - HEADER_LEN;
+                    rest.get(start..start + p.len as usize)
+                        .is_some_and(|d| *blake3::hash(d).as_bytes() == p.digest)
+                });
+                if !intact {
+                    torn = true;
+                    break;
+                }
+                let end = off + hdr.total_len();
+                self.index(&ops, &pl, hdr.seq, id, off, end)?;
+                last = hdr.seq.0;
+                off = end;
+                replayed += 1;
+            }
+            if torn {
+                tracing::warn!(segment = %path.display(), offset = off, "cutting torn log tail after a crash");
+                file.set_len(off).map_err(|e| StoreError::io(&path, e))?;
+                file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+                for &later in ids.iter().filter(|&&l| l > id) {
+                    let p = self.segment_path(later);
+                    tracing::warn!(segment = %p.display(), "removing log segment after a torn tail");
+                    std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
+                }
+                break;
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(records = replayed, last_seq = last, "replayed the log after an unclean shutdown");
+        }
+        let w = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
+        if w.segment != seg {
+            w.segment = seg;
+            w.file = Arc::new(Self::open_segment_file(&self.log_dir, seg, true)?);
+        }
+        w.end = off;
+        self.last.store(last, Ordering::SeqCst);
+        if replayed > 0 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the index changes of one record into sled as one atomic batch.
+    fn index(
+        &self,
+        ops: &[LogOp],
+        pl: &[BlockPlacement],
+        seq: Seq,
+        segment: u32,
+        rec_off: u64,
+        end: u64,
+    ) -> Result<(), StoreError> {
+        // Ops are applied in order to an overlay first, so that a range delete in
+        // the same batch also removes keys that an earlier op of the batch inserted.
+        let mut overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let mut blocks = pl.iter();
+        let range_delete = |overlay: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, lo: Vec<u8>, hi: Vec<u8>| {
+            for kv in self.db.range(lo.clone()..hi.clone()) {
+                let (k, _) = kv?;
+                overlay.insert(k.to_vec(), None);
+            }
+            for (_, v) in overlay.range_mut(lo..hi) {
+                *v = None;
+            }
+            Ok::<(), StoreError>(())
+        };
+        for op in ops {
+            match op {
+                LogOp::PutInode(ino, rec) => {
+                    overlay.insert(key(K_INODE, *ino), Some(encode(rec)));
+                }
+                LogOp::DelInode(ino) => {
+                    overlay.insert(key(K_INODE, *ino), None);
+                    range_delete(&mut overlay, key(K_BLOCK, *ino), key(K_BLOCK, Ino(ino.0 + 1)))?;
+                    range_delete(&mut overlay, key(K_XATTR, *ino), key(K_XATTR, Ino(ino.0 + 1)))?;
+                }
+                LogOp::PutDirent { parent, name, entry } => {
+                    overlay.insert(key_name(K_DIRENT, *parent, name), Some(encode(entry)));
+                    overlay.insert(key2(K_COOKIE, *parent, entry.cookie), Some(name.clone()));
+                }
+                LogOp::DelDirent { parent, name, cookie } => {
+                    overlay.insert(key_name(K_DIRENT, *parent, name), None);
+                    overlay.insert(key2(K_COOKIE, *parent, *cookie), None);
+                }
+                LogOp::PutBlock { .. } => {
+                    let p = blocks.next().ok_or_else(|| StoreError::BadRecord {
+                        key: format!("seq {seq}"),
+                        reason: "block placement missing".into(),
+                    })?;
+                    let r = BlockRef { segment, offset: rec_off + p.offset, len: p.len, digest: p.digest };
+                    overlay.insert(key2(K_BLOCK, p.ino, p.idx), Some(encode(&r)));
+                }
+                LogOp::TruncBlocks { ino, from } => {
+                    range_delete(&mut overlay, key2(K_BLOCK, *ino, *from), key(K_BLOCK, Ino(ino.0 + 1)))?;
+                }
+                LogOp::PutXattr { ino, name, value } => {
+                    overlay.insert(key_name(K_XATTR, *ino, name), Some(value.clone()));
+                }
+                LogOp::DelXattr { ino, name } => {
+                    overlay.insert(key_name(K_XATTR, *ino, name), None);
+                }
+                LogOp::NextIno(n) => {
+                    overlay.insert(META_NEXT_INO.to_vec(), Some(n.to_be_bytes().to_vec()));
+                }
+                LogOp::PutOrphan(ino) => {
+                    overlay.insert(key(K_ORPHAN, *ino), Some(Vec::new()));
+                }
+                LogOp::DelOrphan(ino) => {
+                    overlay.insert(key(K_ORPHAN, *ino), None);
+                }
+            }
+        }
+        let applied = Applied { seq: seq.0, segment, end };
+        overlay.insert(META_APPLIED.to_vec(), Some(encode(&applied)));
+        let mut batch = sled::Batch::default();
+        for (k, v) in overlay {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes the log durable, then flushes sled and fsyncs its files, so that a
+    /// restart replays nothing. Runs periodically and at unmount.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.sync()?;
+        self.db.flush()?;
+        // sled's flush uses sync_file_range, which does not flush the disk's write
+        // cache (sled issue #1452): fsync its files ourselves.
+        let meta = self.dir.join("meta");
+        fsync_tree(&meta)?;
+        Ok(())
+    }
+
+    /// Iterates over the block index: `(ino, idx, where)`, for offline verification.
+    pub(crate) fn blocks(&self) -> impl Iterator<Item = Result<(Ino, u64, BlockRef), StoreError>> + '_ {
+        self.db.scan_prefix([K_BLOCK]).map(|kv| {
+            let (k, v) = kv?;
+            let ino = Ino(u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()));
+            let idx = u64::from_be_bytes(k[9..17].try_into().unwrap_or_default());
+            Ok((ino, idx, decode::<BlockRef>(&k, &v)?))
+        })
+    }
+
+    /// Reads the raw bytes of a block reference and checks them against the digest.
+    pub(crate) fn read_ref(&self, ino: Ino, idx: u64, r: &BlockRef) -> Result<Vec<u8>, StoreError> {
+        let file = self.segment(r.segment)?;
+        let mut buf = vec![0u8; r.len as usize];
+        let corrupt = || StoreError::Corrupt { ino, idx, segment: self.segment_path(r.segment), offset: r.offset };
+        match file.read_exact_at(&mut buf, r.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(corrupt()),
+            Err(e) => return Err(StoreError::io(self.segment_path(r.segment), e)),
+        }
+        if *blake3::hash(&buf).as_bytes() != r.digest {
+            return Err(corrupt());
+        }
+        Ok(buf)
+    }
+
+    /// All directory entries, for building paths in reports: `(parent, name, child)`.
+    pub(crate) fn all_dirents(&self) -> impl Iterator<Item = Result<(Ino, Vec<u8>, DirEntry), StoreError>> + '_ {
+        self.db.scan_prefix([K_DIRENT]).map(|kv| {
+            let (k, v) = kv?;
+            let parent = Ino(u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()));
+            Ok((parent, k[9..].to_vec(), decode::<DirEntry>(&k, &v)?))
+        })
+    }
+}
+
+fn fsync_tree(path: &Path) -> Result<(), StoreError> {
+    let rd = std::fs::read_dir(path).map_err(|e| StoreError::io(path, e))?;
+    for e in rd {
+        let e = e.map_err(|e| StoreError::io(path, e))?;
+        let p = e.path();
+        let ft = e.file_type().map_err(|e| StoreError::io(&p, e))?;
+        if ft.is_dir() {
+            fsync_tree(&p)?;
+        } else if ft.is_file() {
+            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&p, e))?;
+        }
+    }
+    fsync_dir(path)
+}
+
+impl Store for DiskStore {
+    fn apply(&self, m: &Mutation) -> Result<(), StoreError> {
+        let (buf, ops, pl) = encode_record(m);
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.last.load(Ordering::SeqCst);
+        if m.seq.0 != last + 1 {
+            return Err(StoreError::OutOfOrder { last, got: m.seq.0 });
+        }
+        if w.end > 0 && w.end + buf.len() as u64 > SEGMENT_MAX {
+            let next = w.segment + 1;
+            w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
+            w.segment = next;
+            w.end = 0;
+        }
+        let path = self.segment_path(w.segment);
+        if let Err(e) = w.file.write_all_at(&buf, w.end) {
+            // Nothing references the partial bytes; cut them so the next record starts clean.
+            let _ = w.file.set_len(w.end);
+            return Err(StoreError::io(path, e));
+        }
+        let (seg, off) = (w.segment, w.end);
+        let end = off + buf.len() as u64;
+        if let Err(e) = self.index(&ops, &pl, m.seq, seg, off, end) {
+            let _ = w.file.set_len(off);
+            return Err(e);
+        }
+        w.end = end;
+        w.dirty.insert(seg);
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).entry(seg).or_insert_with(|| w.file.clone());
+        self.last.store(m.seq.0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn last_applied(&self) -> Seq {
+        Seq(self.last.load(Ordering::SeqCst))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let _s = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let dirty: Vec<u32> = {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut w.dirty).into_iter().collect()
+        };
+        for id in dirty {
+            let f = self.segment(id)?;
+            if let Err(e) = f.sync_data() {
+                // Keep it dirty: a later sync must try again (and fail again, visibly).
+                self.writer.lock().unwrap_or_else(|p| p.into_inner()).dirty.insert(id);
+                return Err(StoreError::io(self.segment_path(id), e));
+            }
+        }
+        Ok(())
+    }
+
+    fn inode(&self, ino: Ino) -> Result<Option<Inode>, StoreError> {
+        let k = key(K_INODE, ino);
+        self.db.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<DirEntry>, StoreError> {
+        let k = key_name(K_DIRENT, parent, name);
+        self.db.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn read_dir(&self, parent: Ino, after: u64, limit: usize) -> Result<Vec<(Vec<u8>, DirEntry)>, StoreError> {
+        let lo = key2(K_COOKIE, parent, after.saturating_add(1));
+        let hi = key(K_COOKIE, Ino(parent.0 + 1));
+        let mut out = Vec::new();
+        for kv in self.db.range(lo..hi) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, name) = kv?;
+            // The cookie index and the entry are written in one batch; a missing entry is damage.
+            let e = self.dirent(parent, &name)?.ok_or_else(|| StoreError::BadRecord {
+                key: format!("dirent {parent}/{}", String::from_utf8_lossy(&name)),
+                reason: "listed in the readdir index but missing".into(),
+            })?;
+            out.push((name.to_vec(), e));
+        }
+        Ok(out)
+    }
+
+    fn block(&self, ino: Ino, idx: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = key2(K_BLOCK, ino, idx);
+        let Some(v) = self.db.get(&k)? else { return Ok(None) };
+        let r: BlockRef = decode(&k, &v)?;
+        self.read_ref(ino, idx, &r).map(Some)
+    }
+
+    fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key_name(K_XATTR, ino, name))?.map(|v| v.to_vec()))
+    }
+
+    fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.db.scan_prefix(key(K_XATTR, ino)).map(|kv| Ok(kv?.0[9..].to_vec())).collect()
+    }
+
+    fn next_ino(&self) -> Result<u64, StoreError> {
+        Ok(match self.db.get(META_NEXT_INO)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0, 0, 0, 0, 0, 0, 0, 2])),
+            None => 2,
+        })
+    }
+
+    fn orphans(&self) -> Result<Vec<Ino>, StoreError> {
+        self.db
+            .scan_prefix([K_ORPHAN])
+            .map(|kv| Ok(Ino(u64::from_be_bytes(kv?.0[1..9].try_into().unwrap_or_default()))))
+            .collect()
+    }
+
+    fn usage(&self) -> Result<Usage, StoreError> {
+        let s = nix::sys::statvfs::statvfs(&self.dir)
+            .map_err(|e| StoreError::io(&self.dir, std::io::Error::from_raw_os_error(e as i32)))?;
+        Ok(Usage {
+            frsize: s.fragment_size() as u32,
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+        })
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "final checkpoint failed; the log will be replayed at the next open");
+        }
+    }
+}
+
+/// Runs [`DiskStore::checkpoint`] every `interval` until dropped.
+#[derive(Debug)]
+pub struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the background checkpoint thread.
+    pub fn spawn(store: Arc<DiskStore>, interval: Duration) -> Checkpointer {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("twinfs-checkpoint".into())
+            .spawn(move || {
+                let mut done = store.last_applied();
+                // Ends when the sender is dropped (or sends).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                    let now = store.last_applied();
+                    if now != done {
+                        match store.checkpoint() {
+                            Ok(()) => done = now,
+                            Err(e) => tracing::error!(error = %e, "checkpoint failed"),
+                        }
+                    }
+                }
+            })
+            .ok();
+        Checkpointer { stop: Some(tx), thread }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,1250 @@
+//! The `twinfs` configuration file (`/etc/twinfs/twinfs.toml`).
+//!
+//! Loading has two stages, as in ripgrep's `LowArgs` → `HiArgs`:
+//!
+//! 1. [`RawConfig`] mirrors the TOML file with serde. Every table denies unknown
+//!    keys, and every field is optional, so an empty file is a valid config.
+//! 2. [`Config::from_toml_str`] checks each value and turns it into its typed form
+//!    (`Duration`, `PathBuf`, [`LogLevel`], [`NodeName`]), filling in defaults.
+//!
+//! Every error names the file, the line where the line is known, the dotted field
+//! and the offending value, on one line, e.g.
+//! `/etc/twinfs/twinfs.toml:7: fs.threads: must be between 1 and 64, got 0`.
+//!
+//! Adding an option: a field in the `Raw*` table (wrapped in `Spanned` when stage 2
+//! can reject its value, so the error gets a line), its typed twin, its default,
+//! its check in `Config::from_raw`, and an entry in `packaging/twinfs.toml`, whose
+//! parse is unit-tested below. A new table also needs `#[serde(deny_unknown_fields,
+//! default, expecting = "a table")]`.
+//!
+//! The items are `pub` for documentation and so that the binary can hold the module
+//! as `pub mod config;` (which keeps `unreachable_pub` and `dead_code` quiet about the
+//! accessors it does not call yet).
+
+use std::fmt;
+use std::io;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where an administrator's config lives when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/twinfs/twinfs.toml";
+
+/// The validated configuration of one `twinfs` node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// `[node]`: who this node is and where its data and mount live.
+    pub node: NodeConfig,
+    /// `[fs]`: the FUSE mount and the block store.
+    pub fs: FsConfig,
+    /// `[log]`: what the daemon logs.
+    pub log: LogConfig,
+}
+
+/// `[node]`: identity and local paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `node.name`: this node's name in logs, status and the peer protocol.
+    /// Default: the hostname.
+    pub name: NodeName,
+    /// `node.data_dir`: the block store directory. Absolute. Default: `/var/lib/twinfs`.
+    pub data_dir: PathBuf,
+    /// `node.mountpoint`: where the filesystem is mounted. Absolute, and neither
+    /// inside `data_dir` nor containing it. Default: `/srv/www`.
+    pub mountpoint: PathBuf,
+}
+
+/// `[fs]`: FUSE and store tuning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    /// `fs.writeback_cache`: let the kernel batch writes in its page cache. Default: `true`.
+    pub writeback_cache: bool,
+    /// `fs.attr_timeout`: how long the kernel caches attributes and directory entries,
+    /// `0s..=1h`. Default: 1s.
+    pub attr_timeout: Duration,
+    /// `fs.threads`: FUSE worker threads, `1..=64`. Default: 4.
+    pub threads: usize,
+    /// `fs.checkpoint_interval`: how often the store checkpoints its index,
+    /// `100ms..=10min`. Default: 5s.
+    pub checkpoint_interval: Duration,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// `log.level`: the most verbose level logged. Default: [`LogLevel::Info`].
+    pub level: LogLevel,
+}
+
+/// A log verbosity, from least to most verbose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Lifecycle events as well (mounted, peer connected, promoted).
+    #[default]
+    Info,
+    /// State transitions as well.
+    Debug,
+    /// Every frame and block as well.
+    Trace,
+}
+
+/// A node's name: 1 to 63 characters from `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeName(String);
+
+/// Why a config could not be loaded. `Display` is one line, led by `FILE:LINE:`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable or not UTF-8).
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{at}: invalid TOML: {message}")]
+    Syntax {
+        /// Where.
+        at: Location,
+        /// The TOML parser's message, on one line.
+        message: String,
+    },
+    /// A key that is not part of the schema (usually a typo or a misplaced key).
+    #[error("{at}: unknown field {field}{expected}", expected = expected_suffix(expected))]
+    UnknownField {
+        /// Where.
+        at: Location,
+        /// The full dotted key, e.g. `fs.bogus`.
+        field: String,
+        /// The keys its table accepts.
+        expected: Vec<String>,
+    },
+    /// A value of the wrong TOML type, e.g. a string where a number belongs.
+    #[error("{at}: {}{message}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    WrongType {
+        /// Where.
+        at: Location,
+        /// The full dotted key, when it can be told.
+        field: Option<String>,
+        /// What was found and what was expected.
+        message: String,
+    },
+    /// A value of the right type that is not allowed (out of range, malformed).
+    #[error("{at}: {field}: {message}")]
+    Invalid {
+        /// Where.
+        at: Location,
+        /// The full dotted key, e.g. `fs.threads`.
+        field: String,
+        /// The rule and the offending value.
+        message: String,
+    },
+}
+
+/// A place in a config file: the file and, when known, the 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The config file.
+    pub path: PathBuf,
+    /// The 1-based line, when the error can be pinned to one.
+    pub line: Option<usize>,
+}
+
+const DEFAULT_DATA_DIR: &str = "/var/lib/twinfs";
+const DEFAULT_MOUNTPOINT: &str = "/srv/www";
+const DEFAULT_ATTR_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_THREADS: usize = 4;
+const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+const ATTR_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+const THREADS_RANGE: RangeInclusive<i64> = 1..=64;
+const CHECKPOINT_INTERVAL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(600);
+
+/// The node name used when the hostname cannot serve as one (for `Default` only).
+const FALLBACK_NODE_NAME: &str = "localhost";
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates `text`, the contents of the config file `path`
+    /// (`path` is used only in error messages).
+    ///
+    /// A missing `node.name` defaults to the hostname, which must then be a valid
+    /// [`NodeName`].
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::from_toml_str_with(text, path, read_hostname)
+    }
+
+    fn from_toml_str_with(
+        text: &str,
+        path: &Path,
+        hostname: impl FnOnce() -> io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        let cx = Cx { text, path };
+        // Parse untyped first, so that syntax errors are told apart from schema errors.
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(ConfigError::Syntax {
+                at: cx.at(e.span()),
+                message: one_line(e.message()),
+            });
+        }
+        let raw: RawConfig = toml::from_str(text).map_err(|e| cx.schema_error(&e))?;
+        Config::from_raw(raw, &cx, hostname)
+    }
+
+    /// Stage 2: check every value and fill in defaults. Checks run in file order, and
+    /// the first failure is returned.
+    fn from_raw(
+        raw: RawConfig,
+        cx: &Cx<'_>,
+        hostname: impl FnOnce() -> io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        let RawConfig { node, fs, log } = raw;
+
+        let name = match node.name {
+            Some(name) => NodeName::from_str(name.get_ref())
+                .map_err(|msg| cx.invalid("node.name", name.span(), msg))?,
+            None => {
+                let host = hostname().map_err(|e| {
+                    cx.invalid_nowhere(
+                        "node.name",
+                        format!("not set, and the hostname cannot be read ({e}); set it"),
+                    )
+                })?;
+                NodeName::from_str(&host).map_err(|msg| {
+                    cx.invalid_nowhere(
+                        "node.name",
+                        format!("not set, and the hostname cannot serve as one: {msg}; set it"),
+                    )
+                })?
+            }
+        };
+        let data_dir = absolute_path(cx, "node.data_dir", node.data_dir, DEFAULT_DATA_DIR)?;
+        let mountpoint = absolute_path(cx, "node.mountpoint", node.mountpoint, DEFAULT_MOUNTPOINT)?;
+        check_disjoint(cx, &data_dir, &mountpoint)?;
+        let (data_dir, mountpoint) = (data_dir.path, mountpoint.path);
+
+        let writeback_cache = fs.writeback_cache.unwrap_or(true);
+        let attr_timeout = duration_in(
+            cx,
+            "fs.attr_timeout",
+            fs.attr_timeout,
+            DEFAULT_ATTR_TIMEOUT,
+            ATTR_TIMEOUT_RANGE,
+        )?;
+        let threads = match fs.threads {
+            None => DEFAULT_THREADS,
+            Some(t) => {
+                let n = t.get_ref().0;
+                if !THREADS_RANGE.contains(&n) {
+                    return Err(cx.invalid(
+                        "fs.threads",
+                        t.span(),
+                        format!(
+                            "must be between {} and {}, got {n}",
+                            THREADS_RANGE.start(),
+                            THREADS_RANGE.end()
+                        ),
+                    ));
+                }
+                // In range, so it fits.
+                n as usize
+            }
+        };
+        let checkpoint_interval = duration_in(
+            cx,
+            "fs.checkpoint_interval",
+            fs.checkpoint_interval,
+            DEFAULT_CHECKPOINT_INTERVAL,
+            CHECKPOINT_INTERVAL_RANGE,
+        )?;
+
+        let level = match log.level {
+            None => LogLevel::default(),
+            Some(l) => LogLevel::from_str(l.get_ref())
+                .map_err(|msg| cx.invalid("log.level", l.span(), msg))?,
+        };
+
+        Ok(Config {
+            node: NodeConfig {
+                name,
+                data_dir,
+                mountpoint,
+            },
+            fs: FsConfig {
+                writeback_cache,
+                attr_timeout,
+                threads,
+                checkpoint_interval,
+            },
+            log: LogConfig { level },
+        })
+    }
+}
+
+impl Default for NodeConfig {
+    /// The defaults of an empty file. The name is the hostname, or `localhost` when
+    /// the hostname cannot serve as a node name (a file without `node.name` is an
+    /// error in that case, rather than a silent `localhost`).
+    fn default() -> Self {
+        let name = read_hostname()
+            .ok()
+            .and_then(|h| NodeName::from_str(&h).ok())
+            .unwrap_or_else(|| NodeName(FALLBACK_NODE_NAME.to_owned()));
+        NodeConfig {
+            name,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            mountpoint: PathBuf::from(DEFAULT_MOUNTPOINT),
+        }
+    }
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            writeback_cache: true,
+            attr_timeout: DEFAULT_ATTR_TIMEOUT,
+            threads: DEFAULT_THREADS,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
+}
+
+impl LogLevel {
+    /// All levels, least verbose first.
+    pub const ALL: [LogLevel; 5] = [
+        LogLevel::Error,
+        LogLevel::Warn,
+        LogLevel::Info,
+        LogLevel::Debug,
+        LogLevel::Trace,
+    ];
+
+    /// The lowercase name, which is also a valid `tracing` `EnvFilter` directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+
+    /// Parses a level name, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        LogLevel::ALL
+            .into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = LogLevel::ALL.iter().map(|l| l.as_str()).collect();
+                format!("must be one of {}, got {s:?}", names.join(", "))
+            })
+    }
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+impl NodeName {
+    /// The longest name allowed, in bytes (a DNS label's limit).
+    pub const MAX_LEN: usize = 63;
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for NodeName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if s.is_empty() || s.len() > NodeName::MAX_LEN || !s.chars().all(ok_char) {
+            return Err(format!(
+                "must be 1 to {} characters from [A-Za-z0-9._-], got {s:?}",
+                NodeName::MAX_LEN
+            ));
+        }
+        Ok(NodeName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}", self.path.display()),
+            None => write!(f, "{}", self.path.display()),
+        }
+    }
+}
+
+fn expected_suffix(expected: &[String]) -> String {
+    match expected {
+        [] => ", this table has no fields".to_owned(),
+        [one] => format!(", expected {one}"),
+        many => format!(", expected one of {}", many.join(", ")),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Stage 1: the file as written.
+
+/// The config file as written: every key optional, unknown keys rejected. Values
+/// that stage 2 can reject keep their span, so that their errors carry a line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+struct RawConfig {
+    #[serde(deserialize_with = "table")]
+    node: RawNode,
+    #[serde(deserialize_with = "table")]
+    fs: RawFs,
+    #[serde(deserialize_with = "table")]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+struct RawNode {
+    name: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+    mountpoint: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+struct RawFs {
+    writeback_cache: Option<bool>,
+    attr_timeout: Option<Spanned<RawDuration>>,
+    threads: Option<Spanned<RawInt>>,
+    checkpoint_interval: Option<Spanned<RawDuration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+struct RawLog {
+    level: Option<Spanned<String>>,
+}
+
+/// Deserializes a table, and only a table.
+///
+/// A serde-derived struct also accepts a sequence of its fields in order, so
+/// without this `fs = []` would be a valid (empty) `[fs]` and `[[fs]]` would be
+/// reported as a wrong value for `fs.writeback_cache`. Use it on every table field.
+fn table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    T::deserialize(TableOnly(d))
+}
+
+/// A deserializer that hands its visitor only maps (see [`table`]).
+struct TableOnly<D>(D);
+
+/// A visitor that accepts only maps, and otherwise reports what it expected.
+struct MapVisitor<V>(V);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for TableOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(MapVisitor(v))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_struct(name, fields, MapVisitor(v))
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+        enum identifier ignored_any
+    }
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for MapVisitor<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.0.visit_map(map)
+    }
+}
+
+/// A duration as written (`"500ms"`, `"1s"`, `"2min"`), parsed in stage 2.
+#[derive(Debug)]
+struct RawDuration(String);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration string such as "500ms", "1s" or "2min""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_owned()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// An integer as written; its range is checked in stage 2, so that an out-of-range
+/// value gets the same message whatever its size or sign.
+#[derive(Debug)]
+struct RawInt(i64);
+
+impl<'de> Deserialize<'de> for RawInt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawInt;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawInt, E> {
+                Ok(RawInt(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawInt, E> {
+                Ok(RawInt(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+        d.deserialize_i64(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Stage 2 helpers and error locations.
+
+/// What an error needs to say where it is.
+struct Cx<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Cx<'_> {
+    fn at(&self, span: Option<Range<usize>>) -> Location {
+        Location {
+            path: self.path.to_owned(),
+            line: span.map(|s| line_of(self.text, s.start)),
+        }
+    }
+
+    fn invalid(&self, field: &str, span: Range<usize>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            at: self.at(Some(span)),
+            field: field.to_owned(),
+            message,
+        }
+    }
+
+    fn invalid_nowhere(&self, field: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            at: self.at(None),
+            field: field.to_owned(),
+            message,
+        }
+    }
+
+    /// Turns a serde error from a syntactically valid file into an unknown-field or
+    /// wrong-type error that names the full dotted key.
+    fn schema_error(&self, e: &toml::de::Error) -> ConfigError {
+        let at = self.at(e.span());
+        let message = one_line(e.message());
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            // serde: "unknown field `k`, expected one of `a`, `b`" (or "expected `a`",
+            // or "there are no fields").
+            if let Some((key, tail)) = rest.split_once('`') {
+                let field = e
+                    .span()
+                    .and_then(|s| dotted_path_at(self.text, s, Probe::Key))
+                    .and_then(|p| p.strip_suffix(PROBE).map(|parent| format!("{parent}{key}")))
+                    .unwrap_or_else(|| key.to_owned());
+                let expected = tail
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect();
+                return ConfigError::UnknownField {
+                    at,
+                    field,
+                    expected,
+                };
+            }
+        }
+        let field = e
+            .span()
+            .and_then(|s| dotted_path_at(self.text, s, Probe::Value));
+        ConfigError::WrongType { at, field, message }
+    }
+}
+
+/// The marker [`dotted_path_at`] puts into a copy of the file.
+const PROBE: &str = "__twinfs_probe__";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The span covers a key.
+    Key,
+    /// The span covers a value.
+    Value,
+}
+
+/// The dotted path of the key (or of the value) at `span` in `text`.
+///
+/// The TOML error knows the span but not the enclosing table, which may come from a
+/// header lines above, a dotted key or an inline table. Rather than re-implement
+/// TOML's scoping, put a marker at the span in a copy of the file, parse the copy
+/// and look for the marker. Only runs on the error path.
+fn dotted_path_at(text: &str, span: Range<usize>, what: Probe) -> Option<String> {
+    let spanned = text.get(span.clone())?;
+    let before = text.get(..span.start)?;
+    let at_line_start = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .trim()
+        .is_empty();
+    if what == Probe::Value && at_line_start && spanned.starts_with('[') {
+        // The value is a whole `[table]` or `[[array]]` section: its span starts at
+        // the header, and the header holds the dotted key.
+        let header = spanned.lines().next()?;
+        let key = header.trim_start_matches('[').split(']').next()?;
+        let table: toml::Table = format!("{key} = \"{PROBE}\"").parse().ok()?;
+        return find_unique(&table, what);
+    }
+    let marker = match what {
+        Probe::Key => PROBE.to_owned(),
+        Probe::Value => format!("\"{PROBE}\""),
+    };
+    let probed = [text.get(..span.start)?, &marker, text.get(span.end..)?].concat();
+    let table: toml::Table = probed.parse().ok()?;
+    find_unique(&table, what)
+}
+
+fn find_unique(table: &toml::Table, what: Probe) -> Option<String> {
+    let mut found = Vec::new();
+    find_probe(table, &mut String::new(), what, &mut found);
+    if found.len() == 1 {
+        found.pop()
+    } else {
+        None
+    }
+}
+
+fn find_probe(table: &toml::Table, path: &mut String, what: Probe, found: &mut Vec<String>) {
+    for (key, value) in table {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key);
+        let hit = match what {
+            Probe::Key => key == PROBE,
+            Probe::Value => value.as_str() == Some(PROBE),
+        };
+        if hit {
+            found.push(path.clone());
+        }
+        find_probe_in_value(value, path, what, found);
+        path.truncate(len);
+    }
+}
+
+fn find_probe_in_value(
+    value: &toml::Value,
+    path: &mut String,
+    what: Probe,
+    found: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::Table(t) => find_probe(t, path, what, found),
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                if what == Probe::Value && item.as_str() == Some(PROBE) {
+                    found.push(path.clone());
+                }
+                find_probe_in_value(item, path, what, found);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Joins a multi-line parser message into one line (errors are printed as one line).
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn read_hostname() -> io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_owned())
+}
+
+/// A path option that must be absolute, with its span when the file set it.
+struct PathOpt {
+    field: &'static str,
+    path: PathBuf,
+    span: Option<Range<usize>>,
+}
+
+fn absolute_path(
+    cx: &Cx<'_>,
+    field: &'static str,
+    raw: Option<Spanned<String>>,
+    default: &str,
+) -> Result<PathOpt, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(PathOpt {
+            field,
+            path: PathBuf::from(default),
+            span: None,
+        });
+    };
+    let path = PathBuf::from(raw.get_ref());
+    if !path.is_absolute() {
+        return Err(cx.invalid(
+            field,
+            raw.span(),
+            format!("must be an absolute path, got {:?}", raw.get_ref()),
+        ));
+    }
+    Ok(PathOpt {
+        field,
+        path,
+        span: Some(raw.span()),
+    })
+}
+
+/// The store must not live inside its own mount (its files would be hidden by the
+/// mount, and writing them would go through FUSE back into the daemon), and
+/// mounting over the store hides it the same way. The error is about the option
+/// the file set (the mountpoint when it set both or neither), at its line.
+fn check_disjoint(
+    cx: &Cx<'_>,
+    data_dir: &PathOpt,
+    mountpoint: &PathOpt,
+) -> Result<(), ConfigError> {
+    let (this, other) = if mountpoint.span.is_none() && data_dir.span.is_some() {
+        (data_dir, mountpoint)
+    } else {
+        (mountpoint, data_dir)
+    };
+    let (t, o) = (this.path.display(), other.path.display());
+    let message = if this.path == other.path {
+        format!("must differ from {}, both are {t:?}", other.field)
+    } else if this.path.starts_with(&other.path) {
+        format!("must not be inside {} ({o:?}), got {t:?}", other.field)
+    } else if other.path.starts_with(&this.path) {
+        format!("must not contain {} ({o:?}), got {t:?}", other.field)
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid {
+        at: cx.at(this.span.clone()),
+        field: this.field.to_owned(),
+        message,
+    })
+}
+
+fn duration_in(
+    cx: &Cx<'_>,
+    field: &str,
+    raw: Option<Spanned<RawDuration>>,
+    default: Duration,
+    range: RangeInclusive<Duration>,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let text = &raw.get_ref().0;
+    let d = humantime::parse_duration(text)
+        .map_err(|e| cx.invalid(field, raw.span(), format!("invalid duration {text:?}: {e}")))?;
+    if !range.contains(&d) {
+        return Err(cx.invalid(
+            field,
+            raw.span(),
+            format!(
+                "must be between {} and {}, got {text:?}",
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end()),
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = include_str!("../packaging/twinfs.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str_with(text, Path::new("t.toml"), || Ok("testhost".to_owned()))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.node.name.as_str(), "testhost");
+        assert_eq!(c.node.data_dir, Path::new("/var/lib/twinfs"));
+        assert_eq!(c.node.mountpoint, Path::new("/srv/www"));
+        assert!(c.fs.writeback_cache);
+        assert_eq!(c.fs.attr_timeout, Duration::from_secs(1));
+        assert_eq!(c.fs.threads, 4);
+        assert_eq!(c.fs.checkpoint_interval, Duration::from_secs(5));
+        assert_eq!(c.log.level, LogLevel::Info);
+        // Default agrees with an empty file, apart from where the name comes from.
+        let d = Config::default();
+        assert_eq!((&c.fs, &c.log), (&d.fs, &d.log));
+        assert_eq!(
+            (&c.node.data_dir, &c.node.mountpoint),
+            (&d.node.data_dir, &d.node.mountpoint)
+        );
+    }
+
+    #[test]
+    fn empty_tables_and_comments_give_defaults() {
+        let c = parse("# nothing\n[node]\n[fs]\n[log]\n").unwrap();
+        assert_eq!(c.fs, FsConfig::default());
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+[node]
+name = "www1.example-a_b"
+data_dir = "/data/twinfs"
+mountpoint = "/var/www"
+
+[fs]
+writeback_cache = false
+attr_timeout = "0s"
+threads = 64
+checkpoint_interval = "10min"
+
+[log]
+level = "TRACE"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Config {
+                node: NodeConfig {
+                    name: NodeName("www1.example-a_b".to_owned()),
+                    data_dir: "/data/twinfs".into(),
+                    mountpoint: "/var/www".into(),
+                },
+                fs: FsConfig {
+                    writeback_cache: false,
+                    attr_timeout: Duration::ZERO,
+                    threads: 64,
+                    checkpoint_interval: Duration::from_secs(600),
+                },
+                log: LogConfig {
+                    level: LogLevel::Trace
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn dotted_keys_and_inline_tables_are_accepted() {
+        let c = parse("fs.threads = 2\nlog = { level = \"debug\" }\n").unwrap();
+        assert_eq!(c.fs.threads, 2);
+        assert_eq!(c.log.level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn shipped_sample_parses_and_documents_the_defaults() {
+        let c = parse(SAMPLE).unwrap();
+        let d = Config::default();
+        assert_eq!((&c.fs, &c.log), (&d.fs, &d.log));
+        assert_eq!(
+            (&c.node.data_dir, &c.node.mountpoint),
+            (&d.node.data_dir, &d.node.mountpoint)
+        );
+        // Every option appears in the sample, commented out or not.
+        for key in [
+            "name",
+            "data_dir",
+            "mountpoint",
+            "writeback_cache",
+            "attr_timeout",
+            "threads",
+            "checkpoint_interval",
+            "level",
+        ] {
+            assert!(
+                SAMPLE.lines().any(|l| {
+                    let l = l.trim_start_matches(['#', ' ']);
+                    l.starts_with(key) && l[key.len()..].trim_start().starts_with('=')
+                }),
+                "{key} is not documented in packaging/twinfs.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_sample_with_every_option_uncommented_parses() {
+        // Catches a sample whose commented-out examples would not parse if enabled.
+        let uncommented: String = SAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(uncommented, SAMPLE);
+        let c = parse(&uncommented).unwrap();
+        // The values shown are the defaults (the name's default is the hostname).
+        let d = Config::default();
+        assert_eq!((&c.fs, &c.log), (&d.fs, &d.log));
+        assert_eq!(
+            (&c.node.data_dir, &c.node.mountpoint),
+            (&d.node.data_dir, &d.node.mountpoint)
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("[fs]\nthreads = 4\nattr_timeout = \n");
+        assert!(e.starts_with("t.toml:3: invalid TOML: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = err("[node]\n[fs\n");
+        assert!(e.starts_with("t.toml:2: invalid TOML: "), "{e}");
+        assert!(matches!(
+            parse("[fs]\nthreads = 1\nthreads = 2\n"),
+            Err(ConfigError::Syntax {
+                at: Location { line: Some(3), .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        assert_eq!(
+            err("[fs]\n\n[bogus]\nx = 1\n"),
+            "t.toml:3: unknown field bogus, expected one of node, fs, log"
+        );
+        assert_eq!(
+            err("bogus = 1\n"),
+            "t.toml:1: unknown field bogus, expected one of node, fs, log"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_fs() {
+        let e = parse("[fs]\nthreads = 4\nbogus = true\n").unwrap_err();
+        let ConfigError::UnknownField {
+            at,
+            field,
+            expected,
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(at.line, Some(3));
+        assert_eq!(field, "fs.bogus");
+        assert!(expected.iter().any(|k| k == "attr_timeout"), "{expected:?}");
+        assert_eq!(
+            e.to_string(),
+            "t.toml:3: unknown field fs.bogus, expected one of writeback_cache, \
+             attr_timeout, threads, checkpoint_interval"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_full_however_the_table_is_written() {
+        for (text, line) in [
+            ("fs.bogus = 1\n", 1),
+            ("[node]\nname = \"a\"\n[fs]\n\"bogus\" = 1\n", 4),
+            ("\nfs = { threads = 2, bogus = 1 }\n", 2),
+            (
+                "[log]\nlevel = \"info\"\n\n[fs]\nthreads = 2\n\n\n  bogus = 3\n",
+                8,
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::UnknownField { at, field, .. }
+                    if field == "fs.bogus" && at.line == Some(line)),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        assert_eq!(
+            err("[fs]\nthreads = \"four\"\n"),
+            r#"t.toml:2: fs.threads: invalid type: string "four", expected an integer"#
+        );
+        assert_eq!(
+            err("[fs]\nattr_timeout = 1\n"),
+            r#"t.toml:2: fs.attr_timeout: invalid type: integer `1`, expected a duration string such as "500ms", "1s" or "2min""#
+        );
+        assert_eq!(
+            err("[fs]\nwriteback_cache = \"yes\"\n"),
+            r#"t.toml:2: fs.writeback_cache: invalid type: string "yes", expected a boolean"#
+        );
+        assert_eq!(
+            err("log = 3\n"),
+            "t.toml:1: log: invalid type: integer `3`, expected a table"
+        );
+        assert!(matches!(
+            parse("[node]\ndata_dir = [\"/a\"]\n"),
+            Err(ConfigError::WrongType { field: Some(field), at: Location { line: Some(2), .. }, .. })
+                if field == "node.data_dir"
+        ));
+        // serde-derived structs also accept sequences; tables must not.
+        assert_eq!(
+            err("fs = []\n"),
+            "t.toml:1: fs: invalid type: sequence, expected a table"
+        );
+        assert_eq!(
+            err("[node]\n[[fs]]\nthreads = 1\n"),
+            "t.toml:2: fs: invalid type: sequence, expected a table"
+        );
+        assert_eq!(
+            err("[fs]\n\n[fs . \"threads\"]\nx = 1\n"),
+            "t.toml:3: fs.threads: invalid type: map, expected an integer"
+        );
+    }
+
+    #[test]
+    fn node_name_rules() {
+        assert_eq!(
+            err("[node]\nname = \"www 1\"\n"),
+            r#"t.toml:2: node.name: must be 1 to 63 characters from [A-Za-z0-9._-], got "www 1""#
+        );
+        assert!(err("[node]\nname = \"\"\n").contains("node.name: must be 1 to 63"));
+        let long = "a".repeat(64);
+        assert!(err(&format!("[node]\nname = \"{long}\"\n")).contains("node.name: must be"));
+        parse(&format!("[node]\nname = \"{}\"\n", "a".repeat(63))).unwrap();
+    }
+
+    #[test]
+    fn node_name_defaults_to_a_valid_hostname_only() {
+        let bad = Config::from_toml_str_with("", Path::new("t.toml"), || Ok("a b".to_owned()));
+        let e = bad.unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml: node.name: not set, and the hostname cannot serve as one"),
+            "{e}"
+        );
+        let unreadable = Config::from_toml_str_with("", Path::new("t.toml"), || {
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        });
+        let e = unreadable.unwrap_err().to_string();
+        assert!(
+            e.contains("node.name: not set, and the hostname cannot be read"),
+            "{e}"
+        );
+        // An explicit name does not need the hostname.
+        let c = Config::from_toml_str_with("node.name = \"b\"", Path::new("t.toml"), || {
+            Ok("a b".to_owned())
+        });
+        assert_eq!(c.unwrap().node.name.as_str(), "b");
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_disjoint() {
+        assert_eq!(
+            err("[node]\ndata_dir = \"var/lib/twinfs\"\n"),
+            r#"t.toml:2: node.data_dir: must be an absolute path, got "var/lib/twinfs""#
+        );
+        assert!(err("[node]\nmountpoint = \"\"\n").contains("node.mountpoint: must be an absolute"));
+        assert_eq!(
+            err("[node]\nmountpoint = \"/var/lib/twinfs/mnt\"\n"),
+            r#"t.toml:2: node.mountpoint: must not be inside node.data_dir ("/var/lib/twinfs"), got "/var/lib/twinfs/mnt""#
+        );
+        assert_eq!(
+            err("[node]\ndata_dir = \"/srv/www/.store\"\n"),
+            r#"t.toml:2: node.data_dir: must not be inside node.mountpoint ("/srv/www"), got "/srv/www/.store""#
+        );
+        assert_eq!(
+            err("[node]\ndata_dir = \"/srv\"\n"),
+            r#"t.toml:2: node.data_dir: must not contain node.mountpoint ("/srv/www"), got "/srv""#
+        );
+        assert_eq!(
+            err("[node]\ndata_dir = \"/x\"\nmountpoint = \"/x\"\n"),
+            r#"t.toml:3: node.mountpoint: must differ from node.data_dir, both are "/x""#
+        );
+        // Siblings with a common prefix are fine: the check is per component.
+        parse("[node]\ndata_dir = \"/srv/www-data\"\n").unwrap();
+    }
+
+    #[test]
+    fn attr_timeout_rules() {
+        let e = err("[fs]\nattr_timeout = \"1x\"\n");
+        assert!(
+            e.starts_with(r#"t.toml:2: fs.attr_timeout: invalid duration "1x": "#),
+            "{e}"
+        );
+        assert_eq!(
+            err("[fs]\nattr_timeout = \"61min\"\n"),
+            r#"t.toml:2: fs.attr_timeout: must be between 0s and 1h, got "61min""#
+        );
+        let c = parse("[fs]\nattr_timeout = \"1h\"\n").unwrap();
+        assert_eq!(c.fs.attr_timeout, Duration::from_secs(3600));
+        let c = parse("[fs]\nattr_timeout = \"250ms\"\n").unwrap();
+        assert_eq!(c.fs.attr_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn threads_rules() {
+        assert_eq!(
+            err("[fs]\nthreads = 0\n"),
+            "t.toml:2: fs.threads: must be between 1 and 64, got 0"
+        );
+        assert_eq!(
+            err("[fs]\nthreads = 65\n"),
+            "t.toml:2: fs.threads: must be between 1 and 64, got 65"
+        );
+        assert_eq!(
+            err("[fs]\nthreads = -3\n"),
+            "t.toml:2: fs.threads: must be between 1 and 64, got -3"
+        );
+        assert_eq!(parse("[fs]\nthreads = 1\n").unwrap().fs.threads, 1);
+        assert!(matches!(
+            parse("[fs]\nthreads = 2.5\n"),
+            Err(ConfigError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn checkpoint_interval_rules() {
+        assert_eq!(
+            err("[fs]\ncheckpoint_interval = \"99ms\"\n"),
+            r#"t.toml:2: fs.checkpoint_interval: must be between 100ms and 10m, got "99ms""#
+        );
+        assert!(err("[fs]\ncheckpoint_interval = \"11min\"\n").contains("must be between"));
+        assert!(err("[fs]\ncheckpoint_interval = \"\"\n")
+            .contains(r#"fs.checkpoint_interval: invalid duration """#));
+        let c = parse("[fs]\ncheckpoint_interval = \"100ms\"\n").unwrap();
+        assert_eq!(c.fs.checkpoint_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn log_level_rules() {
+        assert_eq!(
+            err("[log]\nlevel = \"verbose\"\n"),
+            r#"t.toml:2: log.level: must be one of error, warn, info, debug, trace, got "verbose""#
+        );
+        for l in LogLevel::ALL {
+            let c = parse(&format!("log.level = \"{l}\"")).unwrap();
+            assert_eq!(c.log.level, l);
+        }
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("twinfs.toml");
+        std::fs::write(&path, "[fs]\nthreads = 8\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().fs.threads, 8);
+
+        std::fs::write(&path, "[fs]\nthreads = 0\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:2: fs.threads: must be between 1 and 64, got 0",
+                path.display()
+            )
+        );
+
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(&missing).unwrap_err();
+        assert!(matches!(&e, ConfigError::Read { source, .. }
+            if source.kind() == io::ErrorKind::NotFound));
+        assert_eq!(
+            e.to_string(),
+            format!("cannot read config file {}", missing.display())
+        );
+    }
+}
