@@ -119,7 +119,7 @@ pub(crate) const MAX_PAYLOAD_LEN: u32 = 256 << 20;
 /// A record's fixed header.
 ///
 /// ```text
-/// 0   magic "TWLR"     4   version u16 LE   6  flags u16 LE
+/// 0   magic "TWLR"     4   version u16 LE   6  flags u16 LE (RECORD_LOCAL)
 /// 8   seq u64 LE       16  meta_len u32 LE  20 payload_len u32 LE
 /// 24  blake3(header[0..24] ++ meta)  (32 bytes)
 /// 56  reserved (8 bytes, zero)
@@ -127,6 +127,7 @@ pub(crate) const MAX_PAYLOAD_LEN: u32 = 256 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
     pub(crate) seq: Seq,
+    pub(crate) flags: u16,
     pub(crate) meta_len: u32,
     pub(crate) payload_len: u32,
     pub(crate) hash: [u8; 32],
@@ -137,10 +138,11 @@ impl RecordHeader {
         HEADER_LEN as u64 + u64::from(self.meta_len) + u64::from(self.payload_len)
     }
 
-    fn prefix(seq: Seq, meta_len: u32, payload_len: u32) -> [u8; 24] {
+    fn prefix(seq: Seq, flags: u16, meta_len: u32, payload_len: u32) -> [u8; 24] {
         let mut p = [0u8; 24];
         p[0..4].copy_from_slice(&RECORD_MAGIC);
         p[4..6].copy_from_slice(&RECORD_VERSION.to_le_bytes());
+        p[6..8].copy_from_slice(&flags.to_le_bytes());
         p[8..16].copy_from_slice(&seq.0.to_le_bytes());
         p[16..20].copy_from_slice(&meta_len.to_le_bytes());
         p[20..24].copy_from_slice(&payload_len.to_le_bytes());
@@ -152,6 +154,10 @@ impl RecordHeader {
         if b[0..4] != RECORD_MAGIC || u16::from_le_bytes([b[4], b[5]]) != RECORD_VERSION {
             return None;
         }
+        let flags = u16::from_le_bytes([b[6], b[7]]);
+        if flags & !RECORD_LOCAL != 0 {
+            return None;
+        }
         let seq = Seq(u64::from_le_bytes(b[8..16].try_into().ok()?));
         let meta_len = u32::from_le_bytes(b[16..20].try_into().ok()?);
         let payload_len = u32::from_le_bytes(b[20..24].try_into().ok()?);
@@ -159,13 +165,13 @@ impl RecordHeader {
             return None;
         }
         let hash = b[24..56].try_into().ok()?;
-        Some(RecordHeader { seq, meta_len, payload_len, hash })
+        Some(RecordHeader { seq, flags, meta_len, payload_len, hash })
     }
 
     /// Checks the header and ops against the stored hash.
     pub(crate) fn check_meta(&self, meta: &[u8]) -> bool {
         let mut h = blake3::Hasher::new();
-        h.update(&Self::prefix(self.seq, self.meta_len, self.payload_len));
+        h.update(&Self::prefix(self.seq, self.flags, self.meta_len, self.payload_len));
         h.update(meta);
         *h.finalize().as_bytes() == self.hash
     }
@@ -181,9 +187,14 @@ pub(crate) struct BlockPlacement {
     pub(crate) digest: [u8; 32],
 }
 
+/// Record flag: a local record (the segment cleaner moving blocks). It changes
+/// where bytes live, not what the filesystem holds, so it does not take a new
+/// sequence number and is never replicated; its `seq` is the last applied one.
+pub(crate) const RECORD_LOCAL: u16 = 1;
+
 /// Encodes a mutation as one log record. Returns the bytes, the serialised ops and
 /// where each data block lands inside the record.
-pub(crate) fn encode_record(m: &Mutation) -> (Vec<u8>, Vec<LogOp>, Vec<BlockPlacement>) {
+pub(crate) fn encode_record(m: &Mutation, flags: u16) -> (Vec<u8>, Vec<LogOp>, Vec<BlockPlacement>) {
     let mut payload_len = 0usize;
     let mut log_ops = Vec::with_capacity(m.ops.len());
     let mut digests = Vec::new();
@@ -216,7 +227,7 @@ pub(crate) fn encode_record(m: &Mutation) -> (Vec<u8>, Vec<LogOp>, Vec<BlockPlac
     // postcard cannot fail for these plain types; a failure here is a programming error.
     let meta = postcard::to_stdvec(&log_ops).expect("log ops serialise");
     let meta_len = meta.len() as u32;
-    let prefix = RecordHeader::prefix(m.seq, meta_len, payload_len as u32);
+    let prefix = RecordHeader::prefix(m.seq, flags, meta_len, payload_len as u32);
     let mut h = blake3::Hasher::new();
     h.update(&prefix);
     h.update(&meta);
@@ -276,7 +287,7 @@ mod tests {
                 Op::TruncBlocks { ino: Ino(2), from: 6 },
             ],
         };
-        let (buf, ops, pl) = encode_record(&m);
+        let (buf, ops, pl) = encode_record(&m, 0);
         let hdr = RecordHeader::parse(buf[..HEADER_LEN].try_into().unwrap()).unwrap();
         assert_eq!(hdr.seq, Seq(7));
         assert_eq!(hdr.total_len(), buf.len() as u64);

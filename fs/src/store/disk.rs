@@ -20,7 +20,8 @@
 use super::{Store, Usage};
 use crate::error::StoreError;
 use crate::mutation::{
-    decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, RecordHeader, HEADER_LEN,
+    decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, Op, RecordHeader, HEADER_LEN,
+    RECORD_LOCAL,
 };
 use crate::types::{DirEntry, Ino, Inode, Seq};
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,45 @@ use std::time::Duration;
 pub const STORE_FORMAT: u32 = 1;
 
 /// A segment is closed and a new one started once it would grow past this size.
-const SEGMENT_MAX: u64 = 256 << 20;
+pub const SEGMENT_MAX: u64 = 256 << 20;
+
+/// The cleaner writes relocated blocks in records of about this size.
+const CLEAN_RECORD_BYTES: usize = 4 << 20;
+
+/// Tunables of a [`DiskStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Size at which a log segment is sealed and a new one started.
+    pub segment_max: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { segment_max: SEGMENT_MAX }
+    }
+}
+
+/// What one run of the segment cleaner did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanStats {
+    /// Segments deleted.
+    pub segments_removed: u64,
+    /// Bytes of live blocks copied to the head of the log.
+    pub bytes_moved: u64,
+    /// Bytes of disk space given back.
+    pub bytes_freed: u64,
+}
+
+/// Space used by the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogUsage {
+    /// Number of segment files.
+    pub segments: u64,
+    /// Bytes in all segments.
+    pub total_bytes: u64,
+    /// Bytes of block data the index still references.
+    pub live_bytes: u64,
+}
 
 const K_INODE: u8 = b'I';
 const K_DIRENT: u8 = b'D';
@@ -115,6 +154,10 @@ pub struct DiskStore {
     segments: RwLock<HashMap<u32, Arc<File>>>,
     last: AtomicU64,
     sync_lock: Mutex<()>,
+    /// Live (referenced) block bytes per segment; drives the cleaner.
+    live: Mutex<HashMap<u32, u64>>,
+    clean_lock: Mutex<()>,
+    opts: StoreOptions,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -153,6 +196,11 @@ impl DiskStore {
     /// is a store of another format; in both cases nothing is written. After an
     /// unclean shutdown, the log records the index has not yet absorbed are replayed.
     pub fn open(dir: &Path) -> Result<DiskStore, StoreError> {
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    /// [`DiskStore::open`] with explicit tunables.
+    pub fn open_with(dir: &Path, opts: StoreOptions) -> Result<DiskStore, StoreError> {
         let meta = std::fs::metadata(dir).map_err(|e| StoreError::io(dir, e))?;
         if !meta.is_dir() {
             return Err(StoreError::io(dir, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
@@ -216,9 +264,13 @@ impl DiskStore {
             segments: RwLock::new(HashMap::new()),
             last: AtomicU64::new(applied.seq),
             sync_lock: Mutex::new(()),
+            live: Mutex::new(HashMap::new()),
+            clean_lock: Mutex::new(()),
+            opts,
             _lock: lock,
         };
         store.replay(applied)?;
+        store.recount_live()?;
         Ok(store)
     }
 
@@ -323,7 +375,8 @@ impl DiskStore {
                     torn = true;
                     break;
                 };
-                if hdr.seq.0 != last + 1 {
+                let expected = if hdr.flags & RECORD_LOCAL != 0 { last } else { last + 1 };
+                if hdr.seq.0 != expected {
                     torn = true;
                     break;
                 }
@@ -443,6 +496,19 @@ impl DiskStore {
         }
         let applied = Applied { seq: seq.0, segment, end };
         overlay.insert(META_APPLIED.to_vec(), Some(encode(&applied)));
+        // Live-byte accounting for the cleaner: the final value of each block key
+        // replaces the value sled holds now.
+        let mut deltas: Vec<(u32, i64)> = Vec::new();
+        for (k, v) in overlay.iter().filter(|(k, _)| k.first() == Some(&K_BLOCK)) {
+            if let Some(old) = self.db.get(k)? {
+                let r: BlockRef = decode(k, &old)?;
+                deltas.push((r.segment, -i64::from(r.len)));
+            }
+            if let Some(v) = v {
+                let r: BlockRef = decode(k, v)?;
+                deltas.push((r.segment, i64::from(r.len)));
+            }
+        }
         let mut batch = sled::Batch::default();
         for (k, v) in overlay {
             match v {
@@ -451,6 +517,153 @@ impl DiskStore {
             }
         }
         self.db.apply_batch(batch)?;
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for (seg, d) in deltas {
+            let e = live.entry(seg).or_insert(0);
+            *e = e.saturating_add_signed(d);
+        }
+        Ok(())
+    }
+
+    /// Recomputes the live bytes of every segment from the block index.
+    fn recount_live(&self) -> Result<(), StoreError> {
+        let mut live = HashMap::new();
+        for b in self.blocks() {
+            let (_, _, r) = b?;
+            *live.entry(r.segment).or_insert(0u64) += u64::from(r.len);
+        }
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
+        Ok(())
+    }
+
+    /// Space used by the log.
+    pub fn log_usage(&self) -> Result<LogUsage, StoreError> {
+        let mut u = LogUsage::default();
+        for id in self.segment_ids()? {
+            let p = self.segment_path(id);
+            u.segments += 1;
+            u.total_bytes += std::fs::metadata(&p).map_err(|e| StoreError::io(&p, e))?.len();
+        }
+        u.live_bytes = self.live.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
+        Ok(u)
+    }
+
+    /// The segment cleaner: gives back the space of overwritten and deleted data.
+    ///
+    /// Sealed segments whose live blocks fill at most half of them are emptied: their
+    /// live blocks are appended again at the head of the log (as local records, which
+    /// take no sequence number and are never replicated), a checkpoint makes the new
+    /// index durable, and only then are the old segment files deleted. At most about
+    /// `budget` bytes are copied per call. A segment holding a damaged block is kept,
+    /// so that `twinfs verify` still reports it.
+    pub fn clean(&self, budget: u64) -> Result<CleanStats, StoreError> {
+        let _c = self.clean_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.writer.lock().unwrap_or_else(|p| p.into_inner()).segment;
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut candidates = Vec::new();
+        for id in self.segment_ids()?.into_iter().filter(|&id| id < active) {
+            let p = self.segment_path(id);
+            let size = std::fs::metadata(&p).map_err(|e| StoreError::io(&p, e))?.len();
+            let l = live.get(&id).copied().unwrap_or(0);
+            if l.saturating_mul(2) <= size {
+                candidates.push((l, id, size));
+            }
+        }
+        candidates.sort_unstable();
+        let mut stats = CleanStats::default();
+        let mut victims = Vec::new();
+        for (l, id, size) in candidates {
+            if stats.bytes_moved + l > budget && !victims.is_empty() {
+                break;
+            }
+            // Scan without the writer lock: writers only ever add references into the
+            // active segment, so a reference into `id` found now stays valid until we
+            // move it (re-checked under the lock below).
+            let refs: Vec<(Ino, u64, BlockRef)> =
+                self.blocks().filter(|b| !matches!(b, Ok((_, _, r)) if r.segment != id)).collect::<Result<_, _>>()?;
+            let mut intact = true;
+            for chunk in refs.chunks(64) {
+                let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                let mut ops = Vec::new();
+                for (ino, idx, r) in chunk {
+                    let k = key2(K_BLOCK, *ino, *idx);
+                    if self.db.get(&k)?.map(|v| decode::<BlockRef>(&k, &v)).transpose()? != Some(*r) {
+                        continue;
+                    }
+                    match self.read_ref(*ino, *idx, r) {
+                        Ok(data) => {
+                            stats.bytes_moved += data.len() as u64;
+                            ops.push(Op::PutBlock { ino: *ino, idx: *idx, data });
+                        }
+                        Err(e @ StoreError::Corrupt { .. }) => {
+                            tracing::error!(error = %e, "keeping a log segment that holds a damaged block");
+                            intact = false;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if ops.iter().map(|o| if let Op::PutBlock { data, .. } = o { data.len() } else { 0 }).sum::<usize>()
+                        >= CLEAN_RECORD_BYTES
+                    {
+                        let seq = Seq(self.last.load(Ordering::SeqCst));
+                        self.append(&mut w, &Mutation { seq, ops: std::mem::take(&mut ops) }, RECORD_LOCAL)?;
+                    }
+                }
+                if !ops.is_empty() {
+                    let seq = Seq(self.last.load(Ordering::SeqCst));
+                    self.append(&mut w, &Mutation { seq, ops }, RECORD_LOCAL)?;
+                }
+            }
+            if intact {
+                victims.push((id, size));
+            }
+        }
+        if victims.is_empty() {
+            return Ok(stats);
+        }
+        // The index must no longer need the victims, durably, before they go.
+        self.checkpoint()?;
+        for (id, size) in victims {
+            let p = self.segment_path(id);
+            self.segments.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
+            self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            stats.segments_removed += 1;
+            stats.bytes_freed += size;
+        }
+        fsync_dir(&self.log_dir)?;
+        tracing::info!(
+            segments = stats.segments_removed,
+            moved = stats.bytes_moved,
+            freed = stats.bytes_freed,
+            "log cleaned"
+        );
+        Ok(stats)
+    }
+
+    /// Appends one record and indexes it. The caller holds the writer lock.
+    fn append(&self, w: &mut LogWriter, m: &Mutation, flags: u16) -> Result<(), StoreError> {
+        let (buf, ops, pl) = encode_record(m, flags);
+        if w.end > 0 && w.end + buf.len() as u64 > self.opts.segment_max {
+            let next = w.segment + 1;
+            w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
+            w.segment = next;
+            w.end = 0;
+        }
+        let path = self.segment_path(w.segment);
+        if let Err(e) = w.file.write_all_at(&buf, w.end) {
+            // Nothing references the partial bytes; cut them so the next record starts clean.
+            let _ = w.file.set_len(w.end);
+            return Err(StoreError::io(path, e));
+        }
+        let (seg, off) = (w.segment, w.end);
+        let end = off + buf.len() as u64;
+        if let Err(e) = self.index(&ops, &pl, m.seq, seg, off, end) {
+            let _ = w.file.set_len(off);
+            return Err(e);
+        }
+        w.end = end;
+        w.dirty.insert(seg);
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).entry(seg).or_insert_with(|| w.file.clone());
         Ok(())
     }
 
@@ -519,33 +732,12 @@ fn fsync_tree(path: &Path) -> Result<(), StoreError> {
 
 impl Store for DiskStore {
     fn apply(&self, m: &Mutation) -> Result<(), StoreError> {
-        let (buf, ops, pl) = encode_record(m);
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let last = self.last.load(Ordering::SeqCst);
         if m.seq.0 != last + 1 {
             return Err(StoreError::OutOfOrder { last, got: m.seq.0 });
         }
-        if w.end > 0 && w.end + buf.len() as u64 > SEGMENT_MAX {
-            let next = w.segment + 1;
-            w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
-            w.segment = next;
-            w.end = 0;
-        }
-        let path = self.segment_path(w.segment);
-        if let Err(e) = w.file.write_all_at(&buf, w.end) {
-            // Nothing references the partial bytes; cut them so the next record starts clean.
-            let _ = w.file.set_len(w.end);
-            return Err(StoreError::io(path, e));
-        }
-        let (seg, off) = (w.segment, w.end);
-        let end = off + buf.len() as u64;
-        if let Err(e) = self.index(&ops, &pl, m.seq, seg, off, end) {
-            let _ = w.file.set_len(off);
-            return Err(e);
-        }
-        w.end = end;
-        w.dirty.insert(seg);
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).entry(seg).or_insert_with(|| w.file.clone());
+        self.append(&mut w, m, 0)?;
         self.last.store(m.seq.0, Ordering::SeqCst);
         Ok(())
     }
@@ -602,9 +794,17 @@ impl Store for DiskStore {
 
     fn block(&self, ino: Ino, idx: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let k = key2(K_BLOCK, ino, idx);
-        let Some(v) = self.db.get(&k)? else { return Ok(None) };
-        let r: BlockRef = decode(&k, &v)?;
-        self.read_ref(ino, idx, &r).map(Some)
+        // Two tries: the cleaner may move the block and delete its old segment
+        // between our index read and our segment open.
+        for attempt in 0..2 {
+            let Some(v) = self.db.get(&k)? else { return Ok(None) };
+            let r: BlockRef = decode(&k, &v)?;
+            match self.read_ref(ino, idx, &r) {
+                Err(StoreError::Io { source, .. }) if attempt == 0 && source.kind() == ErrorKind::NotFound => continue,
+                other => return other.map(Some),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
     }
 
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -651,7 +851,10 @@ impl Drop for DiskStore {
     }
 }
 
-/// Runs [`DiskStore::checkpoint`] every `interval` until dropped.
+/// Bytes the background cleaner copies per round at most.
+const CLEAN_BUDGET: u64 = 256 << 20;
+
+/// Runs [`DiskStore::checkpoint`] and the segment cleaner every `interval` until dropped.
 #[derive(Debug)]
 pub struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -674,6 +877,9 @@ impl Checkpointer {
                             Ok(()) => done = now,
                             Err(e) => tracing::error!(error = %e, "checkpoint failed"),
                         }
+                    }
+                    if let Err(e) = store.clean(CLEAN_BUDGET) {
+                        tracing::error!(error = %e, "log cleaning failed; will retry");
                     }
                 }
             })

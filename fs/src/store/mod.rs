@@ -11,7 +11,7 @@ mod disk;
 #[cfg(test)]
 mod tests;
 
-pub use disk::{Checkpointer, DiskStore, STORE_FORMAT};
+pub use disk::{Checkpointer, CleanStats, DiskStore, LogUsage, StoreOptions, SEGMENT_MAX, STORE_FORMAT};
 
 use crate::error::StoreError;
 use crate::mutation::Mutation;
