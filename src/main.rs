@@ -4,7 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-mod config;
+pub mod config;
 mod mount;
 
 use clap::{Parser, Subcommand};
