@@ -558,8 +558,20 @@ impl DiskStore {
     /// so that `twinfs verify` still reports it.
     pub fn clean(&self, budget: u64) -> Result<CleanStats, StoreError> {
         let _c = self.clean_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let active = self.writer.lock().unwrap_or_else(|p| p.into_inner()).segment;
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let active = {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            // Seal a mostly dead active segment early, so that a small store whose
+            // files were rewritten or deleted gets its space back too.
+            let l = live.get(&w.segment).copied().unwrap_or(0);
+            if w.end >= (self.opts.segment_max / 16).max(64 << 10) && l.saturating_mul(2) <= w.end {
+                let next = w.segment + 1;
+                w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
+                w.segment = next;
+                w.end = 0;
+            }
+            w.segment
+        };
         let mut candidates = Vec::new();
         for id in self.segment_ids()?.into_iter().filter(|&id| id < active) {
             let p = self.segment_path(id);
@@ -638,6 +650,23 @@ impl DiskStore {
             "log cleaned"
         );
         Ok(stats)
+    }
+
+    /// Fails with [`StoreError::NoSpace`] when the free space of the store's disk
+    /// has fallen into the reserve.
+    fn check_reserve(&self, w: &LogWriter) -> Result<(), StoreError> {
+        let s = nix::sys::statvfs::statvfs(&self.log_dir)
+            .map_err(|e| StoreError::io(&self.log_dir, std::io::Error::from_raw_os_error(e as i32)))?;
+        let frsize = s.fragment_size() as u64;
+        let total = s.blocks() as u64 * frsize;
+        let free = s.blocks_available() as u64 * frsize;
+        // 2% of the disk, at least 8 MiB, at most 256 MiB.
+        let reserve = (total / 50).clamp(8 << 20, 256 << 20);
+        if free < reserve {
+            tracing::warn!(free, reserve, "no space left for data on the store's disk");
+            return Err(StoreError::NoSpace { path: self.segment_path(w.segment) });
+        }
+        Ok(())
     }
 
     /// Appends one record and indexes it. The caller holds the writer lock.
@@ -736,6 +765,11 @@ impl Store for DiskStore {
         let last = self.last.load(Ordering::SeqCst);
         if m.seq.0 != last + 1 {
             return Err(StoreError::OutOfOrder { last, got: m.seq.0 });
+        }
+        // Keep a reserve for what frees space: unlinks, truncates and the cleaner's
+        // relocations must still fit on a disk that data writes have filled.
+        if m.ops.iter().any(|o| matches!(o, Op::PutBlock { data, .. } if !data.is_empty())) {
+            self.check_reserve(&w)?;
         }
         self.append(&mut w, m, 0)?;
         self.last.store(m.seq.0, Ordering::SeqCst);
