@@ -57,7 +57,10 @@ impl<S: Store> FuseFs<S> {
         let mut c = fuser::Config::default();
         c.mount_options = vec![
             fuser::MountOption::FSName("twinfs".into()),
-            fuser::MountOption::Subtype("twinfs".into()),
+            // fuser's own Subtype option only reaches fusermount; as root the kernel
+            // gets the mount data directly, and `subtype=` there makes the type
+            // show as `fuse.twinfs` in /proc/mounts and findmnt.
+            fuser::MountOption::CUSTOM("subtype=twinfs".into()),
             fuser::MountOption::DefaultPermissions,
             fuser::MountOption::RW,
             fuser::MountOption::Suid,
