@@ -1,0 +1,24 @@
+//! The one integration-test binary (style P13).
+//!
+//! Every end-to-end test starts with `util::require_fuse(name)`: without root and
+//! `/dev/fuse` it skips with a printed reason, except under `CI=true`, where a skip
+//! is a failure.
+//!
+//! Run: `cargo test --test tests -- --test-threads=1 [filter]`.
+
+// The tests talk to the kernel directly (pread/pwrite at offsets, renameat2,
+// xattrs, mmap, per-thread setfsuid); that needs libc calls.
+#![allow(unsafe_code)]
+// Test modules are private; `pub` items in them are the harness API.
+#![allow(unreachable_pub)]
+
+mod util;
+
+mod differential;
+mod posix;
+
+mod apache;
+mod badinput;
+mod crash;
+mod durability;
+mod enospc;
