@@ -15,7 +15,8 @@
 //! can reject its value, so the error gets a line), its typed twin, its default,
 //! its check in `Config::from_raw`, and an entry in `packaging/twinfs.toml`, whose
 //! parse is unit-tested below. A new table also needs `#[serde(deny_unknown_fields,
-//! default, expecting = "a table")]`.
+//! default, expecting = "a table")]` on its struct and `#[serde(deserialize_with =
+//! "table")]` on the field that holds it.
 //!
 //! The items are `pub` for documentation and so that the binary can hold the module
 //! as `pub mod config;` (which keeps `unreachable_pub` and `dead_code` quiet about the
@@ -106,13 +107,14 @@ pub struct NodeName(String);
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read (missing, unreadable or not UTF-8).
-    #[error("cannot read config file {}", path.display())]
+    // The OS error is part of the message rather than a `source()`, so that the
+    // one-line `Display` is complete wherever it is printed.
+    #[error("cannot read config file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The file is not valid TOML.
     #[error("{at}: invalid TOML: {message}")]
@@ -180,9 +182,9 @@ const FALLBACK_NODE_NAME: &str = "localhost";
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_toml_str(&text, path)
     }
@@ -213,8 +215,8 @@ impl Config {
         Config::from_raw(raw, &cx, hostname)
     }
 
-    /// Stage 2: check every value and fill in defaults. Checks run in file order, and
-    /// the first failure is returned.
+    /// Stage 2: check every value and fill in defaults. Checks run in schema order,
+    /// and the first failure is returned.
     fn from_raw(
         raw: RawConfig,
         cx: &Cx<'_>,
@@ -1240,11 +1242,14 @@ level = "TRACE"
 
         let missing = dir.path().join("nope.toml");
         let e = Config::load(&missing).unwrap_err();
-        assert!(matches!(&e, ConfigError::Read { source, .. }
-            if source.kind() == io::ErrorKind::NotFound));
+        assert!(matches!(&e, ConfigError::Read { error, .. }
+            if error.kind() == io::ErrorKind::NotFound));
         assert_eq!(
             e.to_string(),
-            format!("cannot read config file {}", missing.display())
+            format!(
+                "cannot read config file {}: No such file or directory (os error 2)",
+                missing.display()
+            )
         );
     }
 }
