@@ -13,7 +13,13 @@ struct SmallDisk<'a>(&'a Path);
 impl<'a> SmallDisk<'a> {
     fn mount(dir: &'a Path, size: &str) -> SmallDisk<'a> {
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "twinfs-test-enospc"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "twinfs-test-enospc",
+            ])
             .arg(dir)
             .status()
             .expect("run mount");
@@ -63,7 +69,11 @@ fn full_disk_returns_enospc_and_loses_nothing() {
         match f.write_all(&chunk).and_then(|_| f.sync_data()) {
             Ok(()) => {}
             Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "expected ENOSPC, got {e}");
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSPC),
+                    "expected ENOSPC, got {e}"
+                );
                 saw_enospc = true;
                 break;
             }
@@ -72,11 +82,19 @@ fn full_disk_returns_enospc_and_loses_nothing() {
     assert!(saw_enospc, "a 48 MiB disk took 200 MiB without ENOSPC");
     drop(f);
     let log = m.stderr_so_far();
-    assert!(log.contains("no space left"), "the daemon should log the full disk; stderr:\n{log}");
+    assert!(
+        log.contains("no space left"),
+        "the daemon should log the full disk; stderr:\n{log}"
+    );
 
     // Everything fsynced before is intact, and deleting the filler frees space again.
     for (p, want) in &kept {
-        assert_eq!(&std::fs::read(p).unwrap(), want, "{} changed after ENOSPC", p.display());
+        assert_eq!(
+            &std::fs::read(p).unwrap(),
+            want,
+            "{} changed after ENOSPC",
+            p.display()
+        );
     }
     std::fs::remove_file(mnt.join("filler")).unwrap();
     // The cleaner gives the filler's space back after a checkpoint (5 s by default):
@@ -94,16 +112,29 @@ fn full_disk_returns_enospc_and_loses_nothing() {
             break;
         }
     }
-    assert!(fits, "space was not reclaimed after deleting the filler; stderr:\n{}", m.stderr_so_far());
+    assert!(
+        fits,
+        "space was not reclaimed after deleting the filler; stderr:\n{}",
+        m.stderr_so_far()
+    );
     kept.push((mnt.join("after"), content(99, 4 << 20)));
     let stderr = m.stop();
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     let m = Mounted::start_at(&data, &mnt, &[]);
     for (p, want) in &kept {
-        assert_eq!(&std::fs::read(p).unwrap(), want, "{} lost across remount", p.display());
+        assert_eq!(
+            &std::fs::read(p).unwrap(),
+            want,
+            "{} lost across remount",
+            p.display()
+        );
     }
     m.stop();
     let out = util::run_twinfs(&["verify", "--data-dir", data.to_str().unwrap()]);
-    assert!(out.status.success(), "verify after ENOSPC: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "verify after ENOSPC: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

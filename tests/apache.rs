@@ -1,0 +1,404 @@
+//! Acceptance: Apache (Debian's `apache2`, a private config on a loopback port,
+//! not via systemd) serves a DocumentRoot on a twinfs mount; many small files
+//! and a 10 MiB file come back byte-exact over HTTP/1.1.
+//!
+//! The HTTP client is a few lines over `std::net::TcpStream` (one request per
+//! connection, `Connection: close`), so the test needs nothing but apache2.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util;
+
+const APACHE_BIN: &str = "/usr/sbin/apache2";
+const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
+/// How long Apache may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long Apache may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Socket read/write timeout of the client.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+const SMALL_FILES: usize = 1000;
+const SMALL_SIZE: usize = 4096;
+const SMALL_DIRS: usize = 10;
+const BIG_SIZE: usize = 10 * 1024 * 1024;
+
+/// Like `util::require_fuse`: apache2 must be installed; a skip is a failure in CI.
+fn require_apache(test: &str) -> bool {
+    let missing = [
+        APACHE_BIN.to_string(),
+        format!("{APACHE_MODULES}/mod_mpm_event.so"),
+    ]
+    .into_iter()
+    .find(|p| !Path::new(p).exists());
+    match missing {
+        None => true,
+        Some(p) => {
+            let reason = format!("{p} is missing (Debian package apache2)");
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: end-to-end test cannot run: {reason}");
+            }
+            eprintln!("skipping {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn find_free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// splitmix64: deterministic, distinct bytes per seed.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Content of small file `i`: a readable header naming the file, then noise.
+fn small_content(i: usize) -> Vec<u8> {
+    let mut v = format!("small file {i:04}\n").into_bytes();
+    v.extend(pattern(i as u64 + 1, SMALL_SIZE - v.len()));
+    v
+}
+
+fn small_url(i: usize) -> String {
+    format!("/d{:02}/f{i:04}.bin", i % SMALL_DIRS)
+}
+
+/// A private Apache: its config, pid file, logs and runtime dir in a tempdir.
+/// Stopped (by pid) on drop, also while a test panics.
+struct Apache {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Apache {
+    fn start(docroot: &Path) -> Apache {
+        let dir = util::tempdir("twinfs-apache-");
+        let d = dir.path();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Workers run as www-data and may reopen files here.
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod apache dir");
+        }
+        let port = find_free_port();
+        let conf = format!(
+            r#"# Private test config; nothing from /etc/apache2 is read.
+ServerRoot "{d}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+PidFile "{d}/httpd.pid"
+ErrorLog "{d}/error.log"
+LogLevel warn
+DefaultRuntimeDir "{d}"
+LoadModule mpm_event_module {m}/mod_mpm_event.so
+LoadModule authz_core_module {m}/mod_authz_core.so
+LoadModule mime_module {m}/mod_mime.so
+LoadModule dir_module {m}/mod_dir.so
+User www-data
+Group www-data
+TypesConfig /etc/mime.types
+EnableSendfile On
+EnableMMAP On
+KeepAlive Off
+Timeout 60
+DocumentRoot "{root}"
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+<Directory "{root}">
+    AllowOverride None
+    Require all granted
+</Directory>
+"#,
+            d = d.display(),
+            m = APACHE_MODULES,
+            root = docroot.display(),
+        );
+        let conf_path = d.join("httpd.conf");
+        std::fs::write(&conf_path, conf).expect("write httpd.conf");
+        let out = std::fs::File::create(d.join("stdout.log")).expect("create stdout.log");
+        let err = std::fs::File::create(d.join("stderr.log")).expect("create stderr.log");
+        let child = Command::new(APACHE_BIN)
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-DFOREGROUND")
+            .env("APACHE_RUN_DIR", d)
+            .env("APACHE_LOCK_DIR", d)
+            .env("APACHE_LOG_DIR", d)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {APACHE_BIN}: {e}"));
+        let mut a = Apache {
+            child: Some(child),
+            dir,
+            port,
+        };
+        a.wait_listening();
+        a
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for f in ["stderr.log", "error.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+            s.push_str(&format!("--- {f}:\n{text}"));
+        }
+        s
+    }
+
+    fn wait_listening(&mut self) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let max_polls = START_TIMEOUT.as_millis() / POLL.as_millis() + 2;
+        for _ in 0..max_polls {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            let child = self.child.as_mut().expect("apache child");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                panic!(
+                    "apache2 exited with {status} before listening on {addr}:\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!(
+            "apache2 did not listen on {addr} within {START_TIMEOUT:?}:\n{}",
+            self.logs()
+        );
+    }
+
+    /// `GET path`; returns (status code, body).
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http_get(self.port, path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.logs()))
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own unreaped child (the pid cannot be reused).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let max_polls = STOP_TIMEOUT.as_millis() / POLL.as_millis() + 2;
+        for _ in 0..max_polls {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection; returns (status, body).
+/// Checks Content-Length against the body actually received.
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad(format!("no end of headers in {} bytes", raw.len())))?;
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let body = raw[head_end + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
+    let mut content_length = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse::<usize>().ok();
+            }
+            if k.trim().eq_ignore_ascii_case("transfer-encoding") {
+                return Err(bad(format!(
+                    "unexpected {l:?} (static files have a length)"
+                )));
+            }
+        }
+    }
+    if status == 200 {
+        match content_length {
+            Some(n) if n == body.len() => {}
+            other => {
+                return Err(bad(format!(
+                    "Content-Length {other:?} but {} body bytes",
+                    body.len()
+                )))
+            }
+        }
+    }
+    Ok((status, body))
+}
+
+/// Index of the first differing byte, for readable failures.
+fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or(if a.len() == b.len() {
+            None
+        } else {
+            Some(a.len().min(b.len()))
+        })
+}
+
+fn assert_body(what: &str, got: &[u8], want: &[u8]) {
+    if got != want {
+        panic!(
+            "{what}: body differs: got {} bytes, want {}, first difference at byte {:?}",
+            got.len(),
+            want.len(),
+            first_diff(got, want)
+        );
+    }
+}
+
+#[test]
+fn apache_serves_small_and_large_files_byte_exact() {
+    if !util::require_fuse("apache_serves_small_and_large_files_byte_exact")
+        || !require_apache("apache_serves_small_and_large_files_byte_exact")
+    {
+        return;
+    }
+    let m = util::Mounted::start();
+    // The tempdir holding mnt/ is 0700; Apache's workers run as www-data.
+    use std::os::unix::fs::PermissionsExt;
+    let parent = m.mnt.parent().expect("mount point has a parent");
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod tempdir");
+    std::fs::set_permissions(&m.mnt, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod mount root");
+
+    // Populate the DocumentRoot through the mount.
+    for d in 0..SMALL_DIRS {
+        std::fs::create_dir(m.mnt.join(format!("d{d:02}"))).expect("mkdir");
+    }
+    // Modes are set explicitly: Apache runs as www-data and the test's umask
+    // is not ours to rely on.
+    let readable = std::fs::Permissions::from_mode(0o644);
+    for d in 0..SMALL_DIRS {
+        let p = m.mnt.join(format!("d{d:02}"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    }
+    for i in 0..SMALL_FILES {
+        let p = m.mnt.join(&small_url(i)[1..]);
+        std::fs::write(&p, small_content(i))
+            .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        std::fs::set_permissions(&p, readable.clone()).expect("chmod file");
+    }
+    let big = pattern(0xB16, BIG_SIZE);
+    std::fs::write(m.mnt.join("big.bin"), &big).expect("write big.bin");
+    std::fs::write(m.mnt.join("index.html"), b"<html>twinfs</html>\n").expect("write index.html");
+    for f in ["big.bin", "index.html"] {
+        std::fs::set_permissions(m.mnt.join(f), readable.clone()).expect("chmod file");
+    }
+
+    let apache = Apache::start(&m.mnt);
+    assert_eq!(
+        util::mounted_fstype(&m.mnt).as_deref(),
+        Some("fuse.twinfs"),
+        "DocumentRoot must be the twinfs mount"
+    );
+
+    // The index and a 404 show that Apache really serves this tree.
+    let (st, body) = apache.get("/");
+    assert_eq!(st, 200, "GET / (DirectoryIndex)");
+    assert_body("GET /", &body, b"<html>twinfs</html>\n");
+    let (st, _) = apache.get("/no-such-file.bin");
+    assert_eq!(st, 404, "GET of a missing file");
+
+    // Many small files, each distinct, byte-exact.
+    let t = Instant::now();
+    for i in 0..SMALL_FILES {
+        let url = small_url(i);
+        let (st, body) = apache.get(&url);
+        assert_eq!(st, 200, "GET {url}");
+        assert_body(&url, &body, &small_content(i));
+    }
+    eprintln!("apache: {SMALL_FILES} small files in {:?}", t.elapsed());
+
+    // The 10 MiB file, cold then warm.
+    for pass in ["cold", "warm"] {
+        let t = Instant::now();
+        let (st, body) = apache.get("/big.bin");
+        assert_eq!(st, 200, "GET /big.bin ({pass})");
+        assert_body(&format!("/big.bin ({pass})"), &body, &big);
+        eprintln!("apache: 10 MiB file ({pass}) in {:?}", t.elapsed());
+    }
+
+    // A write through the mount is what Apache serves next (no stale cache):
+    // a same-size rewrite, a shorter one, and a new file.
+    let url = small_url(7);
+    let changed = pattern(0x0C4A_06ED, SMALL_SIZE);
+    std::fs::write(m.mnt.join(&url[1..]), &changed).expect("rewrite small file");
+    let (st, body) = apache.get(&url);
+    assert_eq!(st, 200);
+    assert_body(&format!("{url} after same-size rewrite"), &body, &changed);
+    std::fs::write(m.mnt.join(&url[1..]), b"short\n").expect("shorten small file");
+    let (st, body) = apache.get(&url);
+    assert_eq!(st, 200);
+    assert_body(&format!("{url} after shortening"), &body, b"short\n");
+    std::fs::write(m.mnt.join("new.txt"), b"new file\n").expect("write new.txt");
+    std::fs::set_permissions(m.mnt.join("new.txt"), readable).expect("chmod new.txt");
+    let (st, body) = apache.get("/new.txt");
+    assert_eq!(st, 200, "GET /new.txt");
+    assert_body("/new.txt", &body, b"new file\n");
+
+    drop(apache);
+    m.stop();
+}
