@@ -65,12 +65,20 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<config::Config> {
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},fuser=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Mount { data_dir, config, mountpoint } => {
+        Command::Mount {
+            data_dir,
+            config,
+            mountpoint,
+        } => {
             let cfg = load_config(config.as_ref())?;
             init_tracing(cfg.log.level.as_str());
             let data_dir = data_dir.unwrap_or_else(|| cfg.node.data_dir.clone());
@@ -102,4 +110,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

@@ -22,7 +22,13 @@ fn mounted_at(path: &Path) -> Option<String> {
         let f: Vec<&str> = l.split(' ').collect();
         let mp = f.get(4)?.replace("\\040", " ");
         let sep = f.iter().position(|x| *x == "-")?;
-        (Path::new(&mp) == canon).then(|| format!("{} {}", f.get(sep + 1).unwrap_or(&"?"), f.get(sep + 2).unwrap_or(&"?")))
+        (Path::new(&mp) == canon).then(|| {
+            format!(
+                "{} {}",
+                f.get(sep + 1).unwrap_or(&"?"),
+                f.get(sep + 2).unwrap_or(&"?")
+            )
+        })
     })
 }
 
@@ -30,22 +36,38 @@ fn mounted_at(path: &Path) -> Option<String> {
 fn preflight(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(data_dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!(UsageError(format!("data dir {} is not a directory", data_dir.display()))),
+        Ok(_) => bail!(UsageError(format!(
+            "data dir {} is not a directory",
+            data_dir.display()
+        ))),
         Err(e) => bail!(UsageError(format!(
             "data dir {}: {e} (create it first; an empty directory becomes a new store)",
             data_dir.display()
         ))),
     }
     if let Err(e) = nix::unistd::access(data_dir, nix::unistd::AccessFlags::W_OK) {
-        bail!(UsageError(format!("data dir {} is not writable: {}", data_dir.display(), e.desc())));
+        bail!(UsageError(format!(
+            "data dir {} is not writable: {}",
+            data_dir.display(),
+            e.desc()
+        )));
     }
     match std::fs::metadata(mountpoint) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!(UsageError(format!("mountpoint {} is not a directory", mountpoint.display()))),
-        Err(e) => bail!(UsageError(format!("mountpoint {}: {e}", mountpoint.display()))),
+        Ok(_) => bail!(UsageError(format!(
+            "mountpoint {} is not a directory",
+            mountpoint.display()
+        ))),
+        Err(e) => bail!(UsageError(format!(
+            "mountpoint {}: {e}",
+            mountpoint.display()
+        ))),
     }
     if let Some(what) = mounted_at(mountpoint) {
-        bail!(UsageError(format!("mountpoint {} is busy: already mounted ({what})", mountpoint.display())));
+        bail!(UsageError(format!(
+            "mountpoint {} is busy: already mounted ({what})",
+            mountpoint.display()
+        )));
     }
     Ok(())
 }
@@ -53,7 +75,10 @@ fn preflight(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
 /// Mounts and serves until unmounted or signalled.
 pub(crate) fn run(cfg: &Config, data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
     preflight(data_dir, mountpoint)?;
-    let store = Arc::new(DiskStore::open(data_dir).with_context(|| format!("opening store {}", data_dir.display()))?);
+    let store = Arc::new(
+        DiskStore::open(data_dir)
+            .with_context(|| format!("opening store {}", data_dir.display()))?,
+    );
     let fs = Arc::new(Fs::new(store.clone(), 0, 0).context("loading the filesystem")?);
     let checkpointer = Checkpointer::spawn(store.clone(), cfg.fs.checkpoint_interval);
     let opts = FuseOptions {
@@ -66,8 +91,11 @@ pub(crate) fn run(cfg: &Config, data_dir: &Path, mountpoint: &Path) -> anyhow::R
     let mut session = fuser::Session::new(fuse, mountpoint, &mount_cfg)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
     let handle = signals.handle();
     let mnt = mountpoint.to_path_buf();
     let signal_thread = std::thread::spawn(move || {
@@ -75,7 +103,10 @@ pub(crate) fn run(cfg: &Config, data_dir: &Path, mountpoint: &Path) -> anyhow::R
             tracing::info!(signal = sig, "shutting down: unmounting");
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!(error = %e, mountpoint = %mnt.display(), "unmount failed (busy?); detaching lazily");
-                let _ = std::process::Command::new("umount").arg("-l").arg(&mnt).status();
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&mnt)
+                    .status();
             }
         }
     });
@@ -99,24 +130,38 @@ fn store_last(s: &DiskStore) -> u64 {
 /// Checks a whole store offline.
 pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
     if !data_dir.join("store.toml").exists() {
-        bail!(UsageError(format!("{} holds no twinfs store (store.toml missing)", data_dir.display())));
+        bail!(UsageError(format!(
+            "{} holds no twinfs store (store.toml missing)",
+            data_dir.display()
+        )));
     }
-    let store = DiskStore::open(data_dir).with_context(|| format!("opening store {}", data_dir.display()))?;
+    let store = DiskStore::open(data_dir)
+        .with_context(|| format!("opening store {}", data_dir.display()))?;
     let report = twinfs_fs::verify::verify(&store).context("verifying")?;
     for d in &report.damaged {
         println!(
             "damaged: {} (block {} at {} offset {})",
             d.path,
             d.idx,
-            d.segment.strip_prefix(data_dir).unwrap_or(&d.segment).display(),
+            d.segment
+                .strip_prefix(data_dir)
+                .unwrap_or(&d.segment)
+                .display(),
             d.offset
         );
     }
     if report.damaged.is_empty() {
-        println!("clean: {} blocks, {} bytes checked", report.blocks, report.bytes);
+        println!(
+            "clean: {} blocks, {} bytes checked",
+            report.blocks, report.bytes
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} damaged block(s) in {} file(s)", report.damaged.len(), report.damaged_files().len());
+        println!(
+            "{} damaged block(s) in {} file(s)",
+            report.damaged.len(),
+            report.damaged_files().len()
+        );
         Ok(ExitCode::from(1))
     }
 }

@@ -11,9 +11,9 @@ use crate::ops::{Ctx, Fs, RenameFlags, SetAttr, SetTime};
 use crate::store::Store;
 use crate::types::{FileKind, Ino, Inode, BLOCK_SIZE};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -35,7 +35,11 @@ pub struct FuseOptions {
 
 impl Default for FuseOptions {
     fn default() -> Self {
-        FuseOptions { attr_timeout: Duration::from_secs(1), writeback_cache: true, threads: 4 }
+        FuseOptions {
+            attr_timeout: Duration::from_secs(1),
+            writeback_cache: true,
+            threads: 4,
+        }
     }
 }
 
@@ -130,7 +134,10 @@ fn errno(op: &str, e: FsError) -> Errno {
 }
 
 fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid() }
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn set_time(t: TimeOrNow) -> SetTime {
@@ -147,7 +154,10 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
         if let Err(missing) = config.add_capabilities(want) {
-            tracing::warn!(?missing, "kernel lacks some FUSE capabilities; continuing without them");
+            tracing::warn!(
+                ?missing,
+                "kernel lacks some FUSE capabilities; continuing without them"
+            );
             let _ = config.add_capabilities(want - missing);
         }
         let _ = config.set_max_write(1 << 20);
@@ -157,7 +167,11 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.fs.lookup(Ino(parent.0), name.as_bytes()), "lookup");
+        self.entry(
+            reply,
+            self.fs.lookup(Ino(parent.0), name.as_bytes()),
+            "lookup",
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -223,11 +237,29 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.fs.mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, rdev), "mknod");
+        self.entry(
+            reply,
+            self.fs
+                .mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, rdev),
+            "mknod",
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        self.entry(reply, self.fs.mkdir(ctx(req), Ino(parent.0), name.as_bytes(), mode), "mkdir");
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.fs
+                .mkdir(ctx(req), Ino(parent.0), name.as_bytes(), mode),
+            "mkdir",
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -244,8 +276,20 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = self.fs.symlink(ctx(req), Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes());
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.symlink(
+            ctx(req),
+            Ino(parent.0),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        );
         self.entry(reply, r, "symlink");
     }
 
@@ -266,14 +310,30 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         if flags.contains(fuser::RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
-        match self.fs.rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), f) {
+        match self.fs.rename(
+            Ino(parent.0),
+            name.as_bytes(),
+            Ino(newparent.0),
+            newname.as_bytes(),
+            f,
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rename", e)),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let r = self.fs.link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()).map(|i| (Ino(ino.0), i));
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .fs
+            .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes())
+            .map(|i| (Ino(ino.0), i));
         self.entry(reply, r, "link");
     }
 
@@ -317,11 +377,25 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: fuser::LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsync() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
@@ -332,7 +406,14 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         reply.error(Errno::ENOSYS);
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         // Bounded: each round consumes at least one entry or stops.
         let mut off = offset;
         loop {
@@ -344,7 +425,12 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
                 break;
             }
             for e in batch {
-                if reply.add(INodeNo(e.ino.0), e.offset, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    e.offset,
+                    kind(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
                     return reply.ok();
                 }
                 off = e.offset;
@@ -353,7 +439,14 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.fs.fsync() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsyncdir", e)),
@@ -362,7 +455,9 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
-            Ok(u) => reply.statfs(u.blocks, u.bfree, u.bavail, u.files, u.ffree, u.frsize, 255, u.frsize),
+            Ok(u) => reply.statfs(
+                u.blocks, u.bfree, u.bavail, u.files, u.ffree, u.frsize, 255, u.frsize,
+            ),
             Err(e) => reply.error(errno("statfs", e)),
         }
     }
@@ -419,7 +514,10 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, 0) {
+        match self
+            .fs
+            .mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, 0)
+        {
             Ok((ino, i)) => {
                 self.fs.remember(ino);
                 reply.created(

@@ -94,12 +94,35 @@ pub struct Mutation {
 pub(crate) enum LogOp {
     PutInode(Ino, Inode),
     DelInode(Ino),
-    PutDirent { parent: Ino, name: Vec<u8>, entry: DirEntry },
-    DelDirent { parent: Ino, name: Vec<u8>, cookie: u64 },
-    PutBlock { ino: Ino, idx: u64, len: u32, digest: [u8; 32] },
-    TruncBlocks { ino: Ino, from: u64 },
-    PutXattr { ino: Ino, name: Vec<u8>, value: Vec<u8> },
-    DelXattr { ino: Ino, name: Vec<u8> },
+    PutDirent {
+        parent: Ino,
+        name: Vec<u8>,
+        entry: DirEntry,
+    },
+    DelDirent {
+        parent: Ino,
+        name: Vec<u8>,
+        cookie: u64,
+    },
+    PutBlock {
+        ino: Ino,
+        idx: u64,
+        len: u32,
+        digest: [u8; 32],
+    },
+    TruncBlocks {
+        ino: Ino,
+        from: u64,
+    },
+    PutXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DelXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
     NextIno(u64),
     PutOrphan(Ino),
     DelOrphan(Ino),
@@ -165,13 +188,24 @@ impl RecordHeader {
             return None;
         }
         let hash = b[24..56].try_into().ok()?;
-        Some(RecordHeader { seq, flags, meta_len, payload_len, hash })
+        Some(RecordHeader {
+            seq,
+            flags,
+            meta_len,
+            payload_len,
+            hash,
+        })
     }
 
     /// Checks the header and ops against the stored hash.
     pub(crate) fn check_meta(&self, meta: &[u8]) -> bool {
         let mut h = blake3::Hasher::new();
-        h.update(&Self::prefix(self.seq, self.flags, self.meta_len, self.payload_len));
+        h.update(&Self::prefix(
+            self.seq,
+            self.flags,
+            self.meta_len,
+            self.payload_len,
+        ));
         h.update(meta);
         *h.finalize().as_bytes() == self.hash
     }
@@ -194,7 +228,10 @@ pub(crate) const RECORD_LOCAL: u16 = 1;
 
 /// Encodes a mutation as one log record. Returns the bytes, the serialised ops and
 /// where each data block lands inside the record.
-pub(crate) fn encode_record(m: &Mutation, flags: u16) -> (Vec<u8>, Vec<LogOp>, Vec<BlockPlacement>) {
+pub(crate) fn encode_record(
+    m: &Mutation,
+    flags: u16,
+) -> (Vec<u8>, Vec<LogOp>, Vec<BlockPlacement>) {
     let mut payload_len = 0usize;
     let mut log_ops = Vec::with_capacity(m.ops.len());
     let mut digests = Vec::new();
@@ -202,23 +239,48 @@ pub(crate) fn encode_record(m: &Mutation, flags: u16) -> (Vec<u8>, Vec<LogOp>, V
         log_ops.push(match op {
             Op::PutInode(i, r) => LogOp::PutInode(*i, r.clone()),
             Op::DelInode(i) => LogOp::DelInode(*i),
-            Op::PutDirent { parent, name, entry } => {
-                LogOp::PutDirent { parent: *parent, name: name.clone(), entry: *entry }
-            }
-            Op::DelDirent { parent, name, cookie } => {
-                LogOp::DelDirent { parent: *parent, name: name.clone(), cookie: *cookie }
-            }
+            Op::PutDirent {
+                parent,
+                name,
+                entry,
+            } => LogOp::PutDirent {
+                parent: *parent,
+                name: name.clone(),
+                entry: *entry,
+            },
+            Op::DelDirent {
+                parent,
+                name,
+                cookie,
+            } => LogOp::DelDirent {
+                parent: *parent,
+                name: name.clone(),
+                cookie: *cookie,
+            },
             Op::PutBlock { ino, idx, data } => {
                 let digest = *blake3::hash(data).as_bytes();
                 digests.push(digest);
                 payload_len += data.len();
-                LogOp::PutBlock { ino: *ino, idx: *idx, len: data.len() as u32, digest }
+                LogOp::PutBlock {
+                    ino: *ino,
+                    idx: *idx,
+                    len: data.len() as u32,
+                    digest,
+                }
             }
-            Op::TruncBlocks { ino, from } => LogOp::TruncBlocks { ino: *ino, from: *from },
-            Op::PutXattr { ino, name, value } => {
-                LogOp::PutXattr { ino: *ino, name: name.clone(), value: value.clone() }
-            }
-            Op::DelXattr { ino, name } => LogOp::DelXattr { ino: *ino, name: name.clone() },
+            Op::TruncBlocks { ino, from } => LogOp::TruncBlocks {
+                ino: *ino,
+                from: *from,
+            },
+            Op::PutXattr { ino, name, value } => LogOp::PutXattr {
+                ino: *ino,
+                name: name.clone(),
+                value: value.clone(),
+            },
+            Op::DelXattr { ino, name } => LogOp::DelXattr {
+                ino: *ino,
+                name: name.clone(),
+            },
             Op::NextIno(n) => LogOp::NextIno(*n),
             Op::PutOrphan(i) => LogOp::PutOrphan(*i),
             Op::DelOrphan(i) => LogOp::DelOrphan(*i),
@@ -263,8 +325,20 @@ pub(crate) fn placements(hdr: &RecordHeader, ops: &[LogOp]) -> Vec<BlockPlacemen
     let mut off = HEADER_LEN as u64 + u64::from(hdr.meta_len);
     let mut out = Vec::new();
     for op in ops {
-        if let LogOp::PutBlock { ino, idx, len, digest } = op {
-            out.push(BlockPlacement { ino: *ino, idx: *idx, offset: off, len: *len, digest: *digest });
+        if let LogOp::PutBlock {
+            ino,
+            idx,
+            len,
+            digest,
+        } = op
+        {
+            out.push(BlockPlacement {
+                ino: *ino,
+                idx: *idx,
+                offset: off,
+                len: *len,
+                digest: *digest,
+            });
             off += u64::from(*len);
         }
     }
@@ -281,10 +355,24 @@ mod tests {
         let m = Mutation {
             seq: Seq(7),
             ops: vec![
-                Op::PutInode(Ino(2), Inode::new(FileKind::File, 0o644, 1, 1, Timestamp::default())),
-                Op::PutBlock { ino: Ino(2), idx: 0, data: vec![1, 2, 3] },
-                Op::PutBlock { ino: Ino(2), idx: 5, data: vec![9; 100] },
-                Op::TruncBlocks { ino: Ino(2), from: 6 },
+                Op::PutInode(
+                    Ino(2),
+                    Inode::new(FileKind::File, 0o644, 1, 1, Timestamp::default()),
+                ),
+                Op::PutBlock {
+                    ino: Ino(2),
+                    idx: 0,
+                    data: vec![1, 2, 3],
+                },
+                Op::PutBlock {
+                    ino: Ino(2),
+                    idx: 5,
+                    data: vec![9; 100],
+                },
+                Op::TruncBlocks {
+                    ino: Ino(2),
+                    from: 6,
+                },
             ],
         };
         let (buf, ops, pl) = encode_record(&m, 0);
@@ -309,6 +397,9 @@ mod tests {
         let mut b = [0xffu8; HEADER_LEN];
         b[0..4].copy_from_slice(&RECORD_MAGIC);
         b[4..6].copy_from_slice(&RECORD_VERSION.to_le_bytes());
-        assert!(RecordHeader::parse(&b).is_none(), "absurd lengths are rejected");
+        assert!(
+            RecordHeader::parse(&b).is_none(),
+            "absurd lengths are rejected"
+        );
     }
 }

@@ -99,7 +99,13 @@ struct Txn<'a, S: Store> {
 
 impl<'a, S: Store> Txn<'a, S> {
     fn new(store: &'a S) -> Self {
-        Txn { store, inodes: BTreeMap::new(), dirty: BTreeMap::new(), ops: Vec::new(), now: Timestamp::now() }
+        Txn {
+            store,
+            inodes: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            ops: Vec::new(),
+            now: Timestamp::now(),
+        }
     }
 
     fn get(&mut self, ino: Ino) -> Result<Inode, FsError> {
@@ -131,14 +137,24 @@ impl<'a, S: Store> Txn<'a, S> {
     }
 
     /// Adds `parent/name -> ino`, taking the next cookie of `parent`.
-    fn link_entry(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: FileKind) -> Result<(), FsError> {
+    fn link_entry(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        ino: Ino,
+        kind: FileKind,
+    ) -> Result<(), FsError> {
         let mut p = self.dir(parent)?;
         let cookie = p.next_cookie;
         p.next_cookie += 1;
         p.mtime = self.now;
         p.ctime = self.now;
         self.put(parent, p);
-        self.ops.push(Op::PutDirent { parent, name: name.to_vec(), entry: DirEntry { ino, kind, cookie } });
+        self.ops.push(Op::PutDirent {
+            parent,
+            name: name.to_vec(),
+            entry: DirEntry { ino, kind, cookie },
+        });
         Ok(())
     }
 
@@ -147,7 +163,11 @@ impl<'a, S: Store> Txn<'a, S> {
         p.mtime = self.now;
         p.ctime = self.now;
         self.put(parent, p);
-        self.ops.push(Op::DelDirent { parent, name: name.to_vec(), cookie: entry.cookie });
+        self.ops.push(Op::DelDirent {
+            parent,
+            name: name.to_vec(),
+            cookie: entry.cookie,
+        });
         Ok(())
     }
 
@@ -182,7 +202,8 @@ fn check_name(name: &[u8]) -> Result<(), FsError> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
     }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(FsError::Invalid);
     }
     Ok(())
@@ -193,7 +214,11 @@ impl<S: Store> Fs<S> {
     /// and deletes inodes left unlinked-but-open by the previous mount.
     pub fn new(store: Arc<S>, root_uid: u32, root_gid: u32) -> Result<Fs<S>, FsError> {
         let next = store.next_ino()?;
-        let fs = Fs { store, writer: Mutex::new(next), lookups: Mutex::new(HashMap::new()) };
+        let fs = Fs {
+            store,
+            writer: Mutex::new(next),
+            lookups: Mutex::new(HashMap::new()),
+        };
         if fs.store.inode(Ino::ROOT)?.is_none() {
             let mut root = Inode::new(FileKind::Dir, 0o755, root_uid, root_gid, Timestamp::now());
             root.parent = Ino::ROOT;
@@ -203,9 +228,15 @@ impl<S: Store> Fs<S> {
         let orphans = fs.store.orphans()?;
         if !orphans.is_empty() {
             let mut w = fs.lock();
-            let ops = orphans.iter().flat_map(|&i| [Op::DelInode(i), Op::DelOrphan(i)]).collect();
+            let ops = orphans
+                .iter()
+                .flat_map(|&i| [Op::DelInode(i), Op::DelOrphan(i)])
+                .collect();
             fs.commit(&mut w, ops)?;
-            tracing::info!(count = orphans.len(), "removed files that were unlinked while open");
+            tracing::info!(
+                count = orphans.len(),
+                "removed files that were unlinked while open"
+            );
         }
         Ok(fs)
     }
@@ -233,13 +264,23 @@ impl<S: Store> Fs<S> {
     }
 
     fn lookups_of(&self, ino: Ino) -> u64 {
-        self.lookups.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).copied().unwrap_or(0)
+        self.lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Records that the kernel now holds one more reference to `ino`.
     pub fn remember(&self, ino: Ino) {
         if ino != Ino::ROOT {
-            *self.lookups.lock().unwrap_or_else(|p| p.into_inner()).entry(ino).or_insert(0) += 1;
+            *self
+                .lookups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(ino)
+                .or_insert(0) += 1;
         }
     }
 
@@ -288,7 +329,10 @@ impl<S: Store> Fs<S> {
         let i = self.store.inode(e.ino)?.ok_or_else(|| {
             FsError::Store(StoreError::BadRecord {
                 key: format!("inode {}", e.ino),
-                reason: format!("named by {parent}/{} but missing", String::from_utf8_lossy(name)),
+                reason: format!(
+                    "named by {parent}/{} but missing",
+                    String::from_utf8_lossy(name)
+                ),
             })
         })?;
         Ok((e.ino, i))
@@ -296,7 +340,14 @@ impl<S: Store> Fs<S> {
 
     /// Creates a node of any type (regular file, fifo, socket, device; `mkdir` and
     /// `symlink` are the other creators).
-    pub fn mknod(&self, ctx: Ctx, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> Result<(Ino, Inode), FsError> {
+    pub fn mknod(
+        &self,
+        ctx: Ctx,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> Result<(Ino, Inode), FsError> {
         let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(FsError::Invalid);
@@ -305,12 +356,24 @@ impl<S: Store> Fs<S> {
     }
 
     /// `mkdir`.
-    pub fn mkdir(&self, ctx: Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<(Ino, Inode), FsError> {
+    pub fn mkdir(
+        &self,
+        ctx: Ctx,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<(Ino, Inode), FsError> {
         self.create_inode(ctx, parent, name, FileKind::Dir, mode, |_| {})
     }
 
     /// `symlink`.
-    pub fn symlink(&self, ctx: Ctx, parent: Ino, name: &[u8], target: &[u8]) -> Result<(Ino, Inode), FsError> {
+    pub fn symlink(
+        &self,
+        ctx: Ctx,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<(Ino, Inode), FsError> {
         if target.len() > 4095 {
             return Err(FsError::NameTooLong);
         }
@@ -400,7 +463,11 @@ impl<S: Store> Fs<S> {
     /// Drops one link of `ino` inside `t`; deletes it or marks it orphan when none remain.
     fn drop_link(&self, t: &mut Txn<'_, S>, ino: Ino) -> Result<(), FsError> {
         let mut i = t.get(ino)?;
-        i.nlink = if i.kind == FileKind::Dir { 0 } else { i.nlink.saturating_sub(1) };
+        i.nlink = if i.kind == FileKind::Dir {
+            0
+        } else {
+            i.nlink.saturating_sub(1)
+        };
         i.ctime = t.now;
         if i.nlink == 0 {
             if self.lookups_of(ino) > 0 {
@@ -488,12 +555,20 @@ impl<S: Store> Fs<S> {
             t.ops.push(Op::PutDirent {
                 parent,
                 name: name.to_vec(),
-                entry: DirEntry { ino: dst.ino, kind: dst.kind, cookie: src.cookie },
+                entry: DirEntry {
+                    ino: dst.ino,
+                    kind: dst.kind,
+                    cookie: src.cookie,
+                },
             });
             t.ops.push(Op::PutDirent {
                 parent: newparent,
                 name: newname.to_vec(),
-                entry: DirEntry { ino: src.ino, kind: src.kind, cookie: dst.cookie },
+                entry: DirEntry {
+                    ino: src.ino,
+                    kind: src.kind,
+                    cookie: dst.cookie,
+                },
             });
             if parent != newparent {
                 let (sd, dd) = (src.kind == FileKind::Dir, dst.kind == FileKind::Dir);
@@ -677,7 +752,9 @@ impl<S: Store> Fs<S> {
         if data.is_empty() {
             return Ok(0);
         }
-        let end = offset.checked_add(data.len() as u64).ok_or(FsError::TooBig)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::TooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
@@ -705,7 +782,11 @@ impl<S: Store> Fs<S> {
                 b[lo..hi].copy_from_slice(src);
                 b
             };
-            t.ops.push(Op::PutBlock { ino, idx, data: block });
+            t.ops.push(Op::PutBlock {
+                ino,
+                idx,
+                data: block,
+            });
             pos = bstart + hi as u64;
         }
         i.size = i.size.max(end);
@@ -721,11 +802,21 @@ impl<S: Store> Fs<S> {
         let end = offset.checked_add(length).ok_or(FsError::TooBig)?;
         let i = self.getattr(ino)?;
         if i.kind != FileKind::File {
-            return Err(if i.kind == FileKind::Dir { FsError::IsDir } else { FsError::NotSupported });
+            return Err(if i.kind == FileKind::Dir {
+                FsError::IsDir
+            } else {
+                FsError::NotSupported
+            });
         }
         match mode {
             0 if end > i.size => {
-                self.setattr(ino, SetAttr { size: Some(end), ..SetAttr::default() })?;
+                self.setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(end),
+                        ..SetAttr::default()
+                    },
+                )?;
                 Ok(())
             }
             0 | libc::FALLOC_FL_KEEP_SIZE => Ok(()),
@@ -740,21 +831,41 @@ impl<S: Store> Fs<S> {
     }
 
     /// Lists `ino` from `offset` (0 = start). `.` and `..` come first.
-    pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<ReaddirEntry>, FsError> {
+    pub fn readdir(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<ReaddirEntry>, FsError> {
         let d = self.getattr(ino)?;
         if d.kind != FileKind::Dir {
             return Err(FsError::NotDir);
         }
         let mut out = Vec::new();
         if offset < 1 {
-            out.push(ReaddirEntry { offset: 1, ino, kind: FileKind::Dir, name: b".".to_vec() });
+            out.push(ReaddirEntry {
+                offset: 1,
+                ino,
+                kind: FileKind::Dir,
+                name: b".".to_vec(),
+            });
         }
         if offset < 2 {
-            out.push(ReaddirEntry { offset: 2, ino: d.parent, kind: FileKind::Dir, name: b"..".to_vec() });
+            out.push(ReaddirEntry {
+                offset: 2,
+                ino: d.parent,
+                kind: FileKind::Dir,
+                name: b"..".to_vec(),
+            });
         }
         let after = offset.max(2);
         for (name, e) in self.store.read_dir(ino, after, limit)? {
-            out.push(ReaddirEntry { offset: e.cookie, ino: e.ino, kind: e.kind, name });
+            out.push(ReaddirEntry {
+                offset: e.cookie,
+                ino: e.ino,
+                kind: e.kind,
+                name,
+            });
         }
         Ok(out)
     }
@@ -785,7 +896,11 @@ impl<S: Store> Fs<S> {
         }
         i.ctime = t.now;
         t.put(ino, i);
-        t.ops.push(Op::PutXattr { ino, name: name.to_vec(), value: value.to_vec() });
+        t.ops.push(Op::PutXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+        });
         self.commit(&mut w, t.finish())?;
         Ok(())
     }
@@ -819,7 +934,10 @@ impl<S: Store> Fs<S> {
         }
         i.ctime = t.now;
         t.put(ino, i);
-        t.ops.push(Op::DelXattr { ino, name: name.to_vec() });
+        t.ops.push(Op::DelXattr {
+            ino,
+            name: name.to_vec(),
+        });
         self.commit(&mut w, t.finish())?;
         Ok(())
     }
@@ -843,12 +961,17 @@ mod tests {
         (d, Fs::new(s, 0, 0).unwrap())
     }
 
-    const U: Ctx = Ctx { uid: 1000, gid: 1000 };
+    const U: Ctx = Ctx {
+        uid: 1000,
+        gid: 1000,
+    };
 
     #[test]
     fn write_read_across_blocks_and_holes() {
         let (_d, fs) = fs();
-        let (f, _) = fs.mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0).unwrap();
+        let (f, _) = fs
+            .mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0)
+            .unwrap();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         fs.write(f, 10, &data).unwrap();
         assert_eq!(fs.getattr(f).unwrap().size, 200_010);
@@ -866,10 +989,26 @@ mod tests {
     #[test]
     fn truncate_down_then_up_reads_zeros() {
         let (_d, fs) = fs();
-        let (f, _) = fs.mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0).unwrap();
+        let (f, _) = fs
+            .mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0)
+            .unwrap();
         fs.write(f, 0, &[7u8; 150_000]).unwrap();
-        fs.setattr(f, SetAttr { size: Some(70_000), ..Default::default() }).unwrap();
-        fs.setattr(f, SetAttr { size: Some(140_000), ..Default::default() }).unwrap();
+        fs.setattr(
+            f,
+            SetAttr {
+                size: Some(70_000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs.setattr(
+            f,
+            SetAttr {
+                size: Some(140_000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let b = fs.read(f, 0, 200_000).unwrap();
         assert_eq!(b.len(), 140_000);
         assert!(b[..70_000].iter().all(|&x| x == 7));
@@ -882,7 +1021,10 @@ mod tests {
         let (d, _) = fs.mkdir(U, Ino::ROOT, b"d", 0o755).unwrap();
         assert_eq!(fs.getattr(Ino::ROOT).unwrap().nlink, 3);
         let (f, _) = fs.mknod(U, d, b"f", libc::S_IFREG | 0o644, 0).unwrap();
-        assert!(matches!(fs.mkdir(U, Ino::ROOT, b"d", 0o755), Err(FsError::Exists)));
+        assert!(matches!(
+            fs.mkdir(U, Ino::ROOT, b"d", 0o755),
+            Err(FsError::Exists)
+        ));
         assert!(matches!(fs.rmdir(Ino::ROOT, b"d"), Err(FsError::NotEmpty)));
         fs.link(f, Ino::ROOT, b"hard").unwrap();
         assert_eq!(fs.getattr(f).unwrap().nlink, 2);
@@ -893,7 +1035,10 @@ mod tests {
         assert!(matches!(fs.lookup(Ino::ROOT, b"d"), Err(FsError::NotFound)));
         let (s, _) = fs.symlink(U, Ino::ROOT, b"s", b"hard").unwrap();
         assert_eq!(fs.readlink(s).unwrap(), b"hard");
-        assert!(matches!(fs.mknod(U, Ino::ROOT, &[b'a'; 256], libc::S_IFREG, 0), Err(FsError::NameTooLong)));
+        assert!(matches!(
+            fs.mknod(U, Ino::ROOT, &[b'a'; 256], libc::S_IFREG, 0),
+            Err(FsError::NameTooLong)
+        ));
     }
 
     #[test]
@@ -903,9 +1048,18 @@ mod tests {
         let (b, _) = fs.mkdir(U, Ino::ROOT, b"b", 0o755).unwrap();
         let (f, _) = fs.mknod(U, a, b"f", libc::S_IFREG | 0o644, 0).unwrap();
         let (g, _) = fs.mknod(U, b, b"g", libc::S_IFREG | 0o644, 0).unwrap();
-        let nr = RenameFlags { noreplace: true, exchange: false };
-        assert!(matches!(fs.rename(a, b"f", b, b"g", nr), Err(FsError::Exists)));
-        let ex = RenameFlags { noreplace: false, exchange: true };
+        let nr = RenameFlags {
+            noreplace: true,
+            exchange: false,
+        };
+        assert!(matches!(
+            fs.rename(a, b"f", b, b"g", nr),
+            Err(FsError::Exists)
+        ));
+        let ex = RenameFlags {
+            noreplace: false,
+            exchange: true,
+        };
         fs.rename(a, b"f", b, b"g", ex).unwrap();
         assert_eq!(fs.lookup(a, b"f").unwrap().0, g);
         assert_eq!(fs.lookup(b, b"g").unwrap().0, f);
@@ -914,29 +1068,46 @@ mod tests {
         assert_eq!(fs.lookup(b, b"g").unwrap().0, g);
         assert!(matches!(fs.getattr(f), Err(FsError::NotFound)));
         // A directory moves with its nlink bookkeeping.
-        fs.rename(Ino::ROOT, b"a", b, b"a2", RenameFlags::default()).unwrap();
+        fs.rename(Ino::ROOT, b"a", b, b"a2", RenameFlags::default())
+            .unwrap();
         assert_eq!(fs.getattr(Ino::ROOT).unwrap().nlink, 3);
         assert_eq!(fs.getattr(b).unwrap().nlink, 3);
         assert_eq!(fs.getattr(a).unwrap().parent, b);
         // Over an empty directory: allowed; over a non-empty one: ENOTEMPTY.
         fs.mkdir(U, Ino::ROOT, b"e", 0o755).unwrap();
-        fs.rename(b, b"a2", Ino::ROOT, b"e", RenameFlags::default()).unwrap();
-        assert!(matches!(fs.rename(Ino::ROOT, b"e", Ino::ROOT, b"b", RenameFlags::default()), Err(FsError::NotEmpty)));
+        fs.rename(b, b"a2", Ino::ROOT, b"e", RenameFlags::default())
+            .unwrap();
+        assert!(matches!(
+            fs.rename(Ino::ROOT, b"e", Ino::ROOT, b"b", RenameFlags::default()),
+            Err(FsError::NotEmpty)
+        ));
     }
 
     #[test]
     fn readdir_offsets_are_stable() {
         let (_d, fs) = fs();
         for i in 0..50 {
-            fs.mknod(U, Ino::ROOT, format!("f{i}").as_bytes(), libc::S_IFREG | 0o644, 0).unwrap();
+            fs.mknod(
+                U,
+                Ino::ROOT,
+                format!("f{i}").as_bytes(),
+                libc::S_IFREG | 0o644,
+                0,
+            )
+            .unwrap();
         }
         let first = fs.readdir(Ino::ROOT, 0, 10).unwrap();
         let resume = first.last().unwrap().offset;
         fs.unlink(Ino::ROOT, b"f0").unwrap();
         fs.unlink(Ino::ROOT, b"f20").unwrap();
-        fs.mknod(U, Ino::ROOT, b"new", libc::S_IFREG | 0o644, 0).unwrap();
+        fs.mknod(U, Ino::ROOT, b"new", libc::S_IFREG | 0o644, 0)
+            .unwrap();
         let rest = fs.readdir(Ino::ROOT, resume, 1000).unwrap();
-        let mut names: Vec<_> = first.iter().chain(rest.iter()).map(|e| e.name.clone()).collect();
+        let mut names: Vec<_> = first
+            .iter()
+            .chain(rest.iter())
+            .map(|e| e.name.clone())
+            .collect();
         let n = names.len();
         names.sort();
         names.dedup();
@@ -948,10 +1119,18 @@ mod tests {
     #[test]
     fn xattrs() {
         let (_d, fs) = fs();
-        let (f, _) = fs.mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0).unwrap();
+        let (f, _) = fs
+            .mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0)
+            .unwrap();
         fs.setxattr(f, b"user.a", b"1", 0).unwrap();
-        assert!(matches!(fs.setxattr(f, b"user.a", b"2", libc::XATTR_CREATE), Err(FsError::Exists)));
-        assert!(matches!(fs.setxattr(f, b"user.b", b"2", libc::XATTR_REPLACE), Err(FsError::NoData)));
+        assert!(matches!(
+            fs.setxattr(f, b"user.a", b"2", libc::XATTR_CREATE),
+            Err(FsError::Exists)
+        ));
+        assert!(matches!(
+            fs.setxattr(f, b"user.b", b"2", libc::XATTR_REPLACE),
+            Err(FsError::NoData)
+        ));
         assert_eq!(fs.getxattr(f, b"user.a").unwrap(), b"1");
         assert_eq!(fs.listxattr(f).unwrap(), b"user.a\0");
         fs.removexattr(f, b"user.a").unwrap();
@@ -961,7 +1140,9 @@ mod tests {
     #[test]
     fn unlinked_open_file_lives_until_forget() {
         let (_d, fs) = fs();
-        let (f, _) = fs.mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0).unwrap();
+        let (f, _) = fs
+            .mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0)
+            .unwrap();
         fs.remember(f);
         fs.write(f, 0, b"still here").unwrap();
         fs.unlink(Ino::ROOT, b"f").unwrap();
@@ -976,7 +1157,14 @@ mod tests {
     fn setgid_directory_passes_its_group_on() {
         let (_d, fs) = fs();
         let (d, _) = fs.mkdir(Ctx::ROOT, Ino::ROOT, b"d", 0o2775).unwrap();
-        fs.setattr(d, SetAttr { gid: Some(50), ..Default::default() }).unwrap();
+        fs.setattr(
+            d,
+            SetAttr {
+                gid: Some(50),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let (_, f) = fs.mknod(U, d, b"f", libc::S_IFREG | 0o644, 0).unwrap();
         assert_eq!(f.gid, 50);
         let (_, sub) = fs.mkdir(U, d, b"sub", 0o755).unwrap();

@@ -82,8 +82,12 @@ pub fn verify(store: &DiskStore) -> Result<Report, StoreError> {
         report.bytes += u64::from(r.len);
         match store.read_ref(ino, idx, &r) {
             Ok(_) => {}
-            Err(StoreError::Corrupt { segment, offset, .. }) => bad.push((ino, idx, segment, offset)),
-            Err(StoreError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(StoreError::Corrupt {
+                segment, offset, ..
+            }) => bad.push((ino, idx, segment, offset)),
+            Err(StoreError::Io { path, source })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 bad.push((ino, idx, path, r.offset))
             }
             Err(e) => return Err(e),
@@ -93,7 +97,13 @@ pub fn verify(store: &DiskStore) -> Result<Report, StoreError> {
         let path = path_resolver(store)?;
         report.damaged = bad
             .into_iter()
-            .map(|(ino, idx, segment, offset)| Damage { path: path(ino), ino, idx, segment, offset })
+            .map(|(ino, idx, segment, offset)| Damage {
+                path: path(ino),
+                ino,
+                idx,
+                segment,
+                offset,
+            })
             .collect();
     }
     // Touch the inode table too: a record that does not decode is damage of another kind.

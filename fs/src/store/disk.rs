@@ -20,8 +20,8 @@
 use super::{Store, Usage};
 use crate::error::StoreError;
 use crate::mutation::{
-    decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, Op, RecordHeader, HEADER_LEN,
-    RECORD_LOCAL,
+    decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, Op, RecordHeader,
+    HEADER_LEN, RECORD_LOCAL,
 };
 use crate::types::{DirEntry, Ino, Inode, Seq};
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { segment_max: SEGMENT_MAX }
+        StoreOptions {
+            segment_max: SEGMENT_MAX,
+        }
     }
 }
 
@@ -124,7 +126,10 @@ fn key_name(tag: u8, ino: Ino, name: &[u8]) -> Vec<u8> {
 }
 
 fn decode<T: for<'a> Deserialize<'a>>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(v).map_err(|e| StoreError::BadRecord { key: format!("{k:?}"), reason: e.to_string() })
+    postcard::from_bytes(v).map_err(|e| StoreError::BadRecord {
+        key: format!("{k:?}"),
+        reason: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -163,7 +168,10 @@ pub struct DiskStore {
 
 impl std::fmt::Debug for DiskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DiskStore").field("dir", &self.dir).field("last", &self.last).finish()
+        f.debug_struct("DiskStore")
+            .field("dir", &self.dir)
+            .field("last", &self.last)
+            .finish()
     }
 }
 
@@ -177,16 +185,26 @@ fn check_format(dir: &Path) -> Result<bool, StoreError> {
     };
     let format = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("format").map(|r| r.trim_start().trim_start_matches('=').trim()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("format")
+                .map(|r| r.trim_start().trim_start_matches('=').trim())
+        })
         .unwrap_or("<missing>");
     if format != STORE_FORMAT.to_string() {
-        return Err(StoreError::IncompatibleFormat { path, found: format.to_string(), supported: STORE_FORMAT });
+        return Err(StoreError::IncompatibleFormat {
+            path,
+            found: format.to_string(),
+            supported: STORE_FORMAT,
+        });
     }
     Ok(true)
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
-    File::open(path).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(path, e))
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(path, e))
 }
 
 impl DiskStore {
@@ -203,7 +221,10 @@ impl DiskStore {
     pub fn open_with(dir: &Path, opts: StoreOptions) -> Result<DiskStore, StoreError> {
         let meta = std::fs::metadata(dir).map_err(|e| StoreError::io(dir, e))?;
         if !meta.is_dir() {
-            return Err(StoreError::io(dir, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+            return Err(StoreError::io(
+                dir,
+                std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            ));
         }
         let exists = check_format(dir)?;
         if !exists {
@@ -225,7 +246,9 @@ impl DiskStore {
             .open(&lock_path)
             .map_err(|e| StoreError::io(&lock_path, e))?;
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| StoreError::Locked { path: lock_path.clone() })?;
+            .map_err(|_| StoreError::Locked {
+                path: lock_path.clone(),
+            })?;
         let log_dir = dir.join("log");
         if !exists {
             std::fs::create_dir_all(&log_dir).map_err(|e| StoreError::io(&log_dir, e))?;
@@ -236,7 +259,9 @@ impl DiskStore {
             );
             let tmp = dir.join("store.toml.tmp");
             std::fs::write(&tmp, text).map_err(|e| StoreError::io(&tmp, e))?;
-            File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&tmp, e))?;
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::io(&tmp, e))?;
             std::fs::rename(&tmp, &marker).map_err(|e| StoreError::io(&marker, e))?;
             fsync_dir(dir)?;
         }
@@ -249,7 +274,11 @@ impl DiskStore {
             .open()?;
         let applied: Applied = match db.get(META_APPLIED)? {
             Some(v) => decode(META_APPLIED, &v)?,
-            None => Applied { seq: 0, segment: 1, end: 0 },
+            None => Applied {
+                seq: 0,
+                segment: 1,
+                end: 0,
+            },
         };
         let mut store = DiskStore {
             dir: dir.to_path_buf(),
@@ -300,11 +329,19 @@ impl DiskStore {
     }
 
     fn segment(&self, id: u32) -> Result<Arc<File>, StoreError> {
-        if let Some(f) = self.segments.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(f) = self
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return Ok(f.clone());
         }
         let f = Arc::new(Self::open_segment_file(&self.log_dir, id, false)?);
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).insert(id, f.clone());
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, f.clone());
         Ok(f)
     }
 
@@ -315,7 +352,10 @@ impl DiskStore {
             let e = e.map_err(|e| StoreError::io(&self.log_dir, e))?;
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if let Some(id) = name.strip_prefix("seg-").and_then(|r| r.strip_suffix(".log")) {
+            if let Some(id) = name
+                .strip_prefix("seg-")
+                .and_then(|r| r.strip_suffix(".log"))
+            {
                 if let Ok(id) = id.parse() {
                     ids.push(id);
                 }
@@ -337,7 +377,8 @@ impl DiskStore {
             return None;
         }
         let mut rest = vec![0u8; (hdr.total_len() - HEADER_LEN as u64) as usize];
-        file.read_exact_at(&mut rest, off + HEADER_LEN as u64).ok()?;
+        file.read_exact_at(&mut rest, off + HEADER_LEN as u64)
+            .ok()?;
         let meta = &rest[..hdr.meta_len as usize];
         if !hdr.check_meta(meta) {
             return None;
@@ -375,7 +416,11 @@ impl DiskStore {
                     torn = true;
                     break;
                 };
-                let expected = if hdr.flags & RECORD_LOCAL != 0 { last } else { last + 1 };
+                let expected = if hdr.flags & RECORD_LOCAL != 0 {
+                    last
+                } else {
+                    last + 1
+                };
                 if hdr.seq.0 != expected {
                     torn = true;
                     break;
@@ -409,7 +454,11 @@ impl DiskStore {
             }
         }
         if replayed > 0 {
-            tracing::info!(records = replayed, last_seq = last, "replayed the log after an unclean shutdown");
+            tracing::info!(
+                records = replayed,
+                last_seq = last,
+                "replayed the log after an unclean shutdown"
+            );
         }
         let w = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
         if w.segment != seg {
@@ -438,16 +487,17 @@ impl DiskStore {
         // the same batch also removes keys that an earlier op of the batch inserted.
         let mut overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         let mut blocks = pl.iter();
-        let range_delete = |overlay: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, lo: Vec<u8>, hi: Vec<u8>| {
-            for kv in self.db.range(lo.clone()..hi.clone()) {
-                let (k, _) = kv?;
-                overlay.insert(k.to_vec(), None);
-            }
-            for (_, v) in overlay.range_mut(lo..hi) {
-                *v = None;
-            }
-            Ok::<(), StoreError>(())
-        };
+        let range_delete =
+            |overlay: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, lo: Vec<u8>, hi: Vec<u8>| {
+                for kv in self.db.range(lo.clone()..hi.clone()) {
+                    let (k, _) = kv?;
+                    overlay.insert(k.to_vec(), None);
+                }
+                for (_, v) in overlay.range_mut(lo..hi) {
+                    *v = None;
+                }
+                Ok::<(), StoreError>(())
+            };
         for op in ops {
             match op {
                 LogOp::PutInode(ino, rec) => {
@@ -455,14 +505,30 @@ impl DiskStore {
                 }
                 LogOp::DelInode(ino) => {
                     overlay.insert(key(K_INODE, *ino), None);
-                    range_delete(&mut overlay, key(K_BLOCK, *ino), key(K_BLOCK, Ino(ino.0 + 1)))?;
-                    range_delete(&mut overlay, key(K_XATTR, *ino), key(K_XATTR, Ino(ino.0 + 1)))?;
+                    range_delete(
+                        &mut overlay,
+                        key(K_BLOCK, *ino),
+                        key(K_BLOCK, Ino(ino.0 + 1)),
+                    )?;
+                    range_delete(
+                        &mut overlay,
+                        key(K_XATTR, *ino),
+                        key(K_XATTR, Ino(ino.0 + 1)),
+                    )?;
                 }
-                LogOp::PutDirent { parent, name, entry } => {
+                LogOp::PutDirent {
+                    parent,
+                    name,
+                    entry,
+                } => {
                     overlay.insert(key_name(K_DIRENT, *parent, name), Some(encode(entry)));
                     overlay.insert(key2(K_COOKIE, *parent, entry.cookie), Some(name.clone()));
                 }
-                LogOp::DelDirent { parent, name, cookie } => {
+                LogOp::DelDirent {
+                    parent,
+                    name,
+                    cookie,
+                } => {
                     overlay.insert(key_name(K_DIRENT, *parent, name), None);
                     overlay.insert(key2(K_COOKIE, *parent, *cookie), None);
                 }
@@ -471,11 +537,20 @@ impl DiskStore {
                         key: format!("seq {seq}"),
                         reason: "block placement missing".into(),
                     })?;
-                    let r = BlockRef { segment, offset: rec_off + p.offset, len: p.len, digest: p.digest };
+                    let r = BlockRef {
+                        segment,
+                        offset: rec_off + p.offset,
+                        len: p.len,
+                        digest: p.digest,
+                    };
                     overlay.insert(key2(K_BLOCK, p.ino, p.idx), Some(encode(&r)));
                 }
                 LogOp::TruncBlocks { ino, from } => {
-                    range_delete(&mut overlay, key2(K_BLOCK, *ino, *from), key(K_BLOCK, Ino(ino.0 + 1)))?;
+                    range_delete(
+                        &mut overlay,
+                        key2(K_BLOCK, *ino, *from),
+                        key(K_BLOCK, Ino(ino.0 + 1)),
+                    )?;
                 }
                 LogOp::PutXattr { ino, name, value } => {
                     overlay.insert(key_name(K_XATTR, *ino, name), Some(value.clone()));
@@ -494,7 +569,11 @@ impl DiskStore {
                 }
             }
         }
-        let applied = Applied { seq: seq.0, segment, end };
+        let applied = Applied {
+            seq: seq.0,
+            segment,
+            end,
+        };
         overlay.insert(META_APPLIED.to_vec(), Some(encode(&applied)));
         // Live-byte accounting for the cleaner: the final value of each block key
         // replaces the value sled holds now.
@@ -542,9 +621,16 @@ impl DiskStore {
         for id in self.segment_ids()? {
             let p = self.segment_path(id);
             u.segments += 1;
-            u.total_bytes += std::fs::metadata(&p).map_err(|e| StoreError::io(&p, e))?.len();
+            u.total_bytes += std::fs::metadata(&p)
+                .map_err(|e| StoreError::io(&p, e))?
+                .len();
         }
-        u.live_bytes = self.live.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
+        u.live_bytes = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum();
         Ok(u)
     }
 
@@ -575,7 +661,9 @@ impl DiskStore {
         let mut candidates = Vec::new();
         for id in self.segment_ids()?.into_iter().filter(|&id| id < active) {
             let p = self.segment_path(id);
-            let size = std::fs::metadata(&p).map_err(|e| StoreError::io(&p, e))?.len();
+            let size = std::fs::metadata(&p)
+                .map_err(|e| StoreError::io(&p, e))?
+                .len();
             let l = live.get(&id).copied().unwrap_or(0);
             if l.saturating_mul(2) <= size {
                 candidates.push((l, id, size));
@@ -591,21 +679,33 @@ impl DiskStore {
             // Scan without the writer lock: writers only ever add references into the
             // active segment, so a reference into `id` found now stays valid until we
             // move it (re-checked under the lock below).
-            let refs: Vec<(Ino, u64, BlockRef)> =
-                self.blocks().filter(|b| !matches!(b, Ok((_, _, r)) if r.segment != id)).collect::<Result<_, _>>()?;
+            let refs: Vec<(Ino, u64, BlockRef)> = self
+                .blocks()
+                .filter(|b| !matches!(b, Ok((_, _, r)) if r.segment != id))
+                .collect::<Result<_, _>>()?;
             let mut intact = true;
             for chunk in refs.chunks(64) {
                 let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
                 let mut ops = Vec::new();
                 for (ino, idx, r) in chunk {
                     let k = key2(K_BLOCK, *ino, *idx);
-                    if self.db.get(&k)?.map(|v| decode::<BlockRef>(&k, &v)).transpose()? != Some(*r) {
+                    if self
+                        .db
+                        .get(&k)?
+                        .map(|v| decode::<BlockRef>(&k, &v))
+                        .transpose()?
+                        != Some(*r)
+                    {
                         continue;
                     }
                     match self.read_ref(*ino, *idx, r) {
                         Ok(data) => {
                             stats.bytes_moved += data.len() as u64;
-                            ops.push(Op::PutBlock { ino: *ino, idx: *idx, data });
+                            ops.push(Op::PutBlock {
+                                ino: *ino,
+                                idx: *idx,
+                                data,
+                            });
                         }
                         Err(e @ StoreError::Corrupt { .. }) => {
                             tracing::error!(error = %e, "keeping a log segment that holds a damaged block");
@@ -613,11 +713,27 @@ impl DiskStore {
                         }
                         Err(e) => return Err(e),
                     }
-                    if ops.iter().map(|o| if let Op::PutBlock { data, .. } = o { data.len() } else { 0 }).sum::<usize>()
+                    if ops
+                        .iter()
+                        .map(|o| {
+                            if let Op::PutBlock { data, .. } = o {
+                                data.len()
+                            } else {
+                                0
+                            }
+                        })
+                        .sum::<usize>()
                         >= CLEAN_RECORD_BYTES
                     {
                         let seq = Seq(self.last.load(Ordering::SeqCst));
-                        self.append(&mut w, &Mutation { seq, ops: std::mem::take(&mut ops) }, RECORD_LOCAL)?;
+                        self.append(
+                            &mut w,
+                            &Mutation {
+                                seq,
+                                ops: std::mem::take(&mut ops),
+                            },
+                            RECORD_LOCAL,
+                        )?;
                     }
                 }
                 if !ops.is_empty() {
@@ -636,9 +752,15 @@ impl DiskStore {
         self.checkpoint()?;
         for (id, size) in victims {
             let p = self.segment_path(id);
-            self.segments.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
-            self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             stats.segments_removed += 1;
             stats.bytes_freed += size;
         }
@@ -655,8 +777,9 @@ impl DiskStore {
     /// Fails with [`StoreError::NoSpace`] when the free space of the store's disk
     /// has fallen into the reserve.
     fn check_reserve(&self, w: &LogWriter) -> Result<(), StoreError> {
-        let s = nix::sys::statvfs::statvfs(&self.log_dir)
-            .map_err(|e| StoreError::io(&self.log_dir, std::io::Error::from_raw_os_error(e as i32)))?;
+        let s = nix::sys::statvfs::statvfs(&self.log_dir).map_err(|e| {
+            StoreError::io(&self.log_dir, std::io::Error::from_raw_os_error(e as i32))
+        })?;
         let frsize = s.fragment_size() as u64;
         let total = s.blocks() as u64 * frsize;
         let free = s.blocks_available() as u64 * frsize;
@@ -664,7 +787,9 @@ impl DiskStore {
         let reserve = (total / 50).clamp(8 << 20, 256 << 20);
         if free < reserve {
             tracing::warn!(free, reserve, "no space left for data on the store's disk");
-            return Err(StoreError::NoSpace { path: self.segment_path(w.segment) });
+            return Err(StoreError::NoSpace {
+                path: self.segment_path(w.segment),
+            });
         }
         Ok(())
     }
@@ -692,7 +817,11 @@ impl DiskStore {
         }
         w.end = end;
         w.dirty.insert(seg);
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).entry(seg).or_insert_with(|| w.file.clone());
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(seg)
+            .or_insert_with(|| w.file.clone());
         Ok(())
     }
 
@@ -709,7 +838,9 @@ impl DiskStore {
     }
 
     /// Iterates over the block index: `(ino, idx, where)`, for offline verification.
-    pub(crate) fn blocks(&self) -> impl Iterator<Item = Result<(Ino, u64, BlockRef), StoreError>> + '_ {
+    pub(crate) fn blocks(
+        &self,
+    ) -> impl Iterator<Item = Result<(Ino, u64, BlockRef), StoreError>> + '_ {
         self.db.scan_prefix([K_BLOCK]).map(|kv| {
             let (k, v) = kv?;
             let ino = Ino(u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()));
@@ -722,7 +853,12 @@ impl DiskStore {
     pub(crate) fn read_ref(&self, ino: Ino, idx: u64, r: &BlockRef) -> Result<Vec<u8>, StoreError> {
         let file = self.segment(r.segment)?;
         let mut buf = vec![0u8; r.len as usize];
-        let corrupt = || StoreError::Corrupt { ino, idx, segment: self.segment_path(r.segment), offset: r.offset };
+        let corrupt = || StoreError::Corrupt {
+            ino,
+            idx,
+            segment: self.segment_path(r.segment),
+            offset: r.offset,
+        };
         match file.read_exact_at(&mut buf, r.offset) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Err(corrupt()),
@@ -735,7 +871,9 @@ impl DiskStore {
     }
 
     /// All directory entries, for building paths in reports: `(parent, name, child)`.
-    pub(crate) fn all_dirents(&self) -> impl Iterator<Item = Result<(Ino, Vec<u8>, DirEntry), StoreError>> + '_ {
+    pub(crate) fn all_dirents(
+        &self,
+    ) -> impl Iterator<Item = Result<(Ino, Vec<u8>, DirEntry), StoreError>> + '_ {
         self.db.scan_prefix([K_DIRENT]).map(|kv| {
             let (k, v) = kv?;
             let parent = Ino(u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()));
@@ -753,7 +891,9 @@ fn fsync_tree(path: &Path) -> Result<(), StoreError> {
         if ft.is_dir() {
             fsync_tree(&p)?;
         } else if ft.is_file() {
-            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| StoreError::io(&p, e))?;
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::io(&p, e))?;
         }
     }
     fsync_dir(path)
@@ -768,7 +908,10 @@ impl Store for DiskStore {
         }
         // Keep a reserve for what frees space: unlinks, truncates and the cleaner's
         // relocations must still fit on a disk that data writes have filled.
-        if m.ops.iter().any(|o| matches!(o, Op::PutBlock { data, .. } if !data.is_empty())) {
+        if m.ops
+            .iter()
+            .any(|o| matches!(o, Op::PutBlock { data, .. } if !data.is_empty()))
+        {
             self.check_reserve(&w)?;
         }
         self.append(&mut w, m, 0)?;
@@ -790,7 +933,11 @@ impl Store for DiskStore {
             let f = self.segment(id)?;
             if let Err(e) = f.sync_data() {
                 // Keep it dirty: a later sync must try again (and fail again, visibly).
-                self.writer.lock().unwrap_or_else(|p| p.into_inner()).dirty.insert(id);
+                self.writer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .dirty
+                    .insert(id);
                 return Err(StoreError::io(self.segment_path(id), e));
             }
         }
@@ -807,7 +954,12 @@ impl Store for DiskStore {
         self.db.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
-    fn read_dir(&self, parent: Ino, after: u64, limit: usize) -> Result<Vec<(Vec<u8>, DirEntry)>, StoreError> {
+    fn read_dir(
+        &self,
+        parent: Ino,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, DirEntry)>, StoreError> {
         let lo = key2(K_COOKIE, parent, after.saturating_add(1));
         let hi = key(K_COOKIE, Ino(parent.0 + 1));
         let mut out = Vec::new();
@@ -817,10 +969,12 @@ impl Store for DiskStore {
             }
             let (_, name) = kv?;
             // The cookie index and the entry are written in one batch; a missing entry is damage.
-            let e = self.dirent(parent, &name)?.ok_or_else(|| StoreError::BadRecord {
-                key: format!("dirent {parent}/{}", String::from_utf8_lossy(&name)),
-                reason: "listed in the readdir index but missing".into(),
-            })?;
+            let e = self
+                .dirent(parent, &name)?
+                .ok_or_else(|| StoreError::BadRecord {
+                    key: format!("dirent {parent}/{}", String::from_utf8_lossy(&name)),
+                    reason: "listed in the readdir index but missing".into(),
+                })?;
             out.push((name.to_vec(), e));
         }
         Ok(out)
@@ -831,10 +985,16 @@ impl Store for DiskStore {
         // Two tries: the cleaner may move the block and delete its old segment
         // between our index read and our segment open.
         for attempt in 0..2 {
-            let Some(v) = self.db.get(&k)? else { return Ok(None) };
+            let Some(v) = self.db.get(&k)? else {
+                return Ok(None);
+            };
             let r: BlockRef = decode(&k, &v)?;
             match self.read_ref(ino, idx, &r) {
-                Err(StoreError::Io { source, .. }) if attempt == 0 && source.kind() == ErrorKind::NotFound => continue,
+                Err(StoreError::Io { source, .. })
+                    if attempt == 0 && source.kind() == ErrorKind::NotFound =>
+                {
+                    continue
+                }
                 other => return other.map(Some),
             }
         }
@@ -842,16 +1002,24 @@ impl Store for DiskStore {
     }
 
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key_name(K_XATTR, ino, name))?.map(|v| v.to_vec()))
+        Ok(self
+            .db
+            .get(key_name(K_XATTR, ino, name))?
+            .map(|v| v.to_vec()))
     }
 
     fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.db.scan_prefix(key(K_XATTR, ino)).map(|kv| Ok(kv?.0[9..].to_vec())).collect()
+        self.db
+            .scan_prefix(key(K_XATTR, ino))
+            .map(|kv| Ok(kv?.0[9..].to_vec()))
+            .collect()
     }
 
     fn next_ino(&self) -> Result<u64, StoreError> {
         Ok(match self.db.get(META_NEXT_INO)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0, 0, 0, 0, 0, 0, 0, 2])),
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0, 0, 0, 0, 0, 0, 0, 2]))
+            }
             None => 2,
         })
     }
@@ -859,7 +1027,11 @@ impl Store for DiskStore {
     fn orphans(&self) -> Result<Vec<Ino>, StoreError> {
         self.db
             .scan_prefix([K_ORPHAN])
-            .map(|kv| Ok(Ino(u64::from_be_bytes(kv?.0[1..9].try_into().unwrap_or_default()))))
+            .map(|kv| {
+                Ok(Ino(u64::from_be_bytes(
+                    kv?.0[1..9].try_into().unwrap_or_default(),
+                )))
+            })
             .collect()
     }
 
@@ -904,7 +1076,9 @@ impl Checkpointer {
             .spawn(move || {
                 let mut done = store.last_applied();
                 // Ends when the sender is dropped (or sends).
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(interval)
+                {
                     let now = store.last_applied();
                     if now != done {
                         match store.checkpoint() {
@@ -918,7 +1092,10 @@ impl Checkpointer {
                 }
             })
             .ok();
-        Checkpointer { stop: Some(tx), thread }
+        Checkpointer {
+            stop: Some(tx),
+            thread,
+        }
     }
 }
 

@@ -11,7 +11,9 @@ mod disk;
 #[cfg(test)]
 mod tests;
 
-pub use disk::{Checkpointer, CleanStats, DiskStore, LogUsage, StoreOptions, SEGMENT_MAX, STORE_FORMAT};
+pub use disk::{
+    Checkpointer, CleanStats, DiskStore, LogUsage, StoreOptions, SEGMENT_MAX, STORE_FORMAT,
+};
 
 use crate::error::StoreError;
 use crate::mutation::Mutation;
@@ -59,7 +61,12 @@ pub trait Store: Send + Sync + 'static {
     fn dirent(&self, parent: Ino, name: &[u8]) -> Result<Option<DirEntry>, StoreError>;
 
     /// Up to `limit` entries of `parent` whose cookie is greater than `after`, in cookie order.
-    fn read_dir(&self, parent: Ino, after: u64, limit: usize) -> Result<Vec<(Vec<u8>, DirEntry)>, StoreError>;
+    fn read_dir(
+        &self,
+        parent: Ino,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, DirEntry)>, StoreError>;
 
     /// Data block `idx` of `ino`, `None` for a hole.
     ///
