@@ -66,7 +66,7 @@ pub struct FsConfig {
     /// `fs.writeback_cache`: let the kernel batch writes in its page cache. Default: `true`.
     pub writeback_cache: bool,
     /// `fs.attr_timeout`: how long the kernel caches attributes and directory entries,
-    /// `0s..=1h`. Default: 1s.
+    /// `0s..=1h`. Default: 60s (this node is the only writer, so the cache stays true).
     pub attr_timeout: Duration,
     /// `fs.threads`: FUSE worker threads, `1..=64`. Default: 4.
     pub threads: usize,
@@ -167,7 +167,7 @@ pub struct Location {
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/twinfs";
 const DEFAULT_MOUNTPOINT: &str = "/srv/www";
-const DEFAULT_ATTR_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_ATTR_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_THREADS: usize = 4;
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -872,7 +872,7 @@ mod tests {
         assert_eq!(c.node.data_dir, Path::new("/var/lib/twinfs"));
         assert_eq!(c.node.mountpoint, Path::new("/srv/www"));
         assert!(c.fs.writeback_cache);
-        assert_eq!(c.fs.attr_timeout, Duration::from_secs(1));
+        assert_eq!(c.fs.attr_timeout, Duration::from_secs(60));
         assert_eq!(c.fs.threads, 4);
         assert_eq!(c.fs.checkpoint_interval, Duration::from_secs(5));
         assert_eq!(c.log.level, LogLevel::Info);

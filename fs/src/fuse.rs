@@ -36,7 +36,7 @@ pub struct FuseOptions {
 impl Default for FuseOptions {
     fn default() -> Self {
         FuseOptions {
-            attr_timeout: Duration::from_secs(1),
+            attr_timeout: Duration::from_secs(60),
             writeback_cache: true,
             threads: 4,
         }
