@@ -7,7 +7,7 @@
 //! a mutation twice gives the same store as applying it once. That makes crash
 //! replay and, later, replication retries idempotent.
 //!
-//! On disk a mutation is one log record (see [`encode_record`]): a fixed header,
+//! On disk a mutation is one log record (see `encode_record`): a fixed header,
 //! the ops without their data (postcard), then the data blocks back to back. The
 //! data bytes are stored verbatim, so a block can be read straight from the log
 //! at the offset the block index records.
