@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util;
+use crate::util::{self, pattern};
 
 const APACHE_BIN: &str = "/usr/sbin/apache2";
 const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
@@ -21,7 +21,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Socket read/write timeout of the client.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(20);
 
 const SMALL_FILES: usize = 1000;
 const SMALL_SIZE: usize = 4096;
@@ -53,22 +52,6 @@ fn require_apache(test: &str) -> bool {
 fn find_free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
-}
-
-/// splitmix64: deterministic, distinct bytes per seed.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        out.extend_from_slice(&z.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Content of small file `i`: a readable header naming the file, then noise.
@@ -171,29 +154,27 @@ DocumentRoot "{root}"
 
     fn wait_listening(&mut self) {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        let max_polls = START_TIMEOUT.as_millis() / POLL.as_millis() + 2;
-        for _ in 0..max_polls {
+        let child = self.child.as_mut().expect("apache child");
+        let exited = util::poll_until(START_TIMEOUT, || {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+                return Some(None);
             }
-            let child = self.child.as_mut().expect("apache child");
-            if let Ok(Some(status)) = child.try_wait() {
+            child.try_wait().ok().flatten().map(Some)
+        });
+        match exited {
+            Some(None) => {}
+            Some(Some(status)) => {
                 self.child = None;
                 panic!(
                     "apache2 exited with {status} before listening on {addr}:\n{}",
                     self.logs()
                 );
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(POLL);
+            None => panic!(
+                "apache2 did not listen on {addr} within {START_TIMEOUT:?}:\n{}",
+                self.logs()
+            ),
         }
-        panic!(
-            "apache2 did not listen on {addr} within {START_TIMEOUT:?}:\n{}",
-            self.logs()
-        );
     }
 
     /// `GET path`; returns (status code, body).
@@ -204,30 +185,9 @@ DocumentRoot "{root}"
 
 impl Drop for Apache {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own unreaped child (the pid cannot be reused).
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            util::stop_child(&mut child, STOP_TIMEOUT);
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let max_polls = STOP_TIMEOUT.as_millis() / POLL.as_millis() + 2;
-        for _ in 0..max_polls {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(POLL);
-        }
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        let _ = child.wait();
     }
 }
 

@@ -9,17 +9,15 @@
 //! and fails the test, so a regression costs seconds, not a hung test.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Output};
+use std::time::Duration;
 
 use crate::util;
 
 /// How long a `twinfs mount` that must fail may take to fail.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(10);
 
 /// Exit code for usage/config errors (contract).
 const EXIT_CONFIG: i32 = 2;
@@ -43,61 +41,34 @@ fn run_mount(args: &[&str], mnt: &Path) -> Output {
     let baseline = mounts_at(mnt);
     let mut cmd = Command::new(util::twinfs_bin());
     cmd.arg("mount").args(args);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let mut out_pipe = child.stdout.take().expect("stdout");
-    let mut err_pipe = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + FAIL_TIMEOUT;
-    let mut problem = None;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if mounts_at(mnt) > baseline {
-            problem = Some(format!("it mounted {} instead of failing", mnt.display()));
-            break None;
-        }
-        if Instant::now() >= deadline {
-            problem = Some(format!("it was still running after {FAIL_TIMEOUT:?}"));
-            break None;
-        }
-        std::thread::sleep(POLL);
-    };
-    let status = match status {
-        Some(s) => s,
-        None => {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
-            }
-            let _ = child.wait();
-            if mounts_at(mnt) > baseline {
-                util::lazy_unmount(mnt);
-            }
-            let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-            panic!(
-                "{cmd:?} must fail, but {}; stderr:\n{stderr}",
-                problem.unwrap_or_default()
-            );
-        }
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+    let mut cap = util::spawn_captured(&mut cmd).unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    enum Wait {
+        Exited(ExitStatus),
+        Mounted,
     }
+    let waited = util::poll_until(FAIL_TIMEOUT, || {
+        if let Ok(Some(status)) = cap.child.try_wait() {
+            Some(Wait::Exited(status))
+        } else if mounts_at(mnt) > baseline {
+            Some(Wait::Mounted)
+        } else {
+            None
+        }
+    });
+    let problem = match waited {
+        Some(Wait::Exited(status)) => return cap.output(status),
+        Some(Wait::Mounted) => format!("it mounted {} instead of failing", mnt.display()),
+        None => format!("it was still running after {FAIL_TIMEOUT:?}"),
+    };
+    let status = util::kill_child(&mut cap.child);
+    if mounts_at(mnt) > baseline {
+        util::lazy_unmount(mnt);
+    }
+    let stderr = match status {
+        Some(status) => String::from_utf8_lossy(&cap.output(status).stderr).into_owned(),
+        None => String::from("(could not reap the child)"),
+    };
+    panic!("{cmd:?} must fail, but {problem}; stderr:\n{stderr}");
 }
 
 /// Asserts the failure shape: exit code (exactly `code`, or 1 or 2 when `None`),

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util;
+use crate::util::{self, pattern, TestRng};
 
 const ROUNDS: usize = 3;
 const WRITERS: usize = 3;
@@ -68,33 +68,6 @@ fn build(steps: &[Step]) -> Vec<u8> {
     v
 }
 
-/// splitmix64 bytes for `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = Rng(seed ^ 0xA076_1D64_78BD_642F);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next().to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Files whose last fsync returned, with their recipes (relative path → steps).
 type Synced = Arc<Mutex<BTreeMap<String, Vec<Step>>>>;
 
@@ -120,7 +93,7 @@ struct Round {
 }
 
 /// A file size between 1 byte and 2 MiB, mostly small.
-fn pick_size(rng: &mut Rng, small_only: bool) -> usize {
+fn pick_size(rng: &mut TestRng, small_only: bool) -> usize {
     let bucket = if small_only {
         rng.below(3)
     } else {
@@ -140,7 +113,7 @@ fn pick_size(rng: &mut Rng, small_only: bool) -> usize {
 /// One writer: returns when the round is told to stop or on the first I/O error.
 fn writer(r: Arc<Round>, t: usize) {
     let dir_rel = format!("r{}/t{t}", r.round);
-    let mut rng = Rng(0x5EED_0000 + (r.round as u64) * 1000 + t as u64);
+    let mut rng = TestRng::new(0x5EED_0000 + (r.round as u64) * 1000 + t as u64);
     // This writer's files that may be touched again: (relative path, recipe).
     let mut mine: Vec<(String, Vec<Step>)> = Vec::new();
     let mut written: u64 = 0;
@@ -179,18 +152,18 @@ fn writer(r: Arc<Round>, t: usize) {
                     steps.push(Step::Write {
                         off: 0,
                         len: cut,
-                        seed: rng.next(),
+                        seed: rng.next_u64(),
                     });
                     steps.push(Step::Write {
                         off: cut as u64,
                         len: size - cut,
-                        seed: rng.next(),
+                        seed: rng.next_u64(),
                     });
                 } else {
                     steps.push(Step::Write {
                         off: 0,
                         len: size,
-                        seed: rng.next(),
+                        seed: rng.next_u64(),
                     });
                 }
                 written += size as u64;
@@ -211,7 +184,7 @@ fn writer(r: Arc<Round>, t: usize) {
                     new.push(Step::Write {
                         off: cur_len,
                         len,
-                        seed: rng.next(),
+                        seed: rng.next_u64(),
                     });
                 } else {
                     if cur_len > 1 && rng.below(3) == 0 {
@@ -222,7 +195,7 @@ fn writer(r: Arc<Round>, t: usize) {
                     new.push(Step::Write {
                         off,
                         len,
-                        seed: rng.next(),
+                        seed: rng.next_u64(),
                     });
                 }
                 written += new

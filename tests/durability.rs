@@ -13,28 +13,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::util;
+use crate::util::{self, pattern};
 
-const POLL: Duration = Duration::from_millis(10);
 const STRACE_ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 const STRACE_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const BLOCK: usize = 64 * 1024;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed ^ 0xD1B5_4A32_D192_ED03;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A seed no earlier run used, so the pattern occurs nowhere else on disk.
 fn unique_seed() -> u64 {
@@ -98,17 +83,12 @@ impl Strace {
         };
         // Attached once every thread of the daemon has strace as its tracer.
         let tracer = s.child.as_ref().map(Child::id).unwrap_or(0);
-        let deadline = Instant::now() + STRACE_ATTACH_TIMEOUT;
-        loop {
-            if all_threads_traced_by(pid, tracer) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "strace did not attach to every thread of pid {pid} within {STRACE_ATTACH_TIMEOUT:?}"
-            );
-            std::thread::sleep(POLL);
-        }
+        assert!(
+            util::poll_until(STRACE_ATTACH_TIMEOUT, || all_threads_traced_by(pid, tracer)
+                .then_some(()))
+            .is_some(),
+            "strace did not attach to every thread of pid {pid} within {STRACE_ATTACH_TIMEOUT:?}"
+        );
         s
     }
 
@@ -119,26 +99,10 @@ impl Strace {
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own unreaped child. strace detaches on SIGTERM.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            // strace detaches on SIGTERM.
+            util::stop_child(&mut child, STRACE_STOP_TIMEOUT);
         }
-        let deadline = Instant::now() + STRACE_STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        let _ = child.wait();
     }
 }
 

@@ -10,25 +10,12 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, cpath, cvt, errno, Mounted};
+use crate::util::{self, cpath, cvt, errno, pattern, renameat2, Mounted};
 
 const GIB: u64 = 1 << 30;
 
 fn p(m: &Mounted, rel: &str) -> PathBuf {
     m.mnt.join(rel)
-}
-
-/// Deterministic test bytes (xorshift), different for every `seed`.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn write_file(path: &Path, data: &[u8]) {
@@ -55,22 +42,6 @@ fn io_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
         Ok(v) => panic!("expected an error, got Ok({v:?})"),
         Err(e) => e.raw_os_error().expect("os error"),
     }
-}
-
-fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
-    let (a, b) = (cpath(from), cpath(to));
-    // SAFETY: valid C strings; raw renameat2(2).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    cvt(r).map(|_| ())
 }
 
 #[test]

@@ -24,7 +24,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rand::distributions::{Distribution, WeightedIndex};
+use rand::{Rng as _, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// How long `Mounted::start*` waits for the mount to appear.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,6 +41,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval of every wait loop.
 const POLL: Duration = Duration::from_millis(10);
+/// How long the mount may linger after the daemon exited 0.
+const UNMOUNTED_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Path of the `twinfs` binary built by cargo for this test run.
 pub(crate) fn twinfs_bin() -> PathBuf {
@@ -236,68 +243,121 @@ pub(crate) fn lazy_unmount(mnt: &Path) -> bool {
 // ---------------------------------------------------------------------------
 // Processes
 
-/// Wait for `child` at most `timeout`; `None` if it is still running.
-fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+/// Call `f` every `POLL` until it returns `Some`, for at most `timeout` (and
+/// at most `timeout / POLL + 2` calls, so the loop is bounded even if the clock
+/// misbehaves); `None` if it never did.
+pub(crate) fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     let max_polls = (timeout.as_millis() / POLL.as_millis()) as u64 + 2;
     for _ in 0..max_polls {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(_) => return None,
+        if let Some(v) = f() {
+            return Some(v);
         }
         if Instant::now() >= deadline {
             break;
         }
         std::thread::sleep(POLL);
     }
-    child.try_wait().ok().flatten()
+    None
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet
-    // (so the pid cannot have been reused).
+/// Wait for `child` at most `timeout`; `None` if it is still running.
+pub(crate) fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    // A try_wait error ends the wait as `None` at once.
+    poll_until(timeout, || {
+        child.try_wait().map_or(Some(None), |s| s.map(Some))
+    })
+    .flatten()
+}
+
+/// SIGKILL our own child (std's `Child::kill` signals by pid only while the
+/// child is unreaped, so the pid cannot have been reused) and reap it.
+pub(crate) fn kill_child(child: &mut Child) -> Option<ExitStatus> {
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// Stop our own child: SIGTERM by pid, wait at most `timeout`, then SIGKILL and
+/// reap it. Returns the exit status if it exited within `timeout` of SIGTERM
+/// (or had already exited), `None` if it had to be killed.
+pub(crate) fn stop_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    match child.try_wait() {
+        // Already reaped: never signal a pid that may have been reused.
+        Ok(Some(status)) => return Some(status),
+        Ok(None) => {}
+        Err(_) => {
+            kill_child(child);
+            return None;
+        }
+    }
+    // SAFETY: kill(2) on the pid of our own child, which try_wait just found
+    // unreaped (so the pid cannot have been reused).
     unsafe {
-        libc::kill(pid as libc::pid_t, sig);
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    if let Some(status) = wait_bounded(child, timeout) {
+        return Some(status);
+    }
+    kill_child(child);
+    None
+}
+
+/// A child spawned by `spawn_captured`, with threads draining its stdout and
+/// stderr (so that a chatty child never blocks on a full pipe).
+pub(crate) struct Captured {
+    pub(crate) child: Child,
+    stdout: JoinHandle<Vec<u8>>,
+    stderr: JoinHandle<Vec<u8>>,
+}
+
+/// Spawn `cmd` with stdin from /dev/null and stdout/stderr captured.
+pub(crate) fn spawn_captured(cmd: &mut Command) -> std::io::Result<Captured> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let stdout = drain(child.stdout.take().expect("stdout piped"));
+    let stderr = drain(child.stderr.take().expect("stderr piped"));
+    Ok(Captured {
+        child,
+        stdout,
+        stderr,
+    })
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = pipe.read_to_end(&mut v);
+        v
+    })
+}
+
+impl Captured {
+    /// The output of the child, which has exited with `status` (the pipes end
+    /// when it and anything it left running have closed them).
+    pub(crate) fn output(self, status: ExitStatus) -> Output {
+        Output {
+            status,
+            stdout: self.stdout.join().unwrap_or_default(),
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
     }
 }
 
 /// Run `cmd` with stdout/stderr captured, killing it (by pid) after `timeout`.
 fn run_bounded(mut cmd: Command, timeout: Duration) -> std::io::Result<Output> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let mut out_pipe = child.stdout.take().expect("stdout piped");
-    let mut err_pipe = child.stderr.take().expect("stderr piped");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    let status = match wait_bounded(&mut child, timeout) {
-        Some(s) => s,
+    let mut cap = spawn_captured(&mut cmd)?;
+    match wait_bounded(&mut cap.child, timeout) {
+        Some(status) => Ok(cap.output(status)),
         None => {
-            signal(child.id(), libc::SIGKILL);
-            let _ = child.wait();
-            return Err(std::io::Error::new(
+            kill_child(&mut cap.child);
+            Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("{cmd:?} did not finish within {timeout:?}; killed"),
-            ));
+            ))
         }
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
+    }
 }
 
 /// Run `twinfs ARGS...` to completion (at most 120 s, then it is killed and
@@ -410,14 +470,17 @@ impl Mounted {
     }
 
     fn wait_mounted(&mut self, cmd: &Command) {
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        let max_polls = (MOUNT_TIMEOUT.as_millis() / POLL.as_millis()) as u64 + 2;
-        for _ in 0..max_polls {
-            if mounted_fstype(&self.mnt).as_deref() == Some("fuse.twinfs") {
-                return;
+        let (mnt, child) = (&self.mnt, &mut self.child);
+        let child = child.as_mut().expect("child present while starting");
+        let outcome = poll_until(MOUNT_TIMEOUT, || {
+            if mounted_fstype(mnt).as_deref() == Some("fuse.twinfs") {
+                return Some(None);
             }
-            let child = self.child.as_mut().expect("child present while starting");
-            if let Ok(Some(status)) = child.try_wait() {
+            child.try_wait().ok().flatten().map(Some)
+        });
+        match outcome {
+            Some(None) => return,
+            Some(Some(status)) => {
                 self.child = None;
                 self.needs_unmount = false;
                 panic!(
@@ -425,10 +488,7 @@ impl Mounted {
                     self.stderr_so_far()
                 );
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(POLL);
+            None => {}
         }
         // Drop kills the daemon and unmounts.
         panic!(
@@ -455,12 +515,9 @@ impl Mounted {
     /// disk (see the module comment), so `start_at(&data, &mnt, ..)` remounts it.
     pub(crate) fn stop(mut self) -> String {
         let mut child = self.child.take().expect("daemon already stopped");
-        signal(self.pid, libc::SIGTERM);
-        let status = match wait_bounded(&mut child, STOP_TIMEOUT) {
+        let status = match stop_child(&mut child, STOP_TIMEOUT) {
             Some(s) => s,
             None => {
-                signal(self.pid, libc::SIGKILL);
-                let _ = child.wait();
                 panic!(
                     "twinfs (pid {}) did not exit within {STOP_TIMEOUT:?} of SIGTERM; stderr:\n{}",
                     self.pid,
@@ -475,16 +532,11 @@ impl Mounted {
             self.pid
         );
         // The daemon unmounts before it exits; give the kernel a moment.
-        let mut still_mounted = true;
-        for _ in 0..200 {
-            if mounted_fstype(&self.mnt).is_none() {
-                still_mounted = false;
-                break;
-            }
-            std::thread::sleep(POLL);
-        }
+        let unmounted = poll_until(UNMOUNTED_TIMEOUT, || {
+            mounted_fstype(&self.mnt).is_none().then_some(())
+        });
         assert!(
-            !still_mounted,
+            unmounted.is_some(),
             "twinfs exited 0 after SIGTERM but {} is still mounted; stderr:\n{stderr}",
             self.mnt.display()
         );
@@ -499,8 +551,7 @@ impl Mounted {
     /// The store stays as the crash left it, for `start_at`.
     pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            signal(self.pid, libc::SIGKILL);
-            let _ = child.wait();
+            kill_child(&mut child);
         }
         if self.needs_unmount {
             lazy_unmount(&self.mnt);
@@ -512,7 +563,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            signal(self.pid, libc::SIGKILL);
+            let _ = child.kill();
             // SIGKILL cannot be ignored; the bound only guards against a
             // process stuck in the kernel.
             let _ = wait_bounded(&mut child, STOP_TIMEOUT);
@@ -801,4 +852,82 @@ pub(crate) fn manifest_diff(
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------
+// Seeded randomness
+
+/// The tests' seeded PRNG: ChaCha8 from `rand_chacha`, whose output for a
+/// given seed is fixed across versions, so a printed seed replays the same
+/// sequence. (Before this replaced the tests' hand-written SplitMix64, the same
+/// seed numbers drove a different sequence: seeds recorded back then replay a
+/// different run now.)
+pub(crate) struct TestRng(ChaCha8Rng);
+
+impl TestRng {
+    pub(crate) fn new(seed: u64) -> TestRng {
+        TestRng(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in `0..n`; 0 when `n` is 0.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.0.gen_range(0..n)
+        }
+    }
+
+    /// True with probability `per_mille`/1000.
+    pub(crate) fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+
+    /// One element of the non-empty `xs`.
+    pub(crate) fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        assert!(!xs.is_empty(), "pick from an empty slice");
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+
+    /// An index into `weights`, chosen with probability proportional to its weight.
+    pub(crate) fn weighted(&mut self, weights: &[u64]) -> usize {
+        WeightedIndex::new(weights)
+            .expect("weights: non-empty, not all zero")
+            .sample(&mut self.0)
+    }
+
+    /// `len` random bytes.
+    pub(crate) fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.0.fill_bytes(&mut v);
+        v
+    }
+}
+
+/// Deterministic test bytes: the first `len` bytes of `TestRng::new(seed)`
+/// (so `pattern(seed, n)` is a prefix of `pattern(seed, m)` for `n <= m`),
+/// different for every `seed`.
+pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    TestRng::new(seed).bytes(len)
+}
+
+/// Raw renameat2(2) (std has no flags): `Err(errno)` on failure.
+pub(crate) fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let (a, b) = (cpath(from), cpath(to));
+    // SAFETY: valid C strings; raw renameat2(2).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    cvt(r).map(|_| ())
 }

@@ -385,9 +385,25 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _lo: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do on close (durability is fsync's job, and there is no per-open
+        // state); ENOSYS makes the kernel stop sending FLUSH at all.
+        reply.error(Errno::ENOSYS);
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // isatty() and friends: not a terminal, and not worth a log line.
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
     fn fsync(
         &self,
         _req: &Request,
