@@ -63,7 +63,8 @@ pub struct NodeConfig {
 /// `[fs]`: FUSE and store tuning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsConfig {
-    /// `fs.writeback_cache`: let the kernel batch writes in its page cache. Default: `true`.
+    /// `fs.writeback_cache`: let the kernel batch writes in its page cache. Default: `false`
+    /// (with it, every close invalidates cached attributes: a GETATTR per Apache request).
     pub writeback_cache: bool,
     /// `fs.attr_timeout`: how long the kernel caches attributes and directory entries,
     /// `0s..=1h`. Default: 60s (this node is the only writer, so the cache stays true).
@@ -247,7 +248,7 @@ impl Config {
         check_disjoint(cx, &data_dir, &mountpoint)?;
         let (data_dir, mountpoint) = (data_dir.path, mountpoint.path);
 
-        let writeback_cache = fs.writeback_cache.unwrap_or(true);
+        let writeback_cache = fs.writeback_cache.unwrap_or(false);
         let attr_timeout = duration_in(
             cx,
             "fs.attr_timeout",
@@ -325,7 +326,7 @@ impl Default for NodeConfig {
 impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
-            writeback_cache: true,
+            writeback_cache: false,
             attr_timeout: DEFAULT_ATTR_TIMEOUT,
             threads: DEFAULT_THREADS,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
@@ -871,7 +872,7 @@ mod tests {
         assert_eq!(c.node.name.as_str(), "testhost");
         assert_eq!(c.node.data_dir, Path::new("/var/lib/twinfs"));
         assert_eq!(c.node.mountpoint, Path::new("/srv/www"));
-        assert!(c.fs.writeback_cache);
+        assert!(!c.fs.writeback_cache);
         assert_eq!(c.fs.attr_timeout, Duration::from_secs(60));
         assert_eq!(c.fs.threads, 4);
         assert_eq!(c.fs.checkpoint_interval, Duration::from_secs(5));
@@ -901,7 +902,7 @@ data_dir = "/data/twinfs"
 mountpoint = "/var/www"
 
 [fs]
-writeback_cache = false
+writeback_cache = true
 attr_timeout = "0s"
 threads = 64
 checkpoint_interval = "10min"
@@ -920,7 +921,7 @@ level = "TRACE"
                     mountpoint: "/var/www".into(),
                 },
                 fs: FsConfig {
-                    writeback_cache: false,
+                    writeback_cache: true,
                     attr_timeout: Duration::ZERO,
                     threads: 64,
                     checkpoint_interval: Duration::from_secs(600),

@@ -37,7 +37,7 @@ impl Default for FuseOptions {
     fn default() -> Self {
         FuseOptions {
             attr_timeout: Duration::from_secs(60),
-            writeback_cache: true,
+            writeback_cache: false,
             threads: 4,
         }
     }
