@@ -9,7 +9,7 @@
 //!
 //! Write path ([`Store::apply`]): the mutation is encoded as one record and
 //! appended to the active segment with a single `pwrite`, then the index changes
-//! (including the new "applied" position) go into sled as one atomic batch.
+//! go into sled key by key, the new "applied" position last (see `index`).
 //! [`Store::sync`] is one `fdatasync` per segment written since the last sync, so
 //! an application's fsync costs what a native fsync costs. sled itself is flushed
 //! and its files fsynced only at checkpoints ([`DiskStore::checkpoint`]): after a
@@ -474,7 +474,7 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Writes the index changes of one record into sled as one atomic batch.
+    /// Writes the index changes of one record into sled ("applied" last).
     fn index(
         &self,
         ops: &[LogOp],
