@@ -47,6 +47,12 @@ pub enum StoreError {
         /// The format this build reads.
         supported: u32,
     },
+    /// The directory is neither empty nor a twinfs store.
+    #[error("{path} is not empty and holds no twinfs store (no store.toml); refusing to use it as a data dir")]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Another process has the store open.
     #[error("{path} is locked: another twinfs process is using this data dir")]
     Locked {

@@ -231,9 +231,8 @@ impl DiskStore {
         if !exists {
             let mut entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
             if entries.next().is_some() {
-                return Err(StoreError::BadRecord {
-                    key: dir.join("store.toml").display().to_string(),
-                    reason: "missing, and the directory is not empty: not a twinfs data dir".into(),
+                return Err(StoreError::NotAStore {
+                    path: dir.to_path_buf(),
                 });
             }
         }
