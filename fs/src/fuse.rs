@@ -355,6 +355,12 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     ) {
         match self.fs.read(Ino(ino.0), offset, size) {
             Ok(d) => reply.data(&d),
+            Err(FsError::Store(e @ crate::error::StoreError::Corrupt { .. })) => {
+                // Wrong bytes are never returned: EIO, and a line the operator can act on.
+                let path = self.fs.path_of(Ino(ino.0));
+                tracing::error!(file = %path, error = %e, "damaged data block; run `twinfs verify`");
+                reply.error(Errno::EIO);
+            }
             Err(e) => reply.error(errno("read", e)),
         }
     }

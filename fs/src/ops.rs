@@ -311,6 +311,28 @@ impl<S: Store> Fs<S> {
         Ok(())
     }
 
+    /// The path of `ino` inside the filesystem, for error reports (scans the
+    /// directory entries: slow, use only on error paths).
+    pub fn path_of(&self, ino: Ino) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        // Bounded: no real tree is 4096 levels deep; a loop in damaged metadata stops here.
+        for _ in 0..4096 {
+            if cur == Ino::ROOT {
+                parts.reverse();
+                return format!("/{}", parts.join("/"));
+            }
+            match self.store.name_of(cur) {
+                Ok(Some((parent, name))) => {
+                    parts.push(String::from_utf8_lossy(&name).into_owned());
+                    cur = parent;
+                }
+                _ => break,
+            }
+        }
+        format!("<inode {ino}, no path>")
+    }
+
     /// `stat`.
     pub fn getattr(&self, ino: Ino) -> Result<Inode, FsError> {
         self.store.inode(ino)?.ok_or(FsError::NotFound)
@@ -1021,6 +1043,7 @@ mod tests {
         let (d, _) = fs.mkdir(U, Ino::ROOT, b"d", 0o755).unwrap();
         assert_eq!(fs.getattr(Ino::ROOT).unwrap().nlink, 3);
         let (f, _) = fs.mknod(U, d, b"f", libc::S_IFREG | 0o644, 0).unwrap();
+        assert_eq!(fs.path_of(f), "/d/f");
         assert!(matches!(
             fs.mkdir(U, Ino::ROOT, b"d", 0o755),
             Err(FsError::Exists)

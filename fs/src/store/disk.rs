@@ -1060,6 +1060,16 @@ impl Store for DiskStore {
             .collect()
     }
 
+    fn name_of(&self, ino: Ino) -> Result<Option<(Ino, Vec<u8>)>, StoreError> {
+        for e in self.all_dirents() {
+            let (parent, name, entry) = e?;
+            if entry.ino == ino {
+                return Ok(Some((parent, name)));
+            }
+        }
+        Ok(None)
+    }
+
     fn usage(&self) -> Result<Usage, StoreError> {
         let s = nix::sys::statvfs::statvfs(&self.dir)
             .map_err(|e| StoreError::io(&self.dir, std::io::Error::from_raw_os_error(e as i32)))?;

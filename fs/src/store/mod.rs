@@ -86,6 +86,11 @@ pub trait Store: Send + Sync + 'static {
     /// Inodes marked as unlinked-but-open.
     fn orphans(&self) -> Result<Vec<Ino>, StoreError>;
 
+    /// One directory entry naming `ino` (its parent and the name), if any.
+    ///
+    /// A full scan of the directory entries: meant for error reports, not for hot paths.
+    fn name_of(&self, ino: Ino) -> Result<Option<(Ino, Vec<u8>)>, StoreError>;
+
     /// Space figures.
     fn usage(&self) -> Result<Usage, StoreError>;
 }
