@@ -23,6 +23,7 @@ cargo build --release -q -p twinfs
 TWINFS=$ROOT/target/release/twinfs
 
 WORK=$(mktemp -d /var/tmp/twinfs-demo.XXXXXX)
+chmod 755 "$WORK" # Apache runs as www-data and must reach the mount point
 DATA=$WORK/data
 MNT=$WORK/www
 mkdir -p "$DATA" "$MNT"
@@ -105,8 +106,8 @@ EOF
 /usr/sbin/apache2 -f "$WORK/httpd.conf" -DFOREGROUND &
 APACHE_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.1; done
-curl -sS "http://127.0.0.1:$PORT/"
-curl -sS -o /dev/null -w 'static/f1.bin: HTTP %{http_code}, %{size_download} bytes\n' "http://127.0.0.1:$PORT/static/f1.bin"
+curl -sSf "http://127.0.0.1:$PORT/"
+curl -sSf -o /dev/null -w 'static/f1.bin: HTTP %{http_code}, %{size_download} bytes\n' "http://127.0.0.1:$PORT/static/f1.bin"
 kill "$APACHE_PID"; wait "$APACHE_PID" 2>/dev/null || true; APACHE_PID=""
 
 SUM_BEFORE=$(cd "$MNT" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
