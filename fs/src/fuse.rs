@@ -263,17 +263,19 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(Ino(parent.0), name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", e)),
-        }
+        empty(
+            reply,
+            "unlink",
+            self.fs.unlink(Ino(parent.0), name.as_bytes()),
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(Ino(parent.0), name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", e)),
-        }
+        empty(
+            reply,
+            "rmdir",
+            self.fs.rmdir(Ino(parent.0), name.as_bytes()),
+        )
     }
 
     fn symlink(
@@ -310,16 +312,17 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         if flags.contains(fuser::RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
-        match self.fs.rename(
-            Ino(parent.0),
-            name.as_bytes(),
-            Ino(newparent.0),
-            newname.as_bytes(),
-            f,
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rename", e)),
-        }
+        empty(
+            reply,
+            "rename",
+            self.fs.rename(
+                Ino(parent.0),
+                name.as_bytes(),
+                Ino(newparent.0),
+                newname.as_bytes(),
+                f,
+            ),
+        )
     }
 
     fn link(
@@ -418,10 +421,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsync", e)),
-        }
+        empty(reply, "fsync", self.fs.fsync())
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -469,10 +469,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsyncdir", e)),
-        }
+        empty(reply, "fsyncdir", self.fs.fsync())
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -494,10 +491,11 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", e)),
-        }
+        empty(
+            reply,
+            "setxattr",
+            self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -515,10 +513,11 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.removexattr(Ino(ino.0), name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", e)),
-        }
+        empty(
+            reply,
+            "removexattr",
+            self.fs.removexattr(Ino(ino.0), name.as_bytes()),
+        )
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -564,10 +563,19 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fallocate(Ino(ino.0), offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fallocate", e)),
-        }
+        empty(
+            reply,
+            "fallocate",
+            self.fs.fallocate(Ino(ino.0), offset, length, mode),
+        )
+    }
+}
+
+/// Replies to an operation that returns nothing.
+fn empty(reply: ReplyEmpty, op: &str, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, e)),
     }
 }
 
