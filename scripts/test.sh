@@ -26,7 +26,7 @@ export CARGO_TERM_PROGRESS_WHEN=never
 
 # The crate that holds the sans-IO replication core. When the QUIC transport lands
 # next to it, point this at the core alone (a crate or a feature-less build of it).
-PROTO_CRATE=twinfs-replicator
+PROTO_CRATE=twinfs-replicator-proto
 E2E_TIMEOUT=${TWINFS_E2E_TIMEOUT:-40m}
 
 started=$SECONDS

@@ -59,6 +59,10 @@ pub enum StoreError {
         /// The lock file.
         path: PathBuf,
     },
+    /// An earlier index write failed; the store takes no more changes until it is
+    /// reopened (the log replay then completes the interrupted mutation).
+    #[error("the store's index could not be updated earlier; restart twinfs to replay the log")]
+    Poisoned,
     /// A mutation arrived out of order.
     #[error("mutation {got} does not follow the last applied mutation {last}")]
     OutOfOrder {

@@ -6,7 +6,7 @@
 //! plus a thin QUIC transport (quinn + rustls, mutual TLS). The core must never
 //! depend on tokio, quinn or sled; CI checks this with `cargo tree`.
 //!
-//! Nothing is implemented yet: this crate exists so the workspace layout and the
-//! dependency boundary check are in place from the start.
+//! The protocol core now lives in `twinfs-replicator-proto` (`replicator/proto/`);
+//! this crate will hold the QUIC transport that drives it.
 
 #![forbid(unsafe_code)]

@@ -163,6 +163,8 @@ pub struct DiskStore {
     /// Live (referenced) block bytes per segment; drives the cleaner.
     live: Mutex<HashMap<u32, u64>>,
     clean_lock: Mutex<()>,
+    /// Set when an index write failed after its record reached the log.
+    poisoned: std::sync::atomic::AtomicBool,
     opts: StoreOptions,
     _lock: nix::fcntl::Flock<File>,
 }
@@ -295,6 +297,7 @@ impl DiskStore {
             sync_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             clean_lock: Mutex::new(()),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             opts,
             _lock: lock,
         };
@@ -658,6 +661,9 @@ impl DiskStore {
     /// so that `twinfs verify` still reports it.
     pub fn clean(&self, budget: u64) -> Result<CleanStats, StoreError> {
         let _c = self.clean_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Ok(CleanStats::default());
+        }
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let active = {
             let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -825,10 +831,10 @@ impl DiskStore {
         }
         let (seg, off) = (w.segment, w.end);
         let end = off + buf.len() as u64;
-        if let Err(e) = self.index(&ops, &pl, m.seq, seg, off, end) {
-            let _ = w.file.set_len(off);
-            return Err(e);
-        }
+        // From here on the record is in the log. If indexing it fails half way (sled
+        // writes are not one batch), the index must not be trusted or extended: the
+        // store refuses further mutations, and the next open replays this record whole.
+        let indexed = self.index(&ops, &pl, m.seq, seg, off, end);
         w.end = end;
         w.dirty.insert(seg);
         self.segments
@@ -836,6 +842,11 @@ impl DiskStore {
             .unwrap_or_else(|p| p.into_inner())
             .entry(seg)
             .or_insert_with(|| w.file.clone());
+        if let Err(e) = indexed {
+            self.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, seq = m.seq.0, "index write failed; refusing further changes until restart");
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -930,6 +941,9 @@ fn fsync_tree(path: &Path) -> Result<(), StoreError> {
 impl Store for DiskStore {
     fn apply(&self, m: &Mutation) -> Result<(), StoreError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Poisoned);
+        }
         let last = self.last.load(Ordering::SeqCst);
         if m.seq.0 != last + 1 {
             return Err(StoreError::OutOfOrder { last, got: m.seq.0 });
@@ -942,9 +956,12 @@ impl Store for DiskStore {
         {
             self.check_reserve(&w)?;
         }
-        self.append(&mut w, m, 0)?;
-        self.last.store(m.seq.0, Ordering::SeqCst);
-        Ok(())
+        let r = self.append(&mut w, m, 0);
+        if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
+            // Poisoned: the record is in the log and will be replayed, so its seq is used.
+            self.last.store(m.seq.0, Ordering::SeqCst);
+        }
+        r
     }
 
     fn last_applied(&self) -> Seq {
