@@ -1,0 +1,5 @@
+//! Tests of both state machines together on a simulated network ([`util::Pair`]).
+
+mod random;
+mod spec;
+pub(crate) mod util;

@@ -1,0 +1,343 @@
+//! Spec-style tests: one promise of the protocol each.
+
+use super::util::{config, Pair};
+use crate::{Event, Frame, Protocol, Seq};
+use std::time::Duration;
+
+const MS: Duration = Duration::from_millis(1);
+
+#[test]
+fn write_is_not_committed_under_c_until_the_replica_has_applied_and_acked() {
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    pair.latency = 5 * MS;
+    pair.apply_delay = 20 * MS;
+    let seq = pair.submit(b"w", false);
+    pair.drive_for(24 * MS); // received at 5 ms, applying until 25 ms
+    assert_eq!(pair.primary.committed(), Seq(0));
+    pair.drive_for(2 * MS); // applied at 25 ms, the ack is on the wire
+    assert_eq!(pair.replica_applied(), seq);
+    assert_eq!(pair.primary.committed(), Seq(0));
+    pair.drive_for(5 * MS);
+    assert_eq!(pair.primary.committed(), seq);
+}
+
+#[test]
+fn b_commits_on_receipt() {
+    let mut pair = Pair::new(config(Protocol::B), 1);
+    pair.latency = 5 * MS;
+    pair.apply_delay = Duration::from_millis(500);
+    let seq = pair.submit(b"w", false);
+    pair.drive_for(9 * MS);
+    assert_eq!(
+        pair.primary.committed(),
+        Seq(0),
+        "not before the receipt ack"
+    );
+    pair.drive_for(2 * MS);
+    assert_eq!(pair.primary.committed(), seq);
+    assert_eq!(
+        pair.replica_applied(),
+        Seq(0),
+        "committed before the replica applied"
+    );
+}
+
+#[test]
+fn a_commits_locally() {
+    let mut pair = Pair::new(config(Protocol::A), 1);
+    pair.partition = true;
+    let seq = pair.primary.submit(pair.now, b"w".to_vec(), false);
+    assert_eq!(
+        pair.primary.poll_event(),
+        None,
+        "not before the local apply"
+    );
+    pair.primary.local_applied(seq).unwrap();
+    assert_eq!(pair.primary.poll_event(), Some(Event::Committed(seq)));
+    // The peer follows once it can.
+    pair.partition = false;
+    pair.drive_for(Duration::from_millis(300));
+    assert_eq!(pair.replica_applied(), seq);
+}
+
+#[test]
+fn flush_is_not_acknowledged_until_both_flushed() {
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    pair.flush_delay = 30 * MS;
+    let now = pair.now;
+    let seq = pair.primary.submit(now, b"fsync".to_vec(), true);
+    pair.primary.local_applied(seq).unwrap();
+    pair.drive_for(10 * MS);
+    assert_eq!(pair.primary.committed(), seq, "applied on both: committed");
+    assert_eq!(pair.count(|e| matches!(e, Event::Flushed(_))), 0);
+    // Local flush alone is not enough while the replica is still syncing.
+    pair.primary.local_flushed(seq).unwrap();
+    pair.drive_for(10 * MS);
+    assert_eq!(pair.count(|e| matches!(e, Event::Flushed(_))), 0);
+    pair.drive_for(30 * MS);
+    assert_eq!(pair.replica.last_flushed(), seq);
+    assert!(pair
+        .primary_events
+        .iter()
+        .any(|(_, e)| *e == Event::Flushed(seq)));
+}
+
+#[test]
+fn flush_waits_for_the_local_sync_too() {
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    let seq = pair.primary.submit(pair.now, b"fsync".to_vec(), true);
+    pair.primary.local_applied(seq).unwrap();
+    pair.drive_for(20 * MS);
+    assert_eq!(pair.replica.last_flushed(), seq);
+    assert_eq!(pair.count(|e| matches!(e, Event::Flushed(_))), 0);
+    pair.primary.local_flushed(seq).unwrap();
+    assert_eq!(pair.primary.poll_event(), Some(Event::Flushed(seq)));
+}
+
+#[test]
+fn duplicate_and_reordered_frames_are_idempotent() {
+    let mut pair = Pair::new(config(Protocol::C), 7);
+    pair.dup = 0.5;
+    pair.reorder = 0.5;
+    pair.jitter = 20 * MS;
+    let mut last = Seq(0);
+    for i in 0..200u32 {
+        last = pair.submit(&i.to_be_bytes(), i % 10 == 9);
+        if i % 7 == 0 {
+            pair.drive_for(3 * MS);
+        }
+    }
+    assert!(pair.drive_until_committed(last, Duration::from_secs(5)));
+    let seqs: Vec<u64> = pair.replica_log.iter().map(|(s, _)| s.0).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    for (i, (_, payload)) in pair.replica_log.iter().enumerate() {
+        assert_eq!(payload, &(i as u32).to_be_bytes());
+    }
+}
+
+#[test]
+fn a_mutation_delivered_twice_is_applied_once_and_acked_twice() {
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    let now = pair.now;
+    let frame = Frame::Mutation {
+        seq: Seq(1),
+        flush: false,
+        payload: b"x".to_vec(),
+    };
+    let r = &mut pair.replica;
+    while r.poll_transmit().is_some() {}
+    r.handle_frame(now, frame.clone()).unwrap();
+    assert!(matches!(
+        r.poll_transmit(),
+        Some(Frame::Ack {
+            received: Seq(1),
+            ..
+        })
+    ));
+    let (seq, _, _) = r.poll_apply().unwrap();
+    r.applied(seq).unwrap();
+    r.handle_frame(now, frame).unwrap();
+    assert!(r.poll_apply().is_none(), "applied twice");
+    assert_eq!(
+        r.poll_transmit(),
+        Some(Frame::Ack {
+            received: Seq(1),
+            applied: Seq(1),
+            flushed: Seq(0)
+        })
+    );
+}
+
+#[test]
+fn stale_and_duplicated_acks_change_nothing() {
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    for i in 0..5u8 {
+        pair.submit(&[i], false);
+    }
+    pair.drive_for(20 * MS);
+    assert_eq!(pair.primary.committed(), Seq(5));
+    let events = pair.primary_events.len();
+    let now = pair.now;
+    for (r, a, f) in [(5, 5, 0), (2, 1, 0), (0, 0, 0), (5, 5, 0)] {
+        let ack = Frame::Ack {
+            received: Seq(r),
+            applied: Seq(a),
+            flushed: Seq(f),
+        };
+        pair.primary.handle_frame(now, ack).unwrap();
+    }
+    assert_eq!(pair.primary.poll_event(), None);
+    assert_eq!(pair.primary_events.len(), events);
+    assert_eq!(pair.primary.committed(), Seq(5));
+}
+
+#[test]
+fn replica_restart_resumes_from_last_applied_seq() {
+    let mut pair = Pair::new(config(Protocol::C), 3);
+    for i in 0..10u8 {
+        pair.submit(&[i], false);
+    }
+    pair.drive_for(20 * MS);
+    assert_eq!(pair.replica_applied(), Seq(10));
+    // Die with mutations received but not applied yet.
+    pair.apply_delay = 50 * MS;
+    for i in 10..15u8 {
+        pair.submit(&[i], false);
+    }
+    pair.drive_for(10 * MS);
+    pair.restart_replica();
+    assert_eq!(pair.replica.last_applied(), Seq(10));
+    pair.apply_delay = Duration::ZERO;
+    for i in 15..20u8 {
+        pair.submit(&[i], false);
+    }
+    assert!(pair.drive_until_committed(Seq(20), Duration::from_secs(2)));
+    let seqs: Vec<u64> = pair.replica_log.iter().map(|(s, _)| s.0).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn peer_lost_fires_after_deadtime_and_not_before() {
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    pair.drive_for(Duration::from_millis(250)); // heartbeats flow
+    pair.partition = true;
+    // Frames already on the wire still arrive.
+    pair.drive_for(5 * MS);
+    let deadtime = pair.config.deadtime;
+    let [primary_heard, replica_heard] = pair.last_delivery;
+    let first = primary_heard.min(replica_heard);
+    pair.drive(first + deadtime - MS);
+    assert!(pair
+        .primary_events
+        .iter()
+        .all(|(_, e)| *e != Event::PeerLost));
+    assert!(pair.replica_events.is_empty(), "before deadtime");
+    pair.drive(primary_heard.max(replica_heard) + deadtime);
+    let lost_at = |events: &[(std::time::Instant, Event)]| -> Vec<std::time::Instant> {
+        events
+            .iter()
+            .filter(|(_, e)| *e == Event::PeerLost)
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    assert_eq!(lost_at(&pair.primary_events), [primary_heard + deadtime]);
+    assert_eq!(lost_at(&pair.replica_events), [replica_heard + deadtime]);
+    pair.drive_for(5 * deadtime);
+    assert_eq!(pair.count(|e| *e == Event::PeerLost), 1, "fired once");
+    assert_eq!(pair.replica_events.len(), 1, "fired once");
+    assert!(pair.primary.is_degraded());
+}
+
+#[test]
+fn degraded_primary_keeps_serving_and_records_where_the_peer_stopped() {
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    let s = pair.submit(b"f", true);
+    pair.drive_for(10 * MS);
+    assert_eq!(pair.replica.last_flushed(), s);
+    pair.partition = true;
+    let w = pair.submit(b"w", false);
+    pair.drive_for(pair.config.deadtime + 10 * MS);
+    assert!(pair.primary.is_degraded());
+    // Committed locally once the peer is declared lost, not before.
+    let lost_at = pair
+        .primary_events
+        .iter()
+        .find(|(_, e)| *e == Event::PeerLost)
+        .unwrap()
+        .0;
+    let committed_at = pair
+        .primary_events
+        .iter()
+        .find(|(_, e)| *e == Event::Committed(w))
+        .unwrap()
+        .0;
+    assert_eq!(committed_at, lost_at);
+    assert_eq!(pair.primary.resync_from(), Seq(2));
+    let x = pair.submit(b"x", true);
+    assert_eq!(pair.primary.committed(), x);
+    assert!(pair
+        .primary_events
+        .iter()
+        .any(|(_, e)| *e == Event::Flushed(x)));
+}
+
+#[test]
+fn a_partition_then_heal_retransmits_in_order_and_everything_commits() {
+    for partition in [Duration::from_millis(500), Duration::from_secs(3)] {
+        let mut pair = Pair::new(config(Protocol::C), 11);
+        pair.reorder = 0.3;
+        pair.jitter = 5 * MS;
+        for i in 0..5u8 {
+            pair.submit(&[i], false);
+        }
+        pair.drive_for(20 * MS);
+        pair.partition = true;
+        for i in 5..25u8 {
+            pair.submit(&[i], i == 24);
+        }
+        pair.drive_for(partition);
+        let lost = pair.count(|e| *e == Event::PeerLost);
+        assert_eq!(lost, usize::from(partition > pair.config.deadtime));
+        assert_eq!(pair.replica_applied(), Seq(5));
+        pair.partition = false;
+        assert!(pair.drive_until_committed(Seq(25), Duration::from_secs(3)));
+        // After a long partition the commits were local; the replica catches up now.
+        pair.drive_for(Duration::from_millis(200));
+        let seqs: Vec<u64> = pair.replica_log.iter().map(|(s, _)| s.0).collect();
+        assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
+        // Synchronous again after the heal: the next write waits for the replica.
+        pair.apply_delay = 50 * MS;
+        let w = pair.submit(b"after", false);
+        pair.drive_for(20 * MS);
+        assert!(pair.primary.committed() < w);
+        assert!(pair.drive_until_committed(w, Duration::from_secs(1)));
+    }
+}
+
+#[test]
+fn protocol_violations_are_errors() {
+    use crate::ProtocolError;
+    let mut pair = Pair::new(config(Protocol::C), 1);
+    let now = pair.now;
+    let bad_ack = Frame::Ack {
+        received: Seq(3),
+        applied: Seq(3),
+        flushed: Seq(0),
+    };
+    assert!(matches!(
+        pair.primary.handle_frame(now, bad_ack),
+        Err(ProtocolError::AckBeyondSubmitted { .. })
+    ));
+    assert!(matches!(
+        pair.primary.local_applied(Seq(1)),
+        Err(ProtocolError::ReportBeyondLimit {
+            what: "local_applied",
+            ..
+        })
+    ));
+    let far = Frame::Mutation {
+        seq: Seq(pair.config.max_in_flight as u64 + 1),
+        flush: false,
+        payload: Vec::new(),
+    };
+    assert!(matches!(
+        pair.replica.handle_frame(now, far),
+        Err(ProtocolError::GapTooLarge { .. })
+    ));
+    assert!(matches!(
+        pair.replica.applied(Seq(1)),
+        Err(ProtocolError::ReportBeyondLimit {
+            what: "applied",
+            ..
+        })
+    ));
+    let ack = Frame::Ack {
+        received: Seq(0),
+        applied: Seq(0),
+        flushed: Seq(0),
+    };
+    assert!(matches!(
+        pair.replica.handle_frame(now, ack),
+        Err(ProtocolError::UnexpectedFrame { frame: "ack", .. })
+    ));
+}
