@@ -24,8 +24,8 @@ fi
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 export CARGO_TERM_PROGRESS_WHEN=never
 
-# The crate that holds the sans-IO replication core. When the QUIC transport lands
-# next to it, point this at the core alone (a crate or a feature-less build of it).
+# The crate that holds the sans-IO replication core (replicator/proto). The QUIC
+# transport lives in twinfs-replicator; only the core must stay free of IO crates.
 PROTO_CRATE=twinfs-replicator-proto
 E2E_TIMEOUT=${TWINFS_E2E_TIMEOUT:-40m}
 
