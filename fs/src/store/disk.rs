@@ -664,6 +664,16 @@ impl DiskStore {
         if self.poisoned.load(Ordering::SeqCst) {
             return Ok(CleanStats::default());
         }
+        let (stats, victims) = self.relocate(budget)?;
+        self.drop_segments(stats, victims)
+    }
+
+    /// First half of [`DiskStore::clean`]: copies the live blocks of the chosen
+    /// segments to the head of the log and returns the segments that are now empty.
+    pub(crate) fn relocate(
+        &self,
+        budget: u64,
+    ) -> Result<(CleanStats, Vec<(u32, u64)>), StoreError> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let active = {
             let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -765,6 +775,15 @@ impl DiskStore {
                 victims.push((id, size));
             }
         }
+        Ok((stats, victims))
+    }
+
+    /// Second half of [`DiskStore::clean`]: checkpoint, then delete the emptied segments.
+    pub(crate) fn drop_segments(
+        &self,
+        mut stats: CleanStats,
+        victims: Vec<(u32, u64)>,
+    ) -> Result<CleanStats, StoreError> {
         if victims.is_empty() {
             return Ok(stats);
         }
