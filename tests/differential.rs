@@ -24,7 +24,7 @@
 //! - inode numbers and times (atime/mtime/ctime): they depend on the clock and
 //!   allocator, not on POSIX semantics; `utimensat` is compared by errno only;
 //! - `st_blocks`: allocation policy (ext4 preallocates, a block store counts
-//!   64 KiB blocks);
+//!   16 KiB blocks);
 //! - directory sizes: ext4 reports the size of its directory blocks (4096 and
 //!   up, never shrinking), which is an on-disk format detail; POSIX leaves it
 //!   unspecified;
@@ -314,7 +314,7 @@ impl Gen {
 
     fn data(&mut self) -> Bytes {
         let len = match self.rng.below(100) {
-            0..=1 => self.rng.below(300_000) as usize, // spans several 64 KiB blocks
+            0..=1 => self.rng.below(300_000) as usize, // spans several store blocks
             2..=14 => self.rng.below(70_000) as usize,
             _ => self.rng.below(3_000) as usize,
         };

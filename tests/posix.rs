@@ -166,7 +166,7 @@ fn posix_pread_pwrite_offsets() {
         .open(&path)
         .unwrap();
     let mut model: Vec<u8> = Vec::new();
-    // Offsets around the 64 KiB block size and the 1 MiB max_write.
+    // Offsets around the 16 KiB store block, 64 KiB and the 1 MiB max_write.
     let writes: &[(u64, usize)] = &[
         (0, 10),
         (4095, 2),
@@ -177,6 +177,8 @@ fn posix_pread_pwrite_offsets() {
         (2_000_000, 1_500_000),
         (7, 1),
         (65_536 * 2, 65_536),
+        (16_380, 10),
+        (16_384 * 5 - 3, 16_384 + 6),
     ];
     for (i, &(off, len)) in writes.iter().enumerate() {
         let data = pattern(i as u64 + 10, len);

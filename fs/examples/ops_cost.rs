@@ -51,6 +51,6 @@ fn main() {
     }
     let lookup = t.elapsed() / n;
     println!("create+write 4 KiB+setattr: {create:?} per file");
-    println!("4 KiB overwrite (64 KiB block RMW): {overwrite:?} per write");
+    println!("4 KiB overwrite (block read-modify-write): {overwrite:?} per write");
     println!("lookup: {lookup:?} per name");
 }
