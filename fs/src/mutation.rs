@@ -15,9 +15,10 @@
 use crate::types::{DirEntry, Ino, Inode, Seq};
 use serde::{Deserialize, Serialize};
 
-/// One block-level write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
+/// One block-level write. `D` is a data block's payload: its bytes in a
+/// [`Mutation`], its length and digest in the log's serialised ops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op<D = Vec<u8>> {
     /// Store the inode record (create or overwrite).
     PutInode(Ino, Inode),
     /// Delete the inode record, all its data blocks and all its extended attributes.
@@ -47,7 +48,7 @@ pub enum Op {
         /// Block index.
         idx: u64,
         /// Contents.
-        data: Vec<u8>,
+        data: D,
     },
     /// Delete the data blocks of `ino` with index `>= from` (truncate).
     TruncBlocks {
@@ -89,43 +90,63 @@ pub struct Mutation {
     pub ops: Vec<Op>,
 }
 
-/// The serialised form of an op: data blocks are replaced by their length and digest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum LogOp {
-    PutInode(Ino, Inode),
-    DelInode(Ino),
-    PutDirent {
-        parent: Ino,
-        name: Vec<u8>,
-        entry: DirEntry,
-    },
-    DelDirent {
-        parent: Ino,
-        name: Vec<u8>,
-        cookie: u64,
-    },
-    PutBlock {
-        ino: Ino,
-        idx: u64,
-        len: u32,
-        digest: [u8; 32],
-    },
-    TruncBlocks {
-        ino: Ino,
-        from: u64,
-    },
-    PutXattr {
-        ino: Ino,
-        name: Vec<u8>,
-        value: Vec<u8>,
-    },
-    DelXattr {
-        ino: Ino,
-        name: Vec<u8>,
-    },
-    NextIno(u64),
-    PutOrphan(Ino),
-    DelOrphan(Ino),
+/// What the log's serialised ops keep of a data block; the bytes follow the ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BlockMeta {
+    pub(crate) len: u32,
+    pub(crate) digest: [u8; 32],
+}
+
+/// The serialised form of an op.
+pub(crate) type LogOp = Op<BlockMeta>;
+
+impl<D> Op<D> {
+    /// The same op with each block payload replaced by `f(payload)`.
+    fn map_block<E>(&self, f: impl FnOnce(&D) -> E) -> Op<E> {
+        match self {
+            Op::PutInode(i, r) => Op::PutInode(*i, r.clone()),
+            Op::DelInode(i) => Op::DelInode(*i),
+            Op::PutDirent {
+                parent,
+                name,
+                entry,
+            } => Op::PutDirent {
+                parent: *parent,
+                name: name.clone(),
+                entry: *entry,
+            },
+            Op::DelDirent {
+                parent,
+                name,
+                cookie,
+            } => Op::DelDirent {
+                parent: *parent,
+                name: name.clone(),
+                cookie: *cookie,
+            },
+            Op::PutBlock { ino, idx, data } => Op::PutBlock {
+                ino: *ino,
+                idx: *idx,
+                data: f(data),
+            },
+            Op::TruncBlocks { ino, from } => Op::TruncBlocks {
+                ino: *ino,
+                from: *from,
+            },
+            Op::PutXattr { ino, name, value } => Op::PutXattr {
+                ino: *ino,
+                name: name.clone(),
+                value: value.clone(),
+            },
+            Op::DelXattr { ino, name } => Op::DelXattr {
+                ino: *ino,
+                name: name.clone(),
+            },
+            Op::NextIno(n) => Op::NextIno(*n),
+            Op::PutOrphan(i) => Op::PutOrphan(*i),
+            Op::DelOrphan(i) => Op::DelOrphan(*i),
+        }
+    }
 }
 
 /// Magic bytes at the start of every log record.
@@ -236,55 +257,15 @@ pub(crate) fn encode_record(
     let mut log_ops = Vec::with_capacity(m.ops.len());
     let mut digests = Vec::new();
     for op in &m.ops {
-        log_ops.push(match op {
-            Op::PutInode(i, r) => LogOp::PutInode(*i, r.clone()),
-            Op::DelInode(i) => LogOp::DelInode(*i),
-            Op::PutDirent {
-                parent,
-                name,
-                entry,
-            } => LogOp::PutDirent {
-                parent: *parent,
-                name: name.clone(),
-                entry: *entry,
-            },
-            Op::DelDirent {
-                parent,
-                name,
-                cookie,
-            } => LogOp::DelDirent {
-                parent: *parent,
-                name: name.clone(),
-                cookie: *cookie,
-            },
-            Op::PutBlock { ino, idx, data } => {
-                let digest = *blake3::hash(data).as_bytes();
-                digests.push(digest);
-                payload_len += data.len();
-                LogOp::PutBlock {
-                    ino: *ino,
-                    idx: *idx,
-                    len: data.len() as u32,
-                    digest,
-                }
+        log_ops.push(op.map_block(|data| {
+            let digest = *blake3::hash(data).as_bytes();
+            digests.push(digest);
+            payload_len += data.len();
+            BlockMeta {
+                len: data.len() as u32,
+                digest,
             }
-            Op::TruncBlocks { ino, from } => LogOp::TruncBlocks {
-                ino: *ino,
-                from: *from,
-            },
-            Op::PutXattr { ino, name, value } => LogOp::PutXattr {
-                ino: *ino,
-                name: name.clone(),
-                value: value.clone(),
-            },
-            Op::DelXattr { ino, name } => LogOp::DelXattr {
-                ino: *ino,
-                name: name.clone(),
-            },
-            Op::NextIno(n) => LogOp::NextIno(*n),
-            Op::PutOrphan(i) => LogOp::PutOrphan(*i),
-            Op::DelOrphan(i) => LogOp::DelOrphan(*i),
-        });
+        }));
     }
     // postcard cannot fail for these plain types; a failure here is a programming error.
     let meta = postcard::to_stdvec(&log_ops).expect("log ops serialise");
@@ -328,8 +309,7 @@ pub(crate) fn placements(hdr: &RecordHeader, ops: &[LogOp]) -> Vec<BlockPlacemen
         if let LogOp::PutBlock {
             ino,
             idx,
-            len,
-            digest,
+            data: BlockMeta { len, digest },
         } = op
         {
             out.push(BlockPlacement {

@@ -314,23 +314,7 @@ impl<S: Store> Fs<S> {
     /// The path of `ino` inside the filesystem, for error reports (scans the
     /// directory entries: slow, use only on error paths).
     pub fn path_of(&self, ino: Ino) -> String {
-        let mut parts = Vec::new();
-        let mut cur = ino;
-        // Bounded: no real tree is 4096 levels deep; a loop in damaged metadata stops here.
-        for _ in 0..4096 {
-            if cur == Ino::ROOT {
-                parts.reverse();
-                return format!("/{}", parts.join("/"));
-            }
-            match self.store.name_of(cur) {
-                Ok(Some((parent, name))) => {
-                    parts.push(String::from_utf8_lossy(&name).into_owned());
-                    cur = parent;
-                }
-                _ => break,
-            }
-        }
-        format!("<inode {ino}, no path>")
+        crate::verify::path_from(ino, |i| self.store.name_of(i).ok().flatten())
     }
 
     /// `stat`.

@@ -44,32 +44,37 @@ impl Report {
     }
 }
 
-/// Builds a function from inode to path, from the directory entries.
+/// The path of `ino`, walking up through `name_of` (which names an inode's
+/// parent and its name there). `<inode N, unlinked>` when a step is missing.
+pub(crate) fn path_from(
+    ino: Ino,
+    mut name_of: impl FnMut(Ino) -> Option<(Ino, Vec<u8>)>,
+) -> String {
+    let mut parts = Vec::new();
+    let mut cur = ino;
+    // Bounded: no real tree is 4096 levels deep; a loop in damaged metadata stops here.
+    for _ in 0..4096 {
+        if cur == Ino::ROOT {
+            parts.reverse();
+            return format!("/{}", parts.join("/"));
+        }
+        let Some((parent, name)) = name_of(cur) else {
+            break;
+        };
+        parts.push(String::from_utf8_lossy(&name).into_owned());
+        cur = parent;
+    }
+    format!("<inode {ino}, unlinked>")
+}
+
+/// Builds a function from inode to path, from the directory entries (read once).
 pub fn path_resolver(store: &DiskStore) -> Result<impl Fn(Ino) -> String, StoreError> {
     let mut up: HashMap<Ino, (Ino, Vec<u8>)> = HashMap::new();
     for e in store.all_dirents() {
         let (parent, name, entry) = e?;
         up.entry(entry.ino).or_insert((parent, name));
     }
-    Ok(move |ino: Ino| {
-        let mut parts = Vec::new();
-        let mut cur = ino;
-        // Bounded: a path cannot be deeper than the number of entries.
-        for _ in 0..=up.len() {
-            if cur == Ino::ROOT {
-                break;
-            }
-            match up.get(&cur) {
-                Some((p, n)) => {
-                    parts.push(String::from_utf8_lossy(n).into_owned());
-                    cur = *p;
-                }
-                None => return format!("<inode {ino}, unlinked>"),
-            }
-        }
-        parts.reverse();
-        format!("/{}", parts.join("/"))
-    })
+    Ok(move |ino: Ino| path_from(ino, |i| up.get(&i).cloned()))
 }
 
 /// Checks every data block of the store against its digest.

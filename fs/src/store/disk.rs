@@ -578,19 +578,6 @@ impl DiskStore {
             end,
         };
         overlay.insert(META_APPLIED.to_vec(), Some(encode(&applied)));
-        // Live-byte accounting for the cleaner: the final value of each block key
-        // replaces the value sled holds now.
-        let mut deltas: Vec<(u32, i64)> = Vec::new();
-        for (k, v) in overlay.iter().filter(|(k, _)| k.first() == Some(&K_BLOCK)) {
-            if let Some(old) = self.db.get(k)? {
-                let r: BlockRef = decode(k, &old)?;
-                deltas.push((r.segment, -i64::from(r.len)));
-            }
-            if let Some(v) = v {
-                let r: BlockRef = decode(k, v)?;
-                deltas.push((r.segment, i64::from(r.len)));
-            }
-        }
         // Not a sled::Batch: sled 0.34 rolls and writes its IO buffer (with a waiting
         // sync_file_range) for every batch, which put ~0.8 ms of disk wait into every
         // write. Atomicity comes from our log instead: sled recovers a prefix of its
@@ -603,14 +590,21 @@ impl DiskStore {
             .map(|(k, v)| (write_rank(&k, v.is_some()), k, v))
             .collect();
         ordered.sort_by_key(|(rank, _, _)| *rank);
+        // Live-byte accounting for the cleaner, from the values each write replaces.
+        let mut deltas: Vec<(u32, i64)> = Vec::new();
         for (_, k, v) in ordered {
-            match v {
-                Some(v) => {
-                    self.db.insert(k, v)?;
-                }
-                None => {
-                    self.db.remove(k)?;
-                }
+            let is_block = k.first() == Some(&K_BLOCK);
+            if let (true, Some(v)) = (is_block, &v) {
+                let r: BlockRef = decode(&k, v)?;
+                deltas.push((r.segment, i64::from(r.len)));
+            }
+            let old = match v {
+                Some(v) => self.db.insert(&k, v)?,
+                None => self.db.remove(&k)?,
+            };
+            if let (true, Some(old)) = (is_block, old) {
+                let r: BlockRef = decode(&k, &old)?;
+                deltas.push((r.segment, -i64::from(r.len)));
             }
         }
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
