@@ -14,7 +14,7 @@
 //! announced (capped) body.
 
 use crate::error::FrameError;
-use crate::{Generation, Role, Seq};
+use crate::{DiskState, Generation, Role, Seq};
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"TWRP";
@@ -32,6 +32,7 @@ const TYPE_MUTATION: u8 = 2;
 const TYPE_ACK: u8 = 3;
 const TYPE_HEARTBEAT: u8 = 4;
 const TYPE_GOODBYE: u8 = 5;
+const TYPE_FLUSH: u8 = 6;
 
 /// Mutation body before the payload: seq (8) and flags (1).
 const MUTATION_FIXED: usize = 9;
@@ -39,6 +40,11 @@ const FLAG_FLUSH: u8 = 1;
 
 const ROLE_PRIMARY: u8 = 1;
 const ROLE_SECONDARY: u8 = 2;
+
+const DISK_UP_TO_DATE: u8 = 1;
+const DISK_OUTDATED: u8 = 2;
+const DISK_INCONSISTENT: u8 = 3;
+const DISK_DISKLESS: u8 = 4;
 
 /// The handshake: what a node says about itself when a connection starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +59,14 @@ pub struct Hello {
     pub last_applied: Seq,
     /// The node's role.
     pub role: Role,
+    /// The state of the node's disk.
+    pub disk: DiskState,
+    /// The generation the node last shared with its peer.
+    pub shared: Generation,
+    /// Blocks the node changed since the shared generation (its dirty set).
+    pub changed_blocks: u64,
+    /// When the node last became primary (ms since the Unix epoch), 0 if never.
+    pub primary_since_ms: u64,
 }
 
 /// One message between the two nodes.
@@ -83,6 +97,12 @@ pub enum Frame {
         /// Milliseconds since the sender's state machine started (for lag diagnostics only).
         now_ms: u64,
     },
+    /// A flush barrier, primary to replica: make every mutation up to `seq`
+    /// durable, then acknowledge it as flushed.
+    Flush {
+        /// The barrier's seq (the primary's last submitted one when the fsync came).
+        seq: Seq,
+    },
     /// The sender closes the connection on purpose.
     Goodbye {
         /// Why, for the log.
@@ -98,6 +118,7 @@ impl Frame {
             Frame::Mutation { .. } => "mutation",
             Frame::Ack { .. } => "ack",
             Frame::Heartbeat { .. } => "heartbeat",
+            Frame::Flush { .. } => "flush",
             Frame::Goodbye { .. } => "goodbye",
         }
     }
@@ -124,6 +145,15 @@ impl Frame {
                 });
                 buf.extend_from_slice(&h.generation.0.to_be_bytes());
                 buf.extend_from_slice(&h.last_applied.0.to_be_bytes());
+                buf.push(match h.disk {
+                    DiskState::UpToDate => DISK_UP_TO_DATE,
+                    DiskState::Outdated => DISK_OUTDATED,
+                    DiskState::Inconsistent => DISK_INCONSISTENT,
+                    DiskState::Diskless => DISK_DISKLESS,
+                });
+                buf.extend_from_slice(&h.shared.0.to_be_bytes());
+                buf.extend_from_slice(&h.changed_blocks.to_be_bytes());
+                buf.extend_from_slice(&h.primary_since_ms.to_be_bytes());
                 // The name is last, so its length is implied by the body length.
                 buf.extend_from_slice(h.node.as_bytes());
             }
@@ -146,6 +176,7 @@ impl Frame {
                 }
             }
             Frame::Heartbeat { now_ms } => buf.extend_from_slice(&now_ms.to_be_bytes()),
+            Frame::Flush { seq } => buf.extend_from_slice(&seq.0.to_be_bytes()),
             Frame::Goodbye { reason } => buf.extend_from_slice(reason.as_bytes()),
         }
         let body = buf.len() - start - HEADER_LEN;
@@ -189,6 +220,7 @@ impl Frame {
             TYPE_ACK => "ack",
             TYPE_HEARTBEAT => "heartbeat",
             TYPE_GOODBYE => "goodbye",
+            TYPE_FLUSH => "flush",
             _ => return Err(FrameError::UnknownType { ty }),
         };
         let Some(len_bytes) = buf.get(6..HEADER_LEN) else {
@@ -219,6 +251,16 @@ impl Frame {
                 };
                 let generation = Generation(r.u64()?);
                 let last_applied = Seq(r.u64()?);
+                let disk = match r.u8()? {
+                    DISK_UP_TO_DATE => DiskState::UpToDate,
+                    DISK_OUTDATED => DiskState::Outdated,
+                    DISK_INCONSISTENT => DiskState::Inconsistent,
+                    DISK_DISKLESS => DiskState::Diskless,
+                    v => return Err(r.invalid("disk", v.into())),
+                };
+                let shared = Generation(r.u64()?);
+                let changed_blocks = r.u64()?;
+                let primary_since_ms = r.u64()?;
                 let node = r.rest_utf8("node")?;
                 Frame::Hello(Hello {
                     version,
@@ -226,6 +268,10 @@ impl Frame {
                     generation,
                     last_applied,
                     role,
+                    disk,
+                    shared,
+                    changed_blocks,
+                    primary_since_ms,
                 })
             }
             TYPE_MUTATION => {
@@ -248,6 +294,7 @@ impl Frame {
                 flushed: Seq(r.u64()?),
             },
             TYPE_HEARTBEAT => Frame::Heartbeat { now_ms: r.u64()? },
+            TYPE_FLUSH => Frame::Flush { seq: Seq(r.u64()?) },
             TYPE_GOODBYE => Frame::Goodbye {
                 reason: r.rest_utf8("reason")?,
             },
@@ -263,6 +310,7 @@ impl Frame {
             Frame::Mutation { .. } => TYPE_MUTATION,
             Frame::Ack { .. } => TYPE_ACK,
             Frame::Heartbeat { .. } => TYPE_HEARTBEAT,
+            Frame::Flush { .. } => TYPE_FLUSH,
             Frame::Goodbye { .. } => TYPE_GOODBYE,
         }
     }
@@ -344,6 +392,10 @@ mod tests {
                 generation: Generation(0xdead_beef_0000_0001),
                 last_applied: Seq(42),
                 role: Role::Primary,
+                disk: DiskState::UpToDate,
+                shared: Generation(7),
+                changed_blocks: 12,
+                primary_since_ms: 1_763_790_000_000,
             }),
             Frame::Hello(Hello {
                 version: 7,
@@ -351,6 +403,10 @@ mod tests {
                 generation: Generation(0),
                 last_applied: Seq(0),
                 role: Role::Secondary,
+                disk: DiskState::Inconsistent,
+                shared: Generation(u64::MAX),
+                changed_blocks: u64::MAX,
+                primary_since_ms: 0,
             }),
             Frame::Mutation {
                 seq: Seq(1),
@@ -371,6 +427,7 @@ mod tests {
             Frame::Goodbye {
                 reason: "shutting down: ünïcodé".into(),
             },
+            Frame::Flush { seq: Seq(17) },
         ]
     }
 
@@ -455,7 +512,7 @@ mod tests {
 
     #[test]
     fn unknown_type() {
-        for ty in [0, 6, 255] {
+        for ty in [0, 7, 255] {
             let mut buf = encoded(&Frame::Heartbeat { now_ms: 1 });
             buf[5] = ty;
             assert_eq!(Frame::decode(&buf), Err(FrameError::UnknownType { ty }));
@@ -494,6 +551,8 @@ mod tests {
             (samples()[4].clone(), 23, "ack"),
             (samples()[2].clone(), 8, "mutation"),
             (samples()[0].clone(), 18, "hello"),
+            (samples()[0].clone(), 43, "hello"),
+            (Frame::Flush { seq: Seq(1) }, 7, "flush"),
         ];
         for (f, len, name) in cases {
             let buf = with_body_len(encoded(&f), len);

@@ -22,7 +22,7 @@
 //! ```
 //! use std::time::{Duration, Instant};
 //! use twinfs_replicator_proto::{
-//!     Event, Frame, Hello, Primary, ProtocolConfig, Replica, Role, Seq, Generation,
+//!     DiskState, Event, Frame, Hello, Primary, ProtocolConfig, Replica, Role, Seq, Generation,
 //!     PROTOCOL_VERSION,
 //! };
 //!
@@ -39,6 +39,10 @@
 //!     generation: Generation(1),
 //!     last_applied: replica.last_applied(),
 //!     role: Role::Secondary,
+//!     disk: DiskState::UpToDate,
+//!     shared: Generation(1),
+//!     changed_blocks: 0,
+//!     primary_since_ms: 0,
 //! };
 //! primary.handle_reconnect(now, hello).unwrap();
 //! assert_eq!(primary.poll_event(), Some(Event::PeerConnected { last_applied: Seq(0) }));
@@ -131,6 +135,38 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Primary => "primary",
             Role::Secondary => "secondary",
+        })
+    }
+}
+
+/// The state of a node's disk (DRBD's vocabulary, which admins know).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DiskState {
+    /// Holds the latest data of its generation.
+    #[default]
+    UpToDate,
+    /// Consistent but known to miss the peer's newer writes; never promoted.
+    Outdated,
+    /// A resync target mid-sync: a mix of old and new blocks; never promoted.
+    Inconsistent,
+    /// No local store.
+    Diskless,
+}
+
+impl DiskState {
+    /// Whether a node with this disk may become primary.
+    pub fn promotable(self) -> bool {
+        self == DiskState::UpToDate
+    }
+}
+
+impl std::fmt::Display for DiskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskState::UpToDate => "UpToDate",
+            DiskState::Outdated => "Outdated",
+            DiskState::Inconsistent => "Inconsistent",
+            DiskState::Diskless => "Diskless",
         })
     }
 }

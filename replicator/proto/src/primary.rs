@@ -63,6 +63,10 @@ pub struct Primary {
     retransmit_at: Option<Instant>,
     committed: Seq,
     flushed: Seq,
+    /// The highest flush barrier asked for by [`Primary::request_flush`].
+    flush_requested: Seq,
+    /// The highest barrier sent on the current connection.
+    flush_sent: Seq,
     events: VecDeque<Event>,
 }
 
@@ -97,23 +101,34 @@ impl Primary {
     /// primary commits in degraded mode. `config` should have passed
     /// [`ProtocolConfig::validate`].
     pub fn new(config: ProtocolConfig, now: Instant) -> Self {
+        Self::resume(config, Seq(0), now)
+    }
+
+    /// A primary whose store already holds (durably) every mutation up to `last`:
+    /// the next [`submit`](Self::submit) gets `last + 1`.
+    ///
+    /// Nothing before `last` is retained, so a peer behind `last` cannot be
+    /// caught up by retransmission ([`ProtocolError::PeerTooFarBehind`]); that is a resync.
+    pub fn resume(config: ProtocolConfig, last: Seq, now: Instant) -> Self {
         Primary {
             next_keepalive: now + config.keepalive,
             config,
             start: now,
             last_now: now,
-            last_submitted: Seq(0),
+            last_submitted: last,
             log: VecDeque::new(),
-            local_applied: Seq(0),
-            local_flushed: Seq(0),
+            local_applied: last,
+            local_flushed: last,
             peer: Acked::default(),
             link: Link::Connecting,
-            next_send: Seq(1),
+            next_send: last.next(),
             last_heard: now,
             heartbeat_due: false,
             retransmit_at: None,
-            committed: Seq(0),
-            flushed: Seq(0),
+            committed: last,
+            flushed: last,
+            flush_requested: Seq(0),
+            flush_sent: Seq(0),
             events: VecDeque::new(),
         }
     }
@@ -143,6 +158,25 @@ impl Primary {
         });
         trace!(seq = seq.0, flush, "submitted");
         seq
+    }
+
+    /// An fsync arrived: every mutation submitted so far must become durable as
+    /// the protocol promises. Returns the barrier's seq; the fsync may return
+    /// once [`Event::Flushed`] reaches it (at once if [`flushed`](Self::flushed)
+    /// already has). The local store must still be synced and reported with
+    /// [`local_flushed`](Self::local_flushed); the peer is sent a [`Frame::Flush`].
+    pub fn request_flush(&mut self, now: Instant) -> Seq {
+        self.last_now = now;
+        let target = self.last_submitted;
+        if target > self.flush_requested {
+            self.flush_requested = target;
+        }
+        target
+    }
+
+    /// The last seq reported as flushed.
+    pub fn flushed(&self) -> Seq {
+        self.flushed
     }
 
     /// The application applied every mutation up to `seq` to the local store.
@@ -195,13 +229,15 @@ impl Primary {
                 peer_flushed: self.peer.flushed,
             });
         }
-        if let Some(oldest) = self.log.front() {
-            if peer_applied.next() < oldest.seq {
-                return Err(ProtocolError::PeerTooFarBehind {
-                    peer_applied,
-                    oldest_retained: oldest.seq,
-                });
-            }
+        let oldest = self
+            .log
+            .front()
+            .map_or(self.last_submitted.next(), |e| e.seq);
+        if peer_applied.next() < oldest {
+            return Err(ProtocolError::PeerTooFarBehind {
+                peer_applied,
+                oldest_retained: oldest,
+            });
         }
         debug!(node = %hello.node, last_applied = peer_applied.0, "peer connected");
         // What the peer acknowledged on the old connection may be gone with its
@@ -219,6 +255,7 @@ impl Primary {
         self.next_keepalive = now + self.config.keepalive;
         self.heartbeat_due = false;
         self.retransmit_at = None;
+        self.flush_sent = Seq(0);
         self.events.push_back(Event::PeerConnected {
             last_applied: peer_applied,
         });
@@ -252,7 +289,7 @@ impl Primary {
                 debug!(%reason, "peer said goodbye");
                 self.lose_peer();
             }
-            Frame::Mutation { .. } | Frame::Hello(_) => {
+            Frame::Mutation { .. } | Frame::Flush { .. } | Frame::Hello(_) => {
                 return Err(ProtocolError::UnexpectedFrame {
                     frame: frame.name(),
                     side: Role::Primary,
@@ -327,6 +364,7 @@ impl Primary {
                 "retransmit"
             );
             self.next_send = self.peer.received.next();
+            self.flush_sent = self.peer.flushed;
             self.retransmit_at = Some(now + self.config.keepalive);
         }
     }
@@ -345,6 +383,12 @@ impl Primary {
         // buffers and how far it can fall behind.
         let window_open =
             self.next_send.0 - self.peer.applied.0 <= self.config.max_in_flight as u64;
+        // A barrier goes out once every mutation it covers is on the wire.
+        let barrier = self.flush_requested;
+        if barrier > self.flush_sent && barrier > self.peer.flushed && self.next_send > barrier {
+            self.flush_sent = barrier;
+            return Some(Frame::Flush { seq: barrier });
+        }
         if self.next_send > self.last_submitted || !window_open {
             return None;
         }

@@ -48,6 +48,8 @@ pub struct Replica {
     ready: VecDeque<(Seq, Vec<u8>, bool)>,
     /// Received after a gap, waiting for the gap to fill.
     early: BTreeMap<Seq, (Vec<u8>, bool)>,
+    /// The highest flush barrier the primary asked for.
+    flush_wanted: Seq,
     lost: bool,
     last_heard: Instant,
     next_keepalive: Instant,
@@ -73,6 +75,7 @@ impl Replica {
             flushed: last_applied,
             ready: VecDeque::new(),
             early: BTreeMap::new(),
+            flush_wanted: Seq(0),
             lost: false,
             last_heard: now,
             heartbeat_due: false,
@@ -125,6 +128,11 @@ impl Replica {
                 payload,
             } => self.handle_mutation(seq, flush, payload)?,
             Frame::Heartbeat { .. } => {}
+            Frame::Flush { seq } => {
+                self.flush_wanted = self.flush_wanted.max(seq);
+                // Already durable: say so again (the previous ack may be lost).
+                self.ack_due |= seq <= self.flushed;
+            }
             Frame::Goodbye { reason } => {
                 debug!(%reason, "primary said goodbye");
                 self.lose_peer();
@@ -160,8 +168,14 @@ impl Replica {
             });
         }
         if seq != self.received.next() {
+            if flush {
+                self.flush_wanted = self.flush_wanted.max(seq);
+            }
             self.early.entry(seq).or_insert((payload, flush));
             return Ok(());
+        }
+        if flush {
+            self.flush_wanted = self.flush_wanted.max(seq);
         }
         self.ready.push_back((seq, payload, flush));
         self.received = seq;
@@ -182,6 +196,15 @@ impl Replica {
         let next = self.ready.pop_front()?;
         self.handed_out = next.0;
         Some(next)
+    }
+
+    /// A flush the primary is waiting for: once this returns `Some(seq)`, sync
+    /// the store and report [`flushed`](Self::flushed)`(seq)`. It returns the
+    /// applied position when a barrier from [`Frame::Flush`] (or a mutation's
+    /// flush flag) is covered by what is applied but not yet flushed.
+    pub fn poll_flush(&self) -> Option<Seq> {
+        (self.flush_wanted > self.flushed && self.applied >= self.flush_wanted)
+            .then_some(self.applied)
     }
 
     /// The store applied every mutation up to `seq`.

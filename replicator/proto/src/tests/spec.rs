@@ -1,10 +1,11 @@
 //! Spec-style tests: one promise of the protocol each.
 
 use super::util::{config, Pair};
-use crate::{Event, Frame, Protocol, Seq};
+use crate::{Event, Frame, Generation, Hello, Primary, Protocol, Role, Seq};
 use std::time::Duration;
 
 const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
 
 #[test]
 fn write_is_not_committed_under_c_until_the_replica_has_applied_and_acked() {
@@ -92,6 +93,81 @@ fn flush_waits_for_the_local_sync_too() {
     assert_eq!(pair.count(|e| matches!(e, Event::Flushed(_))), 0);
     pair.primary.local_flushed(seq).unwrap();
     assert_eq!(pair.primary.poll_event(), Some(Event::Flushed(seq)));
+}
+
+#[test]
+fn an_fsync_after_the_writes_went_out_is_a_flush_barrier_frame() {
+    let mut pair = Pair::new(config(Protocol::C), 3);
+    pair.flush_delay = 5 * MS;
+    let a = pair.submit(b"one", false);
+    let b = pair.submit(b"two", false);
+    pair.drive_for(10 * MS);
+    assert_eq!(pair.primary.committed(), b);
+    assert_eq!(pair.replica.last_flushed(), Seq(0), "no barrier yet: no sync");
+    // The fsync: a barrier at the last submitted seq, local sync reported.
+    let barrier = pair.primary.request_flush(pair.now);
+    assert_eq!(barrier, b);
+    pair.primary.local_flushed(b).unwrap();
+    pair.drive_for(3 * MS);
+    assert!(pair.primary.flushed() < barrier, "replica still syncing");
+    pair.drive_for(10 * MS);
+    assert_eq!(pair.replica.last_flushed(), b);
+    assert_eq!(pair.primary.flushed(), b);
+    assert!(a < b);
+}
+
+#[test]
+fn a_barrier_survives_loss_and_reconnect() {
+    let mut pair = Pair::new(config(Protocol::C), 11);
+    pair.loss = 0.3;
+    for i in 0..20u8 {
+        pair.submit(&[i], false);
+    }
+    let barrier = pair.primary.request_flush(pair.now);
+    pair.primary.local_flushed(barrier).unwrap();
+    pair.drive_for(200 * MS);
+    pair.reconnect();
+    pair.loss = 0.0;
+    pair.drive_for(5 * SEC);
+    assert_eq!(pair.primary.flushed(), barrier);
+    assert_eq!(pair.replica.last_flushed(), barrier);
+}
+
+#[test]
+fn a_resumed_primary_continues_the_store_numbering() {
+    let mut primary = Primary::resume(config(Protocol::C), Seq(41), pair_epoch());
+    assert_eq!(primary.committed(), Seq(41));
+    let seq = primary.submit(pair_epoch(), b"x".to_vec(), false);
+    assert_eq!(seq, Seq(42));
+    // A peer that stopped before 41 cannot be caught up from memory: a resync.
+    let hello = |last| Hello {
+        version: crate::PROTOCOL_VERSION,
+        node: "b".into(),
+        generation: Generation(1),
+        last_applied: Seq(last),
+        role: Role::Secondary,
+        disk: crate::DiskState::UpToDate,
+        shared: Generation(1),
+        changed_blocks: 0,
+        primary_since_ms: 0,
+    };
+    assert!(matches!(
+        primary.handle_reconnect(pair_epoch(), hello(30)),
+        Err(crate::ProtocolError::PeerTooFarBehind { .. })
+    ));
+    primary.handle_reconnect(pair_epoch(), hello(41)).unwrap();
+    assert_eq!(
+        primary.poll_transmit(),
+        Some(Frame::Mutation {
+            seq,
+            flush: false,
+            payload: b"x".to_vec()
+        })
+    );
+}
+
+fn pair_epoch() -> std::time::Instant {
+    Pair::new(config(Protocol::C), 0).now
 }
 
 #[test]

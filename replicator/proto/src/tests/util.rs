@@ -83,6 +83,7 @@ pub(crate) struct Pair {
     in_flight: Vec<Packet>,
     applying: VecDeque<(Instant, Seq, Vec<u8>, bool)>,
     flushing: VecDeque<(Instant, Seq)>,
+    flush_scheduled: Seq,
     /// Whether the primary's commits are local-only, as the events tell.
     degraded: bool,
 }
@@ -126,6 +127,7 @@ impl Pair {
             in_flight: Vec::new(),
             applying: VecDeque::new(),
             flushing: VecDeque::new(),
+            flush_scheduled: Seq(0),
             degraded: false,
         };
         pair.reconnect();
@@ -158,6 +160,10 @@ impl Pair {
             generation: Generation(1),
             last_applied: self.replica.last_applied(),
             role: Role::Secondary,
+            disk: crate::DiskState::UpToDate,
+            shared: Generation(1),
+            changed_blocks: 0,
+            primary_since_ms: 0,
         };
         self.primary.handle_reconnect(self.now, hello).unwrap();
         self.collect_events();
@@ -167,6 +173,7 @@ impl Pair {
     pub(crate) fn restart_replica(&mut self) {
         self.applying.clear();
         self.flushing.clear();
+        self.flush_scheduled = Seq(0);
         self.replica = Replica::new(self.config.clone(), self.replica_applied(), self.now);
         self.reconnect();
     }
@@ -196,10 +203,15 @@ impl Pair {
             );
             self.replica_log.push((seq, payload));
             self.replica.applied(seq).unwrap();
-            if flush {
-                self.flushing.push_back((self.now + self.flush_delay, seq));
-            }
+            let _ = flush; // barriers come from poll_flush, flag or Flush frame alike
             progress = true;
+        }
+        if let Some(seq) = self.replica.poll_flush() {
+            if seq > self.flush_scheduled {
+                self.flush_scheduled = seq;
+                self.flushing.push_back((self.now + self.flush_delay, seq));
+                progress = true;
+            }
         }
         while self.flushing.front().is_some_and(|f| f.0 <= self.now) {
             let (_, seq) = self.flushing.pop_front().unwrap();
