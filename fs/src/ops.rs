@@ -13,7 +13,7 @@ use crate::mutation::{Mutation, Op};
 use crate::store::{Store, Usage};
 use crate::types::{DirEntry, FileKind, Ino, Inode, Seq, Timestamp, BLOCK_SIZE};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Longest file name accepted (as ext4).
 pub const NAME_MAX: usize = 255;
@@ -222,17 +222,17 @@ impl<S: Store> Fs<S> {
         if fs.store.inode(Ino::ROOT)?.is_none() {
             let mut root = Inode::new(FileKind::Dir, 0o755, root_uid, root_gid, Timestamp::now());
             root.parent = Ino::ROOT;
-            let mut w = fs.lock();
-            fs.commit(&mut w, vec![Op::PutInode(Ino::ROOT, root), Op::NextIno(2)])?;
+            let w = fs.lock();
+            fs.commit(w, vec![Op::PutInode(Ino::ROOT, root), Op::NextIno(2)])?;
         }
         let orphans = fs.store.orphans()?;
         if !orphans.is_empty() {
-            let mut w = fs.lock();
+            let w = fs.lock();
             let ops = orphans
                 .iter()
                 .flat_map(|&i| [Op::DelInode(i), Op::DelOrphan(i)])
                 .collect();
-            fs.commit(&mut w, ops)?;
+            fs.commit(w, ops)?;
             tracing::info!(
                 count = orphans.len(),
                 "removed files that were unlinked while open"
@@ -250,9 +250,14 @@ impl<S: Store> Fs<S> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn commit(&self, _w: &mut u64, ops: Vec<Op>) -> Result<Seq, FsError> {
+    /// Applies `ops` as the next mutation, releases the writer lock, then waits
+    /// until the mutation may be acknowledged (the replicated store waits for the
+    /// peer there, so other writers are not held up by the round trip).
+    fn commit(&self, w: MutexGuard<'_, u64>, ops: Vec<Op>) -> Result<Seq, FsError> {
         let seq = Seq(self.store.last_applied().0 + 1);
         self.store.apply(&Mutation { seq, ops })?;
+        drop(w);
+        self.store.wait_committed(seq)?;
         Ok(seq)
     }
 
@@ -301,10 +306,10 @@ impl<S: Store> Fs<S> {
             }
         };
         if gone {
-            let mut w = self.lock();
+            let w = self.lock();
             if let Some(i) = self.store.inode(ino)? {
                 if i.nlink == 0 {
-                    self.commit(&mut w, vec![Op::DelInode(ino), Op::DelOrphan(ino)])?;
+                    self.commit(w, vec![Op::DelInode(ino), Op::DelOrphan(ino)])?;
                 }
             }
         }
@@ -432,14 +437,14 @@ impl<S: Store> Fs<S> {
         }
         t.link_entry(parent, name, ino, kind)?;
         t.put(ino, inode.clone());
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok((ino, inode))
     }
 
     /// `link`: a new name for an existing non-directory.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode, FsError> {
         check_name(newname)?;
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         let mut i = t.get(ino)?;
         if i.kind == FileKind::Dir {
@@ -462,7 +467,7 @@ impl<S: Store> Fs<S> {
         i.ctime = t.now;
         t.put(ino, i.clone());
         t.link_entry(newparent, newname, ino, i.kind)?;
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(i)
     }
 
@@ -494,7 +499,7 @@ impl<S: Store> Fs<S> {
 
     /// `unlink`.
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         t.dir(parent)?;
         let e = self.store.dirent(parent, name)?.ok_or(FsError::NotFound)?;
@@ -503,7 +508,7 @@ impl<S: Store> Fs<S> {
         }
         t.unlink_entry(parent, name, &e)?;
         self.drop_link(&mut t, e.ino)?;
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(())
     }
 
@@ -515,7 +520,7 @@ impl<S: Store> Fs<S> {
         if name == b".." {
             return Err(FsError::NotEmpty);
         }
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         let mut p = t.dir(parent)?;
         let e = self.store.dirent(parent, name)?.ok_or(FsError::NotFound)?;
@@ -529,7 +534,7 @@ impl<S: Store> Fs<S> {
         t.put(parent, p);
         t.unlink_entry(parent, name, &e)?;
         self.drop_link(&mut t, e.ino)?;
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(())
     }
 
@@ -546,7 +551,7 @@ impl<S: Store> Fs<S> {
         if flags.exchange && flags.noreplace {
             return Err(FsError::Invalid);
         }
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         t.dir(parent)?;
         t.dir(newparent)?;
@@ -606,7 +611,7 @@ impl<S: Store> Fs<S> {
                 d.ctime = t.now;
                 t.put(p, d);
             }
-            self.commit(&mut w, t.finish())?;
+            self.commit(w, t.finish())?;
             return Ok(());
         }
         if let Some(dst) = dst {
@@ -647,7 +652,7 @@ impl<S: Store> Fs<S> {
             t.put(newparent, np);
         }
         t.put(src.ino, i);
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(())
     }
 
@@ -662,7 +667,7 @@ impl<S: Store> Fs<S> {
 
     /// `setattr`: chmod, chown, truncate, utimens.
     pub fn setattr(&self, ino: Ino, a: SetAttr) -> Result<Inode, FsError> {
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         let mut i = t.get(ino)?;
         let now = t.now;
@@ -715,7 +720,7 @@ impl<S: Store> Fs<S> {
         }
         i.ctime = a.ctime.unwrap_or(now);
         t.put(ino, i.clone());
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(i)
     }
 
@@ -764,7 +769,7 @@ impl<S: Store> Fs<S> {
         if end > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         let mut i = t.get(ino)?;
         if i.kind == FileKind::Dir {
@@ -799,7 +804,7 @@ impl<S: Store> Fs<S> {
         i.mtime = t.now;
         i.ctime = t.now;
         t.put(ino, i);
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(data.len() as u32)
     }
 
@@ -890,7 +895,7 @@ impl<S: Store> Fs<S> {
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::TooLarge);
         }
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         let mut i = t.get(ino)?;
         let exists = self.store.xattr(ino, name)?.is_some();
@@ -907,7 +912,7 @@ impl<S: Store> Fs<S> {
             name: name.to_vec(),
             value: value.to_vec(),
         });
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(())
     }
 
@@ -932,7 +937,7 @@ impl<S: Store> Fs<S> {
     /// `removexattr`.
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), FsError> {
         check_xattr_name(name)?;
-        let mut w = self.lock();
+        let w = self.lock();
         let mut t = Txn::new(&*self.store);
         let mut i = t.get(ino)?;
         if self.store.xattr(ino, name)?.is_none() {
@@ -944,7 +949,7 @@ impl<S: Store> Fs<S> {
             ino,
             name: name.to_vec(),
         });
-        self.commit(&mut w, t.finish())?;
+        self.commit(w, t.finish())?;
         Ok(())
     }
 }

@@ -48,6 +48,17 @@ pub trait Store: Send + Sync + 'static {
     /// is durable only after a later [`Store::sync`] returns.
     fn apply(&self, m: &Mutation) -> Result<(), StoreError>;
 
+    /// Waits until the applied mutation `seq` may be acknowledged to the
+    /// application. Called after [`Store::apply`] returned, without the writer
+    /// lock, so that mutations of other writers can go on meanwhile.
+    ///
+    /// A local store returns at once; a replicated one waits for the peer as
+    /// its protocol says (under protocol C: until the peer has applied it).
+    fn wait_committed(&self, seq: Seq) -> Result<(), StoreError> {
+        let _ = seq;
+        Ok(())
+    }
+
     /// The sequence number of the last applied mutation (`Seq(0)` for a new store).
     fn last_applied(&self) -> Seq;
 

@@ -15,6 +15,16 @@ pub enum Protocol {
     C,
 }
 
+/// What a primary does with writes once its peer is declared lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnPeerLoss {
+    /// Keep serving: commit on the local store alone (degraded mode) and resync later.
+    #[default]
+    Continue,
+    /// Block writes (they are applied locally but not acknowledged) until the peer is back.
+    Suspend,
+}
+
 /// Settings of the replication protocol. Both nodes of a pair should use the same values.
 ///
 /// Build it, then call [`ProtocolConfig::validate`] before handing it to a state machine.
@@ -29,6 +39,8 @@ pub struct ProtocolConfig {
     /// Most mutations the primary sends beyond what the peer has applied; also the
     /// replica's bound on buffered out-of-order mutations.
     pub max_in_flight: usize,
+    /// What happens to writes while the peer is lost.
+    pub on_peer_loss: OnPeerLoss,
 }
 
 impl Default for ProtocolConfig {
@@ -38,6 +50,7 @@ impl Default for ProtocolConfig {
             keepalive: Duration::from_secs(1),
             deadtime: Duration::from_secs(10),
             max_in_flight: 1024,
+            on_peer_loss: OnPeerLoss::Continue,
         }
     }
 }

@@ -79,7 +79,7 @@ mod replica;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Protocol, ProtocolConfig};
+pub use config::{OnPeerLoss, Protocol, ProtocolConfig};
 pub use error::{ConfigError, FrameError, ProtocolError};
 pub use frame::{Frame, Hello, FRAME_VERSION, HEADER_LEN, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN};
 pub use generation::{decide, Decision, History, Side, SplitBrainPolicy};

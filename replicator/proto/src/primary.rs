@@ -1,7 +1,7 @@
 //! The primary side: numbers, ships and retransmits mutations, and decides when
 //! each is committed and flushed.
 
-use crate::config::{Protocol, ProtocolConfig};
+use crate::config::{OnPeerLoss, Protocol, ProtocolConfig};
 use crate::error::ProtocolError;
 use crate::frame::{Frame, Hello, MAX_PAYLOAD_LEN};
 use crate::{Event, Role, Seq, PROTOCOL_VERSION};
@@ -428,6 +428,26 @@ impl Primary {
         self.last_submitted
     }
 
+    /// Whether writes are held back because the peer is lost under
+    /// [`OnPeerLoss::Suspend`].
+    pub fn is_suspended(&self) -> bool {
+        self.link == Link::Lost && self.config.on_peer_loss == OnPeerLoss::Suspend
+    }
+
+    /// What the peer acknowledged as applied on the current connection.
+    pub fn peer_applied(&self) -> Seq {
+        self.peer.applied
+    }
+
+    /// Bytes of mutation payload submitted but not yet applied by the peer.
+    pub fn lag_bytes(&self) -> u64 {
+        self.log
+            .iter()
+            .filter(|e| e.seq > self.peer.applied)
+            .map(|e| e.payload.len() as u64)
+            .sum()
+    }
+
     /// Whether the primary is in degraded mode (peer lost, committing locally).
     pub fn is_degraded(&self) -> bool {
         self.link == Link::Lost
@@ -481,7 +501,9 @@ impl Primary {
     }
 
     fn update_commits(&mut self) {
-        let local_only = self.link == Link::Lost;
+        // Suspended: nothing is acknowledged until the peer is back and has it.
+        let local_only =
+            self.link == Link::Lost && self.config.on_peer_loss == OnPeerLoss::Continue;
         let committed = match self.config.protocol {
             _ if local_only => self.local_applied,
             Protocol::A => self.local_applied,

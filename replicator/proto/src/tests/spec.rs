@@ -417,3 +417,19 @@ fn protocol_violations_are_errors() {
         Err(ProtocolError::UnexpectedFrame { frame: "ack", .. })
     ));
 }
+
+#[test]
+fn suspend_mode_acknowledges_nothing_while_the_peer_is_lost() {
+    let mut c = config(Protocol::C);
+    c.on_peer_loss = crate::OnPeerLoss::Suspend;
+    let mut pair = Pair::new(c, 5);
+    pair.partition = true;
+    let seq = pair.submit(b"held", true);
+    pair.drive_for(15 * SEC);
+    assert!(pair.primary.is_degraded() && pair.primary.is_suspended());
+    assert!(pair.primary.committed() < seq, "suspended: not acknowledged");
+    pair.partition = false;
+    pair.reconnect();
+    assert!(pair.drive_until_committed(seq, 5 * SEC));
+    assert_eq!(pair.replica_applied(), seq);
+}

@@ -42,6 +42,7 @@ pub(crate) fn config(protocol: Protocol) -> ProtocolConfig {
         keepalive: Duration::from_millis(100),
         deadtime: Duration::from_millis(1000),
         max_in_flight: 64,
+        ..ProtocolConfig::default()
     };
     c.validate().unwrap();
     c
