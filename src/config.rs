@@ -45,6 +45,83 @@ pub struct Config {
     pub fs: FsConfig,
     /// `[log]`: what the daemon logs.
     pub log: LogConfig,
+    /// `[replication]`: the peer and the link; `None` when the table is absent
+    /// (a single-node `twinfs mount` needs none, `twinfs run` does).
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// `[replication]`: the peer, trust, and the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// `replication.listen`: this node's address and UDP port on the replication
+    /// link (a specific address, not 0.0.0.0). Required.
+    pub listen: std::net::SocketAddr,
+    /// `replication.peer`: the peer's address and port on the link. Required.
+    pub peer: std::net::SocketAddr,
+    /// `replication.cert`: this node's certificate (PEM). Default `/etc/twinfs/node.crt`.
+    pub cert: PathBuf,
+    /// `replication.key`: this node's private key (PEM). Default `/etc/twinfs/node.key`.
+    pub key: PathBuf,
+    /// `replication.peer_cert` or `replication.peer_fingerprint`: the one peer
+    /// certificate accepted. Exactly one of the two is required.
+    pub peer_trust: PeerTrustConfig,
+    /// `replication.protocol`: `"A"`, `"B"` or `"C"`. Default `"C"`.
+    pub protocol: ProtocolName,
+    /// `replication.keepalive`: heartbeat interval, `10ms..=1min`. Default 1s.
+    pub keepalive: Duration,
+    /// `replication.deadtime`: silence after which the peer is declared dead,
+    /// longer than keepalive, at most 10min. Default 10s.
+    pub deadtime: Duration,
+    /// `replication.on_peer_loss`: `"continue"` (default) or `"suspend"`.
+    pub on_peer_loss: OnPeerLossName,
+    /// `replication.split_brain`: `"disconnect"` (default), `"discard-zero-changes"`,
+    /// `"discard-younger-primary"` or `"discard-least-changes"`.
+    pub split_brain: SplitBrainName,
+}
+
+/// How the peer's certificate is pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerTrustConfig {
+    /// `peer_cert`: a PEM file holding the peer's certificate.
+    CertFile(PathBuf),
+    /// `peer_fingerprint`: `"sha256:AB:CD:..."`.
+    Fingerprint(String),
+}
+
+/// `replication.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolName {
+    /// Asynchronous.
+    A,
+    /// Semi-synchronous.
+    B,
+    /// Synchronous.
+    #[default]
+    C,
+}
+
+/// `replication.on_peer_loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnPeerLossName {
+    /// Keep serving alone.
+    #[default]
+    Continue,
+    /// Block writes until the peer is back.
+    Suspend,
+}
+
+/// `replication.split_brain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SplitBrainName {
+    /// Refuse to connect and let the admin decide.
+    #[default]
+    Disconnect,
+    /// The side that changed nothing takes the other's data.
+    DiscardZeroChanges,
+    /// The side that became primary later is overwritten.
+    DiscardYoungerPrimary,
+    /// The side with fewer changed blocks is overwritten.
+    DiscardLeastChanges,
 }
 
 /// `[node]`: identity and local paths.
@@ -171,6 +248,14 @@ const DEFAULT_MOUNTPOINT: &str = "/srv/www";
 const DEFAULT_ATTR_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_THREADS: usize = 4;
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_CERT: &str = "/etc/twinfs/node.crt";
+const DEFAULT_KEY: &str = "/etc/twinfs/node.key";
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
+const DEFAULT_DEADTIME: Duration = Duration::from_secs(10);
+const KEEPALIVE_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(60);
+const DEADTIME_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(20)..=Duration::from_secs(600);
 
 const ATTR_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
 const THREADS_RANGE: RangeInclusive<i64> = 1..=64;
@@ -223,7 +308,12 @@ impl Config {
         cx: &Cx<'_>,
         hostname: impl FnOnce() -> io::Result<String>,
     ) -> Result<Config, ConfigError> {
-        let RawConfig { node, fs, log } = raw;
+        let RawConfig {
+            node,
+            fs,
+            log,
+            replication,
+        } = raw;
 
         let name = match node.name {
             Some(name) => NodeName::from_str(name.get_ref())
@@ -302,6 +392,183 @@ impl Config {
                 checkpoint_interval,
             },
             log: LogConfig { level },
+            replication: replication
+                .map(|r| ReplicationConfig::from_raw(r, cx))
+                .transpose()?,
+        })
+    }
+}
+
+impl ReplicationConfig {
+    fn from_raw(r: RawReplication, cx: &Cx<'_>) -> Result<ReplicationConfig, ConfigError> {
+        let addr = |field: &str, raw: Option<Spanned<String>>, what: &str| {
+            let raw = raw.ok_or_else(|| {
+                cx.invalid_nowhere(field, format!("missing: {what}, e.g. \"10.99.0.1:7789\""))
+            })?;
+            let a: std::net::SocketAddr = raw.get_ref().parse().map_err(|_| {
+                cx.invalid(
+                    field,
+                    raw.span(),
+                    format!(
+                        "must be IP:PORT, e.g. \"10.99.0.1:7789\", got {:?}",
+                        raw.get_ref()
+                    ),
+                )
+            })?;
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(cx.invalid(
+                    field,
+                    raw.span(),
+                    format!(
+                        "must be a specific address and port, got {:?}",
+                        raw.get_ref()
+                    ),
+                ));
+            }
+            Ok((a, raw.span()))
+        };
+        let (listen, _) = addr(
+            "replication.listen",
+            r.listen,
+            "this node's address and port on the replication link",
+        )?;
+        let (peer, peer_span) = addr(
+            "replication.peer",
+            r.peer,
+            "the peer's address and port on the replication link",
+        )?;
+        if peer == listen {
+            return Err(cx.invalid(
+                "replication.peer",
+                peer_span,
+                format!("must differ from replication.listen, both are {listen}"),
+            ));
+        }
+        let cert = absolute_path(cx, "replication.cert", r.cert, DEFAULT_CERT)?.path;
+        let key = absolute_path(cx, "replication.key", r.key, DEFAULT_KEY)?.path;
+        let peer_trust =
+            match (r.peer_cert, r.peer_fingerprint) {
+                (Some(_), Some(f)) => return Err(cx.invalid(
+                    "replication.peer_fingerprint",
+                    f.span(),
+                    "set either replication.peer_cert or replication.peer_fingerprint, not both"
+                        .into(),
+                )),
+                (None, None) => return Err(cx.invalid_nowhere(
+                    "replication.peer_cert",
+                    "missing: the peer's certificate file (or set replication.peer_fingerprint); \
+                     twinfs trusts exactly one peer certificate"
+                        .into(),
+                )),
+                (Some(c), None) => PeerTrustConfig::CertFile(
+                    absolute_path(cx, "replication.peer_cert", Some(c), "")?.path,
+                ),
+                (None, Some(f)) => {
+                    let hex: String = f
+                        .get_ref()
+                        .trim_start_matches("sha256:")
+                        .chars()
+                        .filter(|c| *c != ':')
+                        .collect();
+                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(cx.invalid(
+                            "replication.peer_fingerprint",
+                            f.span(),
+                            format!(
+                                "must be a SHA-256 fingerprint as `twinfs fingerprint` prints it \
+                             (\"sha256:AB:CD:...\", 32 bytes), got {:?}",
+                                f.get_ref()
+                            ),
+                        ));
+                    }
+                    PeerTrustConfig::Fingerprint(f.into_inner())
+                }
+            };
+        let protocol = match r.protocol {
+            None => ProtocolName::C,
+            Some(p) => match p.get_ref().to_ascii_uppercase().as_str() {
+                "A" => ProtocolName::A,
+                "B" => ProtocolName::B,
+                "C" => ProtocolName::C,
+                _ => {
+                    return Err(cx.invalid(
+                        "replication.protocol",
+                        p.span(),
+                        format!("must be \"A\", \"B\" or \"C\", got {:?}", p.get_ref()),
+                    ))
+                }
+            },
+        };
+        let keepalive_span = r.keepalive.as_ref().map(|k| k.span());
+        let keepalive = duration_in(
+            cx,
+            "replication.keepalive",
+            r.keepalive,
+            DEFAULT_KEEPALIVE,
+            KEEPALIVE_RANGE,
+        )?;
+        let deadtime_span = r.deadtime.as_ref().map(|k| k.span());
+        let deadtime = duration_in(
+            cx,
+            "replication.deadtime",
+            r.deadtime,
+            DEFAULT_DEADTIME,
+            DEADTIME_RANGE,
+        )?;
+        if deadtime <= keepalive {
+            return Err(ConfigError::Invalid {
+                at: cx.at(deadtime_span.or(keepalive_span)),
+                field: "replication.deadtime".into(),
+                message: format!(
+                    "must be longer than replication.keepalive ({}), got {}",
+                    humantime::format_duration(keepalive),
+                    humantime::format_duration(deadtime)
+                ),
+            });
+        }
+        let on_peer_loss = match r.on_peer_loss {
+            None => OnPeerLossName::Continue,
+            Some(v) => match v.get_ref().as_str() {
+                "continue" => OnPeerLossName::Continue,
+                "suspend" => OnPeerLossName::Suspend,
+                _ => {
+                    return Err(cx.invalid(
+                        "replication.on_peer_loss",
+                        v.span(),
+                        format!("must be \"continue\" or \"suspend\", got {:?}", v.get_ref()),
+                    ))
+                }
+            },
+        };
+        let split_brain = match r.split_brain {
+            None => SplitBrainName::Disconnect,
+            Some(v) => match v.get_ref().as_str() {
+                "disconnect" => SplitBrainName::Disconnect,
+                "discard-zero-changes" => SplitBrainName::DiscardZeroChanges,
+                "discard-younger-primary" => SplitBrainName::DiscardYoungerPrimary,
+                "discard-least-changes" => SplitBrainName::DiscardLeastChanges,
+                _ => return Err(cx.invalid(
+                    "replication.split_brain",
+                    v.span(),
+                    format!(
+                        "must be \"disconnect\", \"discard-zero-changes\", \"discard-younger-primary\" \
+                         or \"discard-least-changes\", got {:?}",
+                        v.get_ref()
+                    ),
+                )),
+            },
+        };
+        Ok(ReplicationConfig {
+            listen,
+            peer,
+            cert,
+            key,
+            peer_trust,
+            protocol,
+            keepalive,
+            deadtime,
+            on_peer_loss,
+            split_brain,
         })
     }
 }
@@ -451,6 +718,29 @@ struct RawConfig {
     fs: RawFs,
     #[serde(deserialize_with = "table")]
     log: RawLog,
+    #[serde(deserialize_with = "opt_table")]
+    replication: Option<RawReplication>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+struct RawReplication {
+    listen: Option<Spanned<String>>,
+    peer: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    peer_cert: Option<Spanned<String>>,
+    peer_fingerprint: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+    keepalive: Option<Spanned<RawDuration>>,
+    deadtime: Option<Spanned<RawDuration>>,
+    on_peer_loss: Option<Spanned<String>>,
+    split_brain: Option<Spanned<String>>,
+}
+
+/// [`table`] for a table that may be absent.
+fn opt_table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    table(d).map(Some)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -929,8 +1219,106 @@ level = "TRACE"
                 log: LogConfig {
                     level: LogLevel::Trace
                 },
+                replication: None,
             }
         );
+    }
+
+    const REPL: &str = "[replication]\nlisten = \"10.0.0.1:7789\"\npeer = \"10.0.0.2:7789\"\npeer_cert = \"/etc/twinfs/beta.crt\"\n";
+
+    #[test]
+    fn replication_table_with_defaults_and_every_field() {
+        let c = parse(REPL).unwrap().replication.unwrap();
+        assert_eq!(c.listen, "10.0.0.1:7789".parse().unwrap());
+        assert_eq!(c.peer, "10.0.0.2:7789".parse().unwrap());
+        assert_eq!(c.cert, PathBuf::from("/etc/twinfs/node.crt"));
+        assert_eq!(c.key, PathBuf::from("/etc/twinfs/node.key"));
+        assert_eq!(
+            c.peer_trust,
+            PeerTrustConfig::CertFile("/etc/twinfs/beta.crt".into())
+        );
+        assert_eq!(c.protocol, ProtocolName::C);
+        assert_eq!(c.keepalive, Duration::from_secs(1));
+        assert_eq!(c.deadtime, Duration::from_secs(10));
+        assert_eq!(c.on_peer_loss, OnPeerLossName::Continue);
+        assert_eq!(c.split_brain, SplitBrainName::Disconnect);
+        let fp = format!("sha256:{}", ["AB"; 32].join(":"));
+        let c = parse(&format!(
+            "[replication]\nlisten = \"[fd00::1]:7000\"\npeer = \"[fd00::2]:7000\"\n\
+             cert = \"/k/a.crt\"\nkey = \"/k/a.key\"\npeer_fingerprint = \"{fp}\"\n\
+             protocol = \"a\"\nkeepalive = \"100ms\"\ndeadtime = \"1s\"\n\
+             on_peer_loss = \"suspend\"\nsplit_brain = \"discard-least-changes\"\n"
+        ))
+        .unwrap()
+        .replication
+        .unwrap();
+        assert_eq!(c.peer_trust, PeerTrustConfig::Fingerprint(fp));
+        assert_eq!(c.protocol, ProtocolName::A);
+        assert_eq!(c.on_peer_loss, OnPeerLossName::Suspend);
+        assert_eq!(c.split_brain, SplitBrainName::DiscardLeastChanges);
+        assert_eq!(c.deadtime, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn replication_errors_name_the_field_and_value() {
+        let base = |extra: &str| format!("{REPL}{extra}");
+        let cases: [(String, &str); 12] = [
+            (
+                "[replication]\npeer = \"10.0.0.2:1\"\npeer_cert = \"/a\"\n".into(),
+                "replication.listen: missing",
+            ),
+            (
+                "[replication]\nlisten = \"10.0.0.1:1\"\npeer_cert = \"/a\"\n".into(),
+                "replication.peer: missing",
+            ),
+            (
+                REPL.replace("10.0.0.1:7789", "alpha"),
+                "t.toml:2: replication.listen: must be IP:PORT",
+            ),
+            (
+                REPL.replace("10.0.0.1:7789", "0.0.0.0:7789"),
+                "t.toml:2: replication.listen: must be a specific address and port, got \"0.0.0.0:7789\"",
+            ),
+            (
+                REPL.replace("10.0.0.2:7789", "10.0.0.1:7789"),
+                "t.toml:3: replication.peer: must differ from replication.listen",
+            ),
+            (
+                "[replication]\nlisten = \"10.0.0.1:1\"\npeer = \"10.0.0.2:1\"\n".into(),
+                "replication.peer_cert: missing",
+            ),
+            (
+                base("peer_fingerprint = \"sha256:00\"\n"),
+                "t.toml:5: replication.peer_fingerprint: set either",
+            ),
+            (
+                REPL.replace("peer_cert = \"/etc/twinfs/beta.crt\"", "peer_fingerprint = \"sha1:12\""),
+                "t.toml:4: replication.peer_fingerprint: must be a SHA-256 fingerprint",
+            ),
+            (
+                base("protocol = \"D\"\n"),
+                "t.toml:5: replication.protocol: must be \"A\", \"B\" or \"C\", got \"D\"",
+            ),
+            (
+                base("keepalive = \"2s\"\ndeadtime = \"1s\"\n"),
+                "t.toml:6: replication.deadtime: must be longer than replication.keepalive (2s), got 1s",
+            ),
+            (
+                base("on_peer_loss = \"panic\"\n"),
+                "t.toml:5: replication.on_peer_loss: must be \"continue\" or \"suspend\", got \"panic\"",
+            ),
+            (
+                base("split_brain = \"merge\"\n"),
+                "t.toml:5: replication.split_brain: must be \"disconnect\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "{want:?} not in {e:?}\nfor:\n{text}");
+        }
+        assert!(err(&base("bogus = 1\n")).contains("unknown field replication.bogus"));
+        assert!(err(&base("cert = \"relative.crt\"\n"))
+            .contains("replication.cert: must be an absolute path"));
     }
 
     #[test]

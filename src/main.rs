@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod daemon;
 mod mount;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,53 @@ enum Command {
         /// Where to mount (default: node.mountpoint from the config).
         mountpoint: Option<PathBuf>,
     },
+    /// Run this node of a replicated pair (foreground, until SIGTERM/SIGINT):
+    /// replicate to the peer, and mount read-write while primary.
+    Run {
+        /// The config file (TOML), with a [replication] table.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Show the running node's status: role, disk, connection, lag, resync.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Make this node primary: mount read-write and replicate to the peer.
+    /// Refused while the disk is Outdated or Inconsistent, or the peer is primary.
+    Promote {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Make this node secondary: unmount (fails if the mount is busy).
+    Demote {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Generate this node's TLS key and self-signed certificate, and print its
+    /// fingerprint for the peer's config.
+    Keygen {
+        /// The config file: the paths come from replication.cert/key and the name from node.name.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Node name in the certificate (default: node.name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where to write the certificate (default: replication.cert).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Where to write the private key (default: replication.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print the SHA-256 fingerprint of a certificate file (as `peer_fingerprint` wants it).
+    Fingerprint {
+        /// The certificate (PEM).
+        cert: PathBuf,
+    },
     /// Check every block of an unmounted store against its digest.
     Verify {
         /// The data directory (default: node.data_dir from the config).
@@ -41,6 +89,26 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// Which node a control command talks to.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The config file (its node.data_dir locates the daemon's control socket).
+    #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// The data directory (overrides the config's node.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        Ok(load_config(Some(&self.config))?.node.data_dir)
+    }
 }
 
 /// Errors that are the user's input: exit code 2 instead of 1.
@@ -87,6 +155,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let data_dir = data_dir.unwrap_or_else(|| cfg.node.data_dir.clone());
             let mountpoint = mountpoint.unwrap_or_else(|| cfg.node.mountpoint.clone());
             mount::run(&cfg, &data_dir, &mountpoint)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let cfg = load_config(Some(&config))?;
+            init_tracing(cfg.log.level.as_str());
+            daemon::run(&cfg, Some(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, node } => daemon::control(
+            &node.data_dir()?,
+            twinfs_replicator::control::Request::Status,
+            json,
+        ),
+        Command::Promote { node } => daemon::control(
+            &node.data_dir()?,
+            twinfs_replicator::control::Request::Promote,
+            false,
+        ),
+        Command::Demote { node } => daemon::control(
+            &node.data_dir()?,
+            twinfs_replicator::control::Request::Demote,
+            false,
+        ),
+        Command::Keygen {
+            config,
+            name,
+            cert,
+            key,
+        } => {
+            let cfg = load_config(config.as_ref())?;
+            let r = cfg.replication.as_ref();
+            let cert = cert
+                .or_else(|| r.map(|r| r.cert.clone()))
+                .unwrap_or_else(|| PathBuf::from("/etc/twinfs/node.crt"));
+            let key = key
+                .or_else(|| r.map(|r| r.key.clone()))
+                .unwrap_or_else(|| PathBuf::from("/etc/twinfs/node.key"));
+            let name = name.unwrap_or_else(|| cfg.node.name.to_string());
+            daemon::keygen(&name, &cert, &key)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fingerprint { cert } => {
+            daemon::fingerprint(&cert)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { data_dir, config } => {

@@ -34,6 +34,12 @@ fn mounted_at(path: &Path) -> Option<String> {
 
 /// Checks the inputs before anything on disk is touched.
 fn preflight(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+    preflight_data_dir(data_dir)?;
+    preflight_mountpoint(mountpoint)
+}
+
+/// The data dir exists, is a directory, and is writable.
+pub(crate) fn preflight_data_dir(data_dir: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(data_dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!(UsageError(format!(
@@ -52,6 +58,11 @@ fn preflight(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
             e.desc()
         )));
     }
+    Ok(())
+}
+
+/// The mountpoint exists, is a directory, and nothing is mounted there.
+pub(crate) fn preflight_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(mountpoint) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!(UsageError(format!(

@@ -12,6 +12,8 @@
 // Test modules are private; `pub` items in them are the harness API.
 #![allow(unreachable_pub)]
 
+mod lab;
+mod pair;
 mod util;
 
 mod differential;
@@ -22,3 +24,5 @@ mod badinput;
 mod crash;
 mod durability;
 mod enospc;
+mod lab_selftest;
+mod replication;

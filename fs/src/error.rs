@@ -71,6 +71,12 @@ pub enum StoreError {
         /// The sequence number received.
         got: u64,
     },
+    /// The node is not (or no longer) primary: the mutation was not applied.
+    #[error("this node is not primary: {0}")]
+    NotPrimary(String),
+    /// Replication could not acknowledge the mutation (it is applied locally).
+    #[error("replication: {0}")]
+    Replication(String),
     /// The disk holding the store is full; nothing was applied.
     #[error("no space left on the store's disk ({path})")]
     NoSpace {
@@ -168,6 +174,7 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::TooLarge => libc::E2BIG,
             FsError::Store(StoreError::NoSpace { .. }) => libc::ENOSPC,
+            FsError::Store(StoreError::NotPrimary(_)) => libc::EROFS,
             FsError::Store(_) => libc::EIO,
         }
     }

@@ -422,7 +422,10 @@ mod tests {
                     idx: 1,
                     data: vec![7; 1000],
                 },
-                Op::TruncBlocks { ino: Ino(3), from: 4 },
+                Op::TruncBlocks {
+                    ino: Ino(3),
+                    from: 4,
+                },
                 Op::PutBlock {
                     ino: Ino(4),
                     idx: 0,
@@ -442,7 +445,11 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 1; // block bytes no longer match their digest
         assert_eq!(Mutation::from_wire(&flipped), None);
         let local = encode_record(&m, RECORD_LOCAL).0;
-        assert_eq!(Mutation::from_wire(&local), None, "local records never travel");
+        assert_eq!(
+            Mutation::from_wire(&local),
+            None,
+            "local records never travel"
+        );
     }
 
     #[test]

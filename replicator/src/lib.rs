@@ -10,3 +10,11 @@
 //! this crate will hold the QUIC transport that drives it.
 
 #![forbid(unsafe_code)]
+
+pub mod control;
+pub mod node;
+pub mod state;
+pub mod status;
+pub mod store;
+pub mod tls;
+pub mod transport;

@@ -103,7 +103,11 @@ fn an_fsync_after_the_writes_went_out_is_a_flush_barrier_frame() {
     let b = pair.submit(b"two", false);
     pair.drive_for(10 * MS);
     assert_eq!(pair.primary.committed(), b);
-    assert_eq!(pair.replica.last_flushed(), Seq(0), "no barrier yet: no sync");
+    assert_eq!(
+        pair.replica.last_flushed(),
+        Seq(0),
+        "no barrier yet: no sync"
+    );
     // The fsync: a barrier at the last submitted seq, local sync reported.
     let barrier = pair.primary.request_flush(pair.now);
     assert_eq!(barrier, b);
@@ -427,7 +431,10 @@ fn suspend_mode_acknowledges_nothing_while_the_peer_is_lost() {
     let seq = pair.submit(b"held", true);
     pair.drive_for(15 * SEC);
     assert!(pair.primary.is_degraded() && pair.primary.is_suspended());
-    assert!(pair.primary.committed() < seq, "suspended: not acknowledged");
+    assert!(
+        pair.primary.committed() < seq,
+        "suspended: not acknowledged"
+    );
     pair.partition = false;
     pair.reconnect();
     assert!(pair.drive_until_committed(seq, 5 * SEC));

@@ -1,0 +1,208 @@
+//! What a node keeps about replication next to its data: role, disk state and
+//! generations, in `DATA/replication.toml`.
+//!
+//! The file is small and changes only on transitions (promote, demote, peer lost,
+//! resync done), so it is rewritten whole: written to a temporary file, fsynced,
+//! renamed over the old one, and the directory fsynced. After a crash it holds
+//! either the old or the new state, never a mix.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use twinfs_replicator_proto::{DiskState, Generation, History, Role};
+
+/// The file name inside the data dir.
+pub const STATE_FILE: &str = "replication.toml";
+
+/// A node's persistent replication state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeState {
+    /// The role the node had when it last changed; a restarted primary comes back as primary.
+    pub role: RoleName,
+    /// The disk state.
+    pub disk: DiskName,
+    /// The current data generation (hex in the file: TOML integers are signed).
+    #[serde(with = "hex_u64")]
+    pub generation: u64,
+    /// The generation this node last shared with its peer.
+    #[serde(with = "hex_u64")]
+    pub shared: u64,
+    /// When this node last became primary (ms since the Unix epoch), 0 if never.
+    pub primary_since_ms: u64,
+}
+
+/// [`Role`] as it appears in the state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    /// Primary.
+    Primary,
+    /// Secondary.
+    Secondary,
+}
+
+/// [`DiskState`] as it appears in the state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskName {
+    /// Up to date.
+    UpToDate,
+    /// Outdated.
+    Outdated,
+    /// Inconsistent.
+    Inconsistent,
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Role {
+        match r {
+            RoleName::Primary => Role::Primary,
+            RoleName::Secondary => Role::Secondary,
+        }
+    }
+}
+
+impl From<Role> for RoleName {
+    fn from(r: Role) -> RoleName {
+        match r {
+            Role::Primary => RoleName::Primary,
+            Role::Secondary => RoleName::Secondary,
+        }
+    }
+}
+
+impl From<DiskName> for DiskState {
+    fn from(d: DiskName) -> DiskState {
+        match d {
+            DiskName::UpToDate => DiskState::UpToDate,
+            DiskName::Outdated => DiskState::Outdated,
+            DiskName::Inconsistent => DiskState::Inconsistent,
+        }
+    }
+}
+
+impl From<DiskState> for DiskName {
+    fn from(d: DiskState) -> DiskName {
+        match d {
+            DiskState::UpToDate => DiskName::UpToDate,
+            DiskState::Outdated => DiskName::Outdated,
+            // A node with a state file has a disk; Diskless never gets written.
+            DiskState::Inconsistent | DiskState::Diskless => DiskName::Inconsistent,
+        }
+    }
+}
+
+impl Default for NodeState {
+    /// A brand-new node: secondary, up to date (an empty store is a valid
+    /// filesystem of generation 0), never primary.
+    fn default() -> Self {
+        NodeState {
+            role: RoleName::Secondary,
+            disk: DiskName::UpToDate,
+            generation: 0,
+            shared: 0,
+            primary_since_ms: 0,
+        }
+    }
+}
+
+impl NodeState {
+    /// Reads the state of the node whose data dir is `dir`; a missing file is a new node.
+    pub fn load(dir: &Path) -> anyhow::Result<NodeState> {
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeState::default()),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+    }
+
+    /// Writes the state durably (temporary file, fsync, rename, fsync of the directory).
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(STATE_FILE);
+        let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
+        let text = toml::to_string(self).expect("the node state serialises");
+        let io = |e: std::io::Error| anyhow::anyhow!("{}: {e}", tmp.display());
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(b"# twinfs replication state: written by twinfs, do not edit\n")
+            .map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        Ok(())
+    }
+
+    /// The history for the split-brain decision.
+    pub fn history(&self, changed_blocks: u64) -> History {
+        History {
+            current: Generation(self.generation),
+            shared: Generation(self.shared),
+            changed_blocks,
+            primary_since_ms: (self.primary_since_ms != 0).then_some(self.primary_since_ms),
+        }
+    }
+}
+
+/// A `u64` as a 16-digit hex string.
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        u64::from_str_radix(&text, 16)
+            .map_err(|_| serde::de::Error::custom(format!("not a hex generation: {text:?}")))
+    }
+}
+
+/// A fresh generation identifier: random, never 0.
+pub fn new_generation() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system random source works");
+    u64::from_be_bytes(b).max(1)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(NodeState::load(dir.path()).unwrap(), NodeState::default());
+        let s = NodeState {
+            role: RoleName::Primary,
+            disk: DiskName::Outdated,
+            generation: u64::MAX - 5,
+            shared: 7,
+            primary_since_ms: now_ms(),
+        };
+        s.save(dir.path()).unwrap();
+        assert_eq!(NodeState::load(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_damaged_file_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), "role = 'boss'\n").unwrap();
+        let e = NodeState::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(STATE_FILE) && e.contains("boss"), "{e}");
+    }
+}

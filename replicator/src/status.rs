@@ -1,0 +1,242 @@
+//! What `twinfs status` shows: one node's view of the pair.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// A node's status, as the daemon reports it over the control socket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's name.
+    pub node: String,
+    /// `Primary` or `Secondary`.
+    pub role: String,
+    /// `UpToDate`, `Outdated`, `Inconsistent`.
+    pub disk: String,
+    /// `StandAlone`, `Connecting`, `Connected`, `SyncSource`, `SyncTarget`.
+    pub connection: String,
+    /// The replication protocol (`A`, `B`, `C`).
+    pub protocol: String,
+    /// What happens to writes while the peer is lost (`continue` or `suspend`).
+    pub on_peer_loss: String,
+    /// Whether writes are held back right now (suspend mode, peer lost).
+    pub suspended: bool,
+    /// The current data generation (hex).
+    pub generation: String,
+    /// The generation last shared with the peer (hex).
+    pub shared_generation: String,
+    /// The last mutation applied to the local store.
+    pub applied_seq: u64,
+    /// The last mutation acknowledged to writers (primary only).
+    pub committed_seq: u64,
+    /// The peer, as far as it is known.
+    pub peer: PeerStatus,
+    /// How far the peer is behind (primary only).
+    pub lag: Lag,
+    /// A resync in progress, if any.
+    pub resync: Option<Resync>,
+    /// Why the nodes refuse to connect, when they do (split brain and the like).
+    pub refusal: Option<String>,
+    /// Counters since the daemon started.
+    pub counters: Counters,
+    /// The last notable events, oldest first ("2026-11-22T07:40:01Z peer lost ...").
+    pub recent: Vec<String>,
+}
+
+/// The peer as seen from this node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's name from its handshake (empty until one completed).
+    pub name: String,
+    /// The configured address.
+    pub address: String,
+    /// Its role, if connected.
+    pub role: Option<String>,
+    /// Its disk state, if connected.
+    pub disk: Option<String>,
+    /// The last seq the peer acknowledged as applied.
+    pub applied_seq: u64,
+}
+
+/// Replication lag.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lag {
+    /// Mutations submitted but not yet applied by the peer.
+    pub seqs: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+}
+
+/// Progress of a resync.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resync {
+    /// `source` or `target`.
+    pub direction: String,
+    /// Bytes shipped so far.
+    pub done_bytes: u64,
+    /// Bytes to ship in all.
+    pub total_bytes: u64,
+    /// Seconds left at the current rate, if known.
+    pub eta_seconds: Option<u64>,
+}
+
+/// Counters since the daemon started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Mutation frames sent to the peer.
+    pub mutations_sent: u64,
+    /// Mutation payload bytes sent to the peer (retransmissions included).
+    pub mutation_bytes_sent: u64,
+    /// Mutations applied from the peer.
+    pub mutations_applied: u64,
+    /// Bytes sent to the peer by resyncs.
+    pub resync_bytes_sent: u64,
+    /// Connections that completed a handshake.
+    pub connections: u64,
+    /// Times the peer was declared lost.
+    pub peer_losses: u64,
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Status {
+    /// The human form, in the spirit of `drbdadm status`.
+    pub fn human(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "{} role:{} disk:{} generation:{}",
+            self.node, self.role, self.disk, self.generation
+        );
+        let peer_name = if self.peer.name.is_empty() {
+            "peer"
+        } else {
+            &self.peer.name
+        };
+        let _ = write!(
+            o,
+            "  {} {} connection:{}",
+            peer_name, self.peer.address, self.connection
+        );
+        if let (Some(r), Some(d)) = (&self.peer.role, &self.peer.disk) {
+            let _ = write!(o, " role:{r} disk:{d}");
+        }
+        o.push('\n');
+        let _ =
+            writeln!(
+            o,
+            "  replication: protocol {} on-peer-loss:{}{} applied:{} committed:{} peer-applied:{}",
+            self.protocol,
+            self.on_peer_loss,
+            if self.suspended { " (writes SUSPENDED)" } else { "" },
+            self.applied_seq,
+            self.committed_seq,
+            self.peer.applied_seq
+        );
+        let _ = writeln!(
+            o,
+            "  lag: {} mutations ({})",
+            self.lag.seqs,
+            human_bytes(self.lag.bytes)
+        );
+        if let Some(r) = &self.resync {
+            let pct = if r.total_bytes == 0 {
+                100.0
+            } else {
+                r.done_bytes as f64 * 100.0 / r.total_bytes as f64
+            };
+            let eta = r
+                .eta_seconds
+                .map_or_else(|| "unknown".to_string(), |s| format!("{s}s"));
+            let _ = writeln!(
+                o,
+                "  resync ({}): {pct:.1}% {} of {}, eta {eta}",
+                r.direction,
+                human_bytes(r.done_bytes),
+                human_bytes(r.total_bytes)
+            );
+        }
+        if let Some(r) = &self.refusal {
+            let _ = writeln!(o, "  REFUSING TO CONNECT: {r}");
+        }
+        let c = &self.counters;
+        let _ = writeln!(
+            o,
+            "  sent: {} mutations ({}), resync {}; applied from peer: {}; connections: {}, peer losses: {}",
+            c.mutations_sent,
+            human_bytes(c.mutation_bytes_sent),
+            human_bytes(c.resync_bytes_sent),
+            c.mutations_applied,
+            c.connections,
+            c.peer_losses
+        );
+        if !self.recent.is_empty() {
+            let _ = writeln!(o, "  recent:");
+            for line in &self.recent {
+                let _ = writeln!(o, "    {line}");
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_form_shows_the_essentials() {
+        let s = Status {
+            node: "alpha".into(),
+            role: "Primary".into(),
+            disk: "UpToDate".into(),
+            connection: "Connected".into(),
+            protocol: "C".into(),
+            on_peer_loss: "continue".into(),
+            generation: "1f".into(),
+            peer: PeerStatus {
+                name: "beta".into(),
+                address: "10.0.0.2:7789".into(),
+                role: Some("Secondary".into()),
+                disk: Some("UpToDate".into()),
+                applied_seq: 40,
+            },
+            applied_seq: 42,
+            lag: Lag {
+                seqs: 2,
+                bytes: 3 << 20,
+            },
+            resync: Some(Resync {
+                direction: "source".into(),
+                done_bytes: 1 << 20,
+                total_bytes: 4 << 20,
+                eta_seconds: Some(3),
+            }),
+            ..Status::default()
+        };
+        let h = s.human();
+        for want in [
+            "alpha role:Primary disk:UpToDate",
+            "beta 10.0.0.2:7789 connection:Connected role:Secondary disk:UpToDate",
+            "protocol C",
+            "lag: 2 mutations (3.0 MiB)",
+            "resync (source): 25.0% 1.0 MiB of 4.0 MiB, eta 3s",
+        ] {
+            assert!(h.contains(want), "{want:?} missing from:\n{h}");
+        }
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+    }
+}

@@ -1,0 +1,664 @@
+//! The QUIC transport: one endpoint per node, mutually authenticated
+//! connections to the peer, and bidirectional streams of [`Frame`]s.
+//!
+//! [`endpoint`] binds the UDP socket and serves as both client and server (either
+//! node may dial the other). [`connect`] and [`accept`] return a connection only
+//! once the TLS handshake has passed the pinned-certificate check of
+//! [`crate::tls`]. [`FrameStream`] carries frames over one QUIC stream, using the
+//! codec of `twinfs-replicator-proto`; it holds no protocol state.
+//!
+//! A TLS 1.3 client finishes its handshake before the server has checked the
+//! client certificate, so a client that the server refuses still gets a
+//! connection from [`connect`]; the refusal (with the server's reason) arrives
+//! as the error of the first stream operation.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+use twinfs_replicator_proto::{Frame, FrameError, HEADER_LEN, MAX_BODY_LEN, MAX_PAYLOAD_LEN};
+
+use crate::tls::{self, Identity, PeerTrust, TlsError};
+
+/// UDP socket send and receive buffer size. The OS defaults lost packets under
+/// replication load in a measurement here; QUIC recovers them, at a cost.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Application close code for a deliberate shutdown.
+pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
+/// Application close code: the peer sent bytes that are not a valid frame.
+pub const CLOSE_BAD_FRAME: VarInt = VarInt::from_u32(1);
+/// Application close code: any other transport or protocol error.
+pub const CLOSE_ERROR: VarInt = VarInt::from_u32(2);
+
+/// Longest close reason sent: it must fit in one packet with room to spare.
+const MAX_CLOSE_REASON: usize = 200;
+
+/// A stream buffer that grew beyond this is released once empty, so
+/// that one large frame does not pin its memory for the stream's lifetime.
+const KEEP_BUFFER: usize = 8 << 20;
+
+/// QUIC liveness settings, the same on both nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportOptions {
+    /// Interval of QUIC keep-alive packets on an idle connection.
+    pub keepalive: Duration,
+    /// A connection that hears nothing from the peer for this long is lost.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportOptions {
+    /// 1 s keep-alive, 10 s idle timeout.
+    fn default() -> Self {
+        TransportOptions {
+            keepalive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TransportOptions {
+    /// Checks that the keep-alive is non-zero and shorter than the idle timeout.
+    ///
+    /// Otherwise an idle but healthy connection would time out (and a zero idle
+    /// timeout would mean "never" to QUIC).
+    pub fn validate(&self) -> Result<(), TransportError> {
+        if self.keepalive.is_zero() || self.keepalive >= self.idle_timeout {
+            return Err(TransportError::BadOptions {
+                keepalive: self.keepalive,
+                idle_timeout: self.idle_timeout,
+            });
+        }
+        Ok(())
+    }
+
+    /// The quinn transport configuration for these options.
+    pub(crate) fn quinn_transport(&self) -> quinn::TransportConfig {
+        let mut config = quinn::TransportConfig::default();
+        config.keep_alive_interval(Some(self.keepalive));
+        // Only timeouts beyond 2^62 ms fail to convert; the maximum is as good.
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .unwrap_or_else(|_| quinn::IdleTimeout::from(VarInt::MAX));
+        config.max_idle_timeout(Some(idle));
+        config
+    }
+}
+
+/// A transport failure. Every variant that involves the peer names its address.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// [`TransportOptions::validate`] failed.
+    #[error("transport keepalive ({keepalive:?}) must be non-zero and shorter than idle_timeout ({idle_timeout:?})")]
+    BadOptions {
+        /// The configured keep-alive interval.
+        keepalive: Duration,
+        /// The configured idle timeout.
+        idle_timeout: Duration,
+    },
+    /// The certificate, key or pin cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// [`endpoint`] was called outside a tokio runtime.
+    #[error("the QUIC endpoint must be created inside a tokio runtime")]
+    NoRuntime,
+    /// The UDP socket cannot be set up.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address to listen on.
+        addr: SocketAddr,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The connection attempt could not even start.
+    #[error("cannot connect to {peer}: {error}")]
+    Connect {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// quinn's error.
+        error: quinn::ConnectError,
+    },
+    /// This node refused an incoming connection (certificate, ALPN, protocol).
+    #[error("refused replication connection from {peer}: {}", describe(.error))]
+    Refused {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Why, as quinn reports it.
+        error: ConnectionError,
+    },
+    /// A handshake failed otherwise: the peer refused us, timed out, or we
+    /// refused the server we dialled.
+    #[error("replication handshake with {peer} failed: {}", describe(.error))]
+    Handshake {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Why, as quinn reports it.
+        error: ConnectionError,
+    },
+    /// An established connection ended.
+    #[error("connection to {peer} lost: {}", describe(.error))]
+    ConnectionLost {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Why, as quinn reports it.
+        error: ConnectionError,
+    },
+    /// The peer abandoned its side of the stream.
+    #[error("{peer} reset the replication stream (code {code})")]
+    StreamReset {
+        /// The remote address.
+        peer: SocketAddr,
+        /// The peer's error code.
+        code: VarInt,
+    },
+    /// The peer stopped reading the stream.
+    #[error("{peer} stopped reading the replication stream (code {code})")]
+    StreamStopped {
+        /// The remote address.
+        peer: SocketAddr,
+        /// The peer's error code.
+        code: VarInt,
+    },
+    /// The stream was used after it was finished, or another local misuse.
+    #[error("replication stream with {peer} failed: {reason}")]
+    Stream {
+        /// The remote address.
+        peer: SocketAddr,
+        /// quinn's error text.
+        reason: String,
+    },
+    /// The peer sent bytes that are not a valid frame; close the connection.
+    #[error("bad frame from {peer}: {error}")]
+    BadFrame {
+        /// The remote address.
+        peer: SocketAddr,
+        /// The codec's error.
+        error: FrameError,
+    },
+    /// The peer finished the stream in the middle of a frame; close the connection.
+    #[error(
+        "{peer} ended the replication stream inside a frame ({buffered} bytes of it received)"
+    )]
+    Truncated {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Bytes of the incomplete frame.
+        buffered: usize,
+    },
+    /// A mutation too large for one frame was given to [`FrameStream::send`].
+    #[error("cannot send a mutation of {len} bytes to {peer}: a frame carries at most {max}")]
+    FrameTooLarge {
+        /// The remote address.
+        peer: SocketAddr,
+        /// The payload length.
+        len: usize,
+        /// [`MAX_PAYLOAD_LEN`].
+        max: usize,
+    },
+}
+
+impl TransportError {
+    /// The peer's address, if the error involves one.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        use TransportError::*;
+        match self {
+            Connect { peer, .. }
+            | Refused { peer, .. }
+            | Handshake { peer, .. }
+            | ConnectionLost { peer, .. }
+            | StreamReset { peer, .. }
+            | StreamStopped { peer, .. }
+            | Stream { peer, .. }
+            | BadFrame { peer, .. }
+            | Truncated { peer, .. }
+            | FrameTooLarge { peer, .. } => Some(*peer),
+            BadOptions { .. } | Tls(_) | NoRuntime | Listen { .. } => None,
+        }
+    }
+}
+
+/// Explains a connection error for a log line.
+///
+/// quinn reports TLS failures as QUIC crypto errors (0x100 + TLS alert) whose
+/// reason is rustls's error text; the peer receives the same text in the
+/// CONNECTION_CLOSE frame. Both sides therefore see the verifier's reason.
+fn describe(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::TransportError(e) => match tls_alert(e.code.into()) {
+            Some(alert) => tls_reason(alert, &e.reason),
+            None => e.to_string(),
+        },
+        ConnectionError::ConnectionClosed(close) => match tls_alert(close.error_code.into()) {
+            Some(alert) => format!(
+                "the peer refused the TLS handshake: {}",
+                tls_reason(alert, &String::from_utf8_lossy(&close.reason))
+            ),
+            None => error.to_string(),
+        },
+        ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            format!("closed by peer (code {}): {reason}", close.error_code)
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// The TLS alert inside a QUIC crypto error code, if it is one.
+fn tls_alert(code: u64) -> Option<u8> {
+    (0x100..0x200)
+        .contains(&code)
+        .then_some((code & 0xff) as u8)
+}
+
+fn tls_reason(alert: u8, reason: &str) -> String {
+    const NO_APPLICATION_PROTOCOL: u8 = 120;
+    if alert == NO_APPLICATION_PROTOCOL {
+        let alpn = String::from_utf8_lossy(tls::ALPN);
+        return format!("no common application protocol: the client does not speak {alpn}");
+    }
+    // rustls 0.23 prints `CertificateError::Other` (which carries the pin
+    // verifier's reason) as `Other(OtherError(…))`; show only the reason.
+    let reason = reason
+        .strip_prefix("invalid peer certificate: Other(OtherError(")
+        .and_then(|r| r.strip_suffix("))"))
+        .unwrap_or(reason);
+    if reason.is_empty() {
+        format!("TLS alert {alert}")
+    } else {
+        reason.to_owned()
+    }
+}
+
+/// Binds `listen` and creates this node's QUIC endpoint.
+///
+/// The endpoint accepts connections presenting the pinned peer certificate and
+/// dials out with `identity` by default. Must be called inside a tokio runtime.
+pub fn endpoint(
+    listen: SocketAddr,
+    identity: &Identity,
+    trust: &PeerTrust,
+    opts: &TransportOptions,
+) -> Result<Endpoint, TransportError> {
+    opts.validate()?;
+    let server = tls::server_config(identity, trust, opts)?;
+    let client = tls::client_config(identity, trust, opts)?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(TransportError::NoRuntime);
+    }
+    let listen_err = |error| TransportError::Listen {
+        addr: listen,
+        error,
+    };
+    let socket = udp_socket(listen).map_err(listen_err)?;
+    let mut endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(listen_err)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// A non-blocking UDP socket bound to `addr` with [`SOCKET_BUFFER`]-sized buffers.
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    // Linux silently caps the sizes at net.core.{w,r}mem_max (and reports
+    // twice the granted size); say so rather than lose packets quietly.
+    let (send, recv) = (socket.send_buffer_size()?, socket.recv_buffer_size()?);
+    if send < SOCKET_BUFFER || recv < SOCKET_BUFFER {
+        tracing::warn!(
+            %addr,
+            send,
+            recv,
+            wanted = SOCKET_BUFFER,
+            "UDP socket buffers are smaller than wanted; raise net.core.rmem_max and net.core.wmem_max"
+        );
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Dials the peer and completes the TLS handshake.
+///
+/// A server that refuses this node's certificate may do so only after this
+/// returns (see the module documentation).
+pub async fn connect(endpoint: &Endpoint, peer: SocketAddr) -> Result<Connection, TransportError> {
+    let connecting = endpoint
+        .connect(peer, tls::SERVER_NAME)
+        .map_err(|error| TransportError::Connect { peer, error })?;
+    let conn = connecting
+        .await
+        .map_err(|error| TransportError::Handshake { peer, error })?;
+    tracing::debug!(%peer, "replication connection established");
+    Ok(conn)
+}
+
+/// Waits for the next incoming connection and its handshake.
+///
+/// Returns `None` once the endpoint is closed. A failed handshake is logged as
+/// one warning, with the same text as the returned error; keep calling to
+/// accept the next connection.
+pub async fn accept(endpoint: &Endpoint) -> Option<Result<Connection, TransportError>> {
+    let incoming = endpoint.accept().await?;
+    let peer = incoming.remote_address();
+    let result = match incoming.await {
+        Ok(conn) => {
+            tracing::debug!(%peer, "replication connection accepted");
+            Ok(conn)
+        }
+        // A local transport error: this node's TLS stack or QUIC stack refused it.
+        Err(error @ ConnectionError::TransportError(_)) => {
+            Err(TransportError::Refused { peer, error })
+        }
+        Err(error) => Err(TransportError::Handshake { peer, error }),
+    };
+    if let Err(e) = &result {
+        // The message is the error's text so the log line and the caller agree.
+        tracing::warn!("{e}");
+    }
+    Some(result)
+}
+
+/// Closes `conn` because of `err`, with an application error code and a short reason.
+///
+/// The code is [`CLOSE_BAD_FRAME`] for invalid peer input and [`CLOSE_ERROR`]
+/// otherwise. The peer sees the code and reason in its own error.
+pub fn close_for(conn: &Connection, err: &TransportError) {
+    let (code, reason) = match err {
+        TransportError::BadFrame { error, .. } => (CLOSE_BAD_FRAME, format!("bad frame: {error}")),
+        TransportError::Truncated { buffered, .. } => (
+            CLOSE_BAD_FRAME,
+            format!("stream ended inside a frame after {buffered} bytes"),
+        ),
+        other => (CLOSE_ERROR, other.to_string()),
+    };
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    tracing::debug!(peer = %conn.remote_address(), %code, reason, "closing replication connection");
+    conn.close(code, &reason.as_bytes()[..end]);
+}
+
+/// A bidirectional QUIC stream carrying [`Frame`]s both ways.
+///
+/// The stream that [`FrameStream::open`] creates becomes visible to the
+/// peer's [`FrameStream::accept`] only when its first frame arrives, so the
+/// opening side sends first (the protocol's `Hello`). To read and write from
+/// different tasks, [`FrameStream::into_split`] it.
+#[derive(Debug)]
+pub struct FrameStream {
+    sender: FrameSender,
+    receiver: FrameReceiver,
+}
+
+impl FrameStream {
+    /// Opens a new stream to the peer. Send the first frame right away: the
+    /// peer's [`FrameStream::accept`] returns only when it arrives.
+    pub async fn open(conn: &Connection) -> Result<FrameStream, TransportError> {
+        let peer = conn.remote_address();
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|error| TransportError::ConnectionLost { peer, error })?;
+        Ok(FrameStream::new(peer, send, recv))
+    }
+
+    /// Waits for the peer to open a stream (and send its first frame).
+    pub async fn accept(conn: &Connection) -> Result<FrameStream, TransportError> {
+        let peer = conn.remote_address();
+        let (send, recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|error| TransportError::ConnectionLost { peer, error })?;
+        Ok(FrameStream::new(peer, send, recv))
+    }
+
+    fn new(peer: SocketAddr, send: SendStream, recv: RecvStream) -> FrameStream {
+        FrameStream {
+            sender: FrameSender {
+                peer,
+                send,
+                buf: Vec::new(),
+            },
+            receiver: FrameReceiver {
+                peer,
+                recv,
+                buf: Vec::new(),
+                pos: 0,
+            },
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.sender.peer
+    }
+
+    /// Sends one frame; see [`FrameSender::send`].
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        self.sender.send(frame).await
+    }
+
+    /// Sends several frames with one write; see [`FrameSender::send_many`].
+    pub async fn send_many(
+        &mut self,
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Result<(), TransportError> {
+        self.sender.send_many(frames).await
+    }
+
+    /// Finishes the sending side; see [`FrameSender::finish`].
+    pub fn finish(&mut self) -> Result<(), TransportError> {
+        self.sender.finish()
+    }
+
+    /// Receives the next frame; see [`FrameReceiver::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Frame>, TransportError> {
+        self.receiver.recv().await
+    }
+
+    /// Splits the stream into its sending and receiving halves.
+    pub fn into_split(self) -> (FrameSender, FrameReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+/// The sending half of a [`FrameStream`].
+pub struct FrameSender {
+    peer: SocketAddr,
+    send: SendStream,
+    /// Encoded frames waiting to be written; reused between sends.
+    buf: Vec<u8>,
+}
+
+impl fmt::Debug for FrameSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameSender")
+            .field("peer", &self.peer)
+            .field("stream", &self.send.id())
+            .finish()
+    }
+}
+
+impl FrameSender {
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Sends one frame.
+    ///
+    /// Returns once the frame is handed to QUIC, which delivers it reliably
+    /// and in order unless the connection is lost. Not cancel-safe: a dropped
+    /// future may have written part of the frame.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        self.buf.clear();
+        self.encode(frame)?;
+        self.write_buffered().await
+    }
+
+    /// Sends several frames with one write. Not cancel-safe.
+    ///
+    /// If one frame is refused ([`TransportError::FrameTooLarge`]), none is sent.
+    pub async fn send_many(
+        &mut self,
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Result<(), TransportError> {
+        self.buf.clear();
+        for frame in frames {
+            self.encode(&frame)?;
+        }
+        self.write_buffered().await
+    }
+
+    /// Finishes the sending side: the peer's [`FrameReceiver::recv`] returns
+    /// `Ok(None)` after the frames already sent.
+    pub fn finish(&mut self) -> Result<(), TransportError> {
+        self.send.finish().map_err(|e| TransportError::Stream {
+            peer: self.peer,
+            reason: e.to_string(),
+        })
+    }
+
+    fn encode(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        // `Frame::encode` panics on an oversized body; turn that into an error.
+        if let Frame::Mutation { payload, .. } = frame {
+            if payload.len() > MAX_PAYLOAD_LEN {
+                return Err(TransportError::FrameTooLarge {
+                    peer: self.peer,
+                    len: payload.len(),
+                    max: MAX_PAYLOAD_LEN,
+                });
+            }
+        }
+        frame.encode(&mut self.buf);
+        Ok(())
+    }
+
+    async fn write_buffered(&mut self) -> Result<(), TransportError> {
+        let peer = self.peer;
+        let written = self.send.write_all(&self.buf).await;
+        self.buf.clear();
+        release_if_large(&mut self.buf);
+        written.map_err(|e| match e {
+            quinn::WriteError::ConnectionLost(error) => {
+                TransportError::ConnectionLost { peer, error }
+            }
+            quinn::WriteError::Stopped(code) => TransportError::StreamStopped { peer, code },
+            e => TransportError::Stream {
+                peer,
+                reason: e.to_string(),
+            },
+        })
+    }
+}
+
+/// The receiving half of a [`FrameStream`].
+pub struct FrameReceiver {
+    peer: SocketAddr,
+    recv: RecvStream,
+    /// Received bytes; `buf[pos..]` is not decoded yet.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl fmt::Debug for FrameReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameReceiver")
+            .field("peer", &self.peer)
+            .field("stream", &self.recv.id())
+            .field("buffered", &(self.buf.len() - self.pos))
+            .finish()
+    }
+}
+
+impl FrameReceiver {
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Receives the next frame.
+    ///
+    /// `Ok(None)` means the peer finished the stream cleanly, between frames.
+    /// Bytes that can never become a frame give [`TransportError::BadFrame`]
+    /// (or [`TransportError::Truncated`] at the end of the stream): close the
+    /// connection with [`close_for`]. At most one frame's worth of bytes
+    /// (`HEADER_LEN + MAX_BODY_LEN`) is buffered. Cancel-safe: dropping the
+    /// future loses no bytes.
+    pub async fn recv(&mut self) -> Result<Option<Frame>, TransportError> {
+        loop {
+            if self.pos < self.buf.len() {
+                match Frame::decode(&self.buf[self.pos..]) {
+                    Ok(Some((frame, len))) => {
+                        self.pos += len;
+                        if self.pos == self.buf.len() {
+                            self.buf.clear();
+                            self.pos = 0;
+                            release_if_large(&mut self.buf);
+                        }
+                        return Ok(Some(frame));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Err(TransportError::BadFrame {
+                            peer: self.peer,
+                            error,
+                        })
+                    }
+                }
+            }
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            // The codec rejects a header announcing more than MAX_BODY_LEN, so
+            // an incomplete frame is shorter than this and never more is read.
+            let room = (HEADER_LEN + MAX_BODY_LEN).saturating_sub(self.buf.len());
+            match self.recv.read_chunk(room.max(1), true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => {
+                    return Err(TransportError::Truncated {
+                        peer: self.peer,
+                        buffered: self.buf.len(),
+                    })
+                }
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+    }
+
+    fn read_error(&self, e: quinn::ReadError) -> TransportError {
+        let peer = self.peer;
+        match e {
+            quinn::ReadError::ConnectionLost(error) => {
+                TransportError::ConnectionLost { peer, error }
+            }
+            quinn::ReadError::Reset(code) => TransportError::StreamReset { peer, code },
+            e => TransportError::Stream {
+                peer,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Frees an empty buffer's memory if a large frame made it grow.
+fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BUFFER {
+        buf.clear();
+        buf.shrink_to(0);
+    }
+}

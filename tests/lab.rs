@@ -1,0 +1,1026 @@
+//! The network lab: two nodes of a pair on this one machine, each in its own
+//! network namespace, joined by a private veth link (the replication link of
+//! the design brief, "The test lab").
+//!
+//! ```text
+//!   tw-TAG-PID-N-a                          tw-TAG-PID-N-b
+//!   lo, priv 10.201.N.1/24  <== veth ==>  lo, priv 10.201.N.2/24
+//! ```
+//!
+//! What a test can do with it:
+//! - run programs on a node: [`Lab::command`] builds the command, [`Lab::spawn`]
+//!   starts a long-running one and remembers its pid;
+//! - kill a node ([`Lab::kill_node`]: SIGKILL to everything on it, its links
+//!   down) and bring its links back ([`Lab::revive_links`]);
+//! - cut the link while both nodes live ([`Lab::partition`],
+//!   [`Lab::partition_oneway`]) and restore it ([`Lab::heal`]), with nftables;
+//! - check reachability without any tool ([`Lab::ping`], [`Lab::udp_reaches`]).
+//!
+//! Only the network is separate. Programs run in the test's mount namespace
+//! (see [`Lab::command`]), so a FUSE mount made "on node A" is an ordinary
+//! mount the test sees, and files are shared; a real pair would have separate
+//! disks, which the tests get by giving each node its own store directory.
+//!
+//! Rules this file keeps (as `util.rs` does): it signals only processes that it
+//! started or that live inside its own namespaces, by pid, never by name; every
+//! loop is bounded in count and time; and `Drop` removes everything the lab
+//! made (processes, nftables tables, the veth, the namespaces), also while a
+//! test panics, logging what it could not undo instead of panicking. Namespaces
+//! left by an earlier run of this binary that crashed are removed by the first
+//! `Lab::new` of a run ([`clean_stale_namespaces`]).
+
+#![allow(dead_code)] // not every test module uses every helper
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::util::{poll_until, stop_child, wait_bounded};
+
+/// Prefix of every namespace a lab creates (and the only ones
+/// [`clean_stale_namespaces`] ever touches).
+const NS_PREFIX: &str = "tw-";
+/// Where `ip netns` keeps its namespace handles.
+const NETNS_DIR: &str = "/run/netns";
+/// Name of the private veth end inside each node's namespace. Interface names
+/// are per namespace, so both ends can carry the same short name (well under
+/// the kernel's 15-byte limit) whatever the namespace names are.
+const PRIVATE_DEV: &str = "priv";
+/// Prefix length of the private link's subnet, 10.201.N.0/24.
+const PRIVATE_PREFIX_LEN: u8 = 24;
+/// The nftables table a partition lives in, one per node namespace.
+const NFT_TABLE: &str = "twinfs_lab";
+/// How long one `ip`/`nft` invocation may take before it is killed.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long killed processes get to disappear.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Lab::ping`] and [`Lab::udp_reaches`] wait for an answer.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most rounds of "kill whatever is still in the namespace": processes may
+/// fork while they are being killed, but not forever.
+const MAX_KILL_ROUNDS: usize = 20;
+
+/// Labs created by this process: makes names and subnets unique within a run.
+static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
+/// Stale namespaces are cleaned once per run, by the first `Lab::new`.
+static STALE_CLEANED: Once = Once::new();
+
+// ---------------------------------------------------------------------------
+// Prerequisites
+
+/// Absolute paths of the tools the lab drives.
+struct Tools {
+    ip: PathBuf,
+    nft: PathBuf,
+    nsenter: PathBuf,
+}
+
+/// The tools, resolved once: on `PATH`, else in the sbin directories that a
+/// non-login root shell may lack on its `PATH`.
+fn tools() -> Result<&'static Tools, String> {
+    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            let find = |name: &str| {
+                find_executable(name).ok_or_else(|| format!("`{name}` not found on PATH"))
+            };
+            Ok(Tools {
+                ip: find("ip")?,
+                nft: find("nft")?,
+                nsenter: find("nsenter")?,
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn find_executable(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn lab_unavailable_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Some(format!("needs root (euid is {euid})"));
+    }
+    if let Err(e) = tools() {
+        return Some(e);
+    }
+    if !Path::new("/proc/self/ns/net").exists() {
+        return Some("network namespaces are not supported (/proc/self/ns/net)".to_string());
+    }
+    None
+}
+
+/// Whether lab tests can run here: we are root, and `ip`, `nft` and `nsenter`
+/// are installed.
+///
+/// When they cannot: under `CI=true` this panics (a skipped end-to-end test in
+/// CI is a failure); elsewhere it prints why and returns `false`. The same
+/// pattern as `util::require_fuse`, which a test that also mounts calls too.
+pub(crate) fn require_lab(test: &str) -> bool {
+    match lab_unavailable_reason() {
+        None => true,
+        Some(reason) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: lab test cannot run: {reason}");
+            }
+            eprintln!("skipping {test}: {reason}");
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Nodes
+
+/// One of the two nodes of the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Node {
+    A,
+    B,
+}
+
+impl Node {
+    /// Both nodes, in order.
+    pub(crate) const ALL: [Node; 2] = [Node::A, Node::B];
+
+    /// The other node.
+    pub(crate) fn peer(self) -> Node {
+        match self {
+            Node::A => Node::B,
+            Node::B => Node::A,
+        }
+    }
+
+    /// `"a"` or `"b"`: the suffix of the namespace name.
+    pub(crate) fn letter(self) -> &'static str {
+        match self {
+            Node::A => "a",
+            Node::B => "b",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Node::A => 0,
+            Node::B => 1,
+        }
+    }
+}
+
+/// What the lab knows about one node: its namespace and its private address.
+#[derive(Debug)]
+pub(crate) struct NodeInfo {
+    node: Node,
+    ns_name: String,
+    netns_path: PathBuf,
+    addr: Ipv4Addr,
+}
+
+impl NodeInfo {
+    /// Which node this is.
+    pub(crate) fn node(&self) -> Node {
+        self.node
+    }
+
+    /// The network namespace's name, as `ip netns list` shows it.
+    pub(crate) fn ns_name(&self) -> &str {
+        &self.ns_name
+    }
+
+    /// `/run/netns/NAME`: the handle `nsenter --net=` and `setns(2)` take.
+    pub(crate) fn netns_path(&self) -> &Path {
+        &self.netns_path
+    }
+
+    /// The node's address on the private link.
+    pub(crate) fn addr(&self) -> IpAddr {
+        IpAddr::V4(self.addr)
+    }
+
+    /// The same address, as the IPv4 address it is.
+    pub(crate) fn addr_v4(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// Name of the node's private link device (the same in both namespaces).
+    pub(crate) fn private_dev(&self) -> &'static str {
+        PRIVATE_DEV
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Children
+
+/// A process the lab started on a node (see [`Lab::spawn`]).
+///
+/// The `Child` is shared with the lab, which may kill and reap it at any time
+/// ([`Lab::kill_node`], drop). Both go through this one `Child`, so nobody ever
+/// signals its pid after it was reaped (when the pid may belong to someone
+/// else). Dropping a `LabChild` does not stop the process; the lab does.
+#[derive(Clone, Debug)]
+pub(crate) struct LabChild {
+    node: Node,
+    pid: u32,
+    child: Arc<Mutex<Child>>,
+}
+
+impl LabChild {
+    /// The process id (of the program itself: `nsenter` execs it in place).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The node it runs on.
+    pub(crate) fn node(&self) -> Node {
+        self.node
+    }
+
+    /// Its exit status if it has exited (and is now reaped), `None` while it runs.
+    pub(crate) fn try_wait(&self) -> Option<ExitStatus> {
+        // An error from try_wait means there is no child to wait for any more.
+        lock(&self.child).try_wait().ok().flatten()
+    }
+
+    /// Wait at most `timeout` for it to exit.
+    pub(crate) fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        // Locks per poll, so the lab can still kill it meanwhile.
+        poll_until(timeout, || self.try_wait())
+    }
+
+    /// SIGKILL it (unless already reaped) and reap it, waiting at most
+    /// `KILL_TIMEOUT`. Returns its exit status, `None` if it did not die in time.
+    pub(crate) fn kill(&self) -> Option<ExitStatus> {
+        let mut child = lock(&self.child);
+        // std signals only an unreaped child, so the pid is still ours.
+        let _ = child.kill();
+        wait_bounded(&mut child, KILL_TIMEOUT)
+    }
+
+    /// SIGTERM it, wait at most `timeout`, then SIGKILL (see `util::stop_child`).
+    /// Returns the exit status if it exited by itself within `timeout`.
+    pub(crate) fn stop(&self, timeout: Duration) -> Option<ExitStatus> {
+        stop_child(&mut lock(&self.child), timeout)
+    }
+
+    /// Runs `f` on the `Child`, for example to take its piped stdout.
+    pub(crate) fn with_child<R>(&self, f: impl FnOnce(&mut Child) -> R) -> R {
+        f(&mut lock(&self.child))
+    }
+}
+
+/// Locks `m`, also when a panicking thread poisoned it (the data is only pids
+/// and `Child`ren, always consistent, and cleanup must go on).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// The lab
+
+/// Two network namespaces joined by a private veth pair. See the module docs.
+///
+/// All methods take `&self`, so a lab can be shared with worker threads
+/// (partition the link while another thread writes).
+#[derive(Debug)]
+pub(crate) struct Lab {
+    tag: String,
+    nodes: [NodeInfo; 2],
+    /// Which namespaces this lab created (and must delete).
+    created: [bool; 2],
+    /// Whether the veth pair exists.
+    veth: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Every process `spawn` started and that was not killed with its node yet.
+    children: Vec<LabChild>,
+    /// Cut directions (from, to): packets from `from` to `to` are dropped.
+    cuts: BTreeSet<(Node, Node)>,
+    /// Whether a node's namespace may hold our nftables table.
+    nft_loaded: [bool; 2],
+    /// Whether a node's links are up.
+    links_up: [bool; 2],
+}
+
+impl Lab {
+    /// Creates the namespaces `tw-TAG-PID-N-a` and `tw-TAG-PID-N-b` (`N` counts
+    /// the labs of this process), brings up `lo` in each, and joins them with a
+    /// veth pair `priv` carrying 10.201.N.1/24 (node A) and 10.201.N.2/24 (B).
+    ///
+    /// The subnet only exists inside the two namespaces, so it cannot clash with
+    /// the host or with another lab; N keeps it distinct anyway, which makes
+    /// logs unambiguous.
+    ///
+    /// # Panics
+    ///
+    /// If the prerequisites are missing (call [`require_lab`] first) or a setup
+    /// step fails; whatever was made until then is removed again.
+    pub(crate) fn new(tag: &str) -> Lab {
+        if let Some(reason) = lab_unavailable_reason() {
+            panic!("Lab::new({tag:?}): {reason}");
+        }
+        STALE_CLEANED.call_once(|| {
+            let n = clean_stale_namespaces();
+            if n > 0 {
+                eprintln!("lab: removed {n} stale namespace(s) of earlier runs");
+            }
+        });
+        let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = sanitize_tag(tag);
+        let octet = (seq % 256) as u8;
+        let nodes = Node::ALL.map(|node| {
+            let ns_name = format!("{NS_PREFIX}{tag}-{pid}-{seq}-{}", node.letter());
+            NodeInfo {
+                node,
+                netns_path: Path::new(NETNS_DIR).join(&ns_name),
+                ns_name,
+                addr: Ipv4Addr::new(10, 201, octet, 1 + node.index() as u8),
+            }
+        });
+        let mut lab = Lab {
+            tag,
+            nodes,
+            created: [false; 2],
+            veth: false,
+            state: Mutex::new(State::default()),
+        };
+        // From here on a panic drops `lab`, which removes what exists so far.
+        lab.build();
+        lab
+    }
+
+    fn build(&mut self) {
+        for node in Node::ALL {
+            let name = self.nodes[node.index()].ns_name.clone();
+            if self.node(node).netns_path.exists() {
+                // This process never reuses a sequence number, so a namespace
+                // with its pid in the name is from a dead run that had the same pid.
+                eprintln!("lab {}: removing stale namespace {name}", self.tag);
+                kill_all_in_netns(&name).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+                ip(&["netns", "del", &name]).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+            }
+            ip(&["netns", "add", &name]).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+            self.created[node.index()] = true;
+            ip(&["-n", &name, "link", "set", "lo", "up"])
+                .unwrap_or_else(|e| panic!("Lab::new: {e}"));
+        }
+        let (a, b) = (self.nodes[0].ns_name.clone(), self.nodes[1].ns_name.clone());
+        // Both ends are created directly inside their namespaces, so the names
+        // never meet in the host namespace.
+        let args = format!(
+            "link add name {PRIVATE_DEV} netns {a} type veth peer name {PRIVATE_DEV} netns {b}"
+        );
+        ip(&args.split(' ').collect::<Vec<_>>()).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+        self.veth = true;
+        for n in &self.nodes {
+            let cidr = format!("{}/{PRIVATE_PREFIX_LEN}", n.addr);
+            ip(&["-n", &n.ns_name, "addr", "add", &cidr, "dev", PRIVATE_DEV])
+                .unwrap_or_else(|e| panic!("Lab::new: {e}"));
+        }
+        for node in Node::ALL {
+            self.set_links(node, true)
+                .unwrap_or_else(|e| panic!("Lab::new: {e}"));
+        }
+    }
+
+    /// What the lab knows about `node`.
+    pub(crate) fn node(&self, node: Node) -> &NodeInfo {
+        &self.nodes[node.index()]
+    }
+
+    /// The tag the lab was created with (sanitised), for messages.
+    pub(crate) fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// A command that runs `program` in `node`'s network namespace; add
+    /// arguments, environment and stdio as usual.
+    ///
+    /// It is `nsenter --net=/run/netns/NAME -- program`, which enters the
+    /// network namespace only and then execs `program` (same pid). Not `ip
+    /// netns exec`: that also unshares the mount namespace (to bind-mount
+    /// `/etc/netns/NAME` files and remount `/sys`), so a FUSE mount the program
+    /// made would live in a private mount namespace, invisible to the test and
+    /// gone with the process. With `nsenter --net` the node's processes share
+    /// the test's mounts, files and `/proc`.
+    pub(crate) fn command(&self, node: Node, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(&tools().expect("lab prerequisites").nsenter);
+        cmd.arg(net_arg(self.node(node).netns_path()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Spawns `cmd`, which must come from [`Lab::command`] for the same `node`,
+    /// and records it so that [`Lab::kill_node`] and drop can kill it. Stdio is
+    /// whatever `cmd` says (inherited unless set).
+    ///
+    /// # Panics
+    ///
+    /// If `cmd` does not enter `node`'s namespace or cannot be spawned.
+    pub(crate) fn spawn(&self, node: Node, mut cmd: Command) -> LabChild {
+        let expected = net_arg(self.node(node).netns_path());
+        assert!(
+            cmd.get_args().next() == Some(expected.as_os_str()),
+            "Lab::spawn({node:?}): {cmd:?} does not enter {}; build it with Lab::command",
+            self.node(node).ns_name
+        );
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("Lab::spawn({node:?}): {cmd:?}: {e}"));
+        let child = LabChild {
+            node,
+            pid: child.id(),
+            child: Arc::new(Mutex::new(child)),
+        };
+        lock(&self.state).children.push(child.clone());
+        child
+    }
+
+    /// Simulates `node`'s death: SIGKILL every process the lab spawned there
+    /// and reap it, then SIGKILL whatever else still runs in its namespace
+    /// (children those processes forked, `command`s the test runs itself), and
+    /// take the node's links down so that the peer sees silence.
+    ///
+    /// A FUSE mount a killed daemon held stays mounted (dead): unmounting is the
+    /// job of whoever mounted it.
+    ///
+    /// # Panics
+    ///
+    /// If a process survives SIGKILL for `KILL_TIMEOUT` or a link cannot be
+    /// taken down.
+    pub(crate) fn kill_node(&self, node: Node) {
+        let mine: Vec<LabChild> = {
+            let mut st = lock(&self.state);
+            let (mine, rest) = std::mem::take(&mut st.children)
+                .into_iter()
+                .partition(|c| c.node == node);
+            st.children = rest;
+            mine
+        };
+        let stuck: Vec<u32> = mine
+            .iter()
+            .filter(|c| c.kill().is_none())
+            .map(|c| c.pid)
+            .collect();
+        assert!(
+            stuck.is_empty(),
+            "kill_node({node:?}): pids {stuck:?} did not die within {KILL_TIMEOUT:?} of SIGKILL"
+        );
+        kill_all_in_netns(&self.node(node).ns_name)
+            .unwrap_or_else(|e| panic!("kill_node({node:?}): {e}"));
+        self.set_links(node, false)
+            .unwrap_or_else(|e| panic!("kill_node({node:?}): {e}"));
+    }
+
+    /// Brings `node`'s links up again (after [`Lab::kill_node`]); processes are
+    /// not restarted. The link may need a moment before packets flow: poll.
+    pub(crate) fn revive_links(&self, node: Node) {
+        self.set_links(node, true)
+            .unwrap_or_else(|e| panic!("revive_links({node:?}): {e}"));
+    }
+
+    fn set_links(&self, node: Node, up: bool) -> Result<(), String> {
+        let ns = &self.node(node).ns_name;
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", ns, "link", "set", PRIVATE_DEV, state])?;
+        lock(&self.state).links_up[node.index()] = up;
+        Ok(())
+    }
+
+    /// Whether `node`'s links are up (false after [`Lab::kill_node`] until
+    /// [`Lab::revive_links`]).
+    pub(crate) fn links_up(&self, node: Node) -> bool {
+        lock(&self.state).links_up[node.index()]
+    }
+
+    /// Cuts the private link both ways; both nodes keep running.
+    pub(crate) fn partition(&self) {
+        self.set_cuts(|cuts| {
+            cuts.insert((Node::A, Node::B));
+            cuts.insert((Node::B, Node::A));
+        });
+    }
+
+    /// Drops packets from `from` to `to` only (in addition to earlier cuts).
+    /// Note that anything needing an answer (a ping, a TCP or QUIC handshake)
+    /// then fails both ways; only datagrams show the asymmetry.
+    pub(crate) fn partition_oneway(&self, from: Node, to: Node) {
+        assert_ne!(from, to, "partition_oneway needs two different nodes");
+        self.set_cuts(|cuts| {
+            cuts.insert((from, to));
+        });
+    }
+
+    /// Removes every cut.
+    pub(crate) fn heal(&self) {
+        self.set_cuts(BTreeSet::clear);
+    }
+
+    /// Updates the cut set and rewrites both nodes' nftables tables from it.
+    ///
+    /// A cut `from -> to` is a rule in `to`'s input chain dropping packets whose
+    /// source is `from`'s address. Dropping on the receiver rather than in the
+    /// sender's output chain is deliberate: a drop in the output hook makes the
+    /// sender's `sendmsg` fail with EPERM, which a transport can tell from a
+    /// cut cable; a drop on arrival is plain silence, as on a real network.
+    fn set_cuts(&self, change: impl FnOnce(&mut BTreeSet<(Node, Node)>)) {
+        let mut st = lock(&self.state);
+        change(&mut st.cuts);
+        for node in Node::ALL {
+            let sources: Vec<Ipv4Addr> = st
+                .cuts
+                .iter()
+                .filter(|(_, to)| *to == node)
+                .map(|(from, _)| self.node(*from).addr)
+                .collect();
+            let script = nft_script(&sources);
+            st.nft_loaded[node.index()] = true;
+            nft(self.node(node).netns_path(), &script)
+                .unwrap_or_else(|e| panic!("lab {}: partition of {node:?}: {e}", self.tag));
+            st.nft_loaded[node.index()] = !sources.is_empty();
+        }
+    }
+
+    /// Whether one ICMP echo from `from` to `to`'s private address is answered
+    /// within [`PROBE_TIMEOUT`]. Sent from a raw socket opened inside `from`'s
+    /// namespace, so no `ping` binary is needed (the machines have none).
+    pub(crate) fn ping(&self, from: Node, to: Node) -> bool {
+        icmp_echo(
+            Some(self.node(from).netns_path()),
+            self.node(to).addr,
+            PROBE_TIMEOUT,
+        )
+    }
+
+    /// Whether one ICMP echo from the test's own (host) namespace to `to`'s
+    /// private address is answered: it must not be, the link is private. Like
+    /// every lab ping it is sent for on-link delivery only, so it never
+    /// leaves the machine through the host's default route.
+    pub(crate) fn ping_from_host(&self, to: Node) -> bool {
+        icmp_echo(None, self.node(to).addr, PROBE_TIMEOUT)
+    }
+
+    /// Whether one UDP datagram sent from `from`'s private address reaches a
+    /// socket on `to`'s within [`PROBE_TIMEOUT`]. Unlike a ping this needs no
+    /// answer, so it shows a one-way cut.
+    pub(crate) fn udp_reaches(&self, from: Node, to: Node) -> bool {
+        let (src, dst) = (self.node(from), self.node(to));
+        let rx = in_netns(dst.netns_path(), || UdpSocket::bind((dst.addr, 0)));
+        let tx = in_netns(src.netns_path(), || UdpSocket::bind((src.addr, 0)));
+        let (rx, tx) = match (rx, tx) {
+            (Ok(rx), Ok(tx)) => (rx, tx),
+            (rx, tx) => {
+                eprintln!("lab {}: udp probe sockets: {rx:?} {tx:?}", self.tag);
+                return false;
+            }
+        };
+        let token = format!("twinfs-lab-{}-{:?}", std::process::id(), Instant::now());
+        let Ok(to_addr) = rx.local_addr() else {
+            return false;
+        };
+        if tx.send_to(token.as_bytes(), to_addr).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        let mut buf = [0u8; 256];
+        // Bounded: each round waits for the remaining time; strays are rare.
+        for _ in 0..64 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || rx.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            match rx.recv_from(&mut buf) {
+                Ok((n, SocketAddr::V4(peer)))
+                    if *peer.ip() == src.addr && &buf[..n] == token.as_bytes() =>
+                {
+                    return true;
+                }
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Names of the namespaces of this lab.
+    pub(crate) fn ns_names(&self) -> [&str; 2] {
+        [&self.nodes[0].ns_name, &self.nodes[1].ns_name]
+    }
+}
+
+impl Drop for Lab {
+    /// Kills every process of the lab, deletes the nftables tables, the veth
+    /// and the namespaces. Never panics: what fails is logged to stderr.
+    fn drop(&mut self) {
+        let (children, nft_loaded) = {
+            let mut st = lock(&self.state);
+            (std::mem::take(&mut st.children), st.nft_loaded)
+        };
+        for c in &children {
+            if c.kill().is_none() {
+                eprintln!(
+                    "lab {}: cleanup: pid {} did not die within {KILL_TIMEOUT:?}",
+                    self.tag, c.pid
+                );
+            }
+        }
+        for n in &self.nodes {
+            let i = n.node.index();
+            if !self.created[i] {
+                continue;
+            }
+            if let Err(e) = kill_all_in_netns(&n.ns_name) {
+                eprintln!("lab {}: cleanup: {e}", self.tag);
+            }
+            if nft_loaded[i] {
+                if let Err(e) = nft(&n.netns_path, &nft_script(&[])) {
+                    eprintln!("lab {}: cleanup: {e}", self.tag);
+                }
+            }
+        }
+        if self.veth {
+            // Deleting one end deletes the pair. Done explicitly so that the
+            // link is gone even if a namespace outlives its handle.
+            if let Err(e) = ip(&["-n", &self.nodes[0].ns_name, "link", "del", PRIVATE_DEV]) {
+                eprintln!("lab {}: cleanup: {e}", self.tag);
+            }
+        }
+        for n in &self.nodes {
+            if self.created[n.node.index()] {
+                if let Err(e) = ip(&["netns", "del", &n.ns_name]) {
+                    eprintln!("lab {}: cleanup: {e}", self.tag);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `[A-Za-z0-9_]` of `tag` (other characters become `_`, so `-` stays a
+/// separator of the name's fields) and at most 32 characters of it.
+fn sanitize_tag(tag: &str) -> String {
+    let t: String = tag
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(32)
+        .collect();
+    if t.is_empty() {
+        "lab".to_string()
+    } else {
+        t
+    }
+}
+
+fn net_arg(netns_path: &Path) -> std::ffi::OsString {
+    let mut s = std::ffi::OsString::from("--net=");
+    s.push(netns_path);
+    s
+}
+
+/// The nftables script that makes `NFT_TABLE` in one namespace drop input from
+/// `sources` (no table at all when `sources` is empty). Adding the table and
+/// deleting it first makes the script work whether or not it existed, and
+/// `nft -f` applies the whole script as one transaction.
+fn nft_script(sources: &[Ipv4Addr]) -> String {
+    let mut s = format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n");
+    if !sources.is_empty() {
+        s += &format!(
+            "table inet {NFT_TABLE} {{\n  chain input {{\n    \
+             type filter hook input priority filter; policy accept;\n"
+        );
+        for a in sources {
+            s += &format!("    ip saddr {a} drop\n");
+        }
+        s += "  }\n}\n";
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Running tools
+
+/// Runs `ip ARGS` (bounded); its stdout, or an error that says what failed.
+pub(crate) fn ip(args: &[&str]) -> Result<String, String> {
+    let tools = tools()?;
+    let mut cmd = Command::new(&tools.ip);
+    cmd.args(args);
+    run_tool(cmd, None)
+}
+
+/// Loads an nftables script in the namespace at `netns_path`.
+fn nft(netns_path: &Path, script: &str) -> Result<String, String> {
+    let tools = tools()?;
+    let mut cmd = Command::new(&tools.nsenter);
+    cmd.arg(net_arg(netns_path))
+        .arg("--")
+        .arg(&tools.nft)
+        .args(["-f", "-"]);
+    run_tool(cmd, Some(script.as_bytes()))
+}
+
+/// Runs `cmd` to completion with `input` on stdin, killing it (by pid) after
+/// `TOOL_TIMEOUT`. `Ok(stdout)` if it exited 0.
+fn run_tool(mut cmd: Command, input: Option<&[u8]>) -> Result<String, String> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        // Small scripts: fits the pipe, no deadlock. A failed write shows up
+        // as the tool's error below.
+        let _ = stdin.write_all(input);
+    }
+    let out = child.stdout.take().map(drain);
+    let err = child.stderr.take().map(drain);
+    let Some(status) = wait_bounded(&mut child, TOOL_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = wait_bounded(&mut child, KILL_TIMEOUT);
+        return Err(format!(
+            "{cmd:?} did not finish within {TOOL_TIMEOUT:?}; killed"
+        ));
+    };
+    let join = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.and_then(|h| h.join().ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let (stdout, stderr) = (join(out), join(err));
+    if status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{cmd:?} failed ({status}): {}", stderr.trim()))
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = pipe.read_to_end(&mut v);
+        v
+    })
+}
+
+/// The names `ip netns list` shows.
+pub(crate) fn netns_list() -> Result<Vec<String>, String> {
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Pids of the processes inside namespace `ns` (`ip netns pids`).
+fn netns_pids(ns: &str) -> Result<Vec<i32>, String> {
+    Ok(ip(&["netns", "pids", ns])?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// SIGKILLs every process in namespace `ns`, by pid, until none is left
+/// (bounded by `MAX_KILL_ROUNDS` and `KILL_TIMEOUT`). Only processes started
+/// into the lab's own namespaces can be there. Those that are not our children
+/// are reaped by whoever is their parent (init, once our child is gone).
+fn kill_all_in_netns(ns: &str) -> Result<(), String> {
+    let me = std::process::id() as i32;
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    let mut last = Vec::new();
+    for _ in 0..MAX_KILL_ROUNDS {
+        let pids: Vec<i32> = netns_pids(ns)?.into_iter().filter(|&p| p != me).collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for &pid in &pids {
+            // SAFETY: kill(2) with a pid just listed inside our own namespace.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        last = pids;
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "processes still in namespace {ns} after SIGKILL: {last:?}"
+    ))
+}
+
+/// Removes namespaces named `tw-...-PID-N-x` whose PID is no longer running:
+/// what a run of this binary that crashed (or was killed) left behind. Kills
+/// the processes still inside them first. Only names that parse as a lab's are
+/// touched. Returns how many namespaces were removed. Never panics.
+pub(crate) fn clean_stale_namespaces() -> usize {
+    let names = match netns_list() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lab: listing namespaces: {e}");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for name in &names {
+        let Some(pid) = lab_namespace_owner(name) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue; // a live run (maybe this one) owns it
+        }
+        if let Err(e) = kill_all_in_netns(name) {
+            eprintln!("lab: stale namespace {name}: {e}");
+        }
+        match ip(&["netns", "del", name]) {
+            Ok(_) => removed += 1,
+            Err(e) => eprintln!("lab: stale namespace {name}: {e}"),
+        }
+    }
+    removed
+}
+
+/// The pid in a lab namespace name `tw-TAG-PID-N-{a,b}`, `None` for any other name.
+pub(crate) fn lab_namespace_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(NS_PREFIX)?;
+    let mut fields = rest.rsplitn(4, '-');
+    let node = fields.next()?;
+    let _seq: u32 = fields.next()?.parse().ok()?;
+    let pid: u32 = fields.next()?.parse().ok()?;
+    let tag = fields.next()?;
+    (matches!(node, "a" | "b") && !tag.is_empty()).then_some(pid)
+}
+
+// ---------------------------------------------------------------------------
+// Probes
+
+/// Runs `f` on a fresh thread that has joined the network namespace at
+/// `netns_path`, and returns its result. Sockets `f` creates belong to that
+/// namespace for their whole life, wherever they are used afterwards.
+pub(crate) fn in_netns<T: Send>(
+    netns_path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    let ns = File::open(netns_path)?;
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            // SAFETY: setns(2) with a namespace fd we hold; it changes only this
+            // thread's network namespace, and the thread ends after `f`.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        });
+        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A raw ICMP socket in the calling thread's network namespace (needs root).
+fn raw_icmp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The internet checksum (RFC 1071) of `data`.
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one ICMP echo request to `to` from the namespace at `netns` (the
+/// test's own namespace for `None`) and waits at most `timeout` for the reply.
+fn icmp_echo(netns: Option<&Path>, to: Ipv4Addr, timeout: Duration) -> bool {
+    static ECHO_SEQ: AtomicU32 = AtomicU32::new(0);
+    let sock = match netns {
+        Some(p) => in_netns(p, raw_icmp_socket),
+        None => raw_icmp_socket(),
+    };
+    let sock = match sock {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lab: ping {to}: raw socket: {e}");
+            return false;
+        }
+    };
+    let seq = ECHO_SEQ.fetch_add(1, Ordering::Relaxed);
+    let id = (std::process::id() as u16) ^ ((seq >> 16) as u16);
+    let seq = seq as u16;
+    let mut pkt = vec![8u8, 0, 0, 0]; // type echo request, code 0, checksum
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(b"twinfs-lab-ping!");
+    let ck = inet_checksum(&pkt);
+    pkt[2..4].copy_from_slice(&ck.to_be_bytes());
+
+    let dest = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // MSG_DONTROUTE: on-link destinations only. The lab's peers always are;
+    // anything else (the host probing a lab address) fails with ENETUNREACH
+    // instead of leaving the machine through the host's default route.
+    // SAFETY: pointers and lengths describe `pkt` and `dest`, alive for the call.
+    let sent = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            libc::MSG_DONTROUTE,
+            (&dest as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return false; // e.g. ENETUNREACH: no route, link down
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    // A raw ICMP socket sees every ICMP packet of the namespace: skip others.
+    for _ in 0..256 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+            return false;
+        }
+        // SAFETY: pointer and length describe `buf`.
+        let n = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else {
+            continue;
+        };
+        // Raw IPv4 sockets deliver the IP header too.
+        let pkt = &buf[..n];
+        let Some(&vihl) = pkt.first() else { continue };
+        let ihl = usize::from(vihl & 0x0f) * 4;
+        if n < ihl + 8 || n < 20 || pkt[12..16] != to.octets() {
+            continue;
+        }
+        let icmp = &pkt[ihl..];
+        let is_reply = icmp[0] == 0 && icmp[1] == 0;
+        if is_reply && icmp[4..6] == id.to_be_bytes() && icmp[6..8] == seq.to_be_bytes() {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,228 @@
+//! Replication end to end: two `twinfs run` nodes in network namespaces, real
+//! QUIC with mutual TLS over the lab's private link, real FUSE mounts.
+
+use crate::lab::{require_lab, Node};
+use crate::pair::Pair;
+use crate::util::{require_fuse, TestRng};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn require(test: &str) -> bool {
+    require_fuse(test) && require_lab(test)
+}
+
+/// Writes `n` files of random sizes under `root` (some in subdirectories),
+/// fsyncing each, and returns name → contents.
+fn write_fsynced_files(root: &Path, n: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
+    let mut rng = TestRng::new(seed);
+    let mut files = BTreeMap::new();
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    for i in 0..n {
+        let name = match i % 3 {
+            0 => format!("file-{i}.html"),
+            1 => format!("sub/file-{i}.bin"),
+            _ => format!("sub/deeper/file-{i}.txt"),
+        };
+        let len = match rng.below(4) {
+            0 => rng.below(64) as usize,
+            1 => 4096,
+            2 => rng.below(300_000) as usize,
+            _ => 16384 * 3 + 7,
+        };
+        let data = rng.bytes(len);
+        let mut f = std::fs::File::create(root.join(&name)).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        files.insert(name, data);
+    }
+    // The directories' entries are made durable too.
+    for d in ["", "sub", "sub/deeper"] {
+        std::fs::File::open(root.join(d))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+    }
+    files
+}
+
+fn assert_files(root: &Path, files: &BTreeMap<String, Vec<u8>>, who: &str) {
+    for (name, want) in files {
+        let got = std::fs::read(root.join(name))
+            .unwrap_or_else(|e| panic!("{who}: {name} is missing after failover: {e}"));
+        assert!(
+            got == *want,
+            "{who}: {name} differs after failover ({} bytes, expected {})",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+fn seq(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+/// The promise of protocol C: every fsync-acknowledged file survives the
+/// primary's sudden death (processes killed, links down), and the secondary,
+/// promoted by hand, serves it byte-exact.
+fn fsynced_files_survive_the_primary_s_death(protocol: &str) {
+    let mut pair = Pair::new(
+        &format!("kill{}", protocol.to_lowercase()),
+        &format!("protocol = \"{protocol}\""),
+    );
+    pair.start(Node::A);
+    pair.start(Node::B);
+    pair.wait_connected();
+    pair.promote(Node::A);
+    pair.wait_status(Node::A, "connected as primary", LONG, |s| {
+        s["role"] == "Primary" && s["connection"] == "Connected"
+    });
+
+    let files = write_fsynced_files(&pair.node(Node::A).mnt(), 60, 0x7a11_0c00);
+
+    // Under C and B, nothing fsynced is held back: the peer has applied all of it.
+    let a = pair.status(Node::A);
+    let b = pair.status(Node::B);
+    assert_eq!(a["role"], "Primary");
+    assert_eq!(b["role"], "Secondary");
+    assert!(
+        seq(&b, "applied_seq") >= seq(&a, "committed_seq"),
+        "the secondary is behind what the primary acknowledged:\nA: {a:#}\nB: {b:#}"
+    );
+
+    pair.kill(Node::A);
+    // The secondary notices (deadtime 2 s) and may then be promoted.
+    pair.wait_status(Node::B, "primary seen dead", LONG, |s| {
+        s["connection"] != "Connected"
+    });
+    pair.promote(Node::B);
+    assert_files(&pair.node(Node::B).mnt(), &files, "beta");
+    let b = pair.status(Node::B);
+    assert_eq!(b["role"], "Primary", "{b:#}");
+    assert_eq!(b["disk"], "UpToDate", "{b:#}");
+
+    // The new primary takes writes alone (degraded: its peer is dead).
+    std::fs::write(pair.node(Node::B).mnt().join("after.txt"), b"new primary").unwrap();
+    let status = pair.stop(Node::B).expect("beta stops on SIGTERM");
+    assert!(
+        status.success(),
+        "beta exit: {status:?}\n{}",
+        pair.node(Node::B).log_text()
+    );
+    let out = crate::util::run_twinfs(&[
+        "verify",
+        "--data-dir",
+        pair.node(Node::B).data().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "verify beta: {out:?}");
+}
+
+#[test]
+fn protocol_c_fsynced_files_survive_the_primary_s_death() {
+    if !require("protocol_c_fsynced_files_survive_the_primary_s_death") {
+        return;
+    }
+    fsynced_files_survive_the_primary_s_death("C");
+}
+
+#[test]
+fn protocol_b_fsynced_files_survive_the_primary_s_death() {
+    if !require("protocol_b_fsynced_files_survive_the_primary_s_death") {
+        return;
+    }
+    fsynced_files_survive_the_primary_s_death("B");
+}
+
+/// Protocol A promises less: writes and fsyncs return on the local store
+/// alone (a frozen peer does not hold them up), and the peer follows; once the
+/// status shows no lag, the peer holds everything.
+#[test]
+fn protocol_a_does_not_wait_for_the_peer_and_the_peer_follows() {
+    if !require("protocol_a_does_not_wait_for_the_peer_and_the_peer_follows") {
+        return;
+    }
+    let mut pair = Pair::new("proto-a", "protocol = \"A\"");
+    pair.start(Node::A);
+    pair.start(Node::B);
+    pair.wait_connected();
+    pair.promote(Node::A);
+    pair.wait_status(Node::A, "connected as primary", LONG, |s| {
+        s["connection"] == "Connected"
+    });
+    // Freeze the secondary: it receives nothing and acknowledges nothing.
+    let b_pid = pair.node_pid(Node::B);
+    crate::pair::signal(b_pid, libc::SIGSTOP);
+    let mnt = pair.node(Node::A).mnt();
+    let files = write_fsynced_files(&mnt, 20, 0xa);
+    // The writes returned before the peer was declared lost: they did not wait for it.
+    let a = pair.status(Node::A);
+    assert_eq!(
+        a["counters"]["peer_losses"], 0,
+        "protocol A waited for the frozen peer:\n{a:#}"
+    );
+    assert_eq!(a["connection"], "Connected", "{a:#}");
+    crate::pair::signal(b_pid, libc::SIGCONT);
+    // The peer follows: the lag drains to zero.
+    pair.wait_status(Node::A, "lag drained", LONG, |s| {
+        s["lag"]["seqs"] == 0 && s["peer"]["applied_seq"] == s["applied_seq"]
+    });
+    pair.kill(Node::A);
+    pair.wait_status(Node::B, "primary seen dead", LONG, |s| {
+        s["connection"] != "Connected"
+    });
+    pair.promote(Node::B);
+    assert_files(&pair.node(Node::B).mnt(), &files, "beta");
+}
+
+/// A peer whose certificate is not the pinned one is refused, and the refusing
+/// node's log names the peer's address and the reason.
+#[test]
+fn a_peer_with_the_wrong_certificate_is_refused() {
+    if !require("a_peer_with_the_wrong_certificate_is_refused") {
+        return;
+    }
+    let mut pair = Pair::new("wrongcert", "");
+    // Beta pins a certificate that is not alpha's.
+    let stranger = pair.node(Node::B).data().join("../stranger.crt");
+    let stranger_key = pair.node(Node::B).data().join("../stranger.key");
+    let out = crate::util::run_twinfs(&[
+        "keygen",
+        "--name",
+        "mallory",
+        "--cert",
+        stranger.to_str().unwrap(),
+        "--key",
+        stranger_key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    pair.write_config(Node::B, &stranger, "");
+    pair.start(Node::A);
+    pair.start(Node::B);
+    let a_addr = pair.lab.node(Node::A).addr().to_string();
+    // Alpha (10.201.x.1) dials beta; beta refuses and says who and why.
+    let logged = crate::util::poll_until(LONG, || {
+        let log = pair.node(Node::B).log_text();
+        log.lines()
+            .find(|l| l.contains("refused") && l.contains(&a_addr))
+            .map(str::to_owned)
+    });
+    let line = logged.unwrap_or_else(|| {
+        panic!(
+            "beta never logged a refusal naming {a_addr}; log:\n{}",
+            pair.node(Node::B).log_text()
+        )
+    });
+    assert!(
+        line.contains("not the pinned peer certificate"),
+        "the refusal does not say why: {line}"
+    );
+    // And neither side believes it is connected.
+    for node in [Node::A, Node::B] {
+        let s = pair.status(node);
+        assert_ne!(s["connection"], "Connected", "{s:#}");
+    }
+}
