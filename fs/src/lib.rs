@@ -25,6 +25,6 @@ pub mod types;
 pub mod verify;
 
 pub use error::{FsError, StoreError};
-pub use mutation::{Mutation, Op};
+pub use mutation::{Mutation, Op, StoreKey};
 pub use store::{DiskStore, Store};
 pub use types::{DirEntry, FileKind, Ino, Inode, Seq, Timestamp, BLOCK_SIZE};

@@ -79,6 +79,73 @@ pub enum Op<D = Vec<u8>> {
     PutOrphan(Ino),
     /// Clear an orphan mark.
     DelOrphan(Ino),
+    /// Delete data block `idx` of `ino` (a resync making a block a hole again).
+    DelBlock {
+        /// File.
+        ino: Ino,
+        /// Block index.
+        idx: u64,
+    },
+    /// Delete every inode, entry, block, attribute and orphan mark: the first op
+    /// of a full resync, which then rebuilds the store from the peer's.
+    Wipe,
+}
+
+/// The store record an op writes; what a resync compares and ships.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum StoreKey {
+    /// An inode record (and, when it is deleted, its blocks and attributes).
+    Inode(Ino),
+    /// A directory entry.
+    Dirent(Ino, Vec<u8>),
+    /// A truncation: every block of the inode from this index on.
+    Trunc(Ino, u64),
+    /// One data block.
+    Block(Ino, u64),
+    /// An extended attribute.
+    Xattr(Ino, Vec<u8>),
+    /// An orphan mark.
+    Orphan(Ino),
+    /// The next free inode number.
+    NextIno,
+    /// Everything (a wipe).
+    All,
+}
+
+impl StoreKey {
+    /// The inode the key belongs to, if any.
+    pub fn ino(&self) -> Option<Ino> {
+        match self {
+            StoreKey::Inode(i)
+            | StoreKey::Trunc(i, _)
+            | StoreKey::Block(i, _)
+            | StoreKey::Xattr(i, _)
+            | StoreKey::Orphan(i) => Some(*i),
+            StoreKey::Dirent(_, _) | StoreKey::NextIno | StoreKey::All => None,
+        }
+    }
+}
+
+impl<D> Op<D> {
+    /// The store record this op writes.
+    pub fn key(&self) -> StoreKey {
+        match self {
+            Op::PutInode(i, _) | Op::DelInode(i) => StoreKey::Inode(*i),
+            Op::PutDirent { parent, name, .. } | Op::DelDirent { parent, name, .. } => {
+                StoreKey::Dirent(*parent, name.clone())
+            }
+            Op::PutBlock { ino, idx, .. } | Op::DelBlock { ino, idx } => {
+                StoreKey::Block(*ino, *idx)
+            }
+            Op::TruncBlocks { ino, from } => StoreKey::Trunc(*ino, *from),
+            Op::PutXattr { ino, name, .. } | Op::DelXattr { ino, name } => {
+                StoreKey::Xattr(*ino, name.clone())
+            }
+            Op::NextIno(_) => StoreKey::NextIno,
+            Op::PutOrphan(i) | Op::DelOrphan(i) => StoreKey::Orphan(*i),
+            Op::Wipe => StoreKey::All,
+        }
+    }
 }
 
 /// A numbered batch of ops, applied atomically.
@@ -103,7 +170,7 @@ impl Mutation {
     /// or a block whose bytes do not match the digest the ops carry).
     pub fn from_wire(bytes: &[u8]) -> Option<Mutation> {
         let hdr = RecordHeader::parse(bytes.get(..HEADER_LEN)?.try_into().ok()?)?;
-        if hdr.flags & RECORD_LOCAL != 0 || hdr.total_len() != bytes.len() as u64 {
+        if hdr.flags != 0 || hdr.total_len() != bytes.len() as u64 {
             return None;
         }
         let meta = bytes.get(HEADER_LEN..HEADER_LEN + hdr.meta_len as usize)?;
@@ -184,6 +251,11 @@ impl<D> Op<D> {
             },
             Op::NextIno(n) => Op::NextIno(*n),
             Op::PutOrphan(i) => Op::PutOrphan(*i),
+            Op::DelBlock { ino, idx } => Op::DelBlock {
+                ino: *ino,
+                idx: *idx,
+            },
+            Op::Wipe => Op::Wipe,
             Op::DelOrphan(i) => Op::DelOrphan(*i),
         }
     }
@@ -239,7 +311,7 @@ impl RecordHeader {
             return None;
         }
         let flags = u16::from_le_bytes([b[6], b[7]]);
-        if flags & !RECORD_LOCAL != 0 {
+        if flags & !(RECORD_LOCAL | RECORD_JUMP) != 0 {
             return None;
         }
         let seq = Seq(u64::from_le_bytes(b[8..16].try_into().ok()?));
@@ -286,6 +358,10 @@ pub(crate) struct BlockPlacement {
 /// where bytes live, not what the filesystem holds, so it does not take a new
 /// sequence number and is never replicated; its `seq` is the last applied one.
 pub(crate) const RECORD_LOCAL: u16 = 1;
+
+/// Record flag: the store's position jumps to this record's `seq` (the end of a
+/// resync, which brought the store to the peer's state at that seq). No ops.
+pub(crate) const RECORD_JUMP: u16 = 2;
 
 /// Encodes a mutation as one log record. Returns the bytes, the serialised ops and
 /// where each data block lands inside the record.

@@ -17,13 +17,16 @@
 //! recovered "applied" position is replayed. Records are self-checking (blake3 over
 //! header and ops, plus each block's digest), so a torn tail is recognised and cut.
 
+mod resync;
+
 use super::{Store, Usage};
 use crate::error::StoreError;
 use crate::mutation::{
     decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, Op, RecordHeader,
-    HEADER_LEN, RECORD_LOCAL,
+    HEADER_LEN, RECORD_JUMP, RECORD_LOCAL,
 };
 use crate::types::{DirEntry, Ino, Inode, Seq};
+pub use resync::KeySet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -165,6 +168,9 @@ pub struct DiskStore {
     clean_lock: Mutex<()>,
     /// Set when an index write failed after its record reached the log.
     poisoned: std::sync::atomic::AtomicBool,
+    /// Records with a seq above this are kept by the cleaner (a resync may need
+    /// to know what they changed); `u64::MAX` keeps none back.
+    pub(crate) retain_floor: AtomicU64,
     opts: StoreOptions,
     _lock: nix::fcntl::Flock<File>,
 }
@@ -298,6 +304,7 @@ impl DiskStore {
             live: Mutex::new(HashMap::new()),
             clean_lock: Mutex::new(()),
             poisoned: std::sync::atomic::AtomicBool::new(false),
+            retain_floor: AtomicU64::new(u64::MAX),
             opts,
             _lock: lock,
         };
@@ -419,12 +426,14 @@ impl DiskStore {
                     torn = true;
                     break;
                 };
-                let expected = if hdr.flags & RECORD_LOCAL != 0 {
-                    last
+                let in_order = if hdr.flags & RECORD_JUMP != 0 {
+                    hdr.seq.0 >= last
+                } else if hdr.flags & RECORD_LOCAL != 0 {
+                    hdr.seq.0 == last
                 } else {
-                    last + 1
+                    hdr.seq.0 == last + 1
                 };
-                if hdr.seq.0 != expected {
+                if !in_order {
                     torn = true;
                     break;
                 }
@@ -570,6 +579,14 @@ impl DiskStore {
                 LogOp::DelOrphan(ino) => {
                     overlay.insert(key(K_ORPHAN, *ino), None);
                 }
+                LogOp::DelBlock { ino, idx } => {
+                    overlay.insert(key2(K_BLOCK, *ino, *idx), None);
+                }
+                LogOp::Wipe => {
+                    for prefix in [K_INODE, K_DIRENT, K_COOKIE, K_BLOCK, K_XATTR, K_ORPHAN] {
+                        range_delete(&mut overlay, vec![prefix], vec![prefix + 1])?;
+                    }
+                }
             }
         }
         let applied = Applied {
@@ -683,7 +700,18 @@ impl DiskStore {
             w.segment
         };
         let mut candidates = Vec::new();
-        for id in self.segment_ids()?.into_iter().filter(|&id| id < active) {
+        let ids = self.segment_ids()?;
+        for (i, id) in ids
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(_, id)| id < active)
+        {
+            // Records a resync may still need to list stay (see `set_retain_floor`).
+            let next = ids.get(i + 1).copied().filter(|&n| n != active);
+            if !self.may_drop(next.and_then(|n| self.first_seq(n))) {
+                continue;
+            }
             let p = self.segment_path(id);
             let size = std::fs::metadata(&p)
                 .map_err(|e| StoreError::io(&p, e))?

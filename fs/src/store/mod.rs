@@ -12,7 +12,7 @@ mod disk;
 mod tests;
 
 pub use disk::{
-    Checkpointer, CleanStats, DiskStore, LogUsage, StoreOptions, SEGMENT_MAX, STORE_FORMAT,
+    Checkpointer, CleanStats, DiskStore, KeySet, LogUsage, StoreOptions, SEGMENT_MAX, STORE_FORMAT,
 };
 
 use crate::error::StoreError;

@@ -1,7 +1,7 @@
 //! Contract tests for [`Store`] implementations.
 
 use super::*;
-use crate::mutation::Op;
+use crate::mutation::{Op, StoreKey};
 use crate::types::{FileKind, Timestamp};
 
 fn inode() -> Inode {
@@ -443,4 +443,233 @@ fn a_crash_at_either_step_of_cleaning_loses_nothing() {
         }
         assert!(crate::verify::verify(&s).unwrap().damaged.is_empty());
     }
+}
+
+/// Everything a store holds, for comparing two stores.
+fn dump(s: &DiskStore) -> Vec<String> {
+    let mut out = Vec::new();
+    for ino in 1..64u64 {
+        let ino = Ino(ino);
+        if let Some(i) = s.inode(ino).unwrap() {
+            out.push(format!("inode {ino:?} {i:?}"));
+        }
+        for idx in 0..16 {
+            if let Some(b) = s.block(ino, idx).unwrap() {
+                out.push(format!("block {ino:?}/{idx} {}", blake3::hash(&b)));
+            }
+        }
+        for n in s.xattr_names(ino).unwrap() {
+            out.push(format!(
+                "xattr {ino:?} {n:?} {:?}",
+                s.xattr(ino, &n).unwrap()
+            ));
+        }
+        let names: Vec<_> = s
+            .read_dir(ino, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(n, e)| format!("{n:?}->{:?}", e.ino))
+            .collect();
+        if !names.is_empty() {
+            out.push(format!("dir {ino:?} {names:?}"));
+        }
+    }
+    out.push(format!("orphans {:?}", s.orphans().unwrap()));
+    out.push(format!("next_ino {}", s.next_ino().unwrap()));
+    out
+}
+
+fn file_ops(ino: u64, fill: u8, blocks: u64) -> Vec<Op> {
+    let mut ops = vec![Op::PutInode(Ino(ino), inode())];
+    for idx in 0..blocks {
+        ops.push(Op::PutBlock {
+            ino: Ino(ino),
+            idx,
+            data: vec![fill; 100 + idx as usize],
+        });
+    }
+    ops.push(Op::PutDirent {
+        parent: Ino(1),
+        name: format!("f{ino}").into_bytes(),
+        entry: DirEntry {
+            ino: Ino(ino),
+            kind: FileKind::File,
+            cookie: 3 + ino,
+        },
+    });
+    ops
+}
+
+/// Ships `source`'s values of the keys both changed after `floor` into `target`.
+fn resync(source: &DiskStore, target: &DiskStore, floor: Seq, full: bool) -> usize {
+    let mut keys = source
+        .changed_keys_since(floor)
+        .unwrap()
+        .unwrap_or_default();
+    let full = match target.changed_keys_since(floor).unwrap() {
+        Some(t) if !full => {
+            keys.extend(t);
+            false
+        }
+        _ => true,
+    };
+    let mut chunks = 0;
+    source
+        .resync_ops(&keys, full, 300, |ops| {
+            chunks += 1;
+            target.apply_local(ops)
+        })
+        .unwrap();
+    target.jump_to(source.last_applied()).unwrap();
+    chunks
+}
+
+#[test]
+fn resync_of_diverged_stores_makes_them_equal_and_survives_a_crash() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        DiskStore::open(da.path()).unwrap(),
+        DiskStore::open(db.path()).unwrap(),
+    );
+    let mut root = inode();
+    root.kind = FileKind::Dir;
+    let common = [
+        vec![Op::PutInode(Ino(1), root), Op::NextIno(10)],
+        file_ops(2, 1, 3),
+        file_ops(3, 2, 2),
+        vec![Op::PutXattr {
+            ino: Ino(3),
+            name: b"user.k".to_vec(),
+            value: b"v".to_vec(),
+        }],
+    ];
+    for (i, ops) in common.iter().enumerate() {
+        a.apply(&m(i as u64 + 1, ops.clone())).unwrap();
+        b.apply(&m(i as u64 + 1, ops.clone())).unwrap();
+    }
+    let floor = a.last_applied();
+    assert_eq!(a.changed_keys_since(floor).unwrap(), Some(KeySet::new()));
+    // A: rewrites a block, truncates a file, deletes another, creates one.
+    a.apply(&m(
+        5,
+        vec![Op::PutBlock {
+            ino: Ino(2),
+            idx: 1,
+            data: b"new".to_vec(),
+        }],
+    ))
+    .unwrap();
+    a.apply(&m(
+        6,
+        vec![Op::TruncBlocks {
+            ino: Ino(2),
+            from: 2,
+        }],
+    ))
+    .unwrap();
+    a.apply(&m(
+        7,
+        vec![
+            Op::DelDirent {
+                parent: Ino(1),
+                name: b"f3".to_vec(),
+                cookie: 6,
+            },
+            Op::DelInode(Ino(3)),
+        ],
+    ))
+    .unwrap();
+    a.apply(&m(8, file_ops(4, 4, 4))).unwrap();
+    a.apply(&m(9, vec![Op::NextIno(11)])).unwrap();
+    // B wrote on its own meanwhile (split brain): a file A never had, a changed xattr.
+    b.apply(&m(5, file_ops(5, 5, 2))).unwrap();
+    b.apply(&m(
+        6,
+        vec![
+            Op::PutXattr {
+                ino: Ino(3),
+                name: b"user.k".to_vec(),
+                value: b"b's".to_vec(),
+            },
+            Op::PutBlock {
+                ino: Ino(2),
+                idx: 7,
+                data: b"b only".to_vec(),
+            },
+        ],
+    ))
+    .unwrap();
+    let keys = a.changed_keys_since(floor).unwrap().unwrap();
+    assert!(keys.contains(&StoreKey::Block(Ino(2), 1)));
+    assert!(keys.contains(&StoreKey::Trunc(Ino(2), 2)));
+    assert!(
+        !keys.contains(&StoreKey::Block(Ino(2), 0)),
+        "unchanged blocks do not travel"
+    );
+    assert_ne!(dump(&a), dump(&b));
+    assert!(resync(&a, &b, floor, false) > 1, "chunked");
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(b.last_applied(), a.last_applied());
+    // What a resync taught B survives a crash (no checkpoint): the log replays it.
+    b.sync().unwrap();
+    drop(b);
+    let b = DiskStore::open(db.path()).unwrap();
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(b.last_applied(), Seq(9));
+    // Past a jump the log cannot tell what changed: a full resync is needed.
+    assert_eq!(b.changed_keys_since(floor).unwrap(), None);
+    // And mutations continue from the jumped-to seq.
+    b.apply(&m(10, vec![Op::NextIno(12)])).unwrap();
+}
+
+#[test]
+fn full_resync_wipes_the_target_first() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        DiskStore::open(da.path()).unwrap(),
+        DiskStore::open(db.path()).unwrap(),
+    );
+    a.apply(&m(1, file_ops(2, 1, 3))).unwrap();
+    a.apply(&m(2, file_ops(3, 3, 1))).unwrap();
+    // B holds unrelated data of another history.
+    b.apply(&m(1, file_ops(7, 7, 2))).unwrap();
+    resync(&a, &b, Seq(0), true);
+    assert_eq!(dump(&a), dump(&b));
+}
+
+#[test]
+fn the_cleaner_keeps_records_above_the_retain_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskStore::open_with(
+        dir.path(),
+        StoreOptions {
+            segment_max: 64 << 10,
+        },
+    )
+    .unwrap();
+    let f = Ino(2);
+    s.apply(&m(1, vec![Op::PutInode(f, inode())])).unwrap();
+    s.set_retain_floor(Seq(1));
+    // Overwrite the same block many times: old segments are all dead weight.
+    for seq in 2..40 {
+        s.apply(&m(
+            seq,
+            vec![Op::PutBlock {
+                ino: f,
+                idx: 0,
+                data: vec![seq as u8; 8000],
+            }],
+        ))
+        .unwrap();
+    }
+    s.clean(u64::MAX).unwrap();
+    assert!(
+        s.changed_keys_since(Seq(1)).unwrap().is_some(),
+        "records above the floor were cleaned away"
+    );
+    s.set_retain_floor(Seq(u64::MAX));
+    let stats = s.clean(u64::MAX).unwrap();
+    assert!(stats.segments_removed > 0, "{stats:?}");
+    assert_eq!(s.changed_keys_since(Seq(1)).unwrap(), None);
+    assert_eq!(s.block(f, 0).unwrap().unwrap(), vec![39u8; 8000]);
 }
