@@ -33,6 +33,13 @@ const TYPE_ACK: u8 = 3;
 const TYPE_HEARTBEAT: u8 = 4;
 const TYPE_GOODBYE: u8 = 5;
 const TYPE_FLUSH: u8 = 6;
+const TYPE_RESYNC_REQUEST: u8 = 7;
+const TYPE_RESYNC_KEYS: u8 = 8;
+const TYPE_RESYNC_DATA: u8 = 9;
+const TYPE_RESYNC_DONE: u8 = 10;
+
+const KEYS_LAST: u8 = 1;
+const KEYS_KNOWN: u8 = 2;
 
 /// Mutation body before the payload: seq (8) and flags (1).
 const MUTATION_FIXED: usize = 9;
@@ -67,6 +74,9 @@ pub struct Hello {
     pub changed_blocks: u64,
     /// When the node last became primary (ms since the Unix epoch), 0 if never.
     pub primary_since_ms: u64,
+    /// Every mutation up to this seq is known to be identical on both nodes
+    /// (the resync floor: what changed after it is what a resync ships).
+    pub floor: Seq,
 }
 
 /// One message between the two nodes.
@@ -103,6 +113,35 @@ pub enum Frame {
         /// The barrier's seq (the primary's last submitted one when the fsync came).
         seq: Seq,
     },
+    /// Resync, source to target: send the keys you changed after `floor`.
+    ResyncRequest {
+        /// The agreed floor (the lower of the two nodes' floors).
+        floor: Seq,
+    },
+    /// Resync, target to source: keys the target changed after the floor
+    /// (opaque, encoded by `twinfs-fs`), in chunks.
+    ResyncKeys {
+        /// The last chunk.
+        last: bool,
+        /// False if the target cannot tell what it changed (a full resync is needed).
+        known: bool,
+        /// The encoded keys.
+        payload: Vec<u8>,
+    },
+    /// Resync, source to target: current values of changed records (opaque).
+    ResyncData {
+        /// The encoded ops.
+        payload: Vec<u8>,
+    },
+    /// Resync, source to target: every value was sent.
+    ResyncDone {
+        /// The target's store now stands at this seq; replication continues after it.
+        position: Seq,
+        /// The target is consistent (promotable) once it has applied up to here.
+        consistent_at: Seq,
+        /// The source's generation, which the target adopts.
+        generation: Generation,
+    },
     /// The sender closes the connection on purpose.
     Goodbye {
         /// Why, for the log.
@@ -119,6 +158,10 @@ impl Frame {
             Frame::Ack { .. } => "ack",
             Frame::Heartbeat { .. } => "heartbeat",
             Frame::Flush { .. } => "flush",
+            Frame::ResyncRequest { .. } => "resync-request",
+            Frame::ResyncKeys { .. } => "resync-keys",
+            Frame::ResyncData { .. } => "resync-data",
+            Frame::ResyncDone { .. } => "resync-done",
             Frame::Goodbye { .. } => "goodbye",
         }
     }
@@ -154,6 +197,7 @@ impl Frame {
                 buf.extend_from_slice(&h.shared.0.to_be_bytes());
                 buf.extend_from_slice(&h.changed_blocks.to_be_bytes());
                 buf.extend_from_slice(&h.primary_since_ms.to_be_bytes());
+                buf.extend_from_slice(&h.floor.0.to_be_bytes());
                 // The name is last, so its length is implied by the body length.
                 buf.extend_from_slice(h.node.as_bytes());
             }
@@ -177,6 +221,32 @@ impl Frame {
             }
             Frame::Heartbeat { now_ms } => buf.extend_from_slice(&now_ms.to_be_bytes()),
             Frame::Flush { seq } => buf.extend_from_slice(&seq.0.to_be_bytes()),
+            Frame::ResyncRequest { floor } => buf.extend_from_slice(&floor.0.to_be_bytes()),
+            Frame::ResyncKeys {
+                last,
+                known,
+                payload,
+            } => {
+                let mut flags = 0;
+                if *last {
+                    flags |= KEYS_LAST;
+                }
+                if *known {
+                    flags |= KEYS_KNOWN;
+                }
+                buf.push(flags);
+                buf.extend_from_slice(payload);
+            }
+            Frame::ResyncData { payload } => buf.extend_from_slice(payload),
+            Frame::ResyncDone {
+                position,
+                consistent_at,
+                generation,
+            } => {
+                buf.extend_from_slice(&position.0.to_be_bytes());
+                buf.extend_from_slice(&consistent_at.0.to_be_bytes());
+                buf.extend_from_slice(&generation.0.to_be_bytes());
+            }
             Frame::Goodbye { reason } => buf.extend_from_slice(reason.as_bytes()),
         }
         let body = buf.len() - start - HEADER_LEN;
@@ -221,6 +291,10 @@ impl Frame {
             TYPE_HEARTBEAT => "heartbeat",
             TYPE_GOODBYE => "goodbye",
             TYPE_FLUSH => "flush",
+            TYPE_RESYNC_REQUEST => "resync-request",
+            TYPE_RESYNC_KEYS => "resync-keys",
+            TYPE_RESYNC_DATA => "resync-data",
+            TYPE_RESYNC_DONE => "resync-done",
             _ => return Err(FrameError::UnknownType { ty }),
         };
         let Some(len_bytes) = buf.get(6..HEADER_LEN) else {
@@ -261,6 +335,7 @@ impl Frame {
                 let shared = Generation(r.u64()?);
                 let changed_blocks = r.u64()?;
                 let primary_since_ms = r.u64()?;
+                let floor = Seq(r.u64()?);
                 let node = r.rest_utf8("node")?;
                 Frame::Hello(Hello {
                     version,
@@ -272,6 +347,7 @@ impl Frame {
                     shared,
                     changed_blocks,
                     primary_since_ms,
+                    floor,
                 })
             }
             TYPE_MUTATION => {
@@ -295,6 +371,28 @@ impl Frame {
             },
             TYPE_HEARTBEAT => Frame::Heartbeat { now_ms: r.u64()? },
             TYPE_FLUSH => Frame::Flush { seq: Seq(r.u64()?) },
+            TYPE_RESYNC_REQUEST => Frame::ResyncRequest {
+                floor: Seq(r.u64()?),
+            },
+            TYPE_RESYNC_KEYS => {
+                let flags = r.u8()?;
+                if flags & !(KEYS_LAST | KEYS_KNOWN) != 0 {
+                    return Err(r.invalid("flags", flags.into()));
+                }
+                Frame::ResyncKeys {
+                    last: flags & KEYS_LAST != 0,
+                    known: flags & KEYS_KNOWN != 0,
+                    payload: r.rest().to_vec(),
+                }
+            }
+            TYPE_RESYNC_DATA => Frame::ResyncData {
+                payload: r.rest().to_vec(),
+            },
+            TYPE_RESYNC_DONE => Frame::ResyncDone {
+                position: Seq(r.u64()?),
+                consistent_at: Seq(r.u64()?),
+                generation: Generation(r.u64()?),
+            },
             TYPE_GOODBYE => Frame::Goodbye {
                 reason: r.rest_utf8("reason")?,
             },
@@ -311,6 +409,10 @@ impl Frame {
             Frame::Ack { .. } => TYPE_ACK,
             Frame::Heartbeat { .. } => TYPE_HEARTBEAT,
             Frame::Flush { .. } => TYPE_FLUSH,
+            Frame::ResyncRequest { .. } => TYPE_RESYNC_REQUEST,
+            Frame::ResyncKeys { .. } => TYPE_RESYNC_KEYS,
+            Frame::ResyncData { .. } => TYPE_RESYNC_DATA,
+            Frame::ResyncDone { .. } => TYPE_RESYNC_DONE,
             Frame::Goodbye { .. } => TYPE_GOODBYE,
         }
     }
@@ -396,6 +498,7 @@ mod tests {
                 shared: Generation(7),
                 changed_blocks: 12,
                 primary_since_ms: 1_763_790_000_000,
+                floor: Seq(40),
             }),
             Frame::Hello(Hello {
                 version: 7,
@@ -407,6 +510,7 @@ mod tests {
                 shared: Generation(u64::MAX),
                 changed_blocks: u64::MAX,
                 primary_since_ms: 0,
+                floor: Seq(0),
             }),
             Frame::Mutation {
                 seq: Seq(1),
@@ -428,6 +532,20 @@ mod tests {
                 reason: "shutting down: ünïcodé".into(),
             },
             Frame::Flush { seq: Seq(17) },
+            Frame::ResyncRequest { floor: Seq(3) },
+            Frame::ResyncKeys {
+                last: true,
+                known: false,
+                payload: vec![1, 2, 3],
+            },
+            Frame::ResyncData {
+                payload: vec![9; 100],
+            },
+            Frame::ResyncDone {
+                position: Seq(10),
+                consistent_at: Seq(12),
+                generation: Generation(0xfeed),
+            },
         ]
     }
 
@@ -512,7 +630,7 @@ mod tests {
 
     #[test]
     fn unknown_type() {
-        for ty in [0, 7, 255] {
+        for ty in [0, 11, 255] {
             let mut buf = encoded(&Frame::Heartbeat { now_ms: 1 });
             buf[5] = ty;
             assert_eq!(Frame::decode(&buf), Err(FrameError::UnknownType { ty }));
@@ -551,7 +669,7 @@ mod tests {
             (samples()[4].clone(), 23, "ack"),
             (samples()[2].clone(), 8, "mutation"),
             (samples()[0].clone(), 18, "hello"),
-            (samples()[0].clone(), 43, "hello"),
+            (samples()[0].clone(), 51, "hello"),
             (Frame::Flush { seq: Seq(1) }, 7, "flush"),
         ];
         for (f, len, name) in cases {

@@ -43,6 +43,7 @@
 //!     shared: Generation(1),
 //!     changed_blocks: 0,
 //!     primary_since_ms: 0,
+//!     floor: Seq(0),
 //! };
 //! primary.handle_reconnect(now, hello).unwrap();
 //! assert_eq!(primary.poll_event(), Some(Event::PeerConnected { last_applied: Seq(0) }));
@@ -73,6 +74,7 @@ mod config;
 mod error;
 mod frame;
 mod generation;
+mod plan;
 mod primary;
 mod replica;
 
@@ -83,6 +85,7 @@ pub use config::{OnPeerLoss, Protocol, ProtocolConfig};
 pub use error::{ConfigError, FrameError, ProtocolError};
 pub use frame::{Frame, Hello, FRAME_VERSION, HEADER_LEN, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN};
 pub use generation::{decide, Decision, History, Side, SplitBrainPolicy};
+pub use plan::{plan, LocalView, Plan};
 pub use primary::Primary;
 pub use replica::Replica;
 

@@ -289,7 +289,13 @@ impl Primary {
                 debug!(%reason, "peer said goodbye");
                 self.lose_peer();
             }
-            Frame::Mutation { .. } | Frame::Flush { .. } | Frame::Hello(_) => {
+            Frame::Mutation { .. }
+            | Frame::Flush { .. }
+            | Frame::ResyncRequest { .. }
+            | Frame::ResyncData { .. }
+            | Frame::ResyncDone { .. }
+            | Frame::ResyncKeys { .. }
+            | Frame::Hello(_) => {
                 return Err(ProtocolError::UnexpectedFrame {
                     frame: frame.name(),
                     side: Role::Primary,
@@ -463,6 +469,20 @@ impl Primary {
     /// a peer that was lost starts here.
     pub fn resync_from(&self) -> Seq {
         self.peer.flushed.next()
+    }
+
+    /// The lowest seq the peer can be caught up from by retransmission: one
+    /// past the last seq it acknowledged as flushed, or past the position this
+    /// state machine resumed at if nothing earlier is retained.
+    pub fn retransmit_from(&self) -> Seq {
+        self.log
+            .front()
+            .map_or(self.last_submitted, |e| Seq(e.seq.0 - 1))
+    }
+
+    /// The last seq the peer acknowledged as flushed.
+    pub fn peer_flushed(&self) -> Seq {
+        self.peer.flushed
     }
 
     /// The last seq reported as committed.

@@ -137,7 +137,12 @@ impl Replica {
                 debug!(%reason, "primary said goodbye");
                 self.lose_peer();
             }
-            Frame::Ack { .. } | Frame::Hello(_) => {
+            Frame::Ack { .. }
+            | Frame::Hello(_)
+            | Frame::ResyncRequest { .. }
+            | Frame::ResyncKeys { .. }
+            | Frame::ResyncData { .. }
+            | Frame::ResyncDone { .. } => {
                 return Err(ProtocolError::UnexpectedFrame {
                     frame: frame.name(),
                     side: Role::Secondary,

@@ -80,6 +80,7 @@ const MAKERS: &[fn(&Knobs) -> Frame] = &[
             shared: Generation(k.n[3]),
             changed_blocks: k.n[0],
             primary_since_ms: k.n[1],
+            floor: Seq(k.n[2]),
         })
     },
     |k| Frame::Mutation {
@@ -94,6 +95,20 @@ const MAKERS: &[fn(&Knobs) -> Frame] = &[
     },
     |k| Frame::Heartbeat { now_ms: k.n[0] },
     |k| Frame::Flush { seq: Seq(k.n[0]) },
+    |k| Frame::ResyncRequest { floor: Seq(k.n[0]) },
+    |k| Frame::ResyncKeys {
+        last: k.flag,
+        known: k.pick % 2 == 0,
+        payload: k.bytes.clone(),
+    },
+    |k| Frame::ResyncData {
+        payload: k.bytes.clone(),
+    },
+    |k| Frame::ResyncDone {
+        position: Seq(k.n[0]),
+        consistent_at: Seq(k.n[1]),
+        generation: Generation(k.n[2]),
+    },
     |k| Frame::Goodbye {
         reason: k.text.clone(),
     },

@@ -154,6 +154,7 @@ fn a_resumed_primary_continues_the_store_numbering() {
         shared: Generation(1),
         changed_blocks: 0,
         primary_since_ms: 0,
+        floor: Seq(0),
     };
     assert!(matches!(
         primary.handle_reconnect(pair_epoch(), hello(30)),

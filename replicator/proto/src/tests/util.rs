@@ -165,6 +165,7 @@ impl Pair {
             shared: Generation(1),
             changed_blocks: 0,
             primary_since_ms: 0,
+            floor: Seq(0),
         };
         self.primary.handle_reconnect(self.now, hello).unwrap();
         self.collect_events();
