@@ -77,6 +77,9 @@ pub struct ReplicationConfig {
     /// `replication.split_brain`: `"disconnect"` (default), `"discard-zero-changes"`,
     /// `"discard-younger-primary"` or `"discard-least-changes"`.
     pub split_brain: SplitBrainName,
+    /// `replication.resync_rate`: the most a resync sends per second, in bytes
+    /// (`"40MiB"`, `"500KiB"`); 0 (`"unlimited"`, the default) means no limit.
+    pub resync_rate: u64,
 }
 
 /// How the peer's certificate is pinned.
@@ -558,7 +561,21 @@ impl ReplicationConfig {
                 )),
             },
         };
+        let resync_rate = match r.resync_rate {
+            None => 0,
+            Some(v) => parse_rate(v.get_ref()).ok_or_else(|| {
+                cx.invalid(
+                    "replication.resync_rate",
+                    v.span(),
+                    format!(
+                        "must be a rate in bytes per second such as \"40MiB\", \"500KiB\" or \"unlimited\", got {:?}",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        };
         Ok(ReplicationConfig {
+            resync_rate,
             listen,
             peer,
             cert,
@@ -736,6 +753,7 @@ struct RawReplication {
     deadtime: Option<Spanned<RawDuration>>,
     on_peer_loss: Option<Spanned<String>>,
     split_brain: Option<Spanned<String>>,
+    resync_rate: Option<Spanned<String>>,
 }
 
 /// [`table`] for a table that may be absent.
@@ -1043,6 +1061,25 @@ fn one_line(message: &str) -> String {
         .join("; ")
 }
 
+/// `"40MiB"`, `"500KiB"`, `"1GiB"`, `"123"` (bytes), `"unlimited"`/`"0"` (0).
+fn parse_rate(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("unlimited") {
+        return Some(0);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 fn read_hostname() -> io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
         .trim()
@@ -1242,6 +1279,15 @@ level = "TRACE"
         assert_eq!(c.deadtime, Duration::from_secs(10));
         assert_eq!(c.on_peer_loss, OnPeerLossName::Continue);
         assert_eq!(c.split_brain, SplitBrainName::Disconnect);
+        assert_eq!(c.resync_rate, 0);
+        assert_eq!(
+            parse(&format!("{REPL}resync_rate = \"40MiB\"\n"))
+                .unwrap()
+                .replication
+                .unwrap()
+                .resync_rate,
+            40 << 20
+        );
         let fp = format!("sha256:{}", ["AB"; 32].join(":"));
         let c = parse(&format!(
             "[replication]\nlisten = \"[fd00::1]:7000\"\npeer = \"[fd00::2]:7000\"\n\
@@ -1262,7 +1308,7 @@ level = "TRACE"
     #[test]
     fn replication_errors_name_the_field_and_value() {
         let base = |extra: &str| format!("{REPL}{extra}");
-        let cases: [(String, &str); 12] = [
+        let cases: [(String, &str); 13] = [
             (
                 "[replication]\npeer = \"10.0.0.2:1\"\npeer_cert = \"/a\"\n".into(),
                 "replication.listen: missing",
@@ -1310,6 +1356,10 @@ level = "TRACE"
             (
                 base("split_brain = \"merge\"\n"),
                 "t.toml:5: replication.split_brain: must be \"disconnect\"",
+            ),
+            (
+                base("resync_rate = \"fast\"\n"),
+                "t.toml:5: replication.resync_rate: must be a rate in bytes per second",
             ),
         ];
         for (text, want) in cases {
@@ -1365,6 +1415,8 @@ level = "TRACE"
             .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                // Optional tables are commented out as a whole, header included.
+                Some(rest) if rest.starts_with('[') && rest.ends_with(']') => rest,
                 _ => l,
             })
             .collect::<Vec<_>>()
@@ -1400,11 +1452,11 @@ level = "TRACE"
     fn unknown_top_level_key() {
         assert_eq!(
             err("[fs]\n\n[bogus]\nx = 1\n"),
-            "t.toml:3: unknown field bogus, expected one of node, fs, log"
+            "t.toml:3: unknown field bogus, expected one of node, fs, log, replication"
         );
         assert_eq!(
             err("bogus = 1\n"),
-            "t.toml:1: unknown field bogus, expected one of node, fs, log"
+            "t.toml:1: unknown field bogus, expected one of node, fs, log, replication"
         );
     }
 

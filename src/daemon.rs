@@ -91,6 +91,7 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         trust,
         protocol,
         split_brain,
+        resync_rate: r.resync_rate,
     };
     let result = node::run(opts, disk.clone(), Box::new(mounter));
     drop(checkpointer);

@@ -21,6 +21,8 @@
 //! Which side dials is fixed by the config so the two never race: the node
 //! whose `listen` address sorts first dials, the other accepts.
 
+mod resync;
+
 use crate::control::{self, Request, Response};
 use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName};
 use crate::status::{Counters, Lag, PeerStatus, Status};
@@ -30,6 +32,7 @@ use crate::transport::{self, FrameStream, TransportOptions};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use resync::ResyncState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use twinfs_fs::{DiskStore, Mutation, Store as _};
 use twinfs_replicator_proto::{
-    decide, Decision, DiskState, Event, Frame, Generation, Hello, History, OnPeerLoss, Primary,
+    plan, DiskState, Event, Frame, Generation, Hello, LocalView, OnPeerLoss, Plan, Primary,
     Protocol, ProtocolConfig, Replica, Role, Seq, Side, SplitBrainPolicy, PROTOCOL_VERSION,
 };
 
@@ -60,6 +63,8 @@ pub struct NodeOptions {
     pub protocol: ProtocolConfig,
     /// What to do when both nodes wrote on their own.
     pub split_brain: SplitBrainPolicy,
+    /// Resync speed limit in bytes per second (0: as fast as the link goes).
+    pub resync_rate: u64,
 }
 
 /// What the daemon does when the node becomes primary or stops being primary:
@@ -95,6 +100,7 @@ enum Input {
         addr: SocketAddr,
         quic: quinn::Connection,
         tx: mpsc::UnboundedSender<Frame>,
+        queued: Arc<AtomicU64>,
     },
     ConnFrame {
         id: u64,
@@ -109,11 +115,29 @@ enum Input {
     ApplyFailed(String),
     Control(Request, oneshot::Sender<Response>),
     Unmounted(anyhow::Result<()>),
+    /// Frames to send (computed off the node task).
+    Frames(Vec<Frame>),
+    ResyncPlanned {
+        total: u64,
+        full: bool,
+        keys: usize,
+        position: Seq,
+    },
+    ResyncChunk(Vec<u8>),
+    ResyncShipped {
+        consistent_at: Seq,
+    },
+    ResyncFailed(String),
+    Jumped(Seq),
 }
 
 enum Job {
     Apply(Seq, Vec<u8>),
     Sync(Seq),
+    /// A resync chunk: ops applied without taking a seq.
+    ApplyLocal(Vec<u8>),
+    /// The end of a resync: the store's position jumps (then syncs).
+    Jump(Seq),
 }
 
 struct Conn {
@@ -121,6 +145,8 @@ struct Conn {
     addr: SocketAddr,
     quic: quinn::Connection,
     tx: mpsc::UnboundedSender<Frame>,
+    /// Resync bytes handed to the writer and not yet written.
+    queued: Arc<AtomicU64>,
     /// The peer's handshake, once it arrived and was accepted.
     peer: Option<Hello>,
 }
@@ -137,6 +163,9 @@ enum RoleState {
         primary: Primary,
         /// The peer is catching up to this seq; then the generations are shared again.
         catch_up: Option<Seq>,
+        /// The state machine has been connected to the peer since it started, so
+        /// it can vouch that what the peer holds is a prefix of this node's history.
+        vouched: bool,
     },
 }
 
@@ -144,6 +173,8 @@ enum RoleState {
 enum Unmounting {
     Demote(oneshot::Sender<Response>),
     Shutdown,
+    /// A split-brain policy chose this node's changes to be discarded.
+    Victim,
 }
 
 const RECENT: usize = 20;
@@ -165,6 +196,13 @@ struct Node {
     recent: VecDeque<String>,
     unmounting: Option<Unmounting>,
     stop: bool,
+    resync: Option<ResyncState>,
+    /// (Target) waiting for the applier's jump: (position, consistent at, generation).
+    pending_jump: Option<(Seq, Seq, Generation)>,
+    /// A split-brain policy is making this primary a resync target.
+    pending_sb_demote: bool,
+    /// When the floor was last written to the state file.
+    floor_saved_at: Instant,
 }
 
 impl Node {
@@ -174,6 +212,7 @@ impl Node {
         mounter: Box<dyn Mounter>,
     ) -> anyhow::Result<Node> {
         let state = NodeState::load(&opts.data_dir)?;
+        disk.set_retain_floor(twinfs_fs::Seq(state.floor));
         let link = Arc::new(Link::default());
         let store = Arc::new(ReplicatedStore::new(disk.clone(), link.clone()));
         let (input_tx, input_rx) = mpsc::unbounded_channel();
@@ -206,6 +245,10 @@ impl Node {
             recent: VecDeque::new(),
             unmounting: None,
             stop: false,
+            resync: None,
+            pending_jump: None,
+            pending_sb_demote: false,
+            floor_saved_at: Instant::now(),
         })
     }
 
@@ -248,8 +291,13 @@ impl Node {
             if dials { "dialing the peer" } else { "waiting for the peer to connect" }
         );
         if self.state.role == RoleName::Primary {
-            self.note("started as primary (the role it had when it stopped)".into());
-            self.become_primary()?;
+            // Like DRBD, a node always starts as secondary: whoever decides
+            // (the admin, or the supervisor) promotes it.
+            self.note(
+                "this node was primary when it stopped; it starts as secondary (`twinfs promote` makes it primary again)".into(),
+            );
+            self.state.role = RoleName::Secondary;
+            self.save_state();
         }
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -271,6 +319,8 @@ impl Node {
         connector.abort();
         control.abort();
         let _ = std::fs::remove_file(control::socket_path(&self.opts.data_dir));
+        self.abandon_resync();
+        self.save_state();
         if let Some(c) = &self.conn {
             let _ = c.tx.send(Frame::Goodbye {
                 reason: "node shutting down".into(),
@@ -325,7 +375,13 @@ impl Node {
 
     fn handle(&mut self, input: Input) {
         match input {
-            Input::ConnUp { id, addr, quic, tx } => {
+            Input::ConnUp {
+                id,
+                addr,
+                quic,
+                tx,
+                queued,
+            } => {
                 if let Some(old) = self.conn.take() {
                     debug!(
                         old = old.id,
@@ -337,11 +393,13 @@ impl Node {
                 }
                 debug!(peer = %addr, id, "connection up; sending hello");
                 let _ = tx.send(Frame::Hello(self.hello()));
+                self.abandon_resync();
                 self.conn = Some(Conn {
                     id,
                     addr,
                     quic,
                     tx,
+                    queued,
                     peer: None,
                 });
             }
@@ -352,6 +410,7 @@ impl Node {
             }
             Input::ConnDown { id, reason } => {
                 if self.conn.as_ref().is_some_and(|c| c.id == id) {
+                    self.abandon_resync();
                     let c = self.conn.take().expect("checked");
                     if c.peer.is_some() {
                         self.note(format!("connection to {} closed: {reason}", c.addr));
@@ -388,6 +447,21 @@ impl Node {
             }
             Input::Control(req, reply) => self.control(req, reply),
             Input::Unmounted(result) => self.unmounted(result),
+            Input::Frames(frames) => {
+                for f in frames {
+                    self.send(f);
+                }
+            }
+            Input::ResyncPlanned {
+                total,
+                full,
+                keys,
+                position,
+            } => self.resync_planned(total, full, keys, position),
+            Input::ResyncChunk(payload) => self.resync_chunk(payload),
+            Input::ResyncShipped { consistent_at } => self.resync_shipped(consistent_at),
+            Input::ResyncFailed(reason) => self.resync_failed(reason),
+            Input::Jumped(seq) => self.jumped(seq),
         }
     }
 
@@ -400,8 +474,9 @@ impl Node {
             role: self.state.role.into(),
             disk: self.state.disk.into(),
             shared: Generation(self.state.shared),
-            changed_blocks: 0,
+            changed_blocks: self.changed_blocks(),
             primary_since_ms: self.state.primary_since_ms,
+            floor: Seq(self.state.floor),
         }
     }
 
@@ -451,11 +526,28 @@ impl Node {
             self.refuse(reason);
             return;
         }
-        if let Frame::Goodbye { reason } = &frame {
-            let addr = self.conn.as_ref().map(|c| c.addr);
-            if let Some(addr) = addr {
-                self.note(format!("peer {addr} said goodbye: {reason}"));
+        match frame {
+            Frame::Goodbye { reason } => {
+                let addr = self.conn.as_ref().map(|c| c.addr);
+                if let Some(addr) = addr {
+                    self.note(format!("peer {addr} said goodbye: {reason}"));
+                }
+                // The connection ends with it; the state machines notice by deadtime.
+                return;
             }
+            Frame::ResyncRequest { floor } => return self.resync_requested(floor),
+            Frame::ResyncKeys {
+                last,
+                known,
+                payload,
+            } => return self.resync_keys(last, known, &payload),
+            Frame::ResyncData { payload } => return self.resync_data(payload),
+            Frame::ResyncDone {
+                position,
+                consistent_at,
+                generation,
+            } => return self.resync_done(position, consistent_at, generation),
+            _ => {}
         }
         let result = match &mut self.role {
             RoleState::Primary { primary, .. } => primary.handle_frame(now, frame),
@@ -469,8 +561,24 @@ impl Node {
         }
     }
 
+    fn local_view(&self) -> LocalView {
+        let (role, can_retransmit_from) = match &self.role {
+            RoleState::Primary {
+                primary, vouched, ..
+            } => (Role::Primary, vouched.then(|| primary.retransmit_from())),
+            RoleState::Secondary { .. } => (Role::Secondary, None),
+        };
+        LocalView {
+            role,
+            disk: self.state.disk.into(),
+            history: self.state.history(self.changed_blocks()),
+            last_applied: ps(self.disk.last_applied()),
+            floor: Seq(self.state.floor),
+            can_retransmit_from,
+        }
+    }
+
     fn handshake(&mut self, h: Hello) {
-        let now = Instant::now();
         if h.version != PROTOCOL_VERSION {
             self.refuse(format!(
                 "peer {} speaks replication protocol {}, this node {}",
@@ -478,87 +586,96 @@ impl Node {
             ));
             return;
         }
-        let local = self.state.history(0);
-        let peer = History {
-            current: h.generation,
-            shared: h.shared,
-            changed_blocks: h.changed_blocks,
-            primary_since_ms: (h.primary_since_ms != 0).then_some(h.primary_since_ms),
-        };
-        let decision = decide(&local, &peer, self.opts.split_brain);
+        let local = self.local_view();
+        let plan = plan(&local, &h, self.opts.split_brain);
+        debug!(?plan, peer = %h.node, "handshake");
         let gen = |g: Generation| format!("{:016x}", g.0);
-        match (&mut self.role, h.role) {
-            (RoleState::Primary { .. }, Role::Primary) => {
-                self.refuse(format!(
-                    "split brain: both nodes are primary (this node generation {}, peer {} generation {}); demote one",
-                    gen(local.current),
-                    h.node,
-                    gen(h.generation)
-                ));
-                return;
+        let addr = self.conn.as_ref().map_or(self.opts.peer, |c| c.addr);
+        if let Plan::Refuse { reason } = plan {
+            self.refuse(reason);
+            return;
+        }
+        self.refusal = None;
+        self.counters.connections += 1;
+        self.note(format!(
+            "connected to {} ({}, generation {}, disk {}, seq {}) at {addr}",
+            h.node,
+            h.role,
+            gen(h.generation),
+            h.disk,
+            h.last_applied
+        ));
+        if let Some(c) = &mut self.conn {
+            c.peer = Some(h.clone());
+        }
+        match plan {
+            Plan::Refuse { .. } => unreachable!("handled above"),
+            Plan::Idle => {
+                // Two secondaries with the same data: what both hold is common ground.
+                if h.generation.0 == self.state.generation
+                    && h.last_applied == local.last_applied
+                    && self.state.disk == DiskName::UpToDate
+                    && h.disk == DiskState::UpToDate
+                {
+                    self.raise_floor(local.last_applied, true);
+                }
             }
-            (RoleState::Primary { primary, catch_up }, Role::Secondary) => match decision {
-                Decision::InSync
-                | Decision::Resync {
-                    source: Side::Local,
-                    ..
-                } => {
-                    if let Err(e) = primary.handle_reconnect(now, h.clone()) {
-                        let reason = format!("peer {} cannot be caught up: {e}", h.node);
-                        self.refuse(reason);
-                        return;
+            Plan::Follow => self.follow(&h),
+            Plan::Resync {
+                source: Side::Local,
+                floor,
+                ..
+            } => self.start_resync_source(floor, "the peer is behind or diverged"),
+            Plan::Resync {
+                source: Side::Peer,
+                demote_target,
+                ..
+            } => {
+                if demote_target {
+                    self.note(format!(
+                        "the split-brain policy ({:?}) discards this node's changes: demoting to resync from {}",
+                        self.opts.split_brain, h.node
+                    ));
+                    self.pending_sb_demote = true;
+                    if self.unmounting.is_none() {
+                        self.unmounting = Some(Unmounting::Victim);
+                        self.start_unmount();
                     }
-                    if h.generation != local.current || h.last_applied < primary.last_submitted() {
+                } else {
+                    // The primary will ask for our keys; nothing to follow meanwhile.
+                    if let RoleState::Secondary { replica, .. } = &mut self.role {
+                        *replica = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The secondary follows a primary (or the primary starts sending to one).
+    fn follow(&mut self, h: &Hello) {
+        let now = Instant::now();
+        match &mut self.role {
+            RoleState::Primary {
+                primary,
+                catch_up,
+                vouched,
+            } => match primary.handle_reconnect(now, h.clone()) {
+                Ok(()) => {
+                    *vouched = true;
+                    if h.last_applied < primary.last_submitted() {
                         *catch_up = Some(primary.last_submitted());
                     }
                 }
-                Decision::Resync {
-                    source: Side::Peer, ..
-                } => {
-                    self.refuse(format!(
-                        "peer {} (secondary) holds newer data (generation {}) than this primary (generation {}); demote this node",
-                        h.node,
-                        gen(h.generation),
-                        gen(local.current)
-                    ));
-                    return;
-                }
-                Decision::SplitBrain { reason } => {
-                    self.refuse(reason);
-                    return;
+                Err(e) => {
+                    let floor = Seq(self.state.floor.min(h.floor.0));
+                    self.start_resync_source(floor, &format!("{e}"));
                 }
             },
-            (
-                RoleState::Secondary {
-                    replica,
-                    catch_up,
-                    sync_asked,
-                },
-                Role::Primary,
-            ) => {
-                match decision {
-                    Decision::InSync
-                    | Decision::Resync {
-                        source: Side::Peer, ..
-                    } => {}
-                    Decision::Resync {
-                        source: Side::Local,
-                        ..
-                    } => {
-                        let reason = format!(
-                            "this node holds newer data (generation {}) than the primary {} (generation {}); refusing to follow it",
-                            gen(local.current),
-                            h.node,
-                            gen(h.generation)
-                        );
-                        self.refuse(reason);
-                        return;
-                    }
-                    Decision::SplitBrain { reason } => {
-                        self.refuse(reason);
-                        return;
-                    }
-                }
+            RoleState::Secondary {
+                replica,
+                catch_up,
+                sync_asked,
+            } => {
                 if let Err(e) = self.disk.sync() {
                     let reason = format!("cannot sync the local store: {e}");
                     self.refuse(reason);
@@ -572,31 +689,14 @@ impl Node {
                 }
                 *replica = Some(r);
                 *sync_asked = applied;
-                let behind = applied < h.last_applied || h.generation != local.current;
+                let behind =
+                    applied < h.last_applied || h.generation.0 != self.state.generation;
                 *catch_up = behind.then_some((h.last_applied, h.generation));
                 if behind && self.state.disk == DiskName::UpToDate {
                     self.state.disk = DiskName::Outdated;
                     self.save_state();
                 }
             }
-            (RoleState::Secondary { .. }, Role::Secondary) => {
-                if decision != Decision::InSync {
-                    debug!(?decision, "both secondary; generations differ");
-                }
-            }
-        }
-        let addr = self.conn.as_ref().map_or(self.opts.peer, |c| c.addr);
-        self.refusal = None;
-        self.counters.connections += 1;
-        self.note(format!(
-            "connected to {} ({}, {}, disk {}) at {addr}",
-            h.node,
-            h.role,
-            gen(h.generation),
-            h.disk
-        ));
-        if let Some(c) = &mut self.conn {
-            c.peer = Some(h);
         }
     }
 
@@ -605,8 +705,12 @@ impl Node {
         let now = Instant::now();
         let mut lost = false;
         let mut caught_up = None;
+        let mut new_floor = None;
+        let steady = self.resync.is_none() && self.pending_jump.is_none();
         match &mut self.role {
-            RoleState::Primary { primary, catch_up } => {
+            RoleState::Primary {
+                primary, catch_up, ..
+            } => {
                 let items: Vec<Outgoing> = self.link.lock().outgoing.drain(..).collect();
                 for item in items {
                     match item {
@@ -646,6 +750,9 @@ impl Node {
                     *catch_up = None;
                     caught_up = Some(Generation(self.state.generation));
                 }
+                if steady && catch_up.is_none() && primary.is_connected() {
+                    new_floor = Some(primary.peer_flushed());
+                }
             }
             RoleState::Secondary {
                 replica: Some(r),
@@ -672,23 +779,45 @@ impl Node {
                     }
                 }
                 if let Some((target, g)) = *catch_up {
-                    if r.last_applied() >= target {
+                    if steady && r.last_applied() >= target {
                         *catch_up = None;
                         caught_up = Some(g);
                     }
+                }
+                if steady && catch_up.is_none() && self.state.disk == DiskName::UpToDate {
+                    new_floor = Some(r.last_flushed());
                 }
             }
             RoleState::Secondary { replica: None, .. } => {}
         }
         if let Some(g) = caught_up {
+            if self.state.generation != g.0 {
+                self.state.generation_start = self.disk.last_applied().0;
+            }
             self.state.generation = g.0;
             self.state.shared = g.0;
             self.state.disk = DiskName::UpToDate;
             self.save_state();
             self.note(format!("in sync with the peer (generation {:016x})", g.0));
         }
+        if let Some(f) = new_floor {
+            self.raise_floor(f, false);
+        }
         if lost {
             self.peer_lost();
+        }
+    }
+
+    /// Everything up to `floor` is identical on both nodes: remember it (and
+    /// let the cleaner drop the log records up to it).
+    fn raise_floor(&mut self, floor: Seq, save_now: bool) {
+        if floor.0 > self.state.floor {
+            self.state.floor = floor.0;
+            self.disk.set_retain_floor(fss(floor));
+        }
+        if save_now || self.floor_saved_at.elapsed() >= Duration::from_secs(1) {
+            self.floor_saved_at = Instant::now();
+            self.save_state();
         }
     }
 
@@ -705,8 +834,9 @@ impl Node {
                 }
                 if self.state.generation == self.state.shared {
                     self.state.generation = new_generation();
-                    self.save_state();
+                    self.state.generation_start = self.disk.last_applied().0;
                 }
+                self.save_state();
                 self.note(format!(
                     "peer lost (nothing heard for {deadtime}): continuing alone in generation {:016x}",
                     self.state.generation
@@ -725,6 +855,7 @@ impl Node {
             // Writing without the peer: a new generation, so that the peer is
             // recognised as behind (and a second primary as a split brain).
             self.state.generation = new_generation();
+            self.state.generation_start = self.disk.last_applied().0;
         }
         self.state.role = RoleName::Primary;
         self.state.primary_since_ms = now_ms();
@@ -733,6 +864,7 @@ impl Node {
         self.role = RoleState::Primary {
             primary: Primary::resume(self.opts.protocol.clone(), last, Instant::now()),
             catch_up: None,
+            vouched: false,
         };
         {
             let mut l = self.link.lock();
@@ -824,21 +956,23 @@ impl Node {
         let why = self.unmounting.take();
         match (why, result) {
             (Some(Unmounting::Demote(reply)), Ok(())) => {
-                self.link
-                    .set_open(false, Some("the node was demoted".into()));
-                self.role = RoleState::Secondary {
-                    replica: None,
-                    catch_up: None,
-                    sync_asked: Seq(0),
-                };
-                self.state.role = RoleName::Secondary;
-                self.save_state();
-                self.note("demoted to secondary".into());
-                self.reconnect("role change: now secondary");
+                self.become_secondary("demoted to secondary");
                 let _ = reply.send(Response::Done(format!(
                     "{} is now secondary",
                     self.opts.name
                 )));
+            }
+            (Some(Unmounting::Victim), Ok(())) => {
+                self.pending_sb_demote = false;
+                self.become_secondary(
+                    "demoted by the split-brain policy; this node's own changes will be overwritten",
+                );
+            }
+            (Some(Unmounting::Victim), Err(e)) => {
+                self.pending_sb_demote = false;
+                self.refuse(format!(
+                    "the split-brain policy chose this node's changes to be discarded, but it cannot stop being primary: {e:#}"
+                ));
             }
             (Some(Unmounting::Demote(reply)), Err(e)) => {
                 let _ = reply.send(Response::Error(format!(
@@ -859,6 +993,22 @@ impl Node {
         }
     }
 
+    fn become_secondary(&mut self, why: &str) {
+        self.link
+            .set_open(false, Some("the node is no longer primary".into()));
+        // Publish what the last writes reached, then forget the state machine.
+        self.drive();
+        self.role = RoleState::Secondary {
+            replica: None,
+            catch_up: None,
+            sync_asked: Seq(0),
+        };
+        self.state.role = RoleName::Secondary;
+        self.save_state();
+        self.note(why.into());
+        self.reconnect("role change: now secondary");
+    }
+
     fn begin_shutdown(&mut self, signal: &str) {
         info!("{signal}: shutting down");
         if matches!(self.role, RoleState::Primary { .. }) {
@@ -874,10 +1024,13 @@ impl Node {
     fn status(&self) -> Status {
         let handshaken = self.conn.as_ref().and_then(|c| c.peer.as_ref());
         let (connection, committed, lag, peer_applied, suspended) = match &self.role {
-            RoleState::Primary { primary, catch_up } => {
-                let conn = match (handshaken, catch_up) {
-                    (Some(_), Some(_)) => "SyncSource",
-                    (Some(_), None) => "Connected",
+            RoleState::Primary {
+                primary, catch_up, ..
+            } => {
+                let syncing = catch_up.is_some() || self.resync.is_some();
+                let conn = match (handshaken, syncing) {
+                    (Some(_), true) => "SyncSource",
+                    (Some(_), false) => "Connected",
                     (None, _) if self.refusal.is_some() => "StandAlone",
                     (None, _) => "Connecting",
                 };
@@ -897,8 +1050,9 @@ impl Node {
                 )
             }
             RoleState::Secondary { catch_up, .. } => {
-                let conn = match (handshaken, catch_up) {
-                    (Some(h), Some(_)) if h.role == Role::Primary => "SyncTarget",
+                let syncing = catch_up.is_some() || self.resync.is_some() || self.pending_jump.is_some();
+                let conn = match (handshaken, syncing) {
+                    (Some(h), true) if h.role == Role::Primary => "SyncTarget",
                     (Some(_), _) => "Connected",
                     (None, _) if self.refusal.is_some() => "StandAlone",
                     (None, _) => "Connecting",
@@ -941,7 +1095,7 @@ impl Node {
                 applied_seq: peer_applied,
             },
             lag,
-            resync: None,
+            resync: self.resync_status(),
             refusal: self.refusal.clone(),
             counters: self.counters.clone(),
             recent: self.recent.iter().cloned().collect(),
@@ -1006,6 +1160,20 @@ fn applier(
                 Ok(()) => Input::Flushed(seq),
                 Err(e) => Input::ApplyFailed(format!("sync: {e}")),
             },
+            Job::ApplyLocal(bytes) => match Mutation::from_wire(&bytes) {
+                None => Input::ApplyFailed(format!(
+                    "a resync chunk from the peer is malformed ({} bytes)",
+                    bytes.len()
+                )),
+                Some(m) => match disk.apply_local(m.ops) {
+                    Ok(()) => continue,
+                    Err(e) => Input::ApplyFailed(format!("resync chunk: {e}")),
+                },
+            },
+            Job::Jump(seq) => match disk.jump_to(fss(seq)).and_then(|()| disk.sync()) {
+                Ok(()) => Input::Jumped(seq),
+                Err(e) => Input::ApplyFailed(format!("ending the resync at seq {}: {e}", seq.0)),
+            },
         };
         if tx.send(report).is_err() {
             return;
@@ -1023,19 +1191,29 @@ fn attach(
 ) {
     let (mut sender, mut receiver) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let queued = Arc::new(AtomicU64::new(0));
     let _ = node.send(Input::ConnUp {
         id,
         addr,
         quic: quic.clone(),
         tx,
+        queued: queued.clone(),
     });
     tokio::spawn(async move {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 256).await > 0 {
+            let resync_bytes: u64 = batch
+                .iter()
+                .map(|f| match f {
+                    Frame::ResyncData { payload } => payload.len() as u64,
+                    _ => 0,
+                })
+                .sum();
             if let Err(e) = sender.send_many(batch.drain(..)).await {
                 debug!(peer = %addr, "send failed: {e}");
                 break;
             }
+            queued.fetch_sub(resync_bytes, Ordering::Relaxed);
         }
     });
     let node = node.clone();

@@ -30,6 +30,14 @@ pub struct NodeState {
     pub shared: u64,
     /// When this node last became primary (ms since the Unix epoch), 0 if never.
     pub primary_since_ms: u64,
+    /// Every mutation up to this seq is known to be identical on the peer: a
+    /// resync ships what changed after it (and the log keeps those records).
+    #[serde(default)]
+    pub floor: u64,
+    /// The seq at which the current generation started: what this node wrote
+    /// on its own since then is what a split brain would discard.
+    #[serde(default)]
+    pub generation_start: u64,
 }
 
 /// [`Role`] as it appears in the state file.
@@ -102,6 +110,8 @@ impl Default for NodeState {
             generation: 0,
             shared: 0,
             primary_since_ms: 0,
+            floor: 0,
+            generation_start: 0,
         }
     }
 }
@@ -193,6 +203,8 @@ mod tests {
             generation: u64::MAX - 5,
             shared: 7,
             primary_since_ms: now_ms(),
+            floor: 12,
+            generation_start: 10,
         };
         s.save(dir.path()).unwrap();
         assert_eq!(NodeState::load(dir.path()).unwrap(), s);

@@ -101,6 +101,7 @@ fn hello(node: &str) -> Frame {
         shared: Generation(6),
         changed_blocks: 3,
         primary_since_ms: 0,
+        floor: Seq(40),
     })
 }
 
