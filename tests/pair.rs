@@ -132,6 +132,8 @@ impl Pair {
             .append(true)
             .open(n.log())
             .unwrap();
+        // A killed daemon leaves its socket file behind; wait for the new one.
+        let _ = std::fs::remove_file(n.data().join("control.sock"));
         let mut cmd = self.lab.command(node, twinfs_bin());
         cmd.args(["run", "--config", n.config().to_str().unwrap()])
             .env("RUST_LOG", "info,twinfs_replicator=debug")
@@ -163,6 +165,13 @@ impl Pair {
     pub(crate) fn stop(&mut self, node: Node) -> Option<ExitStatus> {
         let child = self.nodes[node_index(node)].child.take()?;
         child.stop(Duration::from_secs(30))
+    }
+
+    /// Reaps a daemon the test killed itself (by signal).
+    pub(crate) fn forget(&mut self, node: Node) {
+        if let Some(child) = self.nodes[node_index(node)].child.take() {
+            child.kill();
+        }
     }
 
     /// Kills the node (its processes and links) and lazily unmounts what it left.

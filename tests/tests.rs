@@ -26,3 +26,4 @@ mod durability;
 mod enospc;
 mod lab_selftest;
 mod replication;
+mod resync;

@@ -29,10 +29,10 @@ use crate::status::{Counters, Lag, PeerStatus, Status};
 use crate::store::{Link, Outgoing, ReplicatedStore};
 use crate::tls::{Identity, PeerTrust};
 use crate::transport::{self, FrameStream, TransportOptions};
+use resync::ResyncState;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use resync::ResyncState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -689,8 +689,7 @@ impl Node {
                 }
                 *replica = Some(r);
                 *sync_asked = applied;
-                let behind =
-                    applied < h.last_applied || h.generation.0 != self.state.generation;
+                let behind = applied < h.last_applied || h.generation.0 != self.state.generation;
                 *catch_up = behind.then_some((h.last_applied, h.generation));
                 if behind && self.state.disk == DiskName::UpToDate {
                     self.state.disk = DiskName::Outdated;
@@ -864,7 +863,8 @@ impl Node {
         self.role = RoleState::Primary {
             primary: Primary::resume(self.opts.protocol.clone(), last, Instant::now()),
             catch_up: None,
-            vouched: false,
+            // Nothing above the floor: the peer's history up to here is ours.
+            vouched: self.state.floor >= last.0,
         };
         {
             let mut l = self.link.lock();
@@ -1050,7 +1050,8 @@ impl Node {
                 )
             }
             RoleState::Secondary { catch_up, .. } => {
-                let syncing = catch_up.is_some() || self.resync.is_some() || self.pending_jump.is_some();
+                let syncing =
+                    catch_up.is_some() || self.resync.is_some() || self.pending_jump.is_some();
                 let conn = match (handshaken, syncing) {
                     (Some(h), true) if h.role == Role::Primary => "SyncTarget",
                     (Some(_), _) => "Connected",

@@ -149,7 +149,11 @@ pub fn plan(local: &LocalView, peer: &Hello, policy: SplitBrainPolicy) -> Plan {
         },
         Decision::InSync => {
             let (primary_last, secondary_last, retransmit_from) = match primary {
-                Side::Local => (local.last_applied, peer.last_applied, local.can_retransmit_from),
+                Side::Local => (
+                    local.last_applied,
+                    peer.last_applied,
+                    local.can_retransmit_from,
+                ),
                 // The secondary cannot know what the primary retains; the
                 // primary's own plan decides, and the secondary learns it from
                 // the first frame (a mutation or a resync request).
@@ -158,9 +162,8 @@ pub fn plan(local: &LocalView, peer: &Hello, policy: SplitBrainPolicy) -> Plan {
             // Equal positions prove nothing past the floor: a primary that
             // crashed may have redone those seqs with other content.
             let prefix_known = (secondary_last == primary_last && primary_last <= floor)
-                || retransmit_from.is_some_and(|from| {
-                    secondary_last >= from && secondary_last <= primary_last
-                });
+                || retransmit_from
+                    .is_some_and(|from| secondary_last >= from && secondary_last <= primary_last);
             if prefix_known && disk_of(other(primary)) != DiskState::Inconsistent {
                 Plan::Follow
             } else {
@@ -220,7 +223,10 @@ mod tests {
     fn in_sync_pairs_follow_and_secondaries_idle() {
         let mut l = local(Role::Primary, 1, 1, 20);
         l.floor = Seq(20);
-        assert_eq!(plan(&l, &hello(Role::Secondary, 1, 1, 20, 20), P), Plan::Follow);
+        assert_eq!(
+            plan(&l, &hello(Role::Secondary, 1, 1, 20, 20), P),
+            Plan::Follow
+        );
         // Equal positions above the floor after a restart: resync what is above it.
         l.floor = Seq(10);
         assert!(matches!(
@@ -228,8 +234,14 @@ mod tests {
             Plan::Resync { floor: Seq(10), .. }
         ));
         let l = local(Role::Secondary, 1, 1, 20);
-        assert_eq!(plan(&l, &hello(Role::Primary, 1, 1, 25, 20), P), Plan::Follow);
-        assert_eq!(plan(&l, &hello(Role::Secondary, 1, 1, 20, 20), P), Plan::Idle);
+        assert_eq!(
+            plan(&l, &hello(Role::Primary, 1, 1, 25, 20), P),
+            Plan::Follow
+        );
+        assert_eq!(
+            plan(&l, &hello(Role::Secondary, 1, 1, 20, 20), P),
+            Plan::Idle
+        );
     }
 
     #[test]
@@ -250,7 +262,10 @@ mod tests {
         // Without a restart it retransmits.
         let mut l = l;
         l.can_retransmit_from = Some(Seq(12));
-        assert_eq!(plan(&l, &hello(Role::Secondary, 1, 1, 15, 12), P), Plan::Follow);
+        assert_eq!(
+            plan(&l, &hello(Role::Secondary, 1, 1, 15, 12), P),
+            Plan::Follow
+        );
         // An Inconsistent secondary (interrupted resync) is resynced, not followed.
         let mut h = hello(Role::Secondary, 1, 1, 30, 10);
         h.disk = DiskState::Inconsistent;
@@ -272,12 +287,18 @@ mod tests {
         let l = local(Role::Secondary, 1, 1, 20);
         assert!(matches!(
             plan(&l, &hello(Role::Primary, 2, 1, 30, 10), P),
-            Plan::Resync { source: Side::Peer, .. }
+            Plan::Resync {
+                source: Side::Peer,
+                ..
+            }
         ));
         // A secondary newer than its primary is never overwritten.
         let l = local(Role::Primary, 1, 1, 30);
         let r = plan(&l, &hello(Role::Secondary, 3, 1, 20, 20), P);
-        assert!(matches!(r, Plan::Refuse { ref reason } if reason.contains("newer data")), "{r:?}");
+        assert!(
+            matches!(r, Plan::Refuse { ref reason } if reason.contains("newer data")),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -285,7 +306,10 @@ mod tests {
         let l = local(Role::Primary, 2, 1, 30);
         let peer = hello(Role::Primary, 3, 1, 28, 10);
         let r = plan(&l, &peer, P);
-        assert!(matches!(r, Plan::Refuse { ref reason } if reason.contains("split brain")), "{r:?}");
+        assert!(
+            matches!(r, Plan::Refuse { ref reason } if reason.contains("split brain")),
+            "{r:?}"
+        );
         let r = plan(&l, &peer, SplitBrainPolicy::DiscardLeastChanges);
         // Local changed 3 blocks, the peer 0: the peer's changes are discarded.
         assert_eq!(

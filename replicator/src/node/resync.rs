@@ -244,7 +244,11 @@ impl Node {
         }
         self.note(format!(
             "resync: {} {keys} records, {total_bytes} bytes of data, target position seq {}",
-            if full { "full, wiping the target:" } else { "shipping" },
+            if full {
+                "full, wiping the target:"
+            } else {
+                "shipping"
+            },
             at.0
         ));
     }
@@ -261,7 +265,10 @@ impl Node {
     /// (Source) every value was shipped: the target continues from the mutation stream.
     pub(super) fn resync_shipped(&mut self, consistent_at: Seq) {
         let Some(ResyncState::Source {
-            position, done, started, ..
+            position,
+            done,
+            started,
+            ..
         }) = self.resync.take()
         else {
             return;
@@ -330,13 +337,20 @@ impl Node {
             // complete the local data is a mix and must never be promoted.
             self.state.disk = DiskName::Inconsistent;
             self.save_state();
-            self.note("resync: receiving; the local disk is Inconsistent until it completes".into());
+            self.note(
+                "resync: receiving; the local disk is Inconsistent until it completes".into(),
+            );
         }
         let _ = self.jobs.send(Job::ApplyLocal(payload));
     }
 
     /// (Target) the source shipped everything.
-    pub(super) fn resync_done(&mut self, position: Seq, consistent_at: Seq, generation: Generation) {
+    pub(super) fn resync_done(
+        &mut self,
+        position: Seq,
+        consistent_at: Seq,
+        generation: Generation,
+    ) {
         let Some(ResyncState::Target { done, started }) = self.resync.take() else {
             self.refuse("the peer ended a resync that was not running".into());
             return;
@@ -361,11 +375,8 @@ impl Node {
             sync_asked,
         } = &mut self.role
         {
-            let mut r = twinfs_replicator_proto::Replica::new(
-                self.opts.protocol.clone(),
-                position,
-                now,
-            );
+            let mut r =
+                twinfs_replicator_proto::Replica::new(self.opts.protocol.clone(), position, now);
             r.handle_reconnect(now);
             *replica = Some(r);
             *sync_asked = position;
