@@ -49,7 +49,7 @@ else
 fi
 FSYNC_FILE_MIB=64
 PING_COUNT=20; IPERF_SECS=5
-PROTOCOLS=${TWINFS_PAIR_PROTOCOLS:-C B A}
+PROTOCOLS=${TWINFS_PAIR_PROTOCOLS-C B A}
 
 S=${TWINFS_BENCH_DIR:-/var/tmp}/twinfs-pair.$$
 LOGS=$S/logs
@@ -580,7 +580,10 @@ EOF
 # ---------------------------------------------------------------- GlusterFS
 
 gluster_cli() {  # gluster_cli a|b ARGS...: the gluster CLI in that node's glusterd namespaces
-    timeout 120 nsenter -t "${GLUSTERD_PID[$1]}" -m -n -- gluster --mode=script "$@"
+    local pid=${GLUSTERD_PID[$1]:-}
+    shift
+    [ -n "$pid" ] || return 1
+    timeout 120 nsenter -t "$pid" -m -n -- gluster --mode=script "$@"
 }
 
 gluster_unavailable() {
@@ -620,8 +623,8 @@ setup_gluster() {
             alive "${GLUSTERD_PID[$n]}" || break
             sleep 0.2
         done
-        if ! gluster_cli $n peer status >/dev/null 2>&1; then
-            gluster_unavailable "glusterd on node $n does not answer: $(tail -2 "$LOGS/glusterd-$n.out" | tr '\n' ' ')"; return 1
+        if ! out=$(gluster_cli $n peer status 2>&1); then
+            gluster_unavailable "glusterd on node $n does not answer within 30 s: gluster peer status: $(echo "$out" | tr '\n' ' ')$(tail -2 "$LOGS/glusterd-$n.out" | tr '\n' ' ')"; return 1
         fi
     done
     out=$(gluster_cli a peer probe "$IP_B" 2>&1) || { gluster_unavailable "peer probe: $out"; return 1; }

@@ -211,7 +211,7 @@ pub(crate) fn control(data_dir: &Path, req: Request, json: bool) -> anyhow::Resu
     let timeout = match req {
         Request::Status => Duration::from_secs(5),
         // Demotion waits for the unmount; promotion for the mount to start.
-        Request::Promote | Request::Demote => Duration::from_secs(120),
+        Request::Promote | Request::Demote | Request::DiscardMyData => Duration::from_secs(120),
     };
     match control::call(data_dir, &req, timeout)? {
         Response::Status(s) => {

@@ -59,6 +59,13 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Resolve a split brain by giving up this node's own changes since the
+    /// split: at the next connection they are overwritten from the peer (DRBD's
+    /// `--discard-my-data`). The node must be secondary.
+    DiscardMyData {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Generate this node's TLS key and self-signed certificate, and print its
     /// fingerprint for the peer's config.
     Keygen {
@@ -176,6 +183,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demote { node } => daemon::control(
             &node.data_dir()?,
             twinfs_replicator::control::Request::Demote,
+            false,
+        ),
+        Command::DiscardMyData { node } => daemon::control(
+            &node.data_dir()?,
+            twinfs_replicator::control::Request::DiscardMyData,
             false,
         ),
         Command::Keygen {

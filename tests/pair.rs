@@ -224,6 +224,29 @@ impl Pair {
         }
     }
 
+    /// Starts both nodes and makes A the primary of a connected, in-sync pair.
+    pub(crate) fn connected(tag: &str, extra: &str) -> Pair {
+        let mut pair = Pair::new(tag, extra);
+        pair.start(Node::A);
+        pair.start(Node::B);
+        pair.wait_connected();
+        pair.promote(Node::A);
+        pair.wait_in_sync(Node::A);
+        pair
+    }
+
+    /// Waits until `primary` is primary and connected with no resync running,
+    /// and its peer is an UpToDate secondary.
+    pub(crate) fn wait_in_sync(&self, primary: Node) {
+        let long = Duration::from_secs(60);
+        self.wait_status(primary, "primary, connected, no resync", long, |s| {
+            s["role"] == "Primary" && s["connection"] == "Connected" && s["resync"].is_null()
+        });
+        self.wait_status(primary.peer(), "secondary, in sync", long, |s| {
+            s["role"] == "Secondary" && s["connection"] == "Connected" && s["disk"] == "UpToDate"
+        });
+    }
+
     /// Waits until both nodes report `Connected`.
     pub(crate) fn wait_connected(&self) {
         for node in [Node::A, Node::B] {

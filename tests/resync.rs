@@ -23,28 +23,15 @@ fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-/// Starts both nodes and makes A the primary of a connected pair.
 fn connected_pair(tag: &str, extra: &str) -> Pair {
-    let mut pair = Pair::new(tag, extra);
-    pair.start(Node::A);
-    pair.start(Node::B);
-    pair.wait_connected();
-    pair.promote(Node::A);
-    wait_in_sync(&pair);
-    pair
+    Pair::connected(tag, extra)
 }
 
-/// Waits until A is primary, B is an UpToDate secondary, and both say Connected.
 fn wait_in_sync(pair: &Pair) {
-    pair.wait_status(Node::A, "primary, connected, no resync", LONG, |s| {
-        s["role"] == "Primary" && s["connection"] == "Connected" && s["resync"].is_null()
-    });
-    pair.wait_status(Node::B, "secondary, in sync", LONG, |s| {
-        s["role"] == "Secondary" && s["connection"] == "Connected" && s["disk"] == "UpToDate"
-    });
+    pair.wait_in_sync(Node::A);
 }
 
-fn write_file(path: &Path, data: &[u8]) {
+pub(crate) fn write_file(path: &Path, data: &[u8]) {
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(data).unwrap();
     f.sync_all().unwrap();
@@ -58,7 +45,7 @@ fn overwrite(path: &Path, offset: u64, data: &[u8]) {
 }
 
 /// What the files under `root` hold.
-fn contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(root).unwrap() {
         let e = e.unwrap();

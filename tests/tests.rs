@@ -27,3 +27,4 @@ mod enospc;
 mod lab_selftest;
 mod replication;
 mod resync;
+mod splitbrain;

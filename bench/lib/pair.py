@@ -159,7 +159,15 @@ def build(results_path, meta_path):
 def table_rows(run):
     ts = run["targets"]
     rows = []
+    prm = run.get("meta", {}).get("params", {})
+    sizes = {
+        "seq_write_mibps": "seq write %s MiB + fsync" % prm.get("seq_write_mib", "?"),
+        "small_create_s": "create %s x 4 KiB" % prm.get("small_files", "?"),
+        "small_read_cold_s": "read %s x 4 KiB (caches dropped)" % prm.get("small_files", "?"),
+        "small_create_read_s": "create + read %s x 4 KiB" % prm.get("small_files", "?"),
+    }
     for key, label, unit in METRICS:
+        label = sizes.get(key, label)
         if not any(key in run["values"][t] for t in ts):
             continue
         rows.append([label, unit] + [fmt(run["values"][t].get(key)) for t in ts])
@@ -171,7 +179,7 @@ def link_lines(run):
     out = []
     if "rtt_avg_ms" in l:
         out.append("link RTT (ping, %s pings): avg %s ms, mdev %s ms, min %s ms, max %s ms" % (
-            fmt(l.get("rtt_count")), fmt(l.get("rtt_avg_ms")), fmt(l.get("rtt_mdev_ms")),
+            "%d" % l["rtt_count"] if num(l.get("rtt_count")) is not None else "?", fmt(l.get("rtt_avg_ms")), fmt(l.get("rtt_mdev_ms")),
             fmt(l.get("rtt_min_ms")), fmt(l.get("rtt_max_ms"))))
     else:
         out.append("link RTT: %s" % l.get("rtt_avg_ms", "not measured"))

@@ -29,6 +29,9 @@ pub enum Request {
     Promote,
     /// Become secondary (unmount).
     Demote,
+    /// Resolve a split brain by giving up this node's own changes: the next
+    /// connection resyncs them from the peer.
+    DiscardMyData,
 }
 
 /// The daemon's answer.

@@ -22,6 +22,7 @@
 //! whose `listen` address sorts first dials, the other accepts.
 
 mod resync;
+mod splitbrain;
 
 use crate::control::{self, Request, Response};
 use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName};
@@ -147,6 +148,8 @@ struct Conn {
     tx: mpsc::UnboundedSender<Frame>,
     /// Resync bytes handed to the writer and not yet written.
     queued: Arc<AtomicU64>,
+    /// This node refused the peer; the connection only lingers for its report.
+    refused: bool,
     /// The peer's handshake, once it arrived and was accepted.
     peer: Option<Hello>,
 }
@@ -166,6 +169,8 @@ enum RoleState {
         /// The state machine has been connected to the peer since it started, so
         /// it can vouch that what the peer holds is a prefix of this node's history.
         vouched: bool,
+        /// After a resync: the catch-up counts only once the target has acknowledged.
+        need_ack: bool,
     },
 }
 
@@ -203,6 +208,10 @@ struct Node {
     pending_sb_demote: bool,
     /// When the floor was last written to the state file.
     floor_saved_at: Instant,
+    /// The last split brain detected, with the files each side changed.
+    split_brain: Option<crate::status::SplitBrain>,
+    /// (Target) frames that arrived after a resync's end, before its jump.
+    early_frames: Vec<Frame>,
 }
 
 impl Node {
@@ -249,6 +258,8 @@ impl Node {
             pending_jump: None,
             pending_sb_demote: false,
             floor_saved_at: Instant::now(),
+            split_brain: None,
+            early_frames: Vec::new(),
         })
     }
 
@@ -400,6 +411,7 @@ impl Node {
                     quic,
                     tx,
                     queued,
+                    refused: false,
                     peer: None,
                 });
             }
@@ -489,13 +501,20 @@ impl Node {
             self.note(format!("refusing the peer {addr}: {reason}"));
         }
         self.refusal = Some(reason.clone());
-        if let Some(c) = self.conn.take() {
+        if let Some(c) = &mut self.conn {
+            if c.refused {
+                return;
+            }
+            c.refused = true;
+            c.peer = None;
             let _ = c.tx.send(Frame::Goodbye {
                 reason: reason.clone(),
             });
+            // Linger a moment: the peer's report (a split brain's list of
+            // files) may still be on its way.
             let quic = c.quic.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 quic.close(2u32.into(), truncate(&reason, 200).as_bytes());
             });
         }
@@ -516,6 +535,13 @@ impl Node {
 
     fn on_frame(&mut self, frame: Frame) {
         let now = Instant::now();
+        if let Frame::Report { payload } = &frame {
+            self.peer_report(payload);
+            return;
+        }
+        if self.conn.as_ref().is_some_and(|c| c.refused) {
+            return;
+        }
         let handshaken = self.conn.as_ref().is_some_and(|c| c.peer.is_some());
         if let Frame::Hello(h) = frame {
             self.handshake(h);
@@ -550,11 +576,24 @@ impl Node {
             _ => {}
         }
         let result = match &mut self.role {
-            RoleState::Primary { primary, .. } => primary.handle_frame(now, frame),
+            RoleState::Primary {
+                primary, need_ack, ..
+            } => {
+                if matches!(frame, Frame::Ack { .. }) {
+                    *need_ack = false;
+                }
+                primary.handle_frame(now, frame)
+            }
             RoleState::Secondary {
                 replica: Some(r), ..
             } => r.handle_frame(now, frame),
-            RoleState::Secondary { replica: None, .. } => Ok(()),
+            RoleState::Secondary { replica: None, .. } => {
+                // Between a resync's end and its jump: the stream waits here.
+                if self.pending_jump.is_some() {
+                    self.early_frames.push(frame);
+                }
+                Ok(())
+            }
         };
         if let Err(e) = result {
             self.refuse(format!("protocol error: {e}"));
@@ -591,10 +630,18 @@ impl Node {
         debug!(?plan, peer = %h.node, "handshake");
         let gen = |g: Generation| format!("{:016x}", g.0);
         let addr = self.conn.as_ref().map_or(self.opts.peer, |c| c.addr);
-        if let Plan::Refuse { reason } = plan {
-            self.refuse(reason);
-            return;
+        match plan {
+            Plan::Refuse { reason } => {
+                self.refuse(reason);
+                return;
+            }
+            Plan::SplitBrain { reason } => {
+                self.split_brain(reason, &h);
+                return;
+            }
+            _ => {}
         }
+        self.split_brain = None;
         self.refusal = None;
         self.counters.connections += 1;
         self.note(format!(
@@ -609,7 +656,7 @@ impl Node {
             c.peer = Some(h.clone());
         }
         match plan {
-            Plan::Refuse { .. } => unreachable!("handled above"),
+            Plan::Refuse { .. } | Plan::SplitBrain { .. } => unreachable!("handled above"),
             Plan::Idle => {
                 // Two secondaries with the same data: what both hold is common ground.
                 if h.generation.0 == self.state.generation
@@ -659,6 +706,7 @@ impl Node {
                 primary,
                 catch_up,
                 vouched,
+                ..
             } => match primary.handle_reconnect(now, h.clone()) {
                 Ok(()) => {
                     *vouched = true;
@@ -708,7 +756,10 @@ impl Node {
         let steady = self.resync.is_none() && self.pending_jump.is_none();
         match &mut self.role {
             RoleState::Primary {
-                primary, catch_up, ..
+                primary,
+                catch_up,
+                need_ack,
+                ..
             } => {
                 let items: Vec<Outgoing> = self.link.lock().outgoing.drain(..).collect();
                 for item in items {
@@ -745,7 +796,7 @@ impl Node {
                 }
                 self.link
                     .publish(fss(primary.committed()), fss(primary.flushed()));
-                if catch_up.is_some_and(|t| primary.peer_applied() >= t) {
+                if !*need_ack && catch_up.is_some_and(|t| primary.peer_applied() >= t) {
                     *catch_up = None;
                     caught_up = Some(Generation(self.state.generation));
                 }
@@ -865,6 +916,7 @@ impl Node {
             catch_up: None,
             // Nothing above the floor: the peer's history up to here is ours.
             vouched: self.state.floor >= last.0,
+            need_ack: false,
         };
         {
             let mut l = self.link.lock();
@@ -889,6 +941,7 @@ impl Node {
         let answer = match req {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Promote => self.promote(),
+            Request::DiscardMyData => self.discard_my_data(),
             Request::Demote => {
                 if !matches!(self.role, RoleState::Primary { .. }) {
                     Response::Error("this node is not primary".into())
@@ -1098,6 +1151,7 @@ impl Node {
             lag,
             resync: self.resync_status(),
             refusal: self.refusal.clone(),
+            split_brain: self.split_brain.clone(),
             counters: self.counters.clone(),
             recent: self.recent.iter().cloned().collect(),
         }

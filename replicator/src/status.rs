@@ -36,6 +36,8 @@ pub struct Status {
     pub resync: Option<Resync>,
     /// Why the nodes refuse to connect, when they do (split brain and the like).
     pub refusal: Option<String>,
+    /// The last split brain detected, with what each side changed on its own.
+    pub split_brain: Option<SplitBrain>,
     /// Counters since the daemon started.
     pub counters: Counters,
     /// The last notable events, oldest first ("2026-11-22T07:40:01Z peer lost ...").
@@ -77,6 +79,20 @@ pub struct Resync {
     pub total_bytes: u64,
     /// Seconds left at the current rate, if known.
     pub eta_seconds: Option<u64>,
+}
+
+/// A split brain: both nodes wrote on their own since they last shared a generation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitBrain {
+    /// Why the nodes refuse to connect.
+    pub reason: String,
+    /// The peer's name.
+    pub peer: String,
+    /// Files this node changed since the last common generation (what a
+    /// resync from the peer would discard).
+    pub local_files: Vec<String>,
+    /// Files the peer changed (from its report), if it arrived.
+    pub peer_files: Option<Vec<String>>,
 }
 
 /// Counters since the daemon started.
@@ -170,6 +186,34 @@ impl Status {
         }
         if let Some(r) = &self.refusal {
             let _ = writeln!(o, "  REFUSING TO CONNECT: {r}");
+        }
+        if let Some(sb) = &self.split_brain {
+            let list = |files: &[String]| {
+                if files.is_empty() {
+                    "none".to_string()
+                } else {
+                    files.join(", ")
+                }
+            };
+            let _ = writeln!(o, "  SPLIT BRAIN: {}", sb.reason);
+            let _ = writeln!(
+                o,
+                "    changed here ({}) since the split: {}",
+                self.node,
+                list(&sb.local_files)
+            );
+            match &sb.peer_files {
+                Some(f) => {
+                    let _ = writeln!(o, "    changed on {} since the split: {}", sb.peer, list(f));
+                }
+                None => {
+                    let _ = writeln!(o, "    changed on {}: (no report received)", sb.peer);
+                }
+            }
+            let _ = writeln!(
+                o,
+                "    to keep the peer's data: `twinfs demote` (if primary), then `twinfs discard-my-data` on this node"
+            );
         }
         let c = &self.counters;
         let _ = writeln!(

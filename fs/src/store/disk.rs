@@ -426,8 +426,10 @@ impl DiskStore {
                     torn = true;
                     break;
                 };
+                // A jump may go back: a resync target that had written on its
+                // own takes the peer's (lower) position.
                 let in_order = if hdr.flags & RECORD_JUMP != 0 {
-                    hdr.seq.0 >= last
+                    true
                 } else if hdr.flags & RECORD_LOCAL != 0 {
                     hdr.seq.0 == last
                 } else {
@@ -542,7 +544,16 @@ impl DiskStore {
                     cookie,
                 } => {
                     overlay.insert(key_name(K_DIRENT, *parent, name), None);
-                    overlay.insert(key2(K_COOKIE, *parent, *cookie), None);
+                    // The readdir slot goes only if it still names this entry: a
+                    // resync may already have given the cookie to another name.
+                    let ck = key2(K_COOKIE, *parent, *cookie);
+                    let slot = match overlay.get(&ck) {
+                        Some(v) => v.clone(),
+                        None => self.db.get(&ck)?.map(|v| v.to_vec()),
+                    };
+                    if slot.as_deref() == Some(name.as_slice()) {
+                        overlay.insert(ck, None);
+                    }
                 }
                 LogOp::PutBlock { .. } => {
                     let p = blocks.next().ok_or_else(|| StoreError::BadRecord {

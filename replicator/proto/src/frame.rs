@@ -37,6 +37,7 @@ const TYPE_RESYNC_REQUEST: u8 = 7;
 const TYPE_RESYNC_KEYS: u8 = 8;
 const TYPE_RESYNC_DATA: u8 = 9;
 const TYPE_RESYNC_DONE: u8 = 10;
+const TYPE_REPORT: u8 = 11;
 
 const KEYS_LAST: u8 = 1;
 const KEYS_KNOWN: u8 = 2;
@@ -142,6 +143,12 @@ pub enum Frame {
         /// The source's generation, which the target adopts.
         generation: Generation,
     },
+    /// Information for the peer's status (e.g. the files a node changed on its
+    /// own before a split brain was detected); opaque to the protocol.
+    Report {
+        /// The encoded report.
+        payload: Vec<u8>,
+    },
     /// The sender closes the connection on purpose.
     Goodbye {
         /// Why, for the log.
@@ -162,6 +169,7 @@ impl Frame {
             Frame::ResyncKeys { .. } => "resync-keys",
             Frame::ResyncData { .. } => "resync-data",
             Frame::ResyncDone { .. } => "resync-done",
+            Frame::Report { .. } => "report",
             Frame::Goodbye { .. } => "goodbye",
         }
     }
@@ -237,7 +245,9 @@ impl Frame {
                 buf.push(flags);
                 buf.extend_from_slice(payload);
             }
-            Frame::ResyncData { payload } => buf.extend_from_slice(payload),
+            Frame::ResyncData { payload } | Frame::Report { payload } => {
+                buf.extend_from_slice(payload)
+            }
             Frame::ResyncDone {
                 position,
                 consistent_at,
@@ -295,6 +305,7 @@ impl Frame {
             TYPE_RESYNC_KEYS => "resync-keys",
             TYPE_RESYNC_DATA => "resync-data",
             TYPE_RESYNC_DONE => "resync-done",
+            TYPE_REPORT => "report",
             _ => return Err(FrameError::UnknownType { ty }),
         };
         let Some(len_bytes) = buf.get(6..HEADER_LEN) else {
@@ -388,6 +399,9 @@ impl Frame {
             TYPE_RESYNC_DATA => Frame::ResyncData {
                 payload: r.rest().to_vec(),
             },
+            TYPE_REPORT => Frame::Report {
+                payload: r.rest().to_vec(),
+            },
             TYPE_RESYNC_DONE => Frame::ResyncDone {
                 position: Seq(r.u64()?),
                 consistent_at: Seq(r.u64()?),
@@ -413,6 +427,7 @@ impl Frame {
             Frame::ResyncKeys { .. } => TYPE_RESYNC_KEYS,
             Frame::ResyncData { .. } => TYPE_RESYNC_DATA,
             Frame::ResyncDone { .. } => TYPE_RESYNC_DONE,
+            Frame::Report { .. } => TYPE_REPORT,
             Frame::Goodbye { .. } => TYPE_GOODBYE,
         }
     }
@@ -546,6 +561,9 @@ mod tests {
                 consistent_at: Seq(12),
                 generation: Generation(0xfeed),
             },
+            Frame::Report {
+                payload: b"{}".to_vec(),
+            },
         ]
     }
 
@@ -630,7 +648,7 @@ mod tests {
 
     #[test]
     fn unknown_type() {
-        for ty in [0, 11, 255] {
+        for ty in [0, 12, 255] {
             let mut buf = encoded(&Frame::Heartbeat { now_ms: 1 });
             buf[5] = ty;
             assert_eq!(Frame::decode(&buf), Err(FrameError::UnknownType { ty }));

@@ -99,11 +99,13 @@ pub fn decide(local: &History, peer: &History, policy: SplitBrainPolicy) -> Deci
         }
         (true, true) => {}
     }
-    let split = |why: &str| Decision::SplitBrain {
+    let split = |why: &str| {
+        Decision::SplitBrain {
         reason: format!(
-            "split brain: both wrote since generation {} (local {} blocks, peer {} blocks); {why}",
+            "split brain: both wrote since generation {} (this node changed {} records, the peer {}); {why}",
             local.shared, local.changed_blocks, peer.changed_blocks
         ),
+    }
     };
     match policy {
         SplitBrainPolicy::Manual => split("policy is manual"),
@@ -242,7 +244,7 @@ mod tests {
         );
         let d = decide(&h(2, 4, Some(10)), &h(3, 4, Some(20)), DiscardLeastChanges);
         assert!(
-            matches!(d, Decision::SplitBrain { ref reason } if reason.contains("4 blocks")),
+            matches!(d, Decision::SplitBrain { ref reason } if reason.contains("changed 4 records, the peer 4")),
             "{d:?}"
         );
     }

@@ -119,8 +119,9 @@ impl std::fmt::Display for Seq {
 pub struct Generation(pub u64);
 
 impl std::fmt::Display for Generation {
+    /// 16 hex digits, as the status shows generations.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "{:016x}", self.0)
     }
 }
 

@@ -57,6 +57,11 @@ pub enum Plan {
         /// The target is primary and must first give up its role (a split-brain policy's victim).
         demote_target: bool,
     },
+    /// Both wrote on their own and no policy picks a survivor: do not connect.
+    SplitBrain {
+        /// Why, for the status and the log.
+        reason: String,
+    },
     /// Do not connect.
     Refuse {
         /// Why, for the status and the log.
@@ -99,8 +104,8 @@ pub fn plan(local: &LocalView, peer: &Hello, policy: SplitBrainPolicy) -> Plan {
                     floor,
                     demote_target: role_of(target) == Role::Primary,
                 },
-                Decision::SplitBrain { reason } => Plan::Refuse {
-                    reason: format!("split brain: both nodes are primary; {reason}"),
+                Decision::SplitBrain { reason } => Plan::SplitBrain {
+                    reason: format!("{reason}; both nodes are primary"),
                 },
                 Decision::InSync => Plan::Refuse {
                     reason: format!(
@@ -127,7 +132,7 @@ pub fn plan(local: &LocalView, peer: &Hello, policy: SplitBrainPolicy) -> Plan {
         };
     }
     match decision {
-        Decision::SplitBrain { reason } => Plan::Refuse { reason },
+        Decision::SplitBrain { reason } => Plan::SplitBrain { reason },
         Decision::Resync { source, .. } if source != primary => Plan::Refuse {
             reason: format!(
                 "the secondary holds newer data (generation {}) than the primary (generation {}): \
@@ -307,9 +312,16 @@ mod tests {
         let peer = hello(Role::Primary, 3, 1, 28, 10);
         let r = plan(&l, &peer, P);
         assert!(
-            matches!(r, Plan::Refuse { ref reason } if reason.contains("split brain")),
+            matches!(r, Plan::SplitBrain { ref reason } if reason.contains("split brain")),
             "{r:?}"
         );
+        // A primary and a secondary that both moved on: a split brain as well.
+        let r = plan(
+            &local(Role::Secondary, 3, 1, 28),
+            &hello(Role::Primary, 2, 1, 30, 10),
+            P,
+        );
+        assert!(matches!(r, Plan::SplitBrain { .. }), "{r:?}");
         let r = plan(&l, &peer, SplitBrainPolicy::DiscardLeastChanges);
         // Local changed 3 blocks, the peer 0: the peer's changes are discarded.
         assert_eq!(

@@ -295,6 +295,7 @@ impl Primary {
             | Frame::ResyncData { .. }
             | Frame::ResyncDone { .. }
             | Frame::ResyncKeys { .. }
+            | Frame::Report { .. }
             | Frame::Hello(_) => {
                 return Err(ProtocolError::UnexpectedFrame {
                     frame: frame.name(),

@@ -141,6 +141,7 @@ impl Replica {
             | Frame::Hello(_)
             | Frame::ResyncRequest { .. }
             | Frame::ResyncKeys { .. }
+            | Frame::Report { .. }
             | Frame::ResyncData { .. }
             | Frame::ResyncDone { .. } => {
                 return Err(ProtocolError::UnexpectedFrame {

@@ -88,7 +88,12 @@ impl Node {
     /// (Target) the source asks for the keys this node changed after `floor`.
     pub(super) fn resync_requested(&mut self, floor: Seq) {
         if matches!(self.role, RoleState::Primary { .. }) {
-            self.refuse("the peer asked this primary to be a resync target".into());
+            if self.pending_sb_demote {
+                // Demoting already; the next connection will do the resync.
+                self.reconnect("demoting first; resync after");
+            } else {
+                self.refuse("the peer asked this primary to be a resync target".into());
+            }
             return;
         }
         if let RoleState::Secondary { replica, .. } = &mut self.role {
@@ -297,6 +302,7 @@ impl Node {
             primary,
             catch_up,
             vouched,
+            need_ack,
         } = &mut self.role
         {
             let hello = Hello {
@@ -314,6 +320,7 @@ impl Node {
             match primary.handle_reconnect(now, hello) {
                 Ok(()) => {
                     *vouched = true;
+                    *need_ack = true;
                     *catch_up = Some(consistent_at.max(position));
                 }
                 Err(e) => {
@@ -366,29 +373,39 @@ impl Node {
         }
         let _ = self.jobs.send(Job::Jump(position));
         self.pending_jump = Some((position, consistent_at.max(position), generation));
-        // Follow the stream from `position` at once; the applier applies in order,
-        // after the jump.
-        let now = Instant::now();
-        if let RoleState::Secondary {
-            replica,
-            catch_up,
-            sync_asked,
-        } = &mut self.role
-        {
-            let mut r =
-                twinfs_replicator_proto::Replica::new(self.opts.protocol.clone(), position, now);
-            r.handle_reconnect(now);
-            *replica = Some(r);
-            *sync_asked = position;
-            *catch_up = None;
-        }
+        self.early_frames.clear();
     }
 
     /// (Target) the applier jumped the store to the resync position.
     pub(super) fn jumped(&mut self, position: Seq) {
         if let Some((p, consistent_at, generation)) = self.pending_jump.take() {
             if p == position {
-                if let RoleState::Secondary { catch_up, .. } = &mut self.role {
+                // Up to `position` this store now equals the source's.
+                self.state.floor = self.state.floor.min(position.0);
+                self.disk.set_retain_floor(fss(Seq(self.state.floor)));
+                self.save_state();
+                // Follow the stream from the (durable) position; the mutations
+                // that arrived meanwhile go first. Only now is anything acknowledged.
+                let now = Instant::now();
+                if let RoleState::Secondary {
+                    replica,
+                    catch_up,
+                    sync_asked,
+                } = &mut self.role
+                {
+                    let mut r = twinfs_replicator_proto::Replica::new(
+                        self.opts.protocol.clone(),
+                        position,
+                        now,
+                    );
+                    r.handle_reconnect(now);
+                    for f in std::mem::take(&mut self.early_frames) {
+                        if let Err(e) = r.handle_frame(now, f) {
+                            warn!("after the resync: {e}");
+                        }
+                    }
+                    *replica = Some(r);
+                    *sync_asked = position;
                     *catch_up = Some((consistent_at, generation));
                 }
                 self.note(format!(

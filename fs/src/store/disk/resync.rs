@@ -75,9 +75,14 @@ impl DiskStore {
                     break;
                 };
                 let seq = hdr.seq.0;
-                if hdr.flags & RECORD_JUMP != 0 && seq > floor.0 {
-                    // What came in through that resync is not in this log.
-                    return Ok(None);
+                if hdr.flags & RECORD_JUMP != 0 {
+                    if seq > floor.0 {
+                        // What came in through that resync is not in this log.
+                        return Ok(None);
+                    }
+                    // The history restarts at `seq`: what came before is superseded.
+                    keys.clear();
+                    next_expected = None;
                 }
                 if hdr.flags & (RECORD_LOCAL | RECORD_JUMP) == 0 && seq > floor.0 {
                     if next_expected.is_none() && seq != floor.0 + 1 {
@@ -373,15 +378,13 @@ impl DiskStore {
         self.append(&mut w, &Mutation { seq, ops: fixed }, RECORD_LOCAL)
     }
 
-    /// Sets the store's position to `seq` (the end of a resync), durably after the next sync.
+    /// Sets the store's position to `seq` (the end of a resync), durably after
+    /// the next sync. It may go back: a node whose own changes a resync
+    /// discarded takes the peer's position, and its own later seqs are void.
     pub fn jump_to(&self, seq: Seq) -> Result<(), StoreError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(StoreError::Poisoned);
-        }
-        let last = self.last.load(Ordering::SeqCst);
-        if seq.0 < last {
-            return Err(StoreError::OutOfOrder { last, got: seq.0 });
         }
         self.append(
             &mut w,

@@ -104,6 +104,9 @@ const MAKERS: &[fn(&Knobs) -> Frame] = &[
     |k| Frame::ResyncData {
         payload: k.bytes.clone(),
     },
+    |k| Frame::Report {
+        payload: k.bytes.clone(),
+    },
     |k| Frame::ResyncDone {
         position: Seq(k.n[0]),
         consistent_at: Seq(k.n[1]),
