@@ -212,6 +212,8 @@ pub(crate) fn control(data_dir: &Path, req: Request, json: bool) -> anyhow::Resu
         Request::Status => Duration::from_secs(5),
         // Demotion waits for the unmount; promotion for the mount to start.
         Request::Promote | Request::Demote | Request::DiscardMyData => Duration::from_secs(120),
+        // Reads every block on both nodes.
+        Request::Verify { .. } => Duration::from_secs(3600),
     };
     match control::call(data_dir, &req, timeout)? {
         Response::Status(s) => {

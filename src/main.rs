@@ -87,7 +87,8 @@ enum Command {
         /// The certificate (PEM).
         cert: PathBuf,
     },
-    /// Check every block of an unmounted store against its digest.
+    /// Check every block of an unmounted store against its digest; with
+    /// --online, compare every record with the peer through the running primary.
     Verify {
         /// The data directory (default: node.data_dir from the config).
         #[arg(long)]
@@ -95,6 +96,13 @@ enum Command {
         /// The config file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Compare the running primary's records with the peer's, using range
+        /// hashes (exit 1 if they differ).
+        #[arg(long)]
+        online: bool,
+        /// With --online: ship the primary's values of the records that differ.
+        #[arg(long, requires = "online")]
+        repair: bool,
     },
 }
 
@@ -212,11 +220,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::fingerprint(&cert)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { data_dir, config } => {
+        Command::Verify {
+            data_dir,
+            config,
+            online,
+            repair,
+        } => {
             let cfg = load_config(config.as_ref())?;
             init_tracing("warn");
             let data_dir = data_dir.unwrap_or_else(|| cfg.node.data_dir.clone());
-            mount::verify(&data_dir)
+            if online {
+                daemon::control(
+                    &data_dir,
+                    twinfs_replicator::control::Request::Verify { repair },
+                    false,
+                )
+            } else {
+                mount::verify(&data_dir)
+            }
         }
     }
 }

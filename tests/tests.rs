@@ -25,6 +25,7 @@ mod crash;
 mod durability;
 mod enospc;
 mod lab_selftest;
+mod online_verify;
 mod replication;
 mod resync;
 mod splitbrain;

@@ -32,6 +32,12 @@ pub enum Request {
     /// Resolve a split brain by giving up this node's own changes: the next
     /// connection resyncs them from the peer.
     DiscardMyData,
+    /// Compare every record's digest with the peer (on the primary); with
+    /// `repair`, ship the primary's values of the records that differ.
+    Verify {
+        /// Repair the differences on the peer.
+        repair: bool,
+    },
 }
 
 /// The daemon's answer.

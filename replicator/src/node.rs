@@ -23,6 +23,7 @@
 
 mod resync;
 mod splitbrain;
+mod verify;
 
 use crate::control::{self, Request, Response};
 use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName};
@@ -130,6 +131,11 @@ enum Input {
     },
     ResyncFailed(String),
     Jumped(Seq),
+    VerifyLocal {
+        id: u64,
+        local: Vec<twinfs_fs::store::RecordDigest>,
+    },
+    VerifyFailed(String),
 }
 
 enum Job {
@@ -139,6 +145,8 @@ enum Job {
     ApplyLocal(Vec<u8>),
     /// The end of a resync: the store's position jumps (then syncs).
     Jump(Seq),
+    /// Answer an online verify request (in stream order).
+    Verify(Vec<u8>),
 }
 
 struct Conn {
@@ -212,6 +220,11 @@ struct Node {
     split_brain: Option<crate::status::SplitBrain>,
     /// (Target) frames that arrived after a resync's end, before its jump.
     early_frames: Vec<Frame>,
+    /// An online verify waiting for the peer's answer.
+    verify: Option<verify::Pending>,
+    /// An online verify computing its local digests: (id, repair, reply).
+    verify_reply: Option<(u64, bool, oneshot::Sender<Response>)>,
+    verify_seq: u64,
 }
 
 impl Node {
@@ -260,6 +273,9 @@ impl Node {
             floor_saved_at: Instant::now(),
             split_brain: None,
             early_frames: Vec::new(),
+            verify: None,
+            verify_reply: None,
+            verify_seq: 0,
         })
     }
 
@@ -474,6 +490,8 @@ impl Node {
             Input::ResyncShipped { consistent_at } => self.resync_shipped(consistent_at),
             Input::ResyncFailed(reason) => self.resync_failed(reason),
             Input::Jumped(seq) => self.jumped(seq),
+            Input::VerifyLocal { id, local } => self.verify_local(id, local),
+            Input::VerifyFailed(why) => self.verify_failed(why),
         }
     }
 
@@ -568,6 +586,9 @@ impl Node {
                 payload,
             } => return self.resync_keys(last, known, &payload),
             Frame::ResyncData { payload } => return self.resync_data(payload),
+            Frame::VerifyRequest { payload } => return self.verify_requested(payload),
+            Frame::VerifyResponse { payload } => return self.verify_answered(&payload),
+            Frame::Repair { payload } => return self.repair_received(payload),
             Frame::ResyncDone {
                 position,
                 consistent_at,
@@ -942,6 +963,10 @@ impl Node {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Promote => self.promote(),
             Request::DiscardMyData => self.discard_my_data(),
+            Request::Verify { repair } => {
+                self.start_verify(repair, reply);
+                return;
+            }
             Request::Demote => {
                 if !matches!(self.role, RoleState::Primary { .. }) {
                     Response::Error("this node is not primary".into())
@@ -1225,6 +1250,7 @@ fn applier(
                     Err(e) => Input::ApplyFailed(format!("resync chunk: {e}")),
                 },
             },
+            Job::Verify(payload) => verify::answer(&disk, &payload),
             Job::Jump(seq) => match disk.jump_to(fss(seq)).and_then(|()| disk.sync()) {
                 Ok(()) => Input::Jumped(seq),
                 Err(e) => Input::ApplyFailed(format!("ending the resync at seq {}: {e}", seq.0)),

@@ -26,7 +26,7 @@ use crate::mutation::{
     HEADER_LEN, RECORD_JUMP, RECORD_LOCAL,
 };
 use crate::types::{DirEntry, Ino, Inode, Seq};
-pub use resync::KeySet;
+pub use resync::{store_key_of, KeySet, RecordDigest, DAMAGED};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};

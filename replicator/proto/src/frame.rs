@@ -38,6 +38,9 @@ const TYPE_RESYNC_KEYS: u8 = 8;
 const TYPE_RESYNC_DATA: u8 = 9;
 const TYPE_RESYNC_DONE: u8 = 10;
 const TYPE_REPORT: u8 = 11;
+const TYPE_VERIFY_REQUEST: u8 = 12;
+const TYPE_VERIFY_RESPONSE: u8 = 13;
+const TYPE_REPAIR: u8 = 14;
 
 const KEYS_LAST: u8 = 1;
 const KEYS_KNOWN: u8 = 2;
@@ -149,6 +152,24 @@ pub enum Frame {
         /// The encoded report.
         payload: Vec<u8>,
     },
+    /// Online verify, primary to secondary: range hashes of the primary's
+    /// records (opaque to the protocol).
+    VerifyRequest {
+        /// The encoded ranges and hashes.
+        payload: Vec<u8>,
+    },
+    /// Online verify, secondary to primary: the ranges that differ, with the
+    /// secondary's record digests in them (opaque).
+    VerifyResponse {
+        /// The encoded answer.
+        payload: Vec<u8>,
+    },
+    /// Online verify, primary to secondary: current values of the records
+    /// found different, applied in stream order (opaque ops).
+    Repair {
+        /// The encoded ops.
+        payload: Vec<u8>,
+    },
     /// The sender closes the connection on purpose.
     Goodbye {
         /// Why, for the log.
@@ -170,6 +191,9 @@ impl Frame {
             Frame::ResyncData { .. } => "resync-data",
             Frame::ResyncDone { .. } => "resync-done",
             Frame::Report { .. } => "report",
+            Frame::VerifyRequest { .. } => "verify-request",
+            Frame::VerifyResponse { .. } => "verify-response",
+            Frame::Repair { .. } => "repair",
             Frame::Goodbye { .. } => "goodbye",
         }
     }
@@ -245,9 +269,11 @@ impl Frame {
                 buf.push(flags);
                 buf.extend_from_slice(payload);
             }
-            Frame::ResyncData { payload } | Frame::Report { payload } => {
-                buf.extend_from_slice(payload)
-            }
+            Frame::ResyncData { payload }
+            | Frame::Report { payload }
+            | Frame::VerifyRequest { payload }
+            | Frame::VerifyResponse { payload }
+            | Frame::Repair { payload } => buf.extend_from_slice(payload),
             Frame::ResyncDone {
                 position,
                 consistent_at,
@@ -306,6 +332,9 @@ impl Frame {
             TYPE_RESYNC_DATA => "resync-data",
             TYPE_RESYNC_DONE => "resync-done",
             TYPE_REPORT => "report",
+            TYPE_VERIFY_REQUEST => "verify-request",
+            TYPE_VERIFY_RESPONSE => "verify-response",
+            TYPE_REPAIR => "repair",
             _ => return Err(FrameError::UnknownType { ty }),
         };
         let Some(len_bytes) = buf.get(6..HEADER_LEN) else {
@@ -402,6 +431,15 @@ impl Frame {
             TYPE_REPORT => Frame::Report {
                 payload: r.rest().to_vec(),
             },
+            TYPE_VERIFY_REQUEST => Frame::VerifyRequest {
+                payload: r.rest().to_vec(),
+            },
+            TYPE_VERIFY_RESPONSE => Frame::VerifyResponse {
+                payload: r.rest().to_vec(),
+            },
+            TYPE_REPAIR => Frame::Repair {
+                payload: r.rest().to_vec(),
+            },
             TYPE_RESYNC_DONE => Frame::ResyncDone {
                 position: Seq(r.u64()?),
                 consistent_at: Seq(r.u64()?),
@@ -428,6 +466,9 @@ impl Frame {
             Frame::ResyncData { .. } => TYPE_RESYNC_DATA,
             Frame::ResyncDone { .. } => TYPE_RESYNC_DONE,
             Frame::Report { .. } => TYPE_REPORT,
+            Frame::VerifyRequest { .. } => TYPE_VERIFY_REQUEST,
+            Frame::VerifyResponse { .. } => TYPE_VERIFY_RESPONSE,
+            Frame::Repair { .. } => TYPE_REPAIR,
             Frame::Goodbye { .. } => TYPE_GOODBYE,
         }
     }
@@ -564,6 +605,13 @@ mod tests {
             Frame::Report {
                 payload: b"{}".to_vec(),
             },
+            Frame::VerifyRequest { payload: vec![1] },
+            Frame::VerifyResponse {
+                payload: vec![2, 3],
+            },
+            Frame::Repair {
+                payload: Vec::new(),
+            },
         ]
     }
 
@@ -648,7 +696,7 @@ mod tests {
 
     #[test]
     fn unknown_type() {
-        for ty in [0, 12, 255] {
+        for ty in [0, 15, 255] {
             let mut buf = encoded(&Frame::Heartbeat { now_ms: 1 });
             buf[5] = ty;
             assert_eq!(Frame::decode(&buf), Err(FrameError::UnknownType { ty }));

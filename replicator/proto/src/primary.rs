@@ -296,6 +296,9 @@ impl Primary {
             | Frame::ResyncDone { .. }
             | Frame::ResyncKeys { .. }
             | Frame::Report { .. }
+            | Frame::VerifyRequest { .. }
+            | Frame::VerifyResponse { .. }
+            | Frame::Repair { .. }
             | Frame::Hello(_) => {
                 return Err(ProtocolError::UnexpectedFrame {
                     frame: frame.name(),

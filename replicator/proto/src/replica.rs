@@ -142,6 +142,9 @@ impl Replica {
             | Frame::ResyncRequest { .. }
             | Frame::ResyncKeys { .. }
             | Frame::Report { .. }
+            | Frame::VerifyRequest { .. }
+            | Frame::VerifyResponse { .. }
+            | Frame::Repair { .. }
             | Frame::ResyncData { .. }
             | Frame::ResyncDone { .. } => {
                 return Err(ProtocolError::UnexpectedFrame {

@@ -107,6 +107,15 @@ const MAKERS: &[fn(&Knobs) -> Frame] = &[
     |k| Frame::Report {
         payload: k.bytes.clone(),
     },
+    |k| Frame::VerifyRequest {
+        payload: k.bytes.clone(),
+    },
+    |k| Frame::VerifyResponse {
+        payload: k.bytes.clone(),
+    },
+    |k| Frame::Repair {
+        payload: k.bytes.clone(),
+    },
     |k| Frame::ResyncDone {
         position: Seq(k.n[0]),
         consistent_at: Seq(k.n[1]),
