@@ -226,3 +226,90 @@ fn a_peer_with_the_wrong_certificate_is_refused() {
         assert_ne!(s["connection"], "Connected", "{s:#}");
     }
 }
+
+/// Garbage on the stream from a peer that passed the TLS check (it holds the
+/// pinned key) is refused with an error naming the peer and the reason; the
+/// connection is closed; the node lives on and the real peer connects after.
+#[test]
+fn garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_on() {
+    if !require("garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_on") {
+        return;
+    }
+    use twinfs_replicator::tls::{Identity, PeerTrust};
+    use twinfs_replicator::transport::{self, TransportOptions};
+    let mut pair = Pair::new("garbage", "");
+    pair.start(Node::B);
+    let a = pair.node(Node::A);
+    let identity = Identity::load(&a.cert(), &a.key()).unwrap();
+    let trust = PeerTrust::from_cert_file(&pair.node(Node::B).cert()).unwrap();
+    let a_ip = pair.lab.node(Node::A).addr();
+    let b_addr = std::net::SocketAddr::new(pair.lab.node(Node::B).addr(), crate::pair::PORT);
+    let mut wrong_version = Vec::new();
+    twinfs_replicator_proto::Frame::Heartbeat { now_ms: 1 }.encode(&mut wrong_version);
+    let mut unknown_type = wrong_version.clone();
+    wrong_version[4] = 99;
+    unknown_type[5] = 200;
+    let huge = b"TWRP\x01\x04\xff\xff\xff\xff".to_vec();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "not our protocol",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("wrong version", wrong_version),
+        ("unknown type", unknown_type),
+        ("oversized length", huge),
+    ];
+    let reasons = crate::lab::in_netns(pair.lab.node(Node::A).netns_path(), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut reasons = Vec::new();
+            for (what, garbage) in &cases {
+                let listen = std::net::SocketAddr::new(a_ip, 0);
+                let ep =
+                    transport::endpoint(listen, &identity, &trust, &TransportOptions::default())
+                        .map_err(std::io::Error::other)?;
+                let conn = transport::connect(&ep, b_addr)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let (mut send, _recv) = conn.open_bi().await.map_err(std::io::Error::other)?;
+                send.write_all(garbage)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+                reasons.push(format!("{what}: {closed:?}"));
+                ep.close(0u32.into(), b"done");
+            }
+            Ok(reasons)
+        })
+    })
+    .unwrap();
+    for r in &reasons {
+        eprintln!("{r}");
+        assert!(
+            r.contains("bad frame"),
+            "beta did not close with a reason: {r}"
+        );
+    }
+    let log = pair.node(Node::B).log_text();
+    let a_str = a_ip.to_string();
+    let refusals = log
+        .lines()
+        .filter(|l| {
+            l.contains("closing the connection") && l.contains(&a_str) && l.contains("bad frame")
+        })
+        .count();
+    assert!(
+        refusals >= cases.len(),
+        "beta's log does not name the peer and the reason:\n{log}"
+    );
+    // Alive, and the real alpha gets in.
+    assert_ne!(
+        pair.status(Node::B),
+        serde_json::Value::Null,
+        "beta stopped answering"
+    );
+    pair.start(Node::A);
+    pair.wait_connected();
+}
