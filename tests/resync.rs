@@ -156,6 +156,16 @@ fn a_new_secondary_gets_a_full_sync_and_cannot_be_promoted_meanwhile() {
     let a = pair.status(Node::A);
     assert_eq!(a["connection"], "SyncSource", "{a:#}");
     assert!(n(&a["resync"]["total_bytes"]) >= 8 * MIB as u64, "{a:#}");
+    // The human status shows the progress with an ETA.
+    let progress = crate::util::poll_until(Duration::from_secs(20), || {
+        let out = pair.twinfs(Node::A, &["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.contains("resync (source):"))?.to_owned();
+        let eta = line.split("eta ").nth(1)?;
+        eta.starts_with(|c: char| c.is_ascii_digit()).then_some(line)
+    });
+    let progress = progress.expect("no resync progress line with an ETA in the primary's status");
+    assert!(progress.contains("% ") && progress.contains(" of "), "{progress}");
     let out = pair.twinfs(Node::B, &["promote"]);
     assert!(!out.status.success(), "an Inconsistent node was promoted");
     let err = String::from_utf8_lossy(&out.stderr);

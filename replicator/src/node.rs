@@ -179,6 +179,9 @@ enum RoleState {
         vouched: bool,
         /// After a resync: the catch-up counts only once the target has acknowledged.
         need_ack: bool,
+        /// The seq at which this node became primary (the peer's position is
+        /// unknown below it until it connects).
+        resumed_at: Seq,
     },
 }
 
@@ -222,6 +225,10 @@ struct Node {
     early_frames: Vec<Frame>,
     /// An online verify waiting for the peer's answer.
     verify: Option<verify::Pending>,
+    /// The peer's name from its last handshake.
+    peer_name: Option<String>,
+    /// Set while this node refuses the peer (read by the dialer for its backoff).
+    refusing: Arc<std::sync::atomic::AtomicBool>,
     /// An online verify computing its local digests: (id, repair, reply).
     verify_reply: Option<(u64, bool, oneshot::Sender<Response>)>,
     verify_seq: u64,
@@ -274,6 +281,8 @@ impl Node {
             split_brain: None,
             early_frames: Vec::new(),
             verify: None,
+            refusing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            peer_name: None,
             verify_reply: None,
             verify_seq: 0,
         })
@@ -298,6 +307,7 @@ impl Node {
                 self.opts.peer,
                 self.input_tx.clone(),
                 ids,
+                self.refusing.clone(),
             ))
         } else {
             tokio::spawn(accept_loop(endpoint.clone(), self.input_tx.clone(), ids))
@@ -519,6 +529,7 @@ impl Node {
             self.note(format!("refusing the peer {addr}: {reason}"));
         }
         self.refusal = Some(reason.clone());
+        self.refusing.store(true, Ordering::Relaxed);
         if let Some(c) = &mut self.conn {
             if c.refused {
                 return;
@@ -664,6 +675,7 @@ impl Node {
         }
         self.split_brain = None;
         self.refusal = None;
+        self.refusing.store(false, Ordering::Relaxed);
         self.counters.connections += 1;
         self.note(format!(
             "connected to {} ({}, generation {}, disk {}, seq {}) at {addr}",
@@ -673,6 +685,7 @@ impl Node {
             h.disk,
             h.last_applied
         ));
+        self.peer_name = Some(h.node.clone());
         if let Some(c) = &mut self.conn {
             c.peer = Some(h.clone());
         }
@@ -938,6 +951,7 @@ impl Node {
             // Nothing above the floor: the peer's history up to here is ours.
             vouched: self.state.floor >= last.0,
             need_ack: false,
+            resumed_at: last,
         };
         {
             let mut l = self.link.lock();
@@ -1103,7 +1117,10 @@ impl Node {
         let handshaken = self.conn.as_ref().and_then(|c| c.peer.as_ref());
         let (connection, committed, lag, peer_applied, suspended) = match &self.role {
             RoleState::Primary {
-                primary, catch_up, ..
+                primary,
+                catch_up,
+                resumed_at,
+                ..
             } => {
                 let syncing = catch_up.is_some() || self.resync.is_some();
                 let conn = match (handshaken, syncing) {
@@ -1116,7 +1133,7 @@ impl Node {
                     seqs: primary
                         .last_submitted()
                         .0
-                        .saturating_sub(primary.peer_applied().0),
+                        .saturating_sub(primary.peer_applied().max(*resumed_at).0),
                     bytes: primary.lag_bytes(),
                 };
                 (
@@ -1164,7 +1181,10 @@ impl Node {
             applied_seq: ps(self.disk.last_applied()).0,
             committed_seq: committed,
             peer: PeerStatus {
-                name: handshaken.map(|h| h.node.clone()).unwrap_or_default(),
+                name: handshaken
+                    .map(|h| h.node.clone())
+                    .or_else(|| self.peer_name.clone())
+                    .unwrap_or_default(),
                 address: self.opts.peer.to_string(),
                 role: handshaken.map(|h| match h.role {
                     Role::Primary => "Primary".into(),
@@ -1325,9 +1345,11 @@ async fn dial_loop(
     peer: SocketAddr,
     node: mpsc::UnboundedSender<Input>,
     ids: Arc<AtomicU64>,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut failures = 0u64;
     loop {
+        let mut was_up = false;
         match transport::connect(&endpoint, peer).await {
             Ok(quic) => match FrameStream::open(&quic).await {
                 Ok(stream) => {
@@ -1336,6 +1358,7 @@ async fn dial_loop(
                     attach(id, peer, quic.clone(), stream, &node);
                     let why = quic.closed().await;
                     debug!(peer = %peer, "connection ended: {why}");
+                    was_up = true;
                 }
                 Err(e) => warn!(peer = %peer, "cannot open the replication stream: {e}"),
             },
@@ -1352,7 +1375,17 @@ async fn dial_loop(
         if node.is_closed() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // While the nodes refuse each other (a split brain), try again now and
+        // then, not twice a second: each attempt makes both sides list their changes.
+        let pause = if refusing.load(Ordering::Relaxed) {
+            Duration::from_secs(5)
+        } else if was_up {
+            // A connection that worked ended (a role change, say): at once.
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

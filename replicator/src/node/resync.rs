@@ -303,6 +303,7 @@ impl Node {
             catch_up,
             vouched,
             need_ack,
+            ..
         } = &mut self.role
         {
             let hello = Hello {
