@@ -195,6 +195,9 @@ enum Unmounting {
 
 const RECENT: usize = 20;
 
+/// Most mutation bytes a primary keeps in memory for a lost peer.
+const MAX_RETAINED: u64 = 256 << 20;
+
 struct Node {
     opts: NodeOptions,
     disk: Arc<DiskStore>,
@@ -787,6 +790,7 @@ impl Node {
         let mut lost = false;
         let mut caught_up = None;
         let mut new_floor = None;
+        let mut forgot = false;
         let steady = self.resync.is_none() && self.pending_jump.is_none();
         match &mut self.role {
             RoleState::Primary {
@@ -830,6 +834,10 @@ impl Node {
                 }
                 self.link
                     .publish(fss(primary.committed()), fss(primary.flushed()));
+                if primary.is_degraded() && primary.retained_bytes() > MAX_RETAINED {
+                    primary.forget_retained();
+                    forgot = true;
+                }
                 if !*need_ack && catch_up.is_some_and(|t| primary.peer_applied() >= t) {
                     *catch_up = None;
                     caught_up = Some(Generation(self.state.generation));
@@ -886,6 +894,12 @@ impl Node {
         }
         if let Some(f) = new_floor {
             self.raise_floor(f, false);
+        }
+        if forgot {
+            self.note(format!(
+                "the peer has been away for more than {} MiB of writes: dropped them from memory; it will be resynced from the store",
+                MAX_RETAINED >> 20
+            ));
         }
         if lost {
             self.peer_lost();

@@ -494,6 +494,22 @@ impl Primary {
         self.committed
     }
 
+    /// Payload bytes retained for retransmission.
+    pub fn retained_bytes(&self) -> u64 {
+        self.log.iter().map(|e| e.payload.len() as u64).sum()
+    }
+
+    /// Drops every retained mutation while the peer is lost (a long outage
+    /// must not hold the whole write history in memory). The peer can then no
+    /// longer be caught up by retransmission: its next handshake fails with
+    /// [`ProtocolError::PeerTooFarBehind`], and the driver resyncs it from the store.
+    /// Does nothing while connected.
+    pub fn forget_retained(&mut self) {
+        if self.link == Link::Lost {
+            self.log.clear();
+        }
+    }
+
     /// Mutations retained for retransmission (not yet flushed on the peer).
     pub fn retained(&self) -> usize {
         self.log.len()

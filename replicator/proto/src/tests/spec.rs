@@ -441,3 +441,33 @@ fn suspend_mode_acknowledges_nothing_while_the_peer_is_lost() {
     assert!(pair.drive_until_committed(seq, 5 * SEC));
     assert_eq!(pair.replica_applied(), seq);
 }
+
+#[test]
+fn a_degraded_primary_may_forget_its_backlog_and_then_needs_a_resync() {
+    let mut pair = Pair::new(config(Protocol::C), 9);
+    pair.partition = true;
+    for i in 0..10u8 {
+        pair.submit(&[i; 100], false);
+    }
+    pair.drive_for(5 * SEC);
+    assert!(pair.primary.is_degraded());
+    assert_eq!(pair.primary.retained_bytes(), 1000);
+    pair.primary.forget_retained();
+    assert_eq!(pair.primary.retained(), 0);
+    let hello = Hello {
+        version: crate::PROTOCOL_VERSION,
+        node: "b".into(),
+        generation: Generation(1),
+        last_applied: Seq(0),
+        role: Role::Secondary,
+        disk: crate::DiskState::UpToDate,
+        shared: Generation(1),
+        changed_blocks: 0,
+        primary_since_ms: 0,
+        floor: Seq(0),
+    };
+    assert!(matches!(
+        pair.primary.handle_reconnect(pair.now, hello),
+        Err(crate::ProtocolError::PeerTooFarBehind { .. })
+    ));
+}
