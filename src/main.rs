@@ -36,7 +36,7 @@ enum Command {
     /// Run this node of a replicated pair (foreground, until SIGTERM/SIGINT):
     /// replicate to the peer, and mount read-write while primary.
     Run {
-        /// The config file (TOML), with a [replication] table.
+        /// The config file (TOML), with a `[replication]` table.
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },

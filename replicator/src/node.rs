@@ -6,7 +6,7 @@
 //! task, owns all state: the role with its [`Primary`] or [`Replica`] state
 //! machine, the connection to the peer, the persistent [`NodeState`] and the
 //! control requests. Everything else talks to it through one channel of
-//! [`Input`]s:
+//! `Input`s:
 //!
 //! - connector tasks dial (or accept) the peer and hand over each new QUIC
 //!   connection; per connection, a reader task forwards decoded frames and a
@@ -14,7 +14,7 @@
 //! - on a secondary, the applier thread applies the peer's mutations to the
 //!   [`DiskStore`] in order and reports each applied (and synced) seq;
 //! - on a primary, FUSE threads write through [`ReplicatedStore`], which
-//!   queues applied mutations on the [`Link`] and waits for the positions the
+//!   queues applied mutations on the `Link` and waits for the positions the
 //!   node task publishes back;
 //! - the control socket turns `twinfs status/promote/demote` into requests.
 //!

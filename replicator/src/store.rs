@@ -13,7 +13,7 @@
 //! - [`Store::sync`] sends a flush barrier to the peer, syncs the local store
 //!   meanwhile, and blocks until both are durable.
 //!
-//! The FUSE threads and the replication task meet in [`Link`]: a mutex-guarded
+//! The FUSE threads and the replication task meet in `Link`: a mutex-guarded
 //! queue going one way and the committed/flushed positions coming back, with a
 //! condition variable for the waiting writers.
 
