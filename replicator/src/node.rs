@@ -220,8 +220,9 @@ struct Node {
     pending_jump: Option<(Seq, Seq, Generation)>,
     /// A split-brain policy is making this primary a resync target.
     pending_sb_demote: bool,
-    /// When the floor was last written to the state file.
+    /// When the floor was last written to the state file, and its value then.
     floor_saved_at: Instant,
+    floor_saved: u64,
     /// The last split brain detected, with the files each side changed.
     split_brain: Option<crate::status::SplitBrain>,
     /// (Target) frames that arrived after a resync's end, before its jump.
@@ -281,6 +282,7 @@ impl Node {
             pending_jump: None,
             pending_sb_demote: false,
             floor_saved_at: Instant::now(),
+            floor_saved: 0,
             split_brain: None,
             early_frames: Vec::new(),
             verify: None,
@@ -913,7 +915,13 @@ impl Node {
             self.state.floor = floor.0;
             self.disk.set_retain_floor(fss(floor));
         }
-        if save_now || self.floor_saved_at.elapsed() >= Duration::from_secs(1) {
+        // Written a few times a second at most: after a crash the floor on disk
+        // may lag by that much, which only makes the next resync a little larger.
+        if save_now
+            || (self.state.floor != self.floor_saved
+                && self.floor_saved_at.elapsed() >= Duration::from_millis(200))
+        {
+            self.floor_saved = self.state.floor;
             self.floor_saved_at = Instant::now();
             self.save_state();
         }
@@ -1193,6 +1201,7 @@ impl Node {
             generation: format!("{:016x}", self.state.generation),
             shared_generation: format!("{:016x}", self.state.shared),
             applied_seq: ps(self.disk.last_applied()).0,
+            floor_seq: self.state.floor,
             committed_seq: committed,
             peer: PeerStatus {
                 name: handshaken
@@ -1253,20 +1262,18 @@ fn applier(
                 if seq <= ps(disk.last_applied()) {
                     Input::Applied(seq)
                 } else {
-                    match Mutation::from_wire(&bytes) {
-                        None => Input::ApplyFailed(format!(
-                            "mutation {} from the peer is malformed ({} bytes)",
+                    // The record is written as it came (its digests checked once).
+                    match disk.apply_wire(&bytes) {
+                        Ok(s) if ps(s) == seq => Input::Applied(seq),
+                        Ok(s) => Input::ApplyFailed(format!(
+                            "mutation frame {} carried mutation {}",
+                            seq.0, s.0
+                        )),
+                        Err(e) => Input::ApplyFailed(format!(
+                            "mutation {} from the peer ({} bytes): {e}",
                             seq.0,
                             bytes.len()
                         )),
-                        Some(m) if ps(m.seq) != seq => Input::ApplyFailed(format!(
-                            "mutation frame {} carries mutation {}",
-                            seq.0, m.seq.0
-                        )),
-                        Some(m) => match disk.apply(&m) {
-                            Ok(()) => Input::Applied(seq),
-                            Err(e) => Input::ApplyFailed(format!("mutation {}: {e}", seq.0)),
-                        },
                     }
                 }
             }

@@ -26,6 +26,9 @@ pub struct Status {
     pub shared_generation: String,
     /// The last mutation applied to the local store.
     pub applied_seq: u64,
+    /// Every mutation up to here is known identical on both nodes (what a
+    /// resync after an outage starts from).
+    pub floor_seq: u64,
     /// The last mutation acknowledged to writers (primary only).
     pub committed_seq: u64,
     /// The peer, as far as it is known.

@@ -151,8 +151,8 @@ impl Store for ReplicatedStore {
                 "the node was demoted; the mount is closing".into(),
             ));
         }
-        self.disk.apply(m)?;
-        self.link.send(Outgoing::Applied(m.seq, m.to_wire()))
+        let wire = self.disk.apply_returning_record(m)?;
+        self.link.send(Outgoing::Applied(m.seq, wire))
     }
 
     fn wait_committed(&self, seq: Seq) -> Result<(), StoreError> {

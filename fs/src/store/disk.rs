@@ -869,6 +869,19 @@ impl DiskStore {
     /// Appends one record and indexes it. The caller holds the writer lock.
     fn append(&self, w: &mut LogWriter, m: &Mutation, flags: u16) -> Result<(), StoreError> {
         let (buf, ops, pl) = encode_record(m, flags);
+        self.append_encoded(w, &buf, &ops, &pl, m.seq)?;
+        Ok(())
+    }
+
+    /// Appends an encoded record and indexes it. The caller holds the writer lock.
+    fn append_encoded(
+        &self,
+        w: &mut LogWriter,
+        buf: &[u8],
+        ops: &[LogOp],
+        pl: &[BlockPlacement],
+        seq: Seq,
+    ) -> Result<(), StoreError> {
         if w.end > 0 && w.end + buf.len() as u64 > self.opts.segment_max {
             let next = w.segment + 1;
             w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
@@ -876,7 +889,7 @@ impl DiskStore {
             w.end = 0;
         }
         let path = self.segment_path(w.segment);
-        if let Err(e) = w.file.write_all_at(&buf, w.end) {
+        if let Err(e) = w.file.write_all_at(buf, w.end) {
             // Nothing references the partial bytes; cut them so the next record starts clean.
             let _ = w.file.set_len(w.end);
             return Err(StoreError::io(path, e));
@@ -886,7 +899,7 @@ impl DiskStore {
         // From here on the record is in the log. If indexing it fails half way (sled
         // writes are not one batch), the index must not be trusted or extended: the
         // store refuses further mutations, and the next open replays this record whole.
-        let indexed = self.index(&ops, &pl, m.seq, seg, off, end);
+        let indexed = self.index(ops, pl, seq, seg, off, end);
         w.end = end;
         w.dirty.insert(seg);
         self.segments
@@ -896,8 +909,95 @@ impl DiskStore {
             .or_insert_with(|| w.file.clone());
         if let Err(e) = indexed {
             self.poisoned.store(true, Ordering::SeqCst);
-            tracing::error!(error = %e, seq = m.seq.0, "index write failed; refusing further changes until restart");
+            tracing::error!(error = %e, seq = seq.0, "index write failed; refusing further changes until restart");
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// [`Store::apply`], also returning the mutation's log record, which is
+    /// exactly its wire form ([`Mutation::to_wire`]): a primary ships it without
+    /// encoding (and hashing) the data a second time.
+    pub fn apply_returning_record(&self, m: &Mutation) -> Result<Vec<u8>, StoreError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_next(&w, m)?;
+        // Keep a reserve for what frees space: unlinks, truncates and the cleaner's
+        // relocations must still fit on a disk that data writes have filled.
+        if m.ops
+            .iter()
+            .any(|o| matches!(o, Op::PutBlock { data, .. } if !data.is_empty()))
+        {
+            self.check_reserve(&w)?;
+        }
+        let (buf, ops, pl) = encode_record(m, 0);
+        let r = self.append_encoded(&mut w, &buf, &ops, &pl, m.seq);
+        if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
+            // Poisoned: the record is in the log and will be replayed, so its seq is used.
+            self.last.store(m.seq.0, Ordering::SeqCst);
+        }
+        r.map(|()| buf)
+    }
+
+    /// Applies a mutation received in its wire form (its log record) by writing
+    /// the record as it is: one pass over the data to check the block digests,
+    /// no re-encoding. Returns its seq.
+    pub fn apply_wire(&self, bytes: &[u8]) -> Result<Seq, StoreError> {
+        let bad = |reason: &str| StoreError::BadRecord {
+            key: "mutation from the peer".into(),
+            reason: reason.into(),
+        };
+        let hb: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| bad("shorter than a record header"))?;
+        let hdr = RecordHeader::parse(hb).ok_or_else(|| bad("not a record header"))?;
+        if hdr.flags != 0 || hdr.total_len() != bytes.len() as u64 {
+            return Err(bad("flags or length do not match"));
+        }
+        let meta = &bytes[HEADER_LEN..HEADER_LEN + hdr.meta_len as usize];
+        if !hdr.check_meta(meta) {
+            return Err(bad("header hash mismatch"));
+        }
+        let ops = decode_meta(meta).ok_or_else(|| bad("undecodable ops"))?;
+        let pl = placements(&hdr, &ops);
+        let intact = pl.iter().all(|p| {
+            bytes
+                .get(p.offset as usize..p.offset as usize + p.len as usize)
+                .is_some_and(|d| *blake3::hash(d).as_bytes() == p.digest)
+        });
+        if !intact
+            || pl
+                .last()
+                .is_some_and(|p| p.offset + u64::from(p.len) != hdr.total_len())
+        {
+            return Err(bad("block bytes do not match their digests"));
+        }
+        let m = Mutation {
+            seq: hdr.seq,
+            ops: Vec::new(),
+        };
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let has_data = pl.iter().any(|p| p.len > 0);
+        self.check_next(&w, &m)?;
+        if has_data {
+            self.check_reserve(&w)?;
+        }
+        let r = self.append_encoded(&mut w, bytes, &ops, &pl, hdr.seq);
+        if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
+            self.last.store(hdr.seq.0, Ordering::SeqCst);
+        }
+        r.map(|()| hdr.seq)
+    }
+
+    /// Refuses a mutation that does not follow the last applied one, or any
+    /// mutation once the store is poisoned.
+    fn check_next(&self, _w: &LogWriter, m: &Mutation) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Poisoned);
+        }
+        let last = self.last.load(Ordering::SeqCst);
+        if m.seq.0 != last + 1 {
+            return Err(StoreError::OutOfOrder { last, got: m.seq.0 });
         }
         Ok(())
     }
@@ -992,28 +1092,7 @@ fn fsync_tree(path: &Path) -> Result<(), StoreError> {
 
 impl Store for DiskStore {
     fn apply(&self, m: &Mutation) -> Result<(), StoreError> {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.poisoned.load(Ordering::SeqCst) {
-            return Err(StoreError::Poisoned);
-        }
-        let last = self.last.load(Ordering::SeqCst);
-        if m.seq.0 != last + 1 {
-            return Err(StoreError::OutOfOrder { last, got: m.seq.0 });
-        }
-        // Keep a reserve for what frees space: unlinks, truncates and the cleaner's
-        // relocations must still fit on a disk that data writes have filled.
-        if m.ops
-            .iter()
-            .any(|o| matches!(o, Op::PutBlock { data, .. } if !data.is_empty()))
-        {
-            self.check_reserve(&w)?;
-        }
-        let r = self.append(&mut w, m, 0);
-        if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
-            // Poisoned: the record is in the log and will be replayed, so its seq is used.
-            self.last.store(m.seq.0, Ordering::SeqCst);
-        }
-        r
+        self.apply_returning_record(m).map(drop)
     }
 
     fn last_applied(&self) -> Seq {

@@ -147,7 +147,8 @@ impl Node {
         self.save_state();
         self.split_brain = None;
         self.refusal = None;
-        self.refusing.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.note(format!(
             "discarding this node's own changes at the next connection ({} files: {})",
             discarded.len(),
