@@ -7,6 +7,7 @@
 # Environment:
 #   TWINFS_BENCH_NO_BUILD=1   skip `cargo build --release -p twinfs` (use the existing binary)
 #   TWINFS_BENCH_DIR=/path    parent of the scratch dir (default /var/tmp; must be a real disk)
+#   TWINFS_BENCH_NO_PAIR=1    skip the replicated-pair part (bench/pair.sh, which this runs last)
 #
 # Writes bench/last-run.json and prints the table. Everything it starts is
 # stopped by pid, everything it mounts is unmounted and the scratch dir is
@@ -14,7 +15,7 @@
 
 set -uo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
 MODE=full
 for arg in "$@"; do
@@ -635,3 +636,11 @@ if [ -n "$TWINFS_PID" ] && { [ -n "${TERR[twinfs]:-}" ] || grep -qE 'panicked|ER
 fi
 "$PY" "$LIB/report.py" "$RESULTS" "$S/meta.json" "$BENCH/last-run.json"
 log "wrote $BENCH/last-run.json"
+
+# The replicated pair (issue 3): the same workloads on a pair over a veth link
+# against single-node twinfs, bindfs, native and GlusterFS replica 2.
+if [ -z "${TWINFS_BENCH_NO_PAIR:-}" ]; then
+    pair_args=()
+    [ "$MODE" = quick ] && pair_args+=(--quick)
+    TWINFS_BENCH_NO_BUILD=1 "$BENCH/pair.sh" "${pair_args[@]}"
+fi
