@@ -152,6 +152,17 @@ struct LogWriter {
     end: u64,
     /// Segments written since the last sync.
     dirty: BTreeSet<u32>,
+    /// The last free-space reading, so that not every write pays a statvfs.
+    space: Option<SpaceReading>,
+}
+
+/// Free space as last read, and what was written since.
+#[derive(Clone, Copy, Debug)]
+struct SpaceReading {
+    at: std::time::Instant,
+    free: u64,
+    reserve: u64,
+    spent: u64,
 }
 
 /// The store used by a mount: see the module docs for the layout.
@@ -297,6 +308,7 @@ impl DiskStore {
                 file: Arc::new(Self::open_segment_file(&log_dir, applied.segment, true)?),
                 end: applied.end,
                 dirty: BTreeSet::new(),
+                space: None,
             }),
             segments: RwLock::new(HashMap::new()),
             last: AtomicU64::new(applied.seq),
@@ -848,7 +860,18 @@ impl DiskStore {
 
     /// Fails with [`StoreError::NoSpace`] when the free space of the store's disk
     /// has fallen into the reserve.
-    fn check_reserve(&self, w: &LogWriter) -> Result<(), StoreError> {
+    ///
+    /// The disk is asked at most once a second while the last reading, minus
+    /// what was written since, stays well above the reserve (`bytes` is about to
+    /// be written); near the reserve it is asked every time.
+    fn check_reserve(&self, w: &mut LogWriter, bytes: u64) -> Result<(), StoreError> {
+        if let Some(r) = &mut w.space {
+            let left = r.free.saturating_sub(r.spent + bytes);
+            if r.at.elapsed() < Duration::from_secs(1) && left >= 2 * r.reserve {
+                r.spent += bytes;
+                return Ok(());
+            }
+        }
         let s = nix::sys::statvfs::statvfs(&self.log_dir).map_err(|e| {
             StoreError::io(&self.log_dir, std::io::Error::from_raw_os_error(e as i32))
         })?;
@@ -857,7 +880,13 @@ impl DiskStore {
         let free = s.blocks_available() as u64 * frsize;
         // 2% of the disk, at least 8 MiB, at most 256 MiB.
         let reserve = (total / 50).clamp(8 << 20, 256 << 20);
-        if free < reserve {
+        w.space = Some(SpaceReading {
+            at: std::time::Instant::now(),
+            free,
+            reserve,
+            spent: bytes,
+        });
+        if free < reserve + bytes.min(reserve) {
             tracing::warn!(free, reserve, "no space left for data on the store's disk");
             return Err(StoreError::NoSpace {
                 path: self.segment_path(w.segment),
@@ -923,11 +952,16 @@ impl DiskStore {
         self.check_next(&w, m)?;
         // Keep a reserve for what frees space: unlinks, truncates and the cleaner's
         // relocations must still fit on a disk that data writes have filled.
-        if m.ops
+        let data: u64 = m
+            .ops
             .iter()
-            .any(|o| matches!(o, Op::PutBlock { data, .. } if !data.is_empty()))
-        {
-            self.check_reserve(&w)?;
+            .map(|o| match o {
+                Op::PutBlock { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if data > 0 {
+            self.check_reserve(&mut w, data)?;
         }
         let (buf, ops, pl) = encode_record(m, 0);
         let r = self.append_encoded(&mut w, &buf, &ops, &pl, m.seq);
@@ -980,7 +1014,7 @@ impl DiskStore {
         let has_data = pl.iter().any(|p| p.len > 0);
         self.check_next(&w, &m)?;
         if has_data {
-            self.check_reserve(&w)?;
+            self.check_reserve(&mut w, bytes.len() as u64)?;
         }
         let r = self.append_encoded(&mut w, bytes, &ops, &pl, hdr.seq);
         if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {

@@ -371,8 +371,15 @@ impl DiskStore {
                 other => fixed.push(other),
             }
         }
-        if fixed.iter().any(|o| matches!(o, Op::PutBlock { .. })) {
-            self.check_reserve(&w)?;
+        let data: u64 = fixed
+            .iter()
+            .map(|o| match o {
+                Op::PutBlock { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if data > 0 {
+            self.check_reserve(&mut w, data)?;
         }
         let seq = Seq(self.last.load(Ordering::SeqCst));
         self.append(&mut w, &Mutation { seq, ops: fixed }, RECORD_LOCAL)
