@@ -47,7 +47,9 @@ CLEANED=""
 # --------------------------------------------------------------------------
 # Output and timing
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# Bold only on a terminal; a log file gets plain text.
+if [ -t 1 ]; then B=$'\033[1m' R=$'\033[1;31m' N=$'\033[0m'; else B='' R='' N=''; fi
+step() { printf '\n%s==> %s%s\n' "$B" "$*" "$N"; }
 note() { printf '    %s\n' "$*"; }
 
 # Milliseconds since the epoch (bash 5's EPOCHREALTIME, any decimal separator).
@@ -65,7 +67,7 @@ event() {
     local line
     line=$(printf '+%d.%03ds  %s' $((ms / 1000)) $((ms % 1000)) "$*")
     TIMELINE+=("$line")
-    printf '    \033[1m%s\033[0m\n' "$line"
+    printf '    %s%s%s\n' "$B" "$line" "$N"
 }
 
 # Prints the tail of every log there is, so a failure explains itself.
@@ -79,7 +81,7 @@ show_logs() {
 }
 
 fail() {
-    printf '\n\033[1;31mdemo failed: %s\033[0m\n' "$*" >&2
+    printf '\n%sdemo failed: %s%s\n' "$R" "$*" "$N" >&2
     show_logs
     exit 1
 }
