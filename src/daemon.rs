@@ -18,7 +18,7 @@ use twinfs_fs::fuse::{FuseFs, FuseOptions};
 use twinfs_fs::ops::Fs;
 use twinfs_fs::store::{Checkpointer, DiskStore};
 use twinfs_replicator::control::{self, Request, Response};
-use twinfs_replicator::node::{self, Mounter, NodeOptions};
+use twinfs_replicator::node::{self, MountReady, Mounter, NodeOptions};
 use twinfs_replicator::store::ReplicatedStore;
 use twinfs_replicator::tls::{self, Identity, PeerTrust};
 use twinfs_replicator_proto::{OnPeerLoss, Protocol, ProtocolConfig, SplitBrainPolicy};
@@ -114,7 +114,7 @@ struct FuseMounter {
 }
 
 impl Mounter for FuseMounter {
-    fn mount(&mut self, store: Arc<ReplicatedStore>) -> anyhow::Result<()> {
+    fn mount(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> anyhow::Result<()> {
         crate::mount::preflight_mountpoint(&self.mountpoint)?;
         let unmounter = Arc::new(Mutex::new(None));
         let slot = unmounter.clone();
@@ -125,6 +125,7 @@ impl Mounter for FuseMounter {
         let thread = std::thread::Builder::new()
             .name("twinfs-fuse".into())
             .spawn(move || {
+                let mut ready = Some(ready);
                 let served = (|| -> anyhow::Result<()> {
                     let fs = Arc::new(Fs::new(store, 0, 0).context("loading the filesystem")?);
                     let fuse = FuseFs::new(fs, opts);
@@ -134,8 +135,14 @@ impl Mounter for FuseMounter {
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(session.unmount_callable());
                     tracing::info!(mountpoint = %mountpoint.display(), "mounted read-write");
+                    if let Some(r) = ready.take() {
+                        r(Ok(()));
+                    }
                     session.run().context("serving FUSE requests")
                 })();
+                if let (Some(r), Err(e)) = (ready.take(), &served) {
+                    r(Err(format!("{e:#}")));
+                }
                 match served {
                     Ok(()) => tracing::info!(mountpoint = %mountpoint.display(), "unmounted"),
                     Err(e) => tracing::error!("the mount failed: {e:#}"),

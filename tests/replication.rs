@@ -313,3 +313,35 @@ fn garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_o
     pair.start(Node::A);
     pair.wait_connected();
 }
+
+/// A promotion whose mount cannot come up is undone: the command fails with the
+/// reason and the node stays secondary.
+#[test]
+fn a_promotion_that_cannot_mount_is_undone() {
+    if !require("a_promotion_that_cannot_mount_is_undone") {
+        return;
+    }
+    let mut pair = Pair::new("badmount", "");
+    pair.start(Node::A);
+    let mnt = pair.node(Node::A).mnt();
+    // Something else is mounted there already.
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = pair.twinfs(Node::A, &["promote"]);
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "promoted onto a busy mountpoint");
+    assert!(
+        err.contains("busy") && err.contains(mnt.to_str().unwrap()),
+        "{err}"
+    );
+    let s = pair.status(Node::A);
+    assert_eq!(s["role"], "Secondary", "{s:#}");
+    // With the mountpoint free, the promotion works and answers once mounted.
+    pair.promote(Node::A);
+    assert_eq!(pair.status(Node::A)["role"], "Primary");
+}

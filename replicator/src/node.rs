@@ -72,13 +72,17 @@ pub struct NodeOptions {
 /// What the daemon does when the node becomes primary or stops being primary:
 /// the binary mounts and unmounts the filesystem (this crate never touches FUSE).
 pub trait Mounter: Send + 'static {
-    /// Starts serving the filesystem read-write over `store`. Must not wait for
-    /// writes to be acknowledged (they need the node task, which is calling).
-    fn mount(&mut self, store: Arc<ReplicatedStore>) -> anyhow::Result<()>;
+    /// Starts serving the filesystem read-write over `store`, and calls `ready`
+    /// once the mount is in place (or failed). Must not wait for writes to be
+    /// acknowledged (they need the node task, which is calling).
+    fn mount(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> anyhow::Result<()>;
     /// Stops serving; returns once no more writes can arrive. Runs on a
     /// blocking thread while the node task keeps acknowledging the last writes.
     fn unmount(&mut self) -> anyhow::Result<()>;
 }
+
+/// Told by the [`Mounter`] whether the mount came up (`Err` carries why not).
+pub type MountReady = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Runs the node until SIGTERM/SIGINT. Blocks the calling thread.
 pub fn run(
@@ -131,6 +135,7 @@ enum Input {
     },
     ResyncFailed(String),
     Jumped(Seq),
+    Mounted(Result<(), String>),
     VerifyLocal {
         id: u64,
         local: Vec<twinfs_fs::store::RecordDigest>,
@@ -231,6 +236,8 @@ struct Node {
     verify: Option<verify::Pending>,
     /// The peer's name from its last handshake.
     peer_name: Option<String>,
+    /// `twinfs promote` waiting for its mount.
+    promote_reply: Option<oneshot::Sender<Response>>,
     /// Set while this node refuses the peer (read by the dialer for its backoff).
     refusing: Arc<std::sync::atomic::AtomicBool>,
     /// An online verify computing its local digests: (id, repair, reply).
@@ -288,6 +295,7 @@ impl Node {
             verify: None,
             refusing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             peer_name: None,
+            promote_reply: None,
             verify_reply: None,
             verify_seq: 0,
         })
@@ -505,6 +513,7 @@ impl Node {
             Input::ResyncShipped { consistent_at } => self.resync_shipped(consistent_at),
             Input::ResyncFailed(reason) => self.resync_failed(reason),
             Input::Jumped(seq) => self.jumped(seq),
+            Input::Mounted(r) => self.mounted(r),
             Input::VerifyLocal { id, local } => self.verify_local(id, local),
             Input::VerifyFailed(why) => self.verify_failed(why),
         }
@@ -982,10 +991,16 @@ impl Node {
             l.queued = l.queued.max(fss(last));
         }
         self.link.set_open(true, None);
+        let tx = self.input_tx.clone();
         self.mounter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .mount(self.store.clone())?;
+            .mount(
+                self.store.clone(),
+                Box::new(move |r| {
+                    let _ = tx.send(Input::Mounted(r));
+                }),
+            )?;
         self.note(format!(
             "promoted to primary (generation {:016x}, seq {})",
             self.state.generation, last.0
@@ -997,7 +1012,13 @@ impl Node {
     fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         let answer = match req {
             Request::Status => Response::Status(Box::new(self.status())),
-            Request::Promote => self.promote(),
+            Request::Promote => match self.promote() {
+                Some(answer) => answer,
+                None => {
+                    self.promote_reply = Some(reply);
+                    return;
+                }
+            },
             Request::DiscardMyData => self.discard_my_data(),
             Request::Verify { repair } => {
                 self.start_verify(repair, reply);
@@ -1018,42 +1039,67 @@ impl Node {
         let _ = reply.send(answer);
     }
 
-    fn promote(&mut self) -> Response {
+    /// `twinfs promote`: `None` when the answer comes later (once mounted).
+    fn promote(&mut self) -> Option<Response> {
         if matches!(self.role, RoleState::Primary { .. }) {
-            return Response::Error("this node is already primary".into());
+            return Some(Response::Error("this node is already primary".into()));
         }
         let disk: DiskState = self.state.disk.into();
         if !disk.promotable() {
-            return Response::Error(format!(
+            return Some(Response::Error(format!(
                 "refusing to promote: the local disk is {disk} (it may miss acknowledged writes); \
                  it becomes UpToDate once it has caught up with the peer"
-            ));
+            )));
         }
         if let Some(peer) = self.conn.as_ref().and_then(|c| c.peer.as_ref()) {
             if peer.role == Role::Primary {
-                return Response::Error(format!(
+                return Some(Response::Error(format!(
                     "refusing to promote: the peer {} is primary and connected; demote it first",
                     peer.node
-                ));
+                )));
             }
         }
         match self.become_primary() {
+            // The answer waits for the mount (see `mounted`).
+            Ok(()) => None,
+            Err(e) => {
+                self.undo_promotion(&format!("{e:#}"));
+                Some(Response::Error(format!("promotion failed: {e:#}")))
+            }
+        }
+    }
+
+    fn undo_promotion(&mut self, why: &str) {
+        self.link
+            .set_open(false, Some(format!("promotion failed: {why}")));
+        self.role = RoleState::Secondary {
+            replica: None,
+            catch_up: None,
+            sync_asked: Seq(0),
+        };
+        self.state.role = RoleName::Secondary;
+        self.save_state();
+        self.note(format!("promotion failed, back to secondary: {why}"));
+        self.reconnect("role change: back to secondary");
+    }
+
+    /// The mount of a promotion is up (or failed): answer `twinfs promote`.
+    fn mounted(&mut self, r: Result<(), String>) {
+        let reply = self.promote_reply.take();
+        let answer = match r {
             Ok(()) => Response::Done(format!(
-                "{} is now primary (generation {:016x})",
+                "{} is now primary (generation {:016x}), mounted",
                 self.opts.name, self.state.generation
             )),
             Err(e) => {
-                self.link
-                    .set_open(false, Some(format!("promotion failed: {e:#}")));
-                self.role = RoleState::Secondary {
-                    replica: None,
-                    catch_up: None,
-                    sync_asked: Seq(0),
-                };
-                self.state.role = RoleName::Secondary;
-                self.save_state();
-                Response::Error(format!("promotion failed: {e:#}"))
+                if matches!(self.role, RoleState::Primary { .. }) {
+                    self.undo_promotion(&e);
+                }
+                Response::Error(format!("promotion failed: the mount did not come up: {e}"))
             }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
         }
     }
 
