@@ -157,6 +157,16 @@ pub struct Mutation {
     pub ops: Vec<Op>,
 }
 
+/// The bytes of file data `ops` write (what the store's space reserve is checked against).
+pub(crate) fn data_bytes(ops: &[Op]) -> u64 {
+    ops.iter()
+        .map(|o| match o {
+            Op::PutBlock { data, .. } => data.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
 impl Mutation {
     /// The mutation as bytes for the replication link: exactly its log record,
     /// so the ops are covered by the header hash and the block bytes travel

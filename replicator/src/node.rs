@@ -190,6 +190,17 @@ enum RoleState {
     },
 }
 
+impl RoleState {
+    /// A secondary that follows nobody yet.
+    fn secondary() -> RoleState {
+        RoleState::Secondary {
+            replica: None,
+            catch_up: None,
+            sync_asked: Seq(0),
+        }
+    }
+}
+
 /// Why an unmount is running.
 enum Unmounting {
     Demote(oneshot::Sender<Response>),
@@ -271,11 +282,7 @@ impl Node {
             store,
             state,
             mounter: Arc::new(Mutex::new(mounter)),
-            role: RoleState::Secondary {
-                replica: None,
-                catch_up: None,
-                sync_asked: Seq(0),
-            },
+            role: RoleState::secondary(),
             conn: None,
             input_tx,
             input_rx,
@@ -1070,17 +1077,7 @@ impl Node {
     }
 
     fn undo_promotion(&mut self, why: &str) {
-        self.link
-            .set_open(false, Some(format!("promotion failed: {why}")));
-        self.role = RoleState::Secondary {
-            replica: None,
-            catch_up: None,
-            sync_asked: Seq(0),
-        };
-        self.state.role = RoleName::Secondary;
-        self.save_state();
-        self.note(format!("promotion failed, back to secondary: {why}"));
-        self.reconnect("role change: back to secondary");
+        self.become_secondary(&format!("promotion failed, back to secondary: {why}"));
     }
 
     /// The mount of a promotion is up (or failed): answer `twinfs promote`.
@@ -1158,11 +1155,7 @@ impl Node {
             .set_open(false, Some("the node is no longer primary".into()));
         // Publish what the last writes reached, then forget the state machine.
         self.drive();
-        self.role = RoleState::Secondary {
-            replica: None,
-            catch_up: None,
-            sync_asked: Seq(0),
-        };
+        self.role = RoleState::secondary();
         self.state.role = RoleName::Secondary;
         self.save_state();
         self.note(why.into());

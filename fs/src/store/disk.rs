@@ -22,8 +22,8 @@ mod resync;
 use super::{Store, Usage};
 use crate::error::StoreError;
 use crate::mutation::{
-    decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, Op, RecordHeader,
-    HEADER_LEN, RECORD_JUMP, RECORD_LOCAL,
+    data_bytes, decode_meta, encode_record, placements, BlockPlacement, LogOp, Mutation, Op,
+    RecordHeader, HEADER_LEN, RECORD_JUMP, RECORD_LOCAL,
 };
 use crate::types::{DirEntry, Ino, Inode, Seq};
 pub use resync::{store_key_of, KeySet, RecordDigest, DAMAGED};
@@ -952,14 +952,7 @@ impl DiskStore {
         self.check_next(&w, m)?;
         // Keep a reserve for what frees space: unlinks, truncates and the cleaner's
         // relocations must still fit on a disk that data writes have filled.
-        let data: u64 = m
-            .ops
-            .iter()
-            .map(|o| match o {
-                Op::PutBlock { data, .. } => data.len() as u64,
-                _ => 0,
-            })
-            .sum();
+        let data = data_bytes(&m.ops);
         if data > 0 {
             self.check_reserve(&mut w, data)?;
         }

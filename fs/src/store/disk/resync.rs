@@ -371,13 +371,7 @@ impl DiskStore {
                 other => fixed.push(other),
             }
         }
-        let data: u64 = fixed
-            .iter()
-            .map(|o| match o {
-                Op::PutBlock { data, .. } => data.len() as u64,
-                _ => 0,
-            })
-            .sum();
+        let data = crate::mutation::data_bytes(&fixed);
         if data > 0 {
             self.check_reserve(&mut w, data)?;
         }

@@ -1,7 +1,7 @@
 //! Spec-style tests: one promise of the protocol each.
 
-use super::util::{config, Pair};
-use crate::{Event, Frame, Generation, Hello, Primary, Protocol, Role, Seq};
+use super::util::{config, secondary_hello, Pair};
+use crate::{Event, Frame, Primary, Protocol, Seq};
 use std::time::Duration;
 
 const MS: Duration = Duration::from_millis(1);
@@ -144,18 +144,7 @@ fn a_resumed_primary_continues_the_store_numbering() {
     let seq = primary.submit(pair_epoch(), b"x".to_vec(), false);
     assert_eq!(seq, Seq(42));
     // A peer that stopped before 41 cannot be caught up from memory: a resync.
-    let hello = |last| Hello {
-        version: crate::PROTOCOL_VERSION,
-        node: "b".into(),
-        generation: Generation(1),
-        last_applied: Seq(last),
-        role: Role::Secondary,
-        disk: crate::DiskState::UpToDate,
-        shared: Generation(1),
-        changed_blocks: 0,
-        primary_since_ms: 0,
-        floor: Seq(0),
-    };
+    let hello = |last| secondary_hello(Seq(last));
     assert!(matches!(
         primary.handle_reconnect(pair_epoch(), hello(30)),
         Err(crate::ProtocolError::PeerTooFarBehind { .. })
@@ -454,20 +443,9 @@ fn a_degraded_primary_may_forget_its_backlog_and_then_needs_a_resync() {
     assert_eq!(pair.primary.retained_bytes(), 1000);
     pair.primary.forget_retained();
     assert_eq!(pair.primary.retained(), 0);
-    let hello = Hello {
-        version: crate::PROTOCOL_VERSION,
-        node: "b".into(),
-        generation: Generation(1),
-        last_applied: Seq(0),
-        role: Role::Secondary,
-        disk: crate::DiskState::UpToDate,
-        shared: Generation(1),
-        changed_blocks: 0,
-        primary_since_ms: 0,
-        floor: Seq(0),
-    };
     assert!(matches!(
-        pair.primary.handle_reconnect(pair.now, hello),
+        pair.primary
+            .handle_reconnect(pair.now, secondary_hello(Seq(0))),
         Err(crate::ProtocolError::PeerTooFarBehind { .. })
     ));
 }

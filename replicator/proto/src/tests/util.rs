@@ -35,6 +35,22 @@ use crate::{
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// The handshake of an up-to-date secondary of generation 1 standing at `last_applied`.
+pub(crate) fn secondary_hello(last_applied: Seq) -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        node: "replica".into(),
+        generation: Generation(1),
+        last_applied,
+        role: Role::Secondary,
+        disk: crate::DiskState::UpToDate,
+        shared: Generation(1),
+        changed_blocks: 0,
+        primary_since_ms: 0,
+        floor: Seq(0),
+    }
+}
+
 /// A config with short timers, so simulated runs need few steps.
 pub(crate) fn config(protocol: Protocol) -> ProtocolConfig {
     let c = ProtocolConfig {
@@ -155,18 +171,7 @@ impl Pair {
     pub(crate) fn reconnect(&mut self) {
         self.in_flight.clear();
         self.replica.handle_reconnect(self.now);
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            node: "replica".into(),
-            generation: Generation(1),
-            last_applied: self.replica.last_applied(),
-            role: Role::Secondary,
-            disk: crate::DiskState::UpToDate,
-            shared: Generation(1),
-            changed_blocks: 0,
-            primary_since_ms: 0,
-            floor: Seq(0),
-        };
+        let hello = secondary_hello(self.replica.last_applied());
         self.primary.handle_reconnect(self.now, hello).unwrap();
         self.collect_events();
     }
