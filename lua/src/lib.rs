@@ -1,7 +1,18 @@
-//! twinfs-lua: the supervisor (issue 4): the pure failover state machine, the Lua
-//! hook runtime (mlua, Lua 5.4) and the actuators (VIP, services, fencing).
+//! twinfs-lua: the supervisor (issue 4).
 //!
-//! Nothing is implemented yet: this crate exists so the workspace layout is in
-//! place from the start.
+//! - [`machine`]: the failover state machine. Pure: time is an input, decisions
+//!   (with their reasons) are outputs; no I/O, no Lua.
+//! - [`actions`]: what a hook may do to the world ([`actions::Actuators`]), as a
+//!   trait, so that `twinfs hooks dry-run` can record instead of act.
+//! - [`hooks`]: the Lua 5.4 hook runtime (mlua): the `twinfs.*` API, the
+//!   restricted standard library, the wall-time limit, rollback of the steps a
+//!   failed hook had already done.
+//! - [`actuators`]: the real actions: VIP with checked gratuitous ARP, services
+//!   (systemd or a command), HTTP checks, exec with a timeout, ping.
+//! - [`witness`]: the diskless tie-breaker (`twinfs witness`) and its client.
 
-#![forbid(unsafe_code)]
+pub mod actions;
+pub mod actuators;
+pub mod hooks;
+pub mod machine;
+pub mod witness;
