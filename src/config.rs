@@ -33,6 +33,11 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod failover;
+pub use failover::{
+    BeaconConfig, EscalationName, FailoverConfig, ServiceConfig, VipConfig, WitnessConfig,
+};
+
 /// Where an administrator's config lives when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/twinfs/twinfs.toml";
 
@@ -48,6 +53,9 @@ pub struct Config {
     /// `[replication]`: the peer and the link; `None` when the table is absent
     /// (a single-node `twinfs mount` needs none, `twinfs run` does).
     pub replication: Option<ReplicationConfig>,
+    /// `[failover]`: the supervisor; `None` when the table is absent (promotion
+    /// is then manual).
+    pub failover: Option<FailoverConfig>,
 }
 
 /// `[replication]`: the peer, trust, and the protocol.
@@ -67,10 +75,10 @@ pub struct ReplicationConfig {
     pub peer_trust: PeerTrustConfig,
     /// `replication.protocol`: `"A"`, `"B"` or `"C"`. Default `"C"`.
     pub protocol: ProtocolName,
-    /// `replication.keepalive`: heartbeat interval, `10ms..=1min`. Default 1s.
+    /// `replication.keepalive`: heartbeat interval, `10ms..=1min`. Default 200ms.
     pub keepalive: Duration,
     /// `replication.deadtime`: silence after which the peer is declared dead,
-    /// longer than keepalive, at most 10min. Default 10s.
+    /// longer than keepalive, at most 10min. Default 1s.
     pub deadtime: Duration,
     /// `replication.on_peer_loss`: `"continue"` (default) or `"suspend"`.
     pub on_peer_loss: OnPeerLossName,
@@ -253,8 +261,8 @@ const DEFAULT_THREADS: usize = 4;
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_CERT: &str = "/etc/twinfs/node.crt";
 const DEFAULT_KEY: &str = "/etc/twinfs/node.key";
-const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
-const DEFAULT_DEADTIME: Duration = Duration::from_secs(10);
+const DEFAULT_KEEPALIVE: Duration = Duration::from_millis(200);
+const DEFAULT_DEADTIME: Duration = Duration::from_secs(1);
 const KEEPALIVE_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(10)..=Duration::from_secs(60);
 const DEADTIME_RANGE: RangeInclusive<Duration> =
@@ -316,6 +324,7 @@ impl Config {
             fs,
             log,
             replication,
+            failover,
         } = raw;
 
         let name = match node.name {
@@ -382,6 +391,15 @@ impl Config {
                 .map_err(|msg| cx.invalid("log.level", l.span(), msg))?,
         };
 
+        if let (Some(f), None) = (&failover, &replication) {
+            let _ = f;
+            return Err(cx.invalid_nowhere(
+                "failover",
+                "[failover] needs a [replication] table: the supervisor fails over to the peer \
+                 named there"
+                    .into(),
+            ));
+        }
         Ok(Config {
             node: NodeConfig {
                 name,
@@ -397,6 +415,9 @@ impl Config {
             log: LogConfig { level },
             replication: replication
                 .map(|r| ReplicationConfig::from_raw(r, cx))
+                .transpose()?,
+            failover: failover
+                .map(|f| FailoverConfig::from_raw(f, cx))
                 .transpose()?,
         })
     }
@@ -737,6 +758,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(deserialize_with = "opt_table")]
     replication: Option<RawReplication>,
+    #[serde(deserialize_with = "opt_table")]
+    failover: Option<failover::RawFailover>,
 }
 
 #[derive(Debug, Default, Deserialize)]
