@@ -74,7 +74,7 @@
 //!   `role` (`"primary"`/`"secondary"`, the role the node has or is taking),
 //!   `disk` (`"UpToDate"`, `"Outdated"`...), `peer` (`"connected"`, `"lost"`...),
 //!   `peer_address` (or `nil`), `generation` (a number), and any extra field the
-//!   supervisor adds.
+//!   supervisor adds. While the script loads, only `node` is set.
 //! - `twinfs.config`: the string values of the `[failover]` table of
 //!   `twinfs.toml` (`vip`, `interface`, `service`, `check_url`, ...). A key that
 //!   is not set is `nil`.
@@ -621,6 +621,9 @@ impl HookRuntime {
     /// Runs one hook with `state` as `twinfs.state`. A hook the script does
     /// not define returns a report with `defined == false`. On failure the
     /// noted steps are undone in reverse order before this returns.
+    ///
+    /// This blocks for as long as the hook runs (up to the time limit, plus
+    /// the undos): from async code call it on a blocking thread.
     pub fn run(&mut self, hook: Hook, state: &HookState) -> Result<HookReport, HookError> {
         let started = Instant::now();
         let mut report = HookReport {

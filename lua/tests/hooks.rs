@@ -803,3 +803,70 @@ fn dry_run_of_failover_lua_lists_the_actions() {
     let lines = dry_run(&path, "peer-back".parse().unwrap(), lab.ctx(VARS)).unwrap();
     assert_eq!(lines, ["vip.announce 10.0.0.10/24 on eth0"]);
 }
+
+#[test]
+fn memory_limit_stops_a_greedy_script_and_the_runtime_stays_usable() {
+    let lab = Lab::new();
+    let path = lab.script(
+        "function on_promote()\n  local t = {}\n  for i = 1, 1e7 do t[i] = string.rep('x', 1000) .. i end\nend\n\
+         function on_demote() twinfs.log('still here') end\n",
+    );
+    let limits = HookLimits {
+        memory: 8 << 20,
+        ..HookLimits::default()
+    };
+    let mut rt = HookRuntime::load(&path, lab.ctx(VARS), Fake::new(), limits).unwrap();
+    let msg = failed_message(promote(&mut rt));
+    assert!(msg.contains("memory limit of 8 MiB"), "{msg}");
+    let report = rt
+        .run(Hook::Demote, &HookState::example(Hook::Demote))
+        .unwrap();
+    assert_eq!(report.logs[0].message, "still here");
+}
+
+#[test]
+fn print_goes_to_the_log() {
+    let lab = Lab::new();
+    let fake = Fake::new();
+    let mut rt = lab
+        .load(
+            "function on_promote()\n  print('a', 1, nil, true)\nend\n",
+            &fake,
+        )
+        .unwrap();
+    let report = promote(&mut rt).unwrap();
+    assert_eq!(report.logs[0].message, "a\t1\tnil\ttrue");
+    assert_eq!(
+        report.logs[0].at.as_deref(),
+        Some(format!("{}:2", lab.dir.path().join("failover.lua").display()).as_str())
+    );
+}
+
+#[test]
+fn hook_names_parse_from_the_command_line() {
+    assert_eq!("promote".parse::<Hook>(), Ok(Hook::Promote));
+    assert_eq!("on_demote".parse::<Hook>(), Ok(Hook::Demote));
+    assert_eq!("Peer-Lost".parse::<Hook>(), Ok(Hook::PeerLost));
+    assert_eq!("split_brain".parse::<Hook>(), Ok(Hook::SplitBrain));
+    let err = "failover".parse::<Hook>().unwrap_err();
+    assert!(err.contains("unknown hook 'failover'"), "{err}");
+}
+
+#[test]
+fn the_runtime_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<HookRuntime>();
+    let lab = Lab::new();
+    let fake = Fake::new();
+    let mut rt = lab
+        .load(
+            "function on_promote() twinfs.service.start('apache2') end\n",
+            &fake,
+        )
+        .unwrap();
+    let report = std::thread::spawn(move || promote(&mut rt))
+        .join()
+        .expect("hook thread")
+        .unwrap();
+    assert_eq!(report.actions[0].action, "service.start apache2");
+}

@@ -783,3 +783,29 @@ pub(crate) fn parse_vip(address: &str, dev: &str) -> Result<Vip, String> {
         dev: dev.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_addresses_parse_with_and_without_prefix() {
+        let v = parse_vip("10.0.0.10/24", "eth0").unwrap();
+        assert_eq!(v.to_string(), "10.0.0.10/24 on eth0");
+        assert_eq!(parse_vip("10.0.0.10", "eth0").unwrap().prefix, 32);
+        assert_eq!(parse_vip("fd00::10/64", "br0").unwrap().prefix, 64);
+        assert_eq!(parse_vip("fd00::10", "br0").unwrap().prefix, 128);
+    }
+
+    #[test]
+    fn bad_vip_addresses_name_the_problem() {
+        let e = parse_vip("10.0.0.300/24", "eth0").unwrap_err();
+        assert!(e.contains("'10.0.0.300/24' is not an IP address"), "{e}");
+        let e = parse_vip("10.0.0.10/33", "eth0").unwrap_err();
+        assert!(e.contains("prefix must be a number from 0 to 32"), "{e}");
+        assert_eq!(
+            parse_vip("10.0.0.10/24", "").unwrap_err(),
+            "interface is empty"
+        );
+    }
+}
