@@ -657,30 +657,30 @@ impl HookRuntime {
         st.end();
         drop(st);
 
-        let failure = match (stopped_at, result) {
-            (Some(at), _) => Some(Err(at)),
-            (None, Err(e)) => Some(Ok(error_message(&e, self.limits.memory))),
-            (None, Ok(())) => None,
-        };
-        let Some(failure) = failure else {
-            report.elapsed = started.elapsed();
-            tracing::info!(%hook, elapsed = ?report.elapsed, actions = report.actions.len(), "hook done");
-            return Ok(report);
+        // The time limit wins over whatever error it caused on its way out.
+        let stopped_or_message = match (stopped_at, result) {
+            (None, Ok(())) => {
+                report.elapsed = started.elapsed();
+                tracing::info!(%hook, elapsed = ?report.elapsed, actions = report.actions.len(), "hook done");
+                return Ok(report);
+            }
+            (Some(at), _) => (Some(at), String::new()),
+            (None, Err(e)) => (None, error_message(&e, self.limits.memory)),
         };
 
         report.undone = self.undo(journal);
         report.elapsed = started.elapsed();
-        let err = match failure {
-            Ok(message) => HookError::Failed {
-                hook,
-                message,
-                report: Box::new(report),
-            },
-            Err(at) => HookError::TimeLimit {
+        let err = match stopped_or_message {
+            (Some(at), _) => HookError::TimeLimit {
                 what: hook.function_name().into(),
                 limit: self.limits.time,
                 at,
                 report: Some(Box::new(report)),
+            },
+            (None, message) => HookError::Failed {
+                hook,
+                message,
+                report: Box::new(report),
             },
         };
         tracing::error!(%hook, error = %err, "hook failed");
