@@ -28,7 +28,10 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub(crate) fn mac_string(m: &Mac) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// An open raw socket on one interface.
@@ -58,9 +61,16 @@ impl Link {
             ..Default::default()
         };
         match pnet_datalink::channel(&iface, config) {
-            Ok(Channel::Ethernet(tx, rx)) => Ok(Link { dev: dev.to_string(), mac, tx, rx }),
+            Ok(Channel::Ethernet(tx, rx)) => Ok(Link {
+                dev: dev.to_string(),
+                mac,
+                tx,
+                rx,
+            }),
             Ok(_) => Err(format!("interface {dev}: not an Ethernet channel")),
-            Err(e) => Err(format!("raw socket on {dev}: {e} (root or CAP_NET_RAW needed)")),
+            Err(e) => Err(format!(
+                "raw socket on {dev}: {e} (root or CAP_NET_RAW needed)"
+            )),
         }
     }
 
@@ -76,7 +86,14 @@ impl Link {
     /// another host that claims the address, if any. Stops at the first one.
     pub(crate) fn probe(&mut self, ip: Ipv4Addr, window: Duration) -> Result<Option<Mac>, String> {
         let deadline = Instant::now() + window;
-        let probe = arp_frame(self.mac, ARP_REQUEST, self.mac, Ipv4Addr::UNSPECIFIED, [0; 6], ip);
+        let probe = arp_frame(
+            self.mac,
+            ARP_REQUEST,
+            self.mac,
+            Ipv4Addr::UNSPECIFIED,
+            [0; 6],
+            ip,
+        );
         self.send(&probe)?;
         for _ in 0..MAX_FRAMES {
             if Instant::now() >= deadline {
@@ -84,7 +101,12 @@ impl Link {
             }
             let frame = match self.rx.next() {
                 Ok(f) => f,
-                Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                    ) =>
+                {
                     continue
                 }
                 Err(e) => return Err(format!("receiving on {}: {e}", self.dev)),
@@ -122,7 +144,14 @@ fn conflict(arp: &Arp, ip: Ipv4Addr, ours: Mac) -> Option<Mac> {
 }
 
 /// An Ethernet frame carrying an ARP packet, broadcast, padded to 60 bytes.
-pub(crate) fn arp_frame(src: Mac, op: u16, sha: Mac, spa: Ipv4Addr, tha: Mac, tpa: Ipv4Addr) -> Vec<u8> {
+pub(crate) fn arp_frame(
+    src: Mac,
+    op: u16,
+    sha: Mac,
+    spa: Ipv4Addr,
+    tha: Mac,
+    tpa: Ipv4Addr,
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(60);
     f.extend_from_slice(&BROADCAST);
     f.extend_from_slice(&src);
@@ -158,7 +187,13 @@ pub(crate) fn parse_arp(frame: &[u8]) -> Option<Arp> {
     }
     let mac = |i: usize| -> Mac { a[i..i + 6].try_into().unwrap_or([0; 6]) };
     let ip = |i: usize| Ipv4Addr::new(a[i], a[i + 1], a[i + 2], a[i + 3]);
-    Some(Arp { op, sha: mac(8), spa: ip(14), tha: mac(18), tpa: ip(24) })
+    Some(Arp {
+        op,
+        sha: mac(8),
+        spa: ip(14),
+        tha: mac(18),
+        tpa: ip(24),
+    })
 }
 
 /// An unsolicited neighbour advertisement for `ip` to all nodes (RFC 4861
@@ -205,7 +240,16 @@ mod tests {
         assert_eq!(f.len(), 60);
         assert_eq!(&f[..6], &BROADCAST);
         let a = parse_arp(&f).unwrap();
-        assert_eq!(a, Arp { op: ARP_REQUEST, sha: A, spa: vip, tha: [0; 6], tpa: vip });
+        assert_eq!(
+            a,
+            Arp {
+                op: ARP_REQUEST,
+                sha: A,
+                spa: vip,
+                tha: [0; 6],
+                tpa: vip
+            }
+        );
         assert_eq!(mac_string(&A), "02:00:00:00:00:0a");
     }
 
@@ -216,10 +260,26 @@ mod tests {
         let reply = parse_arp(&arp_frame(B, ARP_REPLY, B, vip, A, Ipv4Addr::UNSPECIFIED)).unwrap();
         assert_eq!(conflict(&reply, vip, A), Some(B));
         // Our own probe, echoed back by the packet socket, is not a conflict.
-        let ours = parse_arp(&arp_frame(A, ARP_REQUEST, A, Ipv4Addr::UNSPECIFIED, [0; 6], vip)).unwrap();
+        let ours = parse_arp(&arp_frame(
+            A,
+            ARP_REQUEST,
+            A,
+            Ipv4Addr::UNSPECIFIED,
+            [0; 6],
+            vip,
+        ))
+        .unwrap();
         assert_eq!(conflict(&ours, vip, A), None);
         // Another host probing for the same address is.
-        let theirs = parse_arp(&arp_frame(B, ARP_REQUEST, B, Ipv4Addr::UNSPECIFIED, [0; 6], vip)).unwrap();
+        let theirs = parse_arp(&arp_frame(
+            B,
+            ARP_REQUEST,
+            B,
+            Ipv4Addr::UNSPECIFIED,
+            [0; 6],
+            vip,
+        ))
+        .unwrap();
         assert_eq!(conflict(&theirs, vip, A), Some(B));
         // Unrelated traffic is not.
         let unrelated = parse_arp(&arp_frame(B, ARP_REQUEST, B, other, [0; 6], vip)).unwrap();

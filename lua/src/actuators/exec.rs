@@ -149,7 +149,10 @@ impl Capture {
             }
             let _ = tx.send(());
         });
-        Capture { buf, done: Some(rx) }
+        Capture {
+            buf,
+            done: Some(rx),
+        }
     }
 
     fn wait_until(&self, deadline: Instant) {
@@ -185,7 +188,10 @@ mod tests {
     #[test]
     fn missing_program_names_it() {
         let e = run(&argv(&["/nonexistent/twinfs-nope"]), Duration::from_secs(1)).unwrap_err();
-        assert!(e.0.contains("/nonexistent/twinfs-nope: cannot start"), "{e}");
+        assert!(
+            e.0.contains("/nonexistent/twinfs-nope: cannot start"),
+            "{e}"
+        );
     }
 
     #[test]

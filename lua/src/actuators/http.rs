@@ -48,7 +48,10 @@ fn parse_url(url: &str) -> Result<Target, String> {
         let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
         match after {
             "" => (h.to_string(), None),
-            p => (h.to_string(), Some(p.strip_prefix(':').ok_or("junk after ]")?)),
+            p => (
+                h.to_string(),
+                Some(p.strip_prefix(':').ok_or("junk after ]")?),
+            ),
         }
     } else {
         match authority.rsplit_once(':') {
@@ -63,9 +66,22 @@ fn parse_url(url: &str) -> Result<Target, String> {
         None => 80,
         Some(p) => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
     };
-    let host_only = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-    let host_header = if port == 80 { host_only } else { format!("{host_only}:{port}") };
-    Ok(Target { host, port, path, host_header })
+    let host_only = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let host_header = if port == 80 {
+        host_only
+    } else {
+        format!("{host_only}:{port}")
+    };
+    Ok(Target {
+        host,
+        port,
+        path,
+        host_header,
+    })
 }
 
 /// A reader that fails with `TimedOut` once the deadline has passed.
@@ -82,7 +98,9 @@ impl Read for DeadlineReader {
         }
         self.stream.set_read_timeout(Some(left))?;
         match self.stream.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(std::io::ErrorKind::TimedOut.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(std::io::ErrorKind::TimedOut.into())
+            }
             r => r,
         }
     }
@@ -113,7 +131,9 @@ pub(crate) fn check(c: &HttpCheck) -> Result<HttpAnswer, ActionError> {
         }
     }
     let Some(stream) = stream else {
-        return Err(fail(last_err.unwrap_or_else(|| format!("no answer within {:?}", c.timeout))));
+        return Err(fail(
+            last_err.unwrap_or_else(|| format!("no answer within {:?}", c.timeout)),
+        ));
     };
     let timed_out = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::TimedOut {
@@ -127,7 +147,11 @@ pub(crate) fn check(c: &HttpCheck) -> Result<HttpAnswer, ActionError> {
         t.path, t.host_header
     );
     stream
-        .set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+        .set_write_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
         .and_then(|()| (&stream).write_all(request.as_bytes()))
         .map_err(|e| fail(format!("sending the request: {e}")))?;
     let mut r = BufReader::new(DeadlineReader { stream, deadline });
@@ -146,7 +170,11 @@ pub(crate) fn check(c: &HttpCheck) -> Result<HttpAnswer, ActionError> {
     } else {
         read_body(&mut r, length, &mut body).map_err(timed_out)?
     };
-    let answer = HttpAnswer { status, body_bytes, elapsed: started.elapsed() };
+    let answer = HttpAnswer {
+        status,
+        body_bytes,
+        elapsed: started.elapsed(),
+    };
     if let Some(want) = &c.expect_body {
         if !contains(&body, want.as_bytes()) {
             return Err(fail(format!(
@@ -173,13 +201,20 @@ impl From<std::io::Error> for HeadError {
 /// One CRLF (or LF) line, bounded in size.
 fn read_line<R: BufRead>(r: &mut R, seen: &mut usize) -> Result<String, HeadError> {
     let mut line = Vec::new();
-    let n = r.by_ref().take((HEAD_MAX - *seen) as u64 + 1).read_until(b'\n', &mut line)?;
+    let n = r
+        .by_ref()
+        .take((HEAD_MAX - *seen) as u64 + 1)
+        .read_until(b'\n', &mut line)?;
     *seen += n;
     if n == 0 {
-        return Err(HeadError::Bad("connection closed before the end of the headers".into()));
+        return Err(HeadError::Bad(
+            "connection closed before the end of the headers".into(),
+        ));
     }
     if *seen > HEAD_MAX {
-        return Err(HeadError::Bad(format!("headers longer than {HEAD_MAX} bytes")));
+        return Err(HeadError::Bad(format!(
+            "headers longer than {HEAD_MAX} bytes"
+        )));
     }
     while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         line.pop();
@@ -196,7 +231,11 @@ fn read_head<R: BufRead>(r: &mut R) -> Result<(u16, Option<u64>, bool), HeadErro
     let status = parts.next().and_then(|s| s.parse::<u16>().ok());
     let status = match status {
         Some(s) if version.starts_with("HTTP/") => s,
-        _ => return Err(HeadError::Bad(format!("not an HTTP answer: {status_line:?}"))),
+        _ => {
+            return Err(HeadError::Bad(format!(
+                "not an HTTP answer: {status_line:?}"
+            )))
+        }
     };
     let (mut length, mut chunked) = (None, false);
     // At most HEAD_MAX bytes of headers, so at most HEAD_MAX lines.
@@ -205,15 +244,22 @@ fn read_head<R: BufRead>(r: &mut R) -> Result<(u16, Option<u64>, bool), HeadErro
         if line.is_empty() {
             return Ok((status, length, chunked));
         }
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim(), v.trim());
         if k.eq_ignore_ascii_case("content-length") {
-            length = Some(v.parse().map_err(|_| HeadError::Bad(format!("bad Content-Length {v:?}")))?);
+            length = Some(
+                v.parse()
+                    .map_err(|_| HeadError::Bad(format!("bad Content-Length {v:?}")))?,
+            );
         } else if k.eq_ignore_ascii_case("transfer-encoding") {
             chunked = v.to_ascii_lowercase().contains("chunked");
         }
     }
-    Err(HeadError::Bad(format!("headers longer than {HEAD_MAX} bytes")))
+    Err(HeadError::Bad(format!(
+        "headers longer than {HEAD_MAX} bytes"
+    )))
 }
 
 /// Reads up to `limit` bytes (or to the end), keeping the first
@@ -283,14 +329,32 @@ mod tests {
     #[test]
     fn urls() {
         let t = parse_url("http://10.0.0.10/").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str(), t.host_header.as_str()), ("10.0.0.10", 80, "/", "10.0.0.10"));
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.path.as_str(),
+                t.host_header.as_str()
+            ),
+            ("10.0.0.10", 80, "/", "10.0.0.10")
+        );
         let t = parse_url("http://localhost:8080/health?x=1#frag").unwrap();
-        assert_eq!((t.port, t.path.as_str(), t.host_header.as_str()), (8080, "/health?x=1", "localhost:8080"));
+        assert_eq!(
+            (t.port, t.path.as_str(), t.host_header.as_str()),
+            (8080, "/health?x=1", "localhost:8080")
+        );
         let t = parse_url("http://[2001:db8::10]:81?q").unwrap();
-        assert_eq!((t.host.as_str(), t.path.as_str(), t.host_header.as_str()), ("2001:db8::10", "/?q", "[2001:db8::10]:81"));
-        assert!(parse_url("https://x/").unwrap_err().contains("https is not supported"));
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str(), t.host_header.as_str()),
+            ("2001:db8::10", "/?q", "[2001:db8::10]:81")
+        );
+        assert!(parse_url("https://x/")
+            .unwrap_err()
+            .contains("https is not supported"));
         assert!(parse_url("ftp://x/").unwrap_err().contains("http://"));
-        assert!(parse_url("http://x:99999/").unwrap_err().contains("bad port"));
+        assert!(parse_url("http://x:99999/")
+            .unwrap_err()
+            .contains("bad port"));
         assert!(parse_url("http:///").unwrap_err().contains("no host"));
     }
 

@@ -33,7 +33,10 @@ pub fn ping(target: IpAddr, timeout: Duration) -> Result<bool, ActionError> {
     let request = echo_request(target.is_ipv4(), ident, seq);
     // A connected ICMP socket only receives from the target.
     let to = socket2::SockAddr::from(SocketAddr::new(target, 0));
-    if let Err(e) = sock.connect(&to).and_then(|()| sock.send(&request).map(drop)) {
+    if let Err(e) = sock
+        .connect(&to)
+        .and_then(|()| sock.send(&request).map(drop))
+    {
         if unreachable(&e) {
             tracing::debug!(%target, error = %e, "ping: unreachable");
             return Ok(false);
@@ -50,7 +53,12 @@ pub fn ping(target: IpAddr, timeout: Duration) -> Result<bool, ActionError> {
             .map_err(|e| ActionError(format!("ping {target}: {e}")))?;
         let n = match (&sock).read(&mut buf) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
                 continue
             }
             Err(e) if unreachable(&e) => return Ok(false),
@@ -87,7 +95,9 @@ fn open(target: IpAddr) -> Result<(Socket, bool), ActionError> {
                 ))),
             }
         }
-        Err(e) => Err(ActionError(format!("ping {target}: cannot open an ICMP socket: {e}"))),
+        Err(e) => Err(ActionError(format!(
+            "ping {target}: cannot open an ICMP socket: {e}"
+        ))),
     }
 }
 
@@ -111,7 +121,9 @@ fn echo_request(v4: bool, ident: u16, seq: u16) -> Vec<u8> {
 /// sequence number and payload are compared there.
 fn is_our_reply(v4: bool, raw: bool, pkt: &[u8], ident: u16, seq: u16) -> bool {
     let icmp = if v4 && raw {
-        let Some(first) = pkt.first() else { return false };
+        let Some(first) = pkt.first() else {
+            return false;
+        };
         let ihl = usize::from(first & 0x0f) * 4;
         if ihl < 20 || pkt.len() < ihl {
             return false;
@@ -153,7 +165,10 @@ mod tests {
         let p = echo_request(true, 0x1234, 7);
         assert_eq!(checksum(&p), 0);
         // RFC 1071's example words.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
     }
 
     #[test]

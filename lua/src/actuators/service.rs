@@ -115,7 +115,8 @@ fn run_checked(argv: &[String], timeout: Duration) -> Result<ExecResult, ActionE
         return Err(ActionError(format!(
             "{}: exited with {}{}",
             show(argv),
-            r.code.map_or("a signal".to_string(), |c| format!("code {c}")),
+            r.code
+                .map_or("a signal".to_string(), |c| format!("code {c}")),
             printed(&r)
         )));
     }
@@ -124,7 +125,11 @@ fn run_checked(argv: &[String], timeout: Duration) -> Result<ExecResult, ActionE
 
 /// `: <stderr>` (or stdout when stderr is empty), trimmed, for messages.
 fn printed(r: &ExecResult) -> String {
-    let s = if r.stderr.trim().is_empty() { r.stdout.trim() } else { r.stderr.trim() };
+    let s = if r.stderr.trim().is_empty() {
+        r.stdout.trim()
+    } else {
+        r.stderr.trim()
+    };
     if s.is_empty() {
         String::new()
     } else {
@@ -142,7 +147,10 @@ fn systemctl(args: &[&str], name: &str) -> Vec<String> {
 /// `systemctl is-active` words that mean the unit still has (or is about to
 /// have) processes.
 fn systemd_word_running(word: &str) -> bool {
-    matches!(word, "active" | "reloading" | "activating" | "deactivating" | "refreshing")
+    matches!(
+        word,
+        "active" | "reloading" | "activating" | "deactivating" | "refreshing"
+    )
 }
 
 pub(crate) fn status(sys: &System, name: &str) -> Result<ServiceState, ActionError> {
@@ -157,11 +165,26 @@ fn state(sys: &System, d: &Driver, name: &str) -> Result<(ServiceState, Option<u
             let argv = systemctl(&["is-active"], name);
             let r = exec::run(&argv, sys.opts.command_timeout)?;
             if r.timed_out {
-                return Err(ActionError(format!("{}: no answer within {:?}", show(&argv), sys.opts.command_timeout)));
+                return Err(ActionError(format!(
+                    "{}: no answer within {:?}",
+                    show(&argv),
+                    sys.opts.command_timeout
+                )));
             }
             let word = r.stdout.trim();
-            let running = if word.is_empty() { r.code == Some(0) } else { systemd_word_running(word) };
-            Ok((if running { ServiceState::Running } else { ServiceState::Stopped }, None))
+            let running = if word.is_empty() {
+                r.code == Some(0)
+            } else {
+                systemd_word_running(word)
+            };
+            Ok((
+                if running {
+                    ServiceState::Running
+                } else {
+                    ServiceState::Stopped
+                },
+                None,
+            ))
         }
         Driver::Commands(c) => {
             if let Some(argv) = &c.status {
@@ -174,8 +197,15 @@ fn state(sys: &System, d: &Driver, name: &str) -> Result<(ServiceState, Option<u
                         printed(&r)
                     )));
                 }
-                let pid = c.pidfile.as_deref().and_then(|p| read_pidfile(p).ok().flatten());
-                let st = if r.code == Some(0) { ServiceState::Running } else { ServiceState::Stopped };
+                let pid = c
+                    .pidfile
+                    .as_deref()
+                    .and_then(|p| read_pidfile(p).ok().flatten());
+                let st = if r.code == Some(0) {
+                    ServiceState::Running
+                } else {
+                    ServiceState::Stopped
+                };
                 return Ok((st, pid));
             }
             let Some(pidfile) = &c.pidfile else {
@@ -197,7 +227,12 @@ fn read_pidfile(path: &Path) -> Result<Option<u32>, ActionError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ActionError(format!("cannot read pid file {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(ActionError(format!(
+                "cannot read pid file {}: {e}",
+                path.display()
+            )))
+        }
     };
     let t = text.trim();
     if t.is_empty() {
@@ -205,7 +240,10 @@ fn read_pidfile(path: &Path) -> Result<Option<u32>, ActionError> {
     }
     match t.parse::<u32>() {
         Ok(p) if p > 0 => Ok(Some(p)),
-        _ => Err(ActionError(format!("pid file {}: {t:?} is not a pid", path.display()))),
+        _ => Err(ActionError(format!(
+            "pid file {}: {t:?} is not a pid",
+            path.display()
+        ))),
     }
 }
 
@@ -236,7 +274,9 @@ pub(crate) fn start(sys: &System, name: &str) -> Result<(), ActionError> {
                 return Ok(());
             }
             if c.start.is_empty() {
-                return Err(ActionError(format!("service {name}: no start command configured")));
+                return Err(ActionError(format!(
+                    "service {name}: no start command configured"
+                )));
             }
             run_checked(&c.start, sys.opts.command_timeout)?;
         }
@@ -258,7 +298,10 @@ pub(crate) fn stop(sys: &System, name: &str) -> Result<(), ActionError> {
     if !can_tell {
         // Nothing to wait on: the command's exit is all we know.
         run_checked(&stop_argv, sys.opts.command_timeout)?;
-        tracing::warn!(service = name, "stopped without a status command or pidfile: not waited for");
+        tracing::warn!(
+            service = name,
+            "stopped without a status command or pidfile: not waited for"
+        );
         return Ok(());
     }
     let (st, pid) = state(sys, &d, name)?;
@@ -267,7 +310,9 @@ pub(crate) fn stop(sys: &System, name: &str) -> Result<(), ActionError> {
         return Ok(());
     }
     if stop_argv.is_empty() {
-        return Err(ActionError(format!("service {name}: no stop command configured")));
+        return Err(ActionError(format!(
+            "service {name}: no stop command configured"
+        )));
     }
     if let Err(e) = run_checked(&stop_argv, sys.opts.command_timeout) {
         // A stop command that fails because the service died meanwhile is
@@ -322,16 +367,25 @@ mod tests {
     fn builtins_know_debian_and_rhel() {
         let a = ServiceCommands::builtin("apache2").unwrap();
         assert_eq!(a.start, ["apache2ctl", "start"]);
-        assert_eq!(a.pidfile.as_deref(), Some(Path::new("/run/apache2/apache2.pid")));
+        assert_eq!(
+            a.pidfile.as_deref(),
+            Some(Path::new("/run/apache2/apache2.pid"))
+        );
         let h = ServiceCommands::builtin("httpd").unwrap();
         assert_eq!(h.stop, ["httpd", "-k", "stop"]);
-        assert_eq!(h.pidfile.as_deref(), Some(Path::new("/run/httpd/httpd.pid")));
+        assert_eq!(
+            h.pidfile.as_deref(),
+            Some(Path::new("/run/httpd/httpd.pid"))
+        );
         assert!(ServiceCommands::builtin("nginx").is_none());
     }
 
     #[test]
     fn unknown_service_without_systemd_says_what_to_configure() {
-        let sys = System::new(SystemOptions { backend: Some(ServiceBackend::Commands), ..Default::default() });
+        let sys = System::new(SystemOptions {
+            backend: Some(ServiceBackend::Commands),
+            ..Default::default()
+        });
         let e = status(&sys, "nginx").unwrap_err();
         assert!(e.0.contains("service nginx: no systemd here"), "{e}");
         let e = status(&sys, "--now").unwrap_err();
@@ -340,7 +394,10 @@ mod tests {
 
     #[test]
     fn systemctl_argv_and_words() {
-        assert_eq!(systemctl(&["is-active"], "apache2"), ["systemctl", "is-active", "apache2"]);
+        assert_eq!(
+            systemctl(&["is-active"], "apache2"),
+            ["systemctl", "is-active", "apache2"]
+        );
         assert!(systemd_word_running("deactivating"));
         assert!(!systemd_word_running("inactive"));
         assert!(!systemd_word_running("failed"));

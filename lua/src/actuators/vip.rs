@@ -13,7 +13,10 @@ use crate::actions::{ActionError, ExecResult, Vip, VipClaim};
 const IP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn ip(args: &[&str]) -> (Vec<String>, Result<ExecResult, ActionError>) {
-    let argv: Vec<String> = std::iter::once("ip").chain(args.iter().copied()).map(String::from).collect();
+    let argv: Vec<String> = std::iter::once("ip")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
     let r = exec::run(&argv, IP_TIMEOUT);
     (argv, r)
 }
@@ -36,10 +39,20 @@ fn ip_failed(argv: &[String], r: &ExecResult) -> ActionError {
 fn check(vip: &Vip) -> Result<(), ActionError> {
     let max = if vip.addr.is_ipv4() { 32 } else { 128 };
     if vip.prefix > max {
-        return Err(ActionError(format!("VIP {vip}: prefix /{} is longer than {max}", vip.prefix)));
+        return Err(ActionError(format!(
+            "VIP {vip}: prefix /{} is longer than {max}",
+            vip.prefix
+        )));
     }
-    if vip.dev.is_empty() || vip.dev.starts_with('-') || vip.dev.contains(['/', ' ']) || vip.dev.len() > 15 {
-        return Err(ActionError(format!("VIP {vip}: {:?} is not an interface name", vip.dev)));
+    if vip.dev.is_empty()
+        || vip.dev.starts_with('-')
+        || vip.dev.contains(['/', ' '])
+        || vip.dev.len() > 15
+    {
+        return Err(ActionError(format!(
+            "VIP {vip}: {:?} is not an interface name",
+            vip.dev
+        )));
     }
     Ok(())
 }
@@ -51,7 +64,8 @@ pub(crate) fn parse_held(out: &str, addr: IpAddr, prefix: u8) -> bool {
         toks.windows(2).any(|w| {
             (w[0] == "inet" || w[0] == "inet6")
                 && w[1].split_once('/').is_some_and(|(a, p)| {
-                    a.parse::<IpAddr>().is_ok_and(|a| a == addr) && p.parse::<u8>().is_ok_and(|p| p == prefix)
+                    a.parse::<IpAddr>().is_ok_and(|a| a == addr)
+                        && p.parse::<u8>().is_ok_and(|p| p == prefix)
                 })
         })
     })
@@ -90,7 +104,11 @@ pub(crate) fn claim(sys: &System, vip: &Vip) -> Result<VipClaim, ActionError> {
     }
     match probe_and_announce(sys, vip) {
         Ok((conflict, announcements)) => {
-            let claim = VipClaim { already_held, announcements, conflict };
+            let claim = VipClaim {
+                already_held,
+                announcements,
+                conflict,
+            };
             tracing::info!(vip = %vip, already_held, announcements, conflict = ?claim.conflict, "VIP claimed");
             Ok(claim)
         }
@@ -126,7 +144,9 @@ fn probe_and_announce(sys: &System, vip: &Vip) -> Result<(Option<String>, u32), 
 
 pub(crate) fn announce(sys: &System, vip: &Vip) -> Result<u32, ActionError> {
     if !held(vip)? {
-        return Err(ActionError(format!("VIP {vip}: not held here, nothing to announce (claim it first)")));
+        return Err(ActionError(format!(
+            "VIP {vip}: not held here, nothing to announce (claim it first)"
+        )));
     }
     let link = Link::open(&vip.dev).map_err(|e| ActionError(format!("VIP {vip}: {e}")))?;
     announce_series(sys, vip, link).map_err(|e| ActionError(format!("VIP {vip}: {e}")))
@@ -228,10 +248,20 @@ mod tests {
 
     #[test]
     fn bad_vips_are_refused_before_any_command() {
-        let v = |addr: &str, prefix, dev: &str| Vip { addr: addr.parse().unwrap(), prefix, dev: dev.into() };
-        assert!(check(&v("10.0.0.10", 33, "eth0")).unwrap_err().0.contains("prefix /33"));
+        let v = |addr: &str, prefix, dev: &str| Vip {
+            addr: addr.parse().unwrap(),
+            prefix,
+            dev: dev.into(),
+        };
+        assert!(check(&v("10.0.0.10", 33, "eth0"))
+            .unwrap_err()
+            .0
+            .contains("prefix /33"));
         assert!(check(&v("2001:db8::1", 129, "eth0")).is_err());
-        assert!(check(&v("10.0.0.10", 24, "-all")).unwrap_err().0.contains("not an interface name"));
+        assert!(check(&v("10.0.0.10", 24, "-all"))
+            .unwrap_err()
+            .0
+            .contains("not an interface name"));
         assert!(check(&v("10.0.0.10", 24, "a-very-long-interface")).is_err());
         assert!(check(&v("10.0.0.10", 24, "eth0.100")).is_ok());
     }
