@@ -645,3 +645,57 @@ fn claim_on_a_missing_interface_names_it() {
     assert!(e.0.starts_with("ip -o addr show dev nosuch0: "), "{e}");
     assert!(e.0.contains("nosuch0"), "{e}");
 }
+
+#[test]
+fn later_announcements_follow_in_the_background_and_stop_on_release() {
+    if !lab_possible() {
+        return;
+    }
+    let pair = Pair::new("series");
+    let mac_a = pair.mac(&pair.a, "va");
+    let old = "02:00:00:00:00:99";
+    let point_elsewhere = || {
+        sh_ok(&[
+            "ip", "-n", &pair.b, "neigh", "replace", VIP4, "lladdr", old, "dev", "vb", "nud",
+            "stale",
+        ]);
+    };
+    // Announcements 500 ms apart: wide enough for the commands run between
+    // them here, even on a busy machine.
+    let sys = System::new(SystemOptions {
+        garp_count: 3,
+        garp_interval: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let v = vip(VIP4, 24, "va");
+
+    point_elsewhere();
+    let claim = in_ns(&pair.a, || sys.vip_claim(&v).unwrap());
+    assert_eq!(claim.announcements, 3);
+    // The first announcement went out before the claim returned; point the
+    // entry elsewhere again: one of the two later ones must move it back.
+    assert!(wait_for(Duration::from_secs(2), || pair
+        .neigh(&pair.b, "vb", VIP4)
+        .contains(&mac_a)));
+    point_elsewhere();
+    assert!(
+        wait_for(Duration::from_secs(3), || pair
+            .neigh(&pair.b, "vb", VIP4)
+            .contains(&mac_a)),
+        "no later announcement: {}",
+        pair.neigh(&pair.b, "vb", VIP4)
+    );
+
+    // A release cancels the announcements still scheduled.
+    in_ns(&pair.a, || {
+        sys.vip_claim(&v).unwrap();
+        sys.vip_release(&v).unwrap();
+    });
+    point_elsewhere();
+    thread::sleep(Duration::from_millis(1300));
+    assert!(
+        pair.neigh(&pair.b, "vb", VIP4).contains(old),
+        "an announcement followed the release: {}",
+        pair.neigh(&pair.b, "vb", VIP4)
+    );
+}
