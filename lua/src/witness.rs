@@ -164,6 +164,8 @@ pub enum WitnessError {
         last_problem: String,
     },
     /// The witness refused the request and said why (signed by the witness).
+    /// The witness is up but this node has no lease from it: a state machine
+    /// must treat it like "no lease", and show the reason to the operator.
     #[error("witness {addr} refused the request: {reason}")]
     Rejected {
         /// The witness.

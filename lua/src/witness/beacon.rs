@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::frame::{Kind, Signer, Verifier, DEFAULT_MAX_SKEW, MAX_FRAME_LEN};
+use super::frame::{FrameError, Kind, Signer, Verifier, DEFAULT_MAX_SKEW, MAX_FRAME_LEN};
 use super::keys::PublicKey;
 use super::message::Announce;
 use super::wall_ms;
@@ -165,6 +165,7 @@ impl Beacon {
             peer_addr: config.peer_addr,
             interval: config.interval,
             shared: shared.clone(),
+            last_refusal: None,
         };
         info!(%local, peer = %config.peer_addr, interval = ?config.interval, "beacon started");
         let thread = std::thread::Builder::new()
@@ -221,6 +222,9 @@ struct Worker {
     peer_addr: SocketAddr,
     interval: Duration,
     shared: Arc<Shared>,
+    /// The kind of the last refusal, so that a stream of the same refusal
+    /// (replays carry a new counter each time) logs one warning.
+    last_refusal: Option<std::mem::Discriminant<FrameError>>,
 }
 
 impl Worker {
@@ -243,10 +247,9 @@ impl Worker {
                 std::thread::sleep(wait);
                 continue;
             }
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => self.receive(&buf[..n], from),
-                // Timeouts, and ICMP errors reported for earlier sends.
-                Err(_) => {}
+            // Errors are timeouts, and ICMP errors reported for earlier sends.
+            if let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+                self.receive(&buf[..n], from);
             }
         }
         debug!("beacon stopped");
@@ -292,6 +295,7 @@ impl Worker {
         let mut st = lock(&self.shared.status);
         match result {
             Ok(announce) => {
+                self.last_refusal = None;
                 st.heard = Some(PeerHeard {
                     at: now,
                     from,
@@ -299,13 +303,14 @@ impl Worker {
                 })
             }
             Err(e) => {
-                let msg = format!("from {from}: {e}");
-                // Warn once per distinct problem, not ten times a second.
-                if st.last_rejection.as_deref() != Some(msg.as_str()) {
+                // Warn once per kind of problem, not ten times a second.
+                let kind = std::mem::discriminant(&e);
+                if self.last_refusal != Some(kind) {
                     warn!(%from, error = %e, "beacon datagram refused");
+                    self.last_refusal = Some(kind);
                 }
                 st.rejected += 1;
-                st.last_rejection = Some(msg);
+                st.last_rejection = Some(format!("from {from}: {e}"));
             }
         }
     }

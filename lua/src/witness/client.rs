@@ -119,7 +119,8 @@ impl WitnessClient {
             SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
         });
-        let socket = UdpSocket::bind(bind).map_err(|error| WitnessError::Bind { addr: bind, error })?;
+        let socket =
+            UdpSocket::bind(bind).map_err(|error| WitnessError::Bind { addr: bind, error })?;
         // Connected: only the witness's datagrams arrive, and an ICMP "port
         // unreachable" shows up as ECONNREFUSED (the witness is not running).
         socket

@@ -484,16 +484,15 @@ impl Verifier {
             });
         }
         match peer.current {
-            Some((boot, last)) if boot == frame.boot_id => {
-                if frame.counter <= last {
-                    return Err(FrameError::Replay {
-                        sender: frame.sender.to_owned(),
-                        boot_id: frame.boot_id,
-                        counter: frame.counter,
-                        last,
-                    });
-                }
+            Some((boot, last)) if boot == frame.boot_id && frame.counter <= last => {
+                return Err(FrameError::Replay {
+                    sender: frame.sender.to_owned(),
+                    boot_id: frame.boot_id,
+                    counter: frame.counter,
+                    last,
+                });
             }
+            Some((boot, _)) if boot == frame.boot_id => {}
             Some((boot, _)) => {
                 if peer.retired.len() == RETIRED_BOOTS {
                     peer.retired.pop_front();
@@ -537,7 +536,10 @@ mod tests {
         );
         let empty = signer.seal(Kind::Heartbeat, b"", NOW).unwrap();
         assert_eq!(empty.len(), FIXED_LEN + 5);
-        assert_eq!(verifier.open(&empty, Kind::Heartbeat, NOW).unwrap().counter, 2);
+        assert_eq!(
+            verifier.open(&empty, Kind::Heartbeat, NOW).unwrap().counter,
+            2
+        );
     }
 
     #[test]
@@ -560,20 +562,48 @@ mod tests {
         assert_eq!(open(&b), FrameError::UnknownKind { found: 9 });
         let mut b = good.clone();
         b[6] = 200;
-        assert!(matches!(open(&b), FrameError::BadFieldLength { field: "sender name", declared: 200, .. }));
+        assert!(matches!(
+            open(&b),
+            FrameError::BadFieldLength {
+                field: "sender name",
+                declared: 200,
+                ..
+            }
+        ));
         let mut b = good.clone();
         b[6] = 0;
-        assert!(matches!(open(&b), FrameError::BadFieldLength { field: "sender name", declared: 0, .. }));
+        assert!(matches!(
+            open(&b),
+            FrameError::BadFieldLength {
+                field: "sender name",
+                declared: 0,
+                ..
+            }
+        ));
         let mut b = good.clone();
         b[7] = 0xff;
         assert!(matches!(open(&b), FrameError::BadSenderName { .. }));
         let mut b = good.clone();
         b.push(0);
-        assert!(matches!(open(&b), FrameError::BadFieldLength { field: "body", declared: 2, .. }));
+        assert!(matches!(
+            open(&b),
+            FrameError::BadFieldLength {
+                field: "body",
+                declared: 2,
+                ..
+            }
+        ));
         let body_len_at = 7 + 5 + 24;
         let mut b = good.clone();
         b[body_len_at + 1] = 3;
-        assert!(matches!(open(&b), FrameError::BadFieldLength { field: "body", declared: 3, .. }));
+        assert!(matches!(
+            open(&b),
+            FrameError::BadFieldLength {
+                field: "body",
+                declared: 3,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -582,38 +612,80 @@ mod tests {
         let good = signer.seal(Kind::Heartbeat, b"xy", NOW).unwrap();
 
         let err = verifier.open(&good, Kind::WitnessRequest, NOW).unwrap_err();
-        assert!(matches!(err, FrameError::WrongKind { expected: Kind::WitnessRequest, found: Kind::Heartbeat, .. }));
+        assert!(matches!(
+            err,
+            FrameError::WrongKind {
+                expected: Kind::WitnessRequest,
+                found: Kind::Heartbeat,
+                ..
+            }
+        ));
 
         let stranger = Signer::with_boot_id("mallory", SigningKey::generate().unwrap(), 1).unwrap();
         let err = verifier
-            .open(&stranger.seal(Kind::Heartbeat, b"", NOW).unwrap(), Kind::Heartbeat, NOW)
+            .open(
+                &stranger.seal(Kind::Heartbeat, b"", NOW).unwrap(),
+                Kind::Heartbeat,
+                NOW,
+            )
             .unwrap_err();
-        assert_eq!(err.to_string(), "frame from unknown sender \"mallory\" (trusted: alpha)");
+        assert_eq!(
+            err.to_string(),
+            "frame from unknown sender \"mallory\" (trusted: alpha)"
+        );
 
         // Right name, wrong key.
         let impostor = Signer::with_boot_id("alpha", SigningKey::generate().unwrap(), 1).unwrap();
         let err = verifier
-            .open(&impostor.seal(Kind::Heartbeat, b"", NOW).unwrap(), Kind::Heartbeat, NOW)
+            .open(
+                &impostor.seal(Kind::Heartbeat, b"", NOW).unwrap(),
+                Kind::Heartbeat,
+                NOW,
+            )
             .unwrap_err();
-        assert!(matches!(err, FrameError::BadSignature { ref sender, .. } if sender == "alpha"), "{err}");
-        assert!(err.to_string().contains(&signer.public_key().to_string()), "{err}");
+        assert!(
+            matches!(err, FrameError::BadSignature { ref sender, .. } if sender == "alpha"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&signer.public_key().to_string()),
+            "{err}"
+        );
 
         // A flipped bit anywhere in the signed part or the signature.
         for i in [7, 20, 30, 40, good.len() - 1] {
             let mut b = good.clone();
             b[i] ^= 1;
             let err = verifier.open(&b, Kind::Heartbeat, NOW).unwrap_err();
-            assert!(matches!(err, FrameError::BadSignature { .. } | FrameError::BadSenderName { .. } | FrameError::UnknownSender { .. }), "byte {i}: {err}");
+            assert!(
+                matches!(
+                    err,
+                    FrameError::BadSignature { .. }
+                        | FrameError::BadSenderName { .. }
+                        | FrameError::UnknownSender { .. }
+                ),
+                "byte {i}: {err}"
+            );
         }
 
         // Clock skew both ways, just outside the window.
-        let err = verifier.open(&good, Kind::Heartbeat, NOW - 30_001).unwrap_err();
+        let err = verifier
+            .open(&good, Kind::Heartbeat, NOW - 30_001)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "clock of \"alpha\" is 30001 ms ahead of this machine's (allowed: 30000 ms); check NTP on both"
         );
-        let err = verifier.open(&good, Kind::Heartbeat, NOW + 30_001).unwrap_err();
-        assert!(matches!(err, FrameError::ClockSkew { direction: "behind", .. }));
+        let err = verifier
+            .open(&good, Kind::Heartbeat, NOW + 30_001)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::ClockSkew {
+                direction: "behind",
+                ..
+            }
+        ));
         // None of the refusals above consumed the counter.
         assert!(verifier.open(&good, Kind::Heartbeat, NOW + 30_000).is_ok());
     }
@@ -666,7 +738,9 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         let (signer, mut verifier) = pair("alpha", 7);
-        let good = signer.seal(Kind::WitnessRequest, b"0123456789", NOW).unwrap();
+        let good = signer
+            .seal(Kind::WitnessRequest, b"0123456789", NOW)
+            .unwrap();
         // xorshift64*: deterministic, no dependency.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {

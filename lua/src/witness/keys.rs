@@ -117,12 +117,13 @@ impl SigningKey {
 
     fn from_der_named(der: &[u8], source_name: &str) -> Result<SigningKey, KeyError> {
         let rng = SystemRandom::new();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng).map_err(
-            |e| KeyError::BadPrivateKey {
-                source_name: source_name.to_owned(),
-                reason: e.to_string(),
-            },
-        )?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng).map_err(|e| {
+                KeyError::BadPrivateKey {
+                    source_name: source_name.to_owned(),
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(SigningKey { pair, rng })
     }
 
@@ -159,9 +160,11 @@ impl SigningKey {
     /// A new random key (tests, and `twinfs witness` when it has no identity yet).
     pub fn generate() -> Result<SigningKey, KeyError> {
         let rng = SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|_| KeyError::Random {
-                what: "generating a key",
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| {
+                KeyError::Random {
+                    what: "generating a key",
+                }
             })?;
         Self::from_der_named(doc.as_ref(), "generated key")
     }
@@ -175,9 +178,12 @@ impl SigningKey {
 
     /// Signs `msg` (SHA-256, fixed-length r ‖ s).
     pub(crate) fn sign(&self, msg: &[u8]) -> Result<[u8; SIGNATURE_LEN], KeyError> {
-        let sig = self.pair.sign(&self.rng, msg).map_err(|_| KeyError::Random {
-            what: "signing a datagram",
-        })?;
+        let sig = self
+            .pair
+            .sign(&self.rng, msg)
+            .map_err(|_| KeyError::Random {
+                what: "signing a datagram",
+            })?;
         let mut out = [0u8; SIGNATURE_LEN];
         out.copy_from_slice(sig.as_ref());
         Ok(out)
@@ -317,14 +323,26 @@ mod tests {
         let signer = SigningKey::from_pem_file(&key_path).unwrap();
         assert_eq!(pinned, signer.public_key());
 
-        let err = PublicKey::from_cert_pem_file(&key_path).unwrap_err().to_string();
+        let err = PublicKey::from_cert_pem_file(&key_path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("contains no PEM certificate"), "{err}");
         assert!(err.contains("never copy a key"), "{err}");
-        let err = SigningKey::from_pem_file(&cert_path).unwrap_err().to_string();
-        assert!(err.contains("give the key file, not the certificate"), "{err}");
+        let err = SigningKey::from_pem_file(&cert_path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("give the key file, not the certificate"),
+            "{err}"
+        );
         let missing = dir.join("missing.crt");
-        let err = PublicKey::from_cert_pem_file(&missing).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("cannot read {}", missing.display())), "{err}");
+        let err = PublicKey::from_cert_pem_file(&missing)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("cannot read {}", missing.display())),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -339,10 +357,15 @@ mod tests {
         assert!(matches!(err, KeyError::NotP256 { .. }), "{err}");
         let err = PublicKey::from_cert_der(b"\x30\x03abc").unwrap_err();
         assert!(
-            err.to_string().starts_with("certificate bytes: not a usable X.509 certificate"),
+            err.to_string()
+                .starts_with("certificate bytes: not a usable X.509 certificate"),
             "{err}"
         );
         let err = SigningKey::from_pkcs8_der(b"nonsense").unwrap_err();
-        assert!(err.to_string().contains("not an ECDSA P-256 PKCS#8 private key"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("not an ECDSA P-256 PKCS#8 private key"),
+            "{err}"
+        );
     }
 }

@@ -121,22 +121,43 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut t = table(t0, Duration::ZERO);
-        assert_eq!(t.handle(ms(0), "alpha", Op::Acquire).outcome, Outcome::Granted);
+        assert_eq!(
+            t.handle(ms(0), "alpha", Op::Acquire).outcome,
+            Outcome::Granted
+        );
         let d = t.handle(ms(100), "beta", Op::Acquire);
         assert_eq!(d.outcome, Outcome::Refused);
-        assert_eq!(d.holder, Some(("alpha".to_owned(), Duration::from_millis(2900))));
+        assert_eq!(
+            d.holder,
+            Some(("alpha".to_owned(), Duration::from_millis(2900)))
+        );
         assert_eq!(d.peer_heard_ago, Some(Duration::from_millis(100)));
         // alpha renews; beta is refused until a full lease after that renewal.
-        assert_eq!(t.handle(ms(2000), "alpha", Op::Renew).outcome, Outcome::Granted);
-        assert_eq!(t.handle(ms(4999), "beta", Op::Acquire).outcome, Outcome::Refused);
+        assert_eq!(
+            t.handle(ms(2000), "alpha", Op::Renew).outcome,
+            Outcome::Granted
+        );
+        assert_eq!(
+            t.handle(ms(4999), "beta", Op::Acquire).outcome,
+            Outcome::Refused
+        );
         let d = t.handle(ms(5000), "beta", Op::Acquire);
         assert_eq!(d.outcome, Outcome::Granted);
         assert_eq!(d.peer_heard_ago, Some(Duration::from_millis(3000)));
         // Now alpha is the one refused, even when it says "renew".
-        assert_eq!(t.handle(ms(5001), "alpha", Op::Renew).outcome, Outcome::Refused);
+        assert_eq!(
+            t.handle(ms(5001), "alpha", Op::Renew).outcome,
+            Outcome::Refused
+        );
         // A planned handover: beta releases, alpha may take it at once.
-        assert_eq!(t.handle(ms(5002), "beta", Op::Release).outcome, Outcome::Released);
-        assert_eq!(t.handle(ms(5003), "alpha", Op::Acquire).outcome, Outcome::Granted);
+        assert_eq!(
+            t.handle(ms(5002), "beta", Op::Release).outcome,
+            Outcome::Released
+        );
+        assert_eq!(
+            t.handle(ms(5003), "alpha", Op::Acquire).outcome,
+            Outcome::Granted
+        );
         // Pings change nothing but the heard times.
         let d = t.handle(ms(5004), "beta", Op::Ping);
         assert_eq!(d.outcome, Outcome::Pinged);
@@ -150,12 +171,24 @@ mod tests {
         let mut t = table(t0, LEASE);
         let d = t.handle(ms(10), "beta", Op::Ping);
         assert_eq!(d.peer_heard_ago, None, "alpha never heard yet");
-        assert_eq!(t.handle(ms(20), "beta", Op::Acquire).outcome, Outcome::Grace);
+        assert_eq!(
+            t.handle(ms(20), "beta", Op::Acquire).outcome,
+            Outcome::Grace
+        );
         // The node whose lease from the previous run is still valid renews.
-        assert_eq!(t.handle(ms(30), "alpha", Op::Renew).outcome, Outcome::Granted);
-        assert_eq!(t.handle(ms(40), "beta", Op::Acquire).outcome, Outcome::Refused);
+        assert_eq!(
+            t.handle(ms(30), "alpha", Op::Renew).outcome,
+            Outcome::Granted
+        );
+        assert_eq!(
+            t.handle(ms(40), "beta", Op::Acquire).outcome,
+            Outcome::Refused
+        );
         // After the grace period, acquiring works as usual.
         let mut t = table(t0, LEASE);
-        assert_eq!(t.handle(ms(3000), "beta", Op::Acquire).outcome, Outcome::Granted);
+        assert_eq!(
+            t.handle(ms(3000), "beta", Op::Acquire).outcome,
+            Outcome::Granted
+        );
     }
 }

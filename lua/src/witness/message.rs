@@ -366,7 +366,10 @@ mod tests {
     #[test]
     fn bad_bodies_are_named() {
         let err = Announce::decode(&[9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], "alpha").unwrap_err();
-        assert_eq!(err.to_string(), "bad heartbeat from \"alpha\": unknown role 9");
+        assert_eq!(
+            err.to_string(),
+            "bad heartbeat from \"alpha\": unknown role 9"
+        );
         let err = Request::decode(&[0; 8], "alpha").unwrap_err();
         assert_eq!(
             err.to_string(),

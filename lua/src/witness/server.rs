@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::frame::{Frame, Kind, Signer, Verifier, DEFAULT_MAX_SKEW, MAX_FRAME_LEN};
+use super::frame::{Frame, FrameError, Kind, Signer, Verifier, DEFAULT_MAX_SKEW, MAX_FRAME_LEN};
 use super::keys::PublicKey;
 use super::lease::LeaseTable;
 use super::message::{Answer, Outcome, Request};
@@ -49,7 +49,10 @@ impl WitnessConfig {
         if self.nodes.len() != 2 {
             return cfg(
                 "witness.nodes",
-                format!("a witness serves exactly two nodes, {} given", self.nodes.len()),
+                format!(
+                    "a witness serves exactly two nodes, {} given",
+                    self.nodes.len()
+                ),
             );
         }
         if self.nodes[0].0 == self.nodes[1].0 {
@@ -98,6 +101,9 @@ pub struct WitnessServer {
     table: LeaseTable,
     lease_ms: u32,
     rejections: (Instant, u32),
+    /// Source and kind of the last refusal: a node that keeps sending the
+    /// same refused request logs one warning, not one per request.
+    last_refusal: Option<(SocketAddr, std::mem::Discriminant<FrameError>)>,
 }
 
 impl WitnessServer {
@@ -141,6 +147,7 @@ impl WitnessServer {
             lease_ms: u32::try_from(config.lease.as_millis()).unwrap_or(u32::MAX),
             signer,
             rejections: (now, 0),
+            last_refusal: None,
         })
     }
 
@@ -221,7 +228,13 @@ impl WitnessServer {
                 }
             }
             Err(error) => {
-                warn!(%from, %error, "witness request refused");
+                let refusal = Some((from, std::mem::discriminant(&error)));
+                if self.last_refusal != refusal {
+                    warn!(%from, %error, "witness request refused");
+                    self.last_refusal = refusal;
+                } else {
+                    debug!(%from, %error, "witness request refused");
+                }
                 // Answer only what parses as a frame, within the rate limit.
                 let frame = Frame::decode(bytes).ok()?;
                 if !self.rejection_allowed(now) {
@@ -263,5 +276,7 @@ impl WitnessServer {
 
 fn ms_u32(d: Duration) -> u32 {
     // u32::MAX means "never" on the wire; clamp just below it.
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX - 1).min(u32::MAX - 1)
+    u32::try_from(d.as_millis())
+        .unwrap_or(u32::MAX - 1)
+        .min(u32::MAX - 1)
 }
