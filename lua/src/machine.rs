@@ -45,6 +45,12 @@
 //!   the peer and the ping target) for half of `deadtime` demotes itself, so
 //!   that it has let go before the other side may promote. The witness lease
 //!   must therefore last at least `deadtime`.
+//! - Without a witness, a cut between the two nodes alone (both still reach
+//!   the ping target) makes both primary, as with Heartbeat: the secondary
+//!   cannot tell a dead peer from a cut link. A second path (the public
+//!   beacon), a fence hook (`FencePeer` runs before `PromoteStore`) or a
+//!   witness closes that hole; the split brain is then reported through the
+//!   `SplitBrain` hook when the link returns.
 //!
 //! # Example: the driver loop
 //!
@@ -618,7 +624,8 @@ impl Machine {
         self.maintenance
     }
 
-    /// Until when promotions are held down after a failed one, if they are.
+    /// Until when promotions are held down after the last failed one (may be
+    /// in the past; `None` again after a successful promotion).
     pub fn hold_down_until(&self) -> Option<u64> {
         self.hold_down_until
     }

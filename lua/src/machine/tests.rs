@@ -263,9 +263,9 @@ fn never_promotes_a_disk_that_is_not_up_to_date() {
         b.cut_link();
         b.run_for(10_000);
         assert_eq!(b.count(Action::Promote), 0, "{disk} promoted");
-        let why = format!("did not promote (peer silent for 1 s on the replication link");
+        let why = "did not promote (peer silent for 1 s on the replication link";
         assert!(
-            b.log.iter().any(|d| d.reason.starts_with(&why)),
+            b.log.iter().any(|d| d.reason.starts_with(why)),
             "{:?}",
             b.log
         );
