@@ -1280,6 +1280,7 @@ level = "TRACE"
                     level: LogLevel::Trace
                 },
                 replication: None,
+                failover: None,
             }
         );
     }
@@ -1298,8 +1299,8 @@ level = "TRACE"
             PeerTrustConfig::CertFile("/etc/twinfs/beta.crt".into())
         );
         assert_eq!(c.protocol, ProtocolName::C);
-        assert_eq!(c.keepalive, Duration::from_secs(1));
-        assert_eq!(c.deadtime, Duration::from_secs(10));
+        assert_eq!(c.keepalive, Duration::from_millis(200));
+        assert_eq!(c.deadtime, Duration::from_secs(1));
         assert_eq!(c.on_peer_loss, OnPeerLossName::Continue);
         assert_eq!(c.split_brain, SplitBrainName::Disconnect);
         assert_eq!(c.resync_rate, 0);
@@ -1395,6 +1396,96 @@ level = "TRACE"
     }
 
     #[test]
+    fn failover_table_with_defaults_and_every_field() {
+        let c = parse(&format!("{REPL}[failover]\n")).unwrap().failover.unwrap();
+        assert_eq!(c.script, PathBuf::from("/etc/twinfs/failover.lua"));
+        assert_eq!((c.vip, c.beacon, c.witness, c.home), (None, None, None, None));
+        assert!(!c.auto_failback && !c.manual && c.ping.is_empty());
+        assert_eq!(c.stabilize, Duration::from_secs(5));
+        assert_eq!(c.escalation, EscalationName::None);
+        let full = format!(
+            "{REPL}[failover]\nscript = \"/srv/hooks.lua\"\nvip = \"10.0.0.10/24\"\n\
+             interface = \"eth0\"\nservice = \"httpd\"\ncheck_url = \"http://10.0.0.10/ok\"\n\
+             public = \"192.168.0.1:7790\"\npeer_public = \"192.168.0.2:7790\"\n\
+             ping = [\"192.168.0.254\", \"fd00::1\"]\nwitness = \"192.168.0.3:7791\"\n\
+             witness_cert = \"/etc/twinfs/witness.crt\"\nhome = \"www1\"\nauto_failback = true\n\
+             stabilize = \"10s\"\nhold_down = \"1min\"\nhook_timeout = \"5s\"\n\
+             escalation = \"reboot\"\nmanual = true\n\
+             [failover.services.httpd]\nstart = [\"httpd\", \"-k\", \"start\"]\n\
+             stop = [\"httpd\", \"-k\", \"stop\"]\npidfile = \"/run/httpd/httpd.pid\"\n\
+             [failover.vars]\nmarker = \"ok.html\"\n"
+        );
+        let c = parse(&full).unwrap().failover.unwrap();
+        assert_eq!(c.script, PathBuf::from("/srv/hooks.lua"));
+        let vip = c.vip.clone().unwrap();
+        assert_eq!((vip.addr.to_string(), vip.prefix, vip.interface.as_str()), ("10.0.0.10".into(), 24, "eth0"));
+        assert_eq!(c.beacon.as_ref().unwrap().peer, "192.168.0.2:7790".parse().unwrap());
+        assert_eq!(c.ping.len(), 2);
+        assert_eq!(c.witness.as_ref().unwrap().cert, PathBuf::from("/etc/twinfs/witness.crt"));
+        assert_eq!(c.home.as_deref(), Some("www1"));
+        assert!(c.auto_failback && c.manual);
+        assert_eq!(c.hold_down, Duration::from_secs(60));
+        assert_eq!(c.hook_timeout, Duration::from_secs(5));
+        assert_eq!(c.escalation, EscalationName::Reboot);
+        let httpd = &c.services["httpd"];
+        assert_eq!(httpd.start, ["httpd", "-k", "start"]);
+        assert_eq!(httpd.status, None);
+        let vars = c.hook_vars();
+        assert_eq!(vars["vip"], "10.0.0.10/24");
+        assert_eq!(vars["interface"], "eth0");
+        assert_eq!(vars["service"], "httpd");
+        assert_eq!(vars["marker"], "ok.html");
+    }
+
+    #[test]
+    fn failover_errors_name_the_field_and_value() {
+        let base = |extra: &str| format!("{REPL}[failover]\n{extra}");
+        let cases: Vec<(String, &str)> = vec![
+            ("[failover]\n".into(), "failover: [failover] needs a [replication] table"),
+            (base("script = \"hooks.lua\"\n"), "t.toml:6: failover.script: must be an absolute path"),
+            (base("vip = \"10.0.0.10/24\"\n"), "t.toml:6: failover.interface: missing"),
+            (base("interface = \"eth0\"\n"), "t.toml:6: failover.vip: missing"),
+            (
+                base("vip = \"10.0.0.10\"\ninterface = \"eth0\"\n"),
+                "t.toml:6: failover.vip: must be ADDRESS/PREFIX, e.g. \"10.0.0.10/24\", got \"10.0.0.10\"",
+            ),
+            (base("vip = \"10.0.0.10/33\"\ninterface = \"eth0\"\n"), "failover.vip: must be ADDRESS/PREFIX"),
+            (
+                base("vip = \"10.0.0.10/24\"\ninterface = \"eth0/1\"\n"),
+                "t.toml:7: failover.interface: must be an interface name",
+            ),
+            (base("service = \"apache2; rm\"\n"), "t.toml:6: failover.service: must be a service name"),
+            (base("check_url = \"https://x/\"\n"), "t.toml:6: failover.check_url: must be an http:// URL"),
+            (base("public = \"192.168.0.1:7790\"\n"), "t.toml:6: failover.peer_public: missing"),
+            (base("peer_public = \"192.168.0.1:7790\"\n"), "t.toml:6: failover.public: missing"),
+            (
+                base("public = \"192.168.0.1\"\npeer_public = \"192.168.0.2:7790\"\n"),
+                "t.toml:6: failover.public: must be IP:PORT",
+            ),
+            (
+                base("public = \"192.168.0.1:1\"\npeer_public = \"192.168.0.1:1\"\n"),
+                "t.toml:7: failover.peer_public: must differ from failover.public",
+            ),
+            (base("ping = [\"gateway\"]\n"), "t.toml:6: failover.ping: must be a list of IP addresses, got \"gateway\""),
+            (base("witness = \"192.168.0.3:7791\"\n"), "t.toml:6: failover.witness_cert: missing"),
+            (base("witness_cert = \"/w.crt\"\n"), "t.toml:6: failover.witness: missing"),
+            (base("home = \"no such/name\"\n"), "t.toml:6: failover.home:"),
+            (base("stabilize = \"soon\"\n"), "t.toml:6: failover.stabilize: invalid duration \"soon\""),
+            (base("hook_timeout = \"1ms\"\n"), "t.toml:6: failover.hook_timeout: must be between 100ms and 1h"),
+            (base("escalation = \"panic\"\n"), "t.toml:6: failover.escalation: must be \"none\", \"reboot\" or \"poweroff\", got \"panic\""),
+            (
+                base("[failover.services.apache2]\nstop = [\"apache2ctl\", \"stop\"]\n"),
+                "failover.services.apache2.start: missing",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "{want:?} not in {e:?}\nfor:\n{text}");
+        }
+        assert!(err(&base("vipp = \"x\"\n")).contains("unknown field failover.vipp"));
+    }
+
+    #[test]
     fn dotted_keys_and_inline_tables_are_accepted() {
         let c = parse("fs.threads = 2\nlog = { level = \"debug\" }\n").unwrap();
         assert_eq!(c.fs.threads, 2);
@@ -1475,11 +1566,11 @@ level = "TRACE"
     fn unknown_top_level_key() {
         assert_eq!(
             err("[fs]\n\n[bogus]\nx = 1\n"),
-            "t.toml:3: unknown field bogus, expected one of node, fs, log, replication"
+            "t.toml:3: unknown field bogus, expected one of node, fs, log, replication, failover"
         );
         assert_eq!(
             err("bogus = 1\n"),
-            "t.toml:1: unknown field bogus, expected one of node, fs, log, replication"
+            "t.toml:1: unknown field bogus, expected one of node, fs, log, replication, failover"
         );
     }
 

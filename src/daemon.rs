@@ -93,7 +93,14 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         split_brain,
         resync_rate: r.resync_rate,
     };
+    // The supervisor starts first: a broken hook script or a port in use stops
+    // the node before it joins the pair.
+    let supervisor = match &cfg.failover {
+        Some(f) => Some(crate::supervisor::start(cfg, &r, f)?),
+        None => None,
+    };
     let result = node::run(opts, disk.clone(), Box::new(mounter));
+    drop(supervisor);
     drop(checkpointer);
     result?;
     disk.checkpoint().context("final checkpoint")?;
@@ -224,10 +231,18 @@ pub(crate) fn control(data_dir: &Path, req: Request, json: bool) -> anyhow::Resu
     };
     match control::call(data_dir, &req, timeout)? {
         Response::Status(s) => {
+            let failover = crate::supervisor::read_status(data_dir);
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                if let (Some(f), Some(obj)) = (&failover, v.as_object_mut()) {
+                    obj.insert("failover".into(), serde_json::to_value(f)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", s.human());
+                if let Some(f) = &failover {
+                    print!("{}", f.human());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

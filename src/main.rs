@@ -6,7 +6,9 @@
 
 pub mod config;
 mod daemon;
+mod failover_cmd;
 mod mount;
+mod supervisor;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -82,6 +84,44 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Validate or dry-run the Lua failover hooks.
+    Hooks {
+        #[command(subcommand)]
+        command: HooksCommand,
+    },
+    /// Planned switchover: demote this primary (stop Apache, release the VIP,
+    /// unmount), then let the peer promote. Nothing acknowledged is lost.
+    Switchover {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Maintenance mode: the supervisor keeps watching and explaining, but
+    /// takes no automatic action.
+    Maintenance {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Run the witness, the diskless tie-breaker for a pair (on a third host).
+    Witness {
+        /// Address and UDP port to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The witness's own certificate (from `twinfs keygen --name witness`).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The witness's private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// A node's certificate; give it twice, once per node.
+        #[arg(long = "node-cert", required = true)]
+        node_certs: Vec<PathBuf>,
+        /// How long a primary lease lasts without renewal (at least the nodes' deadtime).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        lease: std::time::Duration,
+    },
     /// Print the SHA-256 fingerprint of a certificate file (as `peer_fingerprint` wants it).
     Fingerprint {
         /// The certificate (PEM).
@@ -103,6 +143,29 @@ enum Command {
         /// With --online: ship the primary's values of the records that differ.
         #[arg(long, requires = "online")]
         repair: bool,
+    },
+}
+
+/// `twinfs hooks ...`.
+#[derive(Debug, Subcommand)]
+enum HooksCommand {
+    /// Compile a hook script and list its hooks, without running any.
+    Check {
+        /// The Lua script.
+        file: PathBuf,
+    },
+    /// Run one hook (promote, demote, peer-lost, peer-back, split-brain)
+    /// against a recorder and print the actions it would take.
+    DryRun {
+        /// Which hook.
+        hook: String,
+        /// The config file: the script path and the values hooks read come
+        /// from its [failover] table.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The script (overrides failover.script).
+        #[arg(long)]
+        script: Option<PathBuf>,
     },
 }
 
@@ -215,6 +278,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let name = name.unwrap_or_else(|| cfg.node.name.to_string());
             daemon::keygen(&name, &cert, &key)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Hooks { command } => match command {
+            HooksCommand::Check { file } => failover_cmd::hooks_check(&file),
+            HooksCommand::DryRun {
+                hook,
+                config,
+                script,
+            } => {
+                let cfg = if config.exists() || script.is_none() {
+                    load_config(Some(&config))?
+                } else {
+                    config::Config::default()
+                };
+                let f = cfg.failover.clone();
+                let script = script
+                    .or_else(|| f.as_ref().map(|f| f.script.clone()))
+                    .unwrap_or_else(|| PathBuf::from("/etc/twinfs/failover.lua"));
+                let vars = f.map(|f| f.hook_vars()).unwrap_or_default();
+                failover_cmd::hooks_dry_run(&hook, &script, cfg.node.name.as_str(), vars)
+            }
+        },
+        Command::Switchover { node } => failover_cmd::switchover(&node.data_dir()?),
+        Command::Maintenance { state, node } => {
+            failover_cmd::maintenance(&node.data_dir()?, state == "on")
+        }
+        Command::Witness {
+            listen,
+            cert,
+            key,
+            node_certs,
+            lease,
+        } => {
+            init_tracing("info");
+            failover_cmd::witness(listen, &cert, &key, &node_certs, lease)
         }
         Command::Fingerprint { cert } => {
             daemon::fingerprint(&cert)?;

@@ -142,6 +142,12 @@ pub struct LinkView {
     pub peer_disk: Option<Disk>,
     /// Both stores hold the same data: connected and no resync running.
     pub in_sync: bool,
+    /// How long ago the last frame from the peer arrived on the link, as the
+    /// replication daemon measured it; `None` if it does not say. The peer's
+    /// silence is counted from then, not from when the daemon gave up on the
+    /// connection, so that death is declared after deadtime, not twice it.
+    #[serde(default)]
+    pub heard_ago_ms: Option<u64>,
 }
 
 impl LinkView {
@@ -152,6 +158,7 @@ impl LinkView {
             peer_role: None,
             peer_disk: None,
             in_sync: false,
+    heard_ago_ms: None,
         }
     }
 
@@ -162,6 +169,7 @@ impl LinkView {
             peer_role: Some(peer_role),
             peer_disk: Some(Disk::UpToDate),
             in_sync: true,
+    heard_ago_ms: None,
         }
     }
 }
@@ -827,6 +835,14 @@ impl Machine {
         let link = &obs.link;
         if link.connected {
             self.link_seen_ms = now;
+        }
+        if let Some(ago) = link.heard_ago_ms {
+            // A later frame than the connection state says (or the only word
+            // while the daemon has not yet declared the peer lost).
+            self.link_seen_ms = self.link_seen_ms.max(now.saturating_sub(ago));
+            if link.connected {
+                self.link_seen_ms = now.saturating_sub(ago);
+            }
         }
         let limit = self.limit_ms();
         let beacon_fresh = obs.beacon_age_ms.is_some_and(|a| a < limit);

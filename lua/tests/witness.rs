@@ -45,6 +45,7 @@ const SECONDARY: Announce = Announce {
     disk: DiskState::UpToDate,
     generation: 1,
     link_up: true,
+    handover: false,
 };
 
 #[test]
@@ -78,6 +79,7 @@ fn beacons_hear_each_other_and_stop_hearing_a_dropped_peer() {
         disk: DiskState::UpToDate,
         generation: 7,
         link_up: false,
+        handover: false,
     };
     a.set_announce(primary);
     assert!(wait_until(300, || b.peer().map(|p| p.announce) == Some(primary)));

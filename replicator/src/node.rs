@@ -215,6 +215,9 @@ const RECENT: usize = 20;
 const MAX_RETAINED: u64 = 256 << 20;
 
 struct Node {
+    /// When the last frame from the peer arrived (any frame: heartbeats keep
+    /// it fresh), for the supervisor's peer-death clock.
+    last_frame_at: Option<Instant>,
     opts: NodeOptions,
     disk: Arc<DiskStore>,
     link: Arc<Link>,
@@ -302,6 +305,7 @@ impl Node {
             verify: None,
             refusing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             peer_name: None,
+            last_frame_at: None,
             promote_reply: None,
             verify_reply: None,
             verify_seq: 0,
@@ -585,6 +589,7 @@ impl Node {
 
     fn on_frame(&mut self, frame: Frame) {
         let now = Instant::now();
+        self.last_frame_at = Some(now);
         if let Frame::Report { payload } = &frame {
             self.peer_report(payload);
             return;
@@ -1254,6 +1259,9 @@ impl Node {
                 }),
                 disk: handshaken.map(|h| h.disk.to_string()),
                 applied_seq: peer_applied,
+                heard_ms_ago: self
+                    .last_frame_at
+                    .map(|t| t.elapsed().as_millis().try_into().unwrap_or(u64::MAX)),
             },
             lag,
             resync: self.resync_status(),

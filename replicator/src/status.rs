@@ -60,6 +60,10 @@ pub struct PeerStatus {
     pub disk: Option<String>,
     /// The last seq the peer acknowledged as applied.
     pub applied_seq: u64,
+    /// Milliseconds since the last frame from the peer arrived (heartbeats
+    /// included); `None` if none ever did since the daemon started.
+    #[serde(default)]
+    pub heard_ms_ago: Option<u64>,
 }
 
 /// Replication lag.
@@ -259,6 +263,7 @@ mod tests {
                 role: Some("Secondary".into()),
                 disk: Some("UpToDate".into()),
                 applied_seq: 40,
+                heard_ms_ago: Some(150),
             },
             applied_seq: 42,
             lag: Lag {

@@ -1,7 +1,8 @@
 //! `[failover]`: the supervisor. Present → `twinfs run` fails over by itself;
 //! absent → promotion stays manual (`twinfs promote`), as before.
 
-use super::{absolute_path, duration_in, ConfigError, Cx, RawDuration, RawInt};
+use super::{absolute_path, duration_in, ConfigError, Cx, NodeName, RawDuration};
+use std::str::FromStr;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,8 +13,6 @@ use toml::Spanned;
 
 /// Where the shipped hook script is installed.
 pub(super) const DEFAULT_SCRIPT: &str = "/etc/twinfs/failover.lua";
-const DEFAULT_PRIORITY: i64 = 100;
-const PRIORITY_RANGE: RangeInclusive<i64> = 1..=255;
 const DEFAULT_STABILIZE: Duration = Duration::from_secs(5);
 const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(30);
 const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,9 +41,11 @@ pub struct FailoverConfig {
     pub ping: Vec<IpAddr>,
     /// `failover.witness` and its certificate: the tie-breaker.
     pub witness: Option<WitnessConfig>,
-    /// `failover.priority`: 1..=255, higher is the home node (keepalived's
-    /// priority); only matters with `auto_failback`.
-    pub priority: u8,
+    /// `failover.home`: the node that should hold the role when both are
+    /// fine (the node named first in Heartbeat's haresources; the same line on
+    /// both nodes). It promotes when the pair starts, and takes the role back
+    /// with `auto_failback`. `None`: the pair waits for `twinfs promote`.
+    pub home: Option<String>,
     /// `failover.auto_failback`: the home node takes the role back when it
     /// returns healthy. Default false, as in the guides.
     pub auto_failback: bool,
@@ -120,7 +121,7 @@ pub(super) struct RawFailover {
     ping: Option<Spanned<Vec<Spanned<String>>>>,
     witness: Option<Spanned<String>>,
     witness_cert: Option<Spanned<String>>,
-    priority: Option<Spanned<RawInt>>,
+    home: Option<Spanned<String>>,
     auto_failback: Option<bool>,
     stabilize: Option<Spanned<RawDuration>>,
     hold_down: Option<Spanned<RawDuration>>,
@@ -331,19 +332,14 @@ impl FailoverConfig {
                 cert: absolute_path(cx, "failover.witness_cert", Some(c), "")?.path,
             }),
         };
-        let priority = match r.priority {
-            None => DEFAULT_PRIORITY as u8,
-            Some(p) => {
-                let n = p.get_ref().0;
-                if !PRIORITY_RANGE.contains(&n) {
-                    return Err(cx.invalid(
-                        "failover.priority",
-                        p.span(),
-                        format!("must be between 1 and 255, got {n}"),
-                    ));
-                }
-                n as u8
-            }
+        let home = match r.home {
+            None => None,
+            Some(h) => Some(
+                NodeName::from_str(h.get_ref())
+                    .map_err(|msg| cx.invalid("failover.home", h.span(), msg))?
+                    .as_str()
+                    .to_owned(),
+            ),
         };
         let stabilize = duration_in(cx, "failover.stabilize", r.stabilize, DEFAULT_STABILIZE, LONG_RANGE)?;
         let hold_down = duration_in(cx, "failover.hold_down", r.hold_down, DEFAULT_HOLD_DOWN, LONG_RANGE)?;
@@ -425,7 +421,7 @@ impl FailoverConfig {
             beacon,
             ping,
             witness,
-            priority,
+            home,
             auto_failback: r.auto_failback.unwrap_or(false),
             stabilize,
             hold_down,

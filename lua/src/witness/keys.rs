@@ -267,6 +267,35 @@ impl PublicKey {
         }
     }
 
+    /// The node name a certificate made by `twinfs keygen` carries: its
+    /// subject alternative DNS name other than the shared `twinfs-peer`, or
+    /// else its common name. Beacon and witness frames name their sender, and
+    /// this is how a node knows its peer's name before they ever talked.
+    pub fn node_name_from_cert_pem_file(path: &Path) -> Result<String, KeyError> {
+        let items = read_pem(path)?;
+        let Some(der) = items.iter().find_map(|i| match i {
+            rustls_pemfile::Item::X509Certificate(c) => Some(c.clone()),
+            _ => None,
+        }) else {
+            return Err(KeyError::NoCertificate {
+                path: path.to_owned(),
+                hint: "",
+            });
+        };
+        let source_name = path.display().to_string();
+        let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| KeyError::BadCertificate {
+            source_name: source_name.clone(),
+            reason: format!("{e:?}"),
+        })?;
+        if let Some(n) = cert.valid_dns_names().find(|n| *n != "twinfs-peer") {
+            return Ok(n.to_owned());
+        }
+        common_name(cert.subject()).ok_or_else(|| KeyError::BadCertificate {
+            source_name,
+            reason: "it names no node (no DNS name other than twinfs-peer, no common name)".into(),
+        })
+    }
+
     /// Whether `sig` is this key's signature of `msg`.
     pub(crate) fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.0[..])
@@ -368,4 +397,18 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// The first common name (OID 2.5.4.3) in a DER-encoded X.509 subject, when
+/// it is a short UTF8String or PrintableString (what rcgen writes).
+fn common_name(subject: &[u8]) -> Option<String> {
+    const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let at = subject.windows(CN_OID.len()).position(|w| w == CN_OID)? + CN_OID.len();
+    let (&tag, rest) = subject.get(at..)?.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    if !matches!(tag, 0x0c | 0x13) || len >= 0x80 {
+        return None;
+    }
+    let value = rest.get(..usize::from(len))?;
+    String::from_utf8(value.to_vec()).ok().filter(|s| !s.is_empty())
 }

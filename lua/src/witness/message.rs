@@ -38,6 +38,9 @@ pub struct Announce {
     /// Whether it sees the replication link up: a peer that heartbeats here
     /// but says its link is down confirms a cut private link, not a dead node.
     pub link_up: bool,
+    /// It has just demoted for a planned switchover and asks this node to
+    /// take over now (sent for a few seconds after the demotion).
+    pub handover: bool,
 }
 
 const ANNOUNCE_LEN: usize = 11;
@@ -56,7 +59,7 @@ impl Announce {
             DiskState::Inconsistent => 3,
             DiskState::Diskless => 4,
         };
-        out[2] = u8::from(self.link_up);
+        out[2] = u8::from(self.link_up) | (u8::from(self.handover) << 1);
         out[3..].copy_from_slice(&self.generation.to_be_bytes());
         out
     }
@@ -81,11 +84,11 @@ impl Announce {
             4 => DiskState::Diskless,
             b => return Err(bad(format!("unknown disk state {b}"))),
         };
-        let link_up = match r.u8().map_err(bad)? {
-            0 => false,
-            1 => true,
-            b => return Err(bad(format!("unknown flags {b:#04x}"))),
-        };
+        let flags = r.u8().map_err(bad)?;
+        if flags & !0b11 != 0 {
+            return Err(bad(format!("unknown flags {flags:#04x}")));
+        }
+        let (link_up, handover) = (flags & 1 != 0, flags & 2 != 0);
         let generation = r.u64().map_err(bad)?;
         r.finish().map_err(bad)?;
         Ok(Announce {
@@ -93,6 +96,7 @@ impl Announce {
             disk,
             generation,
             link_up,
+            handover,
         })
     }
 }
@@ -332,6 +336,7 @@ mod tests {
             disk: DiskState::Inconsistent,
             generation: 0x0102_0304_0506_0708,
             link_up: true,
+            handover: true,
         };
         assert_eq!(Announce::decode(&a.encode(), "alpha"), Ok(a));
         let q = Request {

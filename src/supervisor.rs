@@ -1,0 +1,1057 @@
+//! The supervisor: what `twinfs run` adds when the config has a `[failover]`
+//! table. It watches the peer on every path it has (the replication link, the
+//! public-network beacon, the ping targets, the witness), feeds what it sees
+//! to the pure failover state machine (`twinfs_lua::machine`), and carries out
+//! the machine's steps: take the witness lease, promote the store (new
+//! generation, mount read-write), run the Lua `on_promote` hook (VIP, Apache,
+//! health check), and the reverse on demotion.
+//!
+//! It runs on its own thread next to the replication node and talks to it
+//! through the node's control socket, exactly as `twinfs promote` does, so
+//! the node knows nothing about failover. Its own state (the machine's
+//! decisions with their reasons, the last hook's actions, what each path
+//! says) is written to `DATA/failover.json` for `twinfs status`, and admin
+//! requests (`twinfs switchover`, maintenance) arrive on `DATA/failover.sock`.
+
+use crate::config::{Config, EscalationName, FailoverConfig, PeerTrustConfig, ReplicationConfig};
+use crate::UsageError;
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, UdpSocket};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+use twinfs_lua::actuators::{ServiceCommands, System, SystemOptions};
+use twinfs_lua::hooks::{Hook, HookContext, HookLimits, HookRuntime, HookState};
+use twinfs_lua::machine::{
+    Action, Decision, Disk, Escalation, LinkView, Machine, MachineConfig, Observation, PingView,
+    Preferred, Role, Step, WitnessView,
+};
+use twinfs_lua::witness::{
+    self, Announce, Beacon, BeaconConfig, LeaseStatus, PublicKey, Signer, SigningKey,
+    WitnessClient, WitnessClientConfig,
+};
+use twinfs_replicator::control::{self, Request, Response};
+use twinfs_replicator::status::Status;
+
+/// How often the supervisor looks at the world.
+const TICK: Duration = Duration::from_millis(50);
+/// How long a control call to the local node may take for a status.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Promotion waits for the mount; demotion for the unmount.
+const ROLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the hand-over flag is announced after a planned demotion.
+const HANDOVER_ANNOUNCE: Duration = Duration::from_secs(5);
+/// Decisions kept in the status file.
+const STATUS_DECISIONS: usize = 30;
+
+/// The file `twinfs status` reads.
+pub(crate) fn status_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("failover.json")
+}
+
+/// The socket `twinfs switchover` talks to.
+pub(crate) fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("failover.sock")
+}
+
+/// What `DATA/failover.json` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct FailoverStatus {
+    /// Process id of the daemon that wrote it (a dead pid means it is stale).
+    pub pid: u32,
+    /// When it was written (RFC 3339).
+    pub written: String,
+    /// `Idle`, `Promoting`, `Demoting`, `RollingBack`, `Stopped`.
+    pub activity: String,
+    /// Why the node is in the role it is in, in one line.
+    pub why: String,
+    pub maintenance: bool,
+    /// The last decisions, oldest first: "2026-11-30T09:01:02.123Z promote: peer silent ...".
+    pub decisions: Vec<String>,
+    /// The actions of the last hooks run, with their durations and results.
+    pub last_hooks: Vec<String>,
+    /// The public-network beacon: "peer heard 0.1 s ago (Primary, link up)".
+    pub beacon: Option<String>,
+    /// The ping targets: "10.0.0.1 reachable".
+    pub ping: Option<String>,
+    /// The witness: "reachable, lease held by www1, hears the peer".
+    pub witness: Option<String>,
+}
+
+impl FailoverStatus {
+    /// The lines `twinfs status` adds under the node's own.
+    pub(crate) fn human(&self) -> String {
+        let mut s = format!("failover:    {} — {}\n", self.activity, self.why);
+        if self.maintenance {
+            s.push_str("             maintenance mode: no automatic action\n");
+        }
+        for (what, v) in [
+            ("beacon", &self.beacon),
+            ("ping", &self.ping),
+            ("witness", &self.witness),
+        ] {
+            if let Some(v) = v {
+                s.push_str(&format!("  {what:<10} {v}\n"));
+            }
+        }
+        if !self.decisions.is_empty() {
+            s.push_str("  decisions (oldest first):\n");
+            for d in self.decisions.iter().rev().take(8).rev() {
+                s.push_str(&format!("    {d}\n"));
+            }
+        }
+        if !self.last_hooks.is_empty() {
+            s.push_str("  last hook actions:\n");
+            for a in &self.last_hooks {
+                s.push_str(&format!("    {a}\n"));
+            }
+        }
+        s
+    }
+}
+
+/// Reads `DATA/failover.json` if a live daemon wrote it.
+pub(crate) fn read_status(data_dir: &Path) -> Option<FailoverStatus> {
+    let text = std::fs::read_to_string(status_path(data_dir)).ok()?;
+    let st: FailoverStatus = serde_json::from_str(&text).ok()?;
+    Path::new(&format!("/proc/{}", st.pid)).exists().then_some(st)
+}
+
+/// An admin request on `failover.sock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AdminRequest {
+    /// Demote here, then let the peer promote.
+    Switchover,
+    /// Stop (or resume) automatic action.
+    Maintenance(bool),
+    /// Resume after a failed demotion was fixed by hand.
+    Clear,
+}
+
+/// The answer on `failover.sock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AdminResponse {
+    Done(String),
+    Error(String),
+}
+
+/// Sends one admin request to the running daemon.
+pub(crate) fn admin_call(
+    data_dir: &Path,
+    req: &AdminRequest,
+    timeout: Duration,
+) -> anyhow::Result<AdminResponse> {
+    let path = socket_path(data_dir);
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connecting to {} (is `twinfs run` with a [failover] table running?)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    writeln!(s, "{}", serde_json::to_string(req)?)?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .with_context(|| format!("reading the answer from {}", path.display()))?;
+    serde_json::from_str(&line).with_context(|| format!("bad answer {line:?}"))
+}
+
+/// The running supervisor; dropping it stops it.
+pub(crate) struct SupervisorHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl Drop for SupervisorHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Shared facts the probe threads keep fresh.
+#[derive(Default)]
+struct Probes {
+    ping: Option<PingView>,
+    ping_text: Option<String>,
+    witness: Option<WitnessView>,
+    witness_text: Option<String>,
+}
+
+/// Commands to the witness thread, with the reply channel.
+enum WitnessCmd {
+    Acquire(mpsc::Sender<Result<(), String>>),
+    Release(mpsc::Sender<Result<(), String>>),
+}
+
+/// Checks everything and starts the supervisor thread. Errors here (a broken
+/// hook script, an unreadable certificate, a port in use) stop `twinfs run`
+/// before the node starts, with the file, line or address in the message.
+pub(crate) fn start(
+    cfg: &Config,
+    r: &ReplicationConfig,
+    f: &FailoverConfig,
+) -> anyhow::Result<SupervisorHandle> {
+    let name = cfg.node.name.as_str().to_owned();
+    let data_dir = cfg.node.data_dir.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+
+    // The actions hooks may take, and the hooks.
+    let services = f
+        .services
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                ServiceCommands {
+                    start: v.start.clone(),
+                    stop: v.stop.clone(),
+                    status: v.status.clone(),
+                    pidfile: v.pidfile.clone(),
+                },
+            )
+        })
+        .collect();
+    let system = Arc::new(System::new(SystemOptions {
+        services,
+        ..SystemOptions::default()
+    }));
+    let hooks = HookRuntime::load(
+        &f.script,
+        HookContext::new(name.clone(), f.hook_vars()),
+        system,
+        HookLimits {
+            time: f.hook_timeout,
+            ..HookLimits::default()
+        },
+    )
+    .map_err(|e| UsageError(format!("[failover] script: {e}")))?;
+
+    // Signed datagrams: the beacon and the witness verify with pinned certificates.
+    let needs_keys = f.beacon.is_some() || f.witness.is_some();
+    let signer = if needs_keys {
+        let key = SigningKey::from_pem_file(&r.key).map_err(|e| UsageError(e.to_string()))?;
+        Some(Arc::new(
+            Signer::new(&name, key).map_err(|e| UsageError(e.to_string()))?,
+        ))
+    } else {
+        None
+    };
+    let beacon = match (&f.beacon, &signer) {
+        (Some(b), Some(signer)) => {
+            let PeerTrustConfig::CertFile(peer_cert) = &r.peer_trust else {
+                return Err(UsageError(
+                    "failover.public: the beacon verifies the peer's signatures with its \
+                     certificate, so [replication] must pin the peer with peer_cert (a \
+                     fingerprint alone carries no key)"
+                        .into(),
+                )
+                .into());
+            };
+            let peer_key =
+                PublicKey::from_cert_pem_file(peer_cert).map_err(|e| UsageError(e.to_string()))?;
+            let peer_name = PublicKey::node_name_from_cert_pem_file(peer_cert)
+                .map_err(|e| UsageError(e.to_string()))?;
+            let socket = UdpSocket::bind(b.listen).map_err(|e| {
+                UsageError(format!("failover.public: cannot bind {}: {e}", b.listen))
+            })?;
+            let beacon = Beacon::start(
+                socket,
+                signer.clone(),
+                BeaconConfig::new(&peer_name, peer_key, b.peer, r.keepalive),
+                Announce {
+                    role: witness::Role::Secondary,
+                    disk: witness::DiskState::Outdated,
+                    generation: 0,
+                    link_up: false,
+                    handover: false,
+                },
+            )
+            .map_err(|e| UsageError(format!("failover.public {}: {e}", b.listen)))?;
+            Some(beacon)
+        }
+        _ => None,
+    };
+
+    let probes = Arc::new(Mutex::new(Probes::default()));
+    let mut threads = Vec::new();
+    if !f.ping.is_empty() {
+        threads.push(spawn_pinger(
+            f.ping.clone(),
+            r.keepalive,
+            r.deadtime,
+            t0,
+            probes.clone(),
+            stop.clone(),
+        ));
+    }
+    let want_lease = Arc::new(AtomicBool::new(false));
+    let witness_tx = match (&f.witness, &signer) {
+        (Some(w), Some(signer)) => {
+            let key =
+                PublicKey::from_cert_pem_file(&w.cert).map_err(|e| UsageError(e.to_string()))?;
+            let wname = PublicKey::node_name_from_cert_pem_file(&w.cert)
+                .map_err(|e| UsageError(e.to_string()))?;
+            let client =
+                WitnessClient::new(signer.clone(), WitnessClientConfig::new(w.addr, &wname, key))
+                    .map_err(|e| UsageError(format!("failover.witness {}: {e}", w.addr)))?;
+            let (tx, rx) = mpsc::channel();
+            threads.push(spawn_witness(
+                client,
+                name.clone(),
+                r.keepalive,
+                r.deadtime,
+                rx,
+                want_lease.clone(),
+                probes.clone(),
+                stop.clone(),
+            ));
+            Some(tx)
+        }
+        _ => None,
+    };
+
+    // The admin socket.
+    let socket = socket_path(&data_dir);
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| UsageError(format!("cannot listen on {}: {e}", socket.display())))?;
+    listener.set_nonblocking(true)?;
+
+    let machine_cfg = MachineConfig {
+        deadtime_ms: millis(r.deadtime),
+        initdead_ms: millis(r.deadtime) * 2,
+        auto_failback: f.auto_failback && f.home.is_some(),
+        preferred: match &f.home {
+            None => Preferred::Neither,
+            Some(h) if *h == name => Preferred::ThisNode,
+            Some(_) => Preferred::PeerNode,
+        },
+        stabilize_ms: millis(f.stabilize),
+        hold_down_ms: millis(f.hold_down),
+        ping_target: (!f.ping.is_empty()).then(|| {
+            f.ping
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+        witness: f.witness.as_ref().map(|w| w.addr.to_string()),
+        fence: false,
+        on_demote_failure: match f.escalation {
+            EscalationName::None => Escalation::None,
+            EscalationName::Reboot => Escalation::Reboot,
+            EscalationName::Poweroff => Escalation::Poweroff,
+        },
+        history_len: 50,
+    };
+    let mut machine =
+        Machine::new(machine_cfg, 0).map_err(|e| UsageError(format!("[failover]: {e}")))?;
+    if f.manual {
+        machine.set_maintenance(0, true);
+    }
+
+    let mut driver = Driver {
+        name,
+        data_dir,
+        peer_address: r.peer.to_string(),
+        t0,
+        wall0: SystemTime::now(),
+        machine,
+        hooks,
+        beacon,
+        probes,
+        witness_tx,
+        want_lease,
+        stop: stop.clone(),
+        listener,
+        handover_until: None,
+        handover_seen: false,
+        last_status: None,
+        timeline: VecDeque::new(),
+        last_hooks: Vec::new(),
+        last_written: None,
+        dirty: true,
+        has_witness: f.witness.is_some(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || {
+            driver.run();
+            drop(threads);
+        })?;
+    Ok(SupervisorHandle {
+        stop,
+        thread: Some(thread),
+        socket,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// Pings the targets every keepalive; the network is reachable while any answers.
+fn spawn_pinger(
+    targets: Vec<IpAddr>,
+    every: Duration,
+    deadtime: Duration,
+    t0: Instant,
+    probes: Arc<Mutex<Probes>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let timeout = (deadtime / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    std::thread::spawn(move || {
+        let mut state: Option<(bool, u64)> = None;
+        while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            let mut answered = Vec::new();
+            for t in &targets {
+                if let Ok(true) = twinfs_lua::actuators::ping(*t, timeout) {
+                    answered.push(*t);
+                }
+            }
+            let reachable = !answered.is_empty();
+            let now = millis(t0.elapsed());
+            let since = match state {
+                Some((r, since)) if r == reachable => since,
+                _ => now,
+            };
+            state = Some((reachable, since));
+            {
+                let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+                p.ping = Some(PingView {
+                    reachable,
+                    since_ms: since,
+                });
+                p.ping_text = Some(if reachable {
+                    format!(
+                        "reachable ({} of {} answer)",
+                        answered.len(),
+                        targets.len()
+                    )
+                } else {
+                    format!(
+                        "UNREACHABLE for {:.1} s (none of {} answers)",
+                        (now - since) as f64 / 1000.0,
+                        targets
+                            .iter()
+                            .map(IpAddr::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                });
+            }
+            if let Some(rest) = every.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+    })
+}
+
+/// Talks to the witness every keepalive: renews the lease while it is wanted,
+/// pings otherwise, and carries out the driver's acquire/release steps.
+#[allow(clippy::too_many_arguments)]
+fn spawn_witness(
+    mut client: WitnessClient,
+    me: String,
+    every: Duration,
+    deadtime: Duration,
+    rx: mpsc::Receiver<WitnessCmd>,
+    want_lease: Arc<AtomicBool>,
+    probes: Arc<Mutex<Probes>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut next_periodic = Instant::now();
+        // Bounded by `stop`: each round waits at most 100 ms.
+        while !stop.load(Ordering::SeqCst) {
+            let wait = next_periodic
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let cmd = rx.recv_timeout(wait).ok();
+            if cmd.is_none() && Instant::now() < next_periodic {
+                continue;
+            }
+            let (answer, reply) = match cmd {
+                Some(WitnessCmd::Acquire(tx)) => (client.renew_lease(), Some(tx)),
+                Some(WitnessCmd::Release(tx)) => (client.release_lease(), Some(tx)),
+                None => {
+                    next_periodic = Instant::now() + every;
+                    let a = if want_lease.load(Ordering::SeqCst) {
+                        client.renew_lease()
+                    } else {
+                        client.ping()
+                    };
+                    (a, None)
+                }
+            };
+            let (view, text, result) = match &answer {
+                Ok(a) => {
+                    let holder = a.holder.as_ref().map(|h| h.node.clone());
+                    let mine = holder.as_deref() == Some(me.as_str());
+                    let granted = matches!(a.lease, LeaseStatus::Granted { .. });
+                    let hears_peer = a.peer_heard_ago.is_some_and(|d| d < deadtime);
+                    let view = WitnessView {
+                        reachable: true,
+                        grants_me: mine || holder.is_none() || granted,
+                        hears_peer,
+                    };
+                    let text = format!(
+                        "reachable (rtt {:.1} ms), lease {}, {}",
+                        a.rtt.as_secs_f64() * 1000.0,
+                        match &holder {
+                            Some(h) => format!("held by {h}"),
+                            None => "free".into(),
+                        },
+                        match a.peer_heard_ago {
+                            Some(d) if d < deadtime =>
+                                format!("hears the peer ({:.1} s ago)", d.as_secs_f64()),
+                            Some(d) => format!("peer silent for {:.1} s", d.as_secs_f64()),
+                            None => "never heard the peer".into(),
+                        }
+                    );
+                    let result = match &a.lease {
+                        LeaseStatus::Granted { .. } | LeaseStatus::Released => Ok(()),
+                        other => Err(format!(
+                            "the witness did not grant the lease ({other:?}; holder {})",
+                            holder.as_deref().unwrap_or("none")
+                        )),
+                    };
+                    (view, text, result)
+                }
+                Err(e) => (
+                    WitnessView {
+                        reachable: false,
+                        grants_me: false,
+                        hears_peer: false,
+                    },
+                    format!("UNREACHABLE: {e}"),
+                    Err(format!("witness: {e}")),
+                ),
+            };
+            {
+                let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+                p.witness = Some(view);
+                p.witness_text = Some(text);
+            }
+            if let Some(tx) = reply {
+                let _ = tx.send(result);
+            }
+        }
+    })
+}
+
+struct Driver {
+    name: String,
+    data_dir: PathBuf,
+    peer_address: String,
+    t0: Instant,
+    wall0: SystemTime,
+    machine: Machine,
+    hooks: HookRuntime,
+    beacon: Option<Beacon>,
+    probes: Arc<Mutex<Probes>>,
+    witness_tx: Option<mpsc::Sender<WitnessCmd>>,
+    want_lease: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    listener: UnixListener,
+    /// Announce the hand-over flag until then.
+    handover_until: Option<Instant>,
+    /// The peer's hand-over flag was already acted on (until it clears).
+    handover_seen: bool,
+    last_status: Option<Status>,
+    timeline: VecDeque<String>,
+    last_hooks: Vec<String>,
+    last_written: Option<Instant>,
+    dirty: bool,
+    has_witness: bool,
+}
+
+fn role_of(s: &str) -> Option<Role> {
+    match s {
+        "Primary" => Some(Role::Primary),
+        "Secondary" => Some(Role::Secondary),
+        _ => None,
+    }
+}
+
+fn disk_of(s: &str) -> Disk {
+    match s {
+        "UpToDate" => Disk::UpToDate,
+        "Outdated" => Disk::Outdated,
+        "Inconsistent" => Disk::Inconsistent,
+        "Diskless" => Disk::Diskless,
+        _ => Disk::Unknown,
+    }
+}
+
+impl Driver {
+    fn now_ms(&self) -> u64 {
+        millis(self.t0.elapsed())
+    }
+
+    fn wall(&self, at_ms: u64) -> String {
+        humantime::format_rfc3339_millis(self.wall0 + Duration::from_millis(at_ms)).to_string()
+    }
+
+    fn run(&mut self) {
+        self.reconcile();
+        while !self.stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            self.serve_admin();
+            self.tick();
+            self.write_status(false);
+            if let Some(rest) = TICK.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        self.write_status(true);
+    }
+
+    /// Waits for the node, then cleans up what a crash may have left: a node
+    /// that starts as Secondary must not hold the VIP or run the service.
+    fn reconcile(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Some(s) = self.node_status() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                tracing::error!("supervisor: the node does not answer on its control socket");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if status.role == "Secondary" {
+            self.note(
+                "startup: Secondary, so releasing any VIP left over and stopping the service \
+                 (on_demote)"
+                    .into(),
+            );
+            if let Err(e) = self.run_hook(Hook::Demote, &status, "secondary") {
+                self.note(format!("startup clean-up failed: {e}"));
+            }
+        }
+    }
+
+    fn node_status(&mut self) -> Option<Status> {
+        match control::call(&self.data_dir, &Request::Status, STATUS_TIMEOUT) {
+            Ok(Response::Status(s)) => {
+                self.last_status = Some((*s).clone());
+                Some(*s)
+            }
+            _ => None,
+        }
+    }
+
+    fn tick(&mut self) {
+        let Some(status) = self.node_status() else {
+            return;
+        };
+        let now = self.now_ms();
+        let role = role_of(&status.role).unwrap_or(Role::Secondary);
+        let connected = matches!(
+            status.connection.as_str(),
+            "Connected" | "SyncSource" | "SyncTarget"
+        );
+        let link = LinkView {
+            connected,
+            peer_role: status.peer.role.as_deref().and_then(role_of),
+            peer_disk: status.peer.disk.as_deref().map(disk_of),
+            in_sync: status.connection == "Connected" && status.resync.is_none(),
+            heard_ago_ms: status.peer.heard_ms_ago,
+        };
+        // Keep the beacon's announcement current, and read the peer's.
+        let mut beacon_age_ms = None;
+        if let Some(b) = &self.beacon {
+            let handover = self.handover_until.is_some_and(|u| Instant::now() < u);
+            b.set_announce(Announce {
+                role: match role {
+                    Role::Primary => witness::Role::Primary,
+                    Role::Secondary => witness::Role::Secondary,
+                },
+                disk: match disk_of(&status.disk) {
+                    Disk::UpToDate => witness::DiskState::UpToDate,
+                    Disk::Inconsistent => witness::DiskState::Inconsistent,
+                    Disk::Diskless => witness::DiskState::Diskless,
+                    _ => witness::DiskState::Outdated,
+                },
+                generation: u64::from_str_radix(&status.generation, 16).unwrap_or(0),
+                link_up: connected,
+                handover,
+            });
+            if let Some(p) = b.peer() {
+                beacon_age_ms = Some(millis(p.at.elapsed()));
+                if p.announce.handover && p.at.elapsed() < Duration::from_secs(1) {
+                    if !self.handover_seen {
+                        self.handover_seen = true;
+                        let ds = self.machine.handle_peer_handed_over(now);
+                        self.process(ds);
+                    }
+                } else if !p.announce.handover {
+                    self.handover_seen = false;
+                }
+            }
+        }
+        let (ping, witness_view) = {
+            let p = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            (p.ping, p.witness)
+        };
+        if self.has_witness {
+            self.want_lease.store(role == Role::Primary, Ordering::SeqCst);
+        }
+        let obs = Observation {
+            now_ms: now,
+            role,
+            disk: disk_of(&status.disk),
+            link,
+            beacon_age_ms,
+            ping,
+            witness: witness_view,
+        };
+        let ds = self.machine.handle_observation(&obs);
+        self.process(ds);
+    }
+
+    /// Logs every decision and carries out the driver's ones, one step at a time.
+    fn process(&mut self, decisions: Vec<Decision>) {
+        let mut todo: VecDeque<Decision> = decisions.into();
+        let mut guard = 0;
+        while let Some(d) = todo.pop_front() {
+            guard += 1;
+            if guard > 1000 {
+                tracing::error!("supervisor: too many decisions in one go; stopping this round");
+                break;
+            }
+            self.record(&d);
+            match d.action {
+                Action::Step(step) => {
+                    let result = self.run_step(step);
+                    if let Err(e) = &result {
+                        self.note(format!("step {step:?} failed: {e}"));
+                    }
+                    match self
+                        .machine
+                        .handle_step_finished(self.now_ms(), step, result)
+                    {
+                        Ok(more) => todo.extend(more),
+                        Err(e) => tracing::error!("supervisor: {e}"),
+                    }
+                }
+                Action::RunHook(h) => {
+                    let hook = match h {
+                        twinfs_lua::machine::Hook::PeerLost => Hook::PeerLost,
+                        twinfs_lua::machine::Hook::PeerBack => Hook::PeerBack,
+                        twinfs_lua::machine::Hook::SplitBrain => Hook::SplitBrain,
+                    };
+                    let status = self.last_status.clone().unwrap_or_default();
+                    let role = status.role.to_ascii_lowercase();
+                    if let Err(e) = self.run_hook(hook, &status, &role) {
+                        self.note(format!("hook {hook} failed: {e}"));
+                    }
+                }
+                Action::Escalate(e) => self.escalate(e),
+                Action::HandOver => {
+                    self.handover_until = Some(Instant::now() + HANDOVER_ANNOUNCE);
+                    if self.beacon.is_none() {
+                        self.note(
+                            "hand-over: no beacon configured (failover.public), so the peer \
+                             is not told; it promotes by itself only if it is the home node"
+                                .into(),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn run_step(&mut self, step: Step) -> Result<(), String> {
+        let status = self.last_status.clone().unwrap_or_default();
+        match step {
+            Step::AcquireLease | Step::ReleaseLease => {
+                let Some(tx) = &self.witness_tx else {
+                    return Ok(());
+                };
+                let (rtx, rrx) = mpsc::channel();
+                let cmd = if step == Step::AcquireLease {
+                    WitnessCmd::Acquire(rtx)
+                } else {
+                    WitnessCmd::Release(rtx)
+                };
+                tx.send(cmd)
+                    .map_err(|_| "the witness thread is gone".to_string())?;
+                let r = rrx
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| "the witness did not answer in 5 s".to_string())?;
+                if step == Step::AcquireLease && r.is_ok() {
+                    self.want_lease.store(true, Ordering::SeqCst);
+                }
+                if step == Step::ReleaseLease {
+                    self.want_lease.store(false, Ordering::SeqCst);
+                }
+                r
+            }
+            Step::FencePeer => Ok(()),
+            Step::PromoteStore => self.role_request(Request::Promote),
+            Step::DemoteStore => self.role_request(Request::Demote),
+            Step::OnPromote => self.run_hook(Hook::Promote, &status, "primary"),
+            Step::OnDemote => self.run_hook(Hook::Demote, &status, "secondary"),
+        }
+    }
+
+    fn role_request(&mut self, req: Request) -> Result<(), String> {
+        match control::call(&self.data_dir, &req, ROLE_TIMEOUT) {
+            Ok(Response::Done(line)) => {
+                self.note(line);
+                // The next observation must see the new role.
+                self.node_status();
+                Ok(())
+            }
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    fn run_hook(&mut self, hook: Hook, status: &Status, role: &str) -> Result<(), String> {
+        let state = HookState {
+            role: role.to_owned(),
+            disk: status.disk.clone(),
+            peer: if status.connection == "Connected" {
+                "connected".into()
+            } else {
+                "lost".into()
+            },
+            peer_address: Some(self.peer_address.clone()),
+            generation: u64::from_str_radix(&status.generation, 16).unwrap_or(0),
+            extra: Default::default(),
+        };
+        let started = self.now_ms();
+        let result = self.hooks.run(hook, &state);
+        let report = match &result {
+            Ok(r) => Some(r),
+            Err(e) => e.report(),
+        };
+        if let Some(r) = report {
+            if r.defined {
+                self.last_hooks = r
+                    .actions
+                    .iter()
+                    .map(|a| format!("{} {a}", hook.function_name()))
+                    .chain(r.undone.iter().map(|u| {
+                        format!(
+                            "{} undo {} ({:?}){}",
+                            hook.function_name(),
+                            u.action,
+                            u.duration,
+                            u.error
+                                .as_ref()
+                                .map(|e| format!(": failed: {e}"))
+                                .unwrap_or_default()
+                        )
+                    }))
+                    .collect();
+                for line in self.last_hooks.clone() {
+                    let at = self.wall(started);
+                    self.push_timeline(format!("{at} {line}"));
+                }
+            }
+        }
+        self.dirty = true;
+        result.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn escalate(&mut self, e: Escalation) {
+        let argv: &[&str] = match e {
+            Escalation::None => return,
+            Escalation::Reboot => &["systemctl", "reboot", "--force"],
+            Escalation::Poweroff => &["systemctl", "poweroff", "--force"],
+        };
+        self.note(format!("escalating: {}", argv.join(" ")));
+        self.write_status(true);
+        if let Err(err) = std::process::Command::new(argv[0]).args(&argv[1..]).status() {
+            self.note(format!("escalation {} failed: {err}", argv.join(" ")));
+        }
+    }
+
+    fn record(&mut self, d: &Decision) {
+        let what = match d.action {
+            Action::Step(s) => format!("step {s:?}"),
+            Action::RunHook(h) => format!("hook {h:?}"),
+            Action::Escalate(e) => format!("escalate {e:?}"),
+            other => format!("{other:?}"),
+        };
+        let line = format!("{} {what}: {}", self.wall(d.at_ms), d.reason);
+        match d.action {
+            Action::NoAction => tracing::info!("supervisor: {what}: {}", d.reason),
+            _ => tracing::warn!("supervisor: {what}: {}", d.reason),
+        }
+        self.push_timeline(line);
+    }
+
+    fn note(&mut self, text: String) {
+        tracing::warn!("supervisor: {text}");
+        let line = format!("{} {text}", self.wall(self.now_ms()));
+        self.push_timeline(line);
+    }
+
+    fn push_timeline(&mut self, line: String) {
+        self.timeline.push_back(line);
+        while self.timeline.len() > STATUS_DECISIONS {
+            self.timeline.pop_front();
+        }
+        self.dirty = true;
+    }
+
+    fn serve_admin(&mut self) {
+        // Bounded: at most a few requests per tick.
+        for _ in 0..4 {
+            let Ok((stream, _)) = self.listener.accept() else {
+                return;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut line = String::new();
+            let mut reader = BufReader::new(&stream);
+            let answer = match reader.read_line(&mut line) {
+                Err(e) => AdminResponse::Error(format!("reading the request: {e}")),
+                Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
+                    Err(e) => AdminResponse::Error(format!("bad request {line:?}: {e}")),
+                    Ok(req) => self.admin(req),
+                },
+            };
+            let mut w = &stream;
+            let _ = writeln!(
+                w,
+                "{}",
+                serde_json::to_string(&answer).unwrap_or_else(|_| "{}".into())
+            );
+        }
+    }
+
+    fn admin(&mut self, req: AdminRequest) -> AdminResponse {
+        let now = self.now_ms();
+        match req {
+            AdminRequest::Switchover => {
+                let role = self.last_status.as_ref().map(|s| s.role.clone());
+                if role.as_deref() != Some("Primary") {
+                    return AdminResponse::Error(format!(
+                        "this node is {}, not Primary: run `twinfs switchover` on the primary",
+                        role.unwrap_or_else(|| "not answering".into())
+                    ));
+                }
+                let ds = self.machine.request_switchover(now);
+                let refused = ds
+                    .iter()
+                    .find(|d| d.action == Action::NoAction)
+                    .map(|d| d.reason.clone());
+                self.process(ds);
+                match refused {
+                    Some(r) => AdminResponse::Error(format!("switchover refused: {r}")),
+                    None => {
+                        let now = self.now_ms();
+                        AdminResponse::Done(format!(
+                            "demoted here; the peer was told to take over ({})",
+                            self.machine.why(now)
+                        ))
+                    }
+                }
+            }
+            AdminRequest::Maintenance(on) => {
+                let ds = self.machine.set_maintenance(now, on);
+                self.process(ds);
+                AdminResponse::Done(format!(
+                    "maintenance mode {}",
+                    if on { "on" } else { "off" }
+                ))
+            }
+            AdminRequest::Clear => {
+                let ds = self.machine.clear_failure(now);
+                self.process(ds);
+                AdminResponse::Done(self.machine.why(self.now_ms()))
+            }
+        }
+    }
+
+    fn write_status(&mut self, force: bool) {
+        let due = self
+            .last_written
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if !force && !self.dirty && !due {
+            return;
+        }
+        let now = self.now_ms();
+        let (ping, witness) = {
+            let p = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            (p.ping_text.clone(), p.witness_text.clone())
+        };
+        let beacon = self.beacon.as_ref().map(|b| {
+            let st = b.status();
+            match st.heard {
+                Some(h) => format!(
+                    "peer heard {:.1} s ago from {} ({:?}, disk {:?}, replication link {}){}",
+                    h.at.elapsed().as_secs_f64(),
+                    h.from,
+                    h.announce.role,
+                    h.announce.disk,
+                    if h.announce.link_up { "up" } else { "DOWN" },
+                    st.last_rejection
+                        .map(|r| format!("; last refused datagram: {r}"))
+                        .unwrap_or_default()
+                ),
+                None => format!(
+                    "peer never heard ({} sent){}",
+                    st.sent,
+                    st.last_rejection
+                        .map(|r| format!("; last refused datagram: {r}"))
+                        .unwrap_or_default()
+                ),
+            }
+        });
+        let st = FailoverStatus {
+            pid: std::process::id(),
+            written: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            activity: format!("{:?}", self.machine.activity()),
+            why: self.machine.why(now),
+            maintenance: self.machine.maintenance(),
+            decisions: self.timeline.iter().cloned().collect(),
+            last_hooks: self.last_hooks.clone(),
+            beacon,
+            ping,
+            witness,
+        };
+        let path = status_path(&self.data_dir);
+        let tmp = path.with_extension("json.tmp");
+        let ok = serde_json::to_vec_pretty(&st)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = ok {
+            tracing::warn!("supervisor: cannot write {}: {e}", path.display());
+        }
+        self.last_written = Some(Instant::now());
+        self.dirty = false;
+        let _ = &self.name;
+    }
+}
