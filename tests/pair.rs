@@ -60,13 +60,29 @@ impl PairNode {
 pub(crate) struct Pair {
     pub(crate) lab: Lab,
     pub(crate) nodes: [PairNode; 2],
+    /// Drop kills the nodes (everything in their namespaces, Apache
+    /// included) instead of stopping the daemons: a primary whose Apache
+    /// holds the mount cannot unmount cleanly.
+    pub(crate) hard_stop: bool,
 }
 
 impl Pair {
     /// Sets up the lab and both nodes' files; `extra` is appended to the
     /// `[replication]` table of both configs (e.g. `protocol = "A"`).
     pub(crate) fn new(tag: &str, extra: &str) -> Pair {
-        let lab = Lab::new(tag);
+        let extra = extra.to_owned();
+        Pair::in_lab(Lab::new(tag), tag, move |_, _| extra.clone())
+    }
+
+    /// Like [`Pair::new`] in a lab the caller built (one with a public
+    /// network, say); `extra(node, files)` is appended to that node's config
+    /// after its `[replication]` table, so it may add more tables
+    /// (`[failover]`) that differ per node.
+    pub(crate) fn in_lab(
+        lab: Lab,
+        tag: &str,
+        extra: impl Fn(Node, &PairNode) -> String,
+    ) -> Pair {
         let names = ["alpha", "beta"];
         let nodes = [Node::A, Node::B].map(|node| {
             let dir = crate::util::tempdir(&format!("pair-{tag}-{}", names[node_index(node)]));
@@ -79,7 +95,11 @@ impl Pair {
                 child: None,
             }
         });
-        let pair = Pair { lab, nodes };
+        let pair = Pair {
+            lab,
+            nodes,
+            hard_stop: false,
+        };
         for n in &pair.nodes {
             let out = run_twinfs(&[
                 "keygen",
@@ -94,7 +114,7 @@ impl Pair {
         }
         for n in &pair.nodes {
             let peer = pair.node(n.node.peer());
-            pair.write_config(n.node, &peer.cert(), extra);
+            pair.write_config(n.node, &peer.cert(), &extra(n.node, n));
         }
         pair
     }
@@ -291,6 +311,10 @@ impl Pair {
 impl Drop for Pair {
     fn drop(&mut self) {
         for node in [Node::A, Node::B] {
+            if self.hard_stop {
+                self.lab.kill_node(node);
+                self.nodes[node_index(node)].child = None;
+            }
             if let Some(child) = self.nodes[node_index(node)].child.take() {
                 if child.stop(Duration::from_secs(20)).is_none() {
                     eprintln!("pair: {} did not stop; killing it", self.node(node).name);
