@@ -531,8 +531,13 @@ impl Lab {
 
         for node in Node::ALL {
             let ns = self.node(node).ns_name.clone();
-            self.plug(&client, &ns, switch_port(Place::Node(node)), self.public_addr(node))
-                .unwrap_or_else(|e| fail(e));
+            self.plug(
+                &client,
+                &ns,
+                switch_port(Place::Node(node)),
+                self.public_addr(node),
+            )
+            .unwrap_or_else(|e| fail(e));
             lock(&self.state).public_up[node.index()] = true;
         }
         let witness = self
@@ -546,8 +551,13 @@ impl Lab {
                 ns.created = true;
             }
             ip(&["-n", &w, "link", "set", "lo", "up"]).unwrap_or_else(|e| fail(e));
-            self.plug(&client, &w, switch_port(Place::Witness), self.witness_addr())
-                .unwrap_or_else(|e| fail(e));
+            self.plug(
+                &client,
+                &w,
+                switch_port(Place::Witness),
+                self.witness_addr(),
+            )
+            .unwrap_or_else(|e| fail(e));
         }
     }
 
@@ -613,7 +623,7 @@ impl Lab {
         })
     }
 
-    fn witness_ns(&self, what: &str) -> &ExtraNs {
+    fn witness_extra(&self, what: &str) -> &ExtraNs {
         self.public_net(what).witness.as_ref().unwrap_or_else(|| {
             panic!(
                 "lab {}: {what} needs the witness (Lab::with_public(.., PublicOpts {{ witness: true }}))",
@@ -636,7 +646,7 @@ impl Lab {
         match place {
             Place::Node(n) => &self.node(n).ns_name,
             Place::Client => &self.public_net("the client").client.ns_name,
-            Place::Witness => &self.witness_ns("the witness").ns_name,
+            Place::Witness => &self.witness_extra("the witness").ns_name,
         }
     }
 
@@ -650,7 +660,7 @@ impl Lab {
         match place {
             Place::Node(n) => &self.node(n).netns_path,
             Place::Client => &self.public_net("the client").client.netns_path,
-            Place::Witness => &self.witness_ns("the witness").netns_path,
+            Place::Witness => &self.witness_extra("the witness").netns_path,
         }
     }
 
@@ -660,7 +670,7 @@ impl Lab {
     }
 
     /// The witness namespace's name.
-    pub(crate) fn witness_ns_name(&self) -> &str {
+    pub(crate) fn witness_ns(&self) -> &str {
         self.ns_name_of(Place::Witness)
     }
 

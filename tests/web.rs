@@ -187,8 +187,7 @@ DocumentRoot "{root}"
             m = APACHE_MODULES,
             root = docroot.display(),
         );
-        std::fs::write(&c.conf, conf)
-            .unwrap_or_else(|e| panic!("write {}: {e}", c.conf.display()));
+        std::fs::write(&c.conf, conf).unwrap_or_else(|e| panic!("write {}: {e}", c.conf.display()));
         std::fs::write(&c.script, c.script_text())
             .unwrap_or_else(|e| panic!("write {}: {e}", c.script.display()));
         c
@@ -460,8 +459,11 @@ pub(crate) fn http_get(
     url: &str,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), String> {
-    lab::in_netns(lab.netns_path(place), || Ok(http_get_here(url, timeout)))
-        .unwrap_or_else(|e| Err(format!("GET {url}: cannot enter {place:?}'s namespace: {e}")))
+    lab::in_netns(lab.netns_path(place), || Ok(http_get_here(url, timeout))).unwrap_or_else(|e| {
+        Err(format!(
+            "GET {url}: cannot enter {place:?}'s namespace: {e}"
+        ))
+    })
 }
 
 /// [`http_get`] from the calling thread's own namespace.
@@ -480,8 +482,7 @@ pub(crate) fn http_get_here(url: &str, timeout: Duration) -> Result<(u16, Vec<u8
     let req = format!(
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: twinfs-lab\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes())
-        .map_err(|e| fail("send", &e))?;
+    s.write_all(req.as_bytes()).map_err(|e| fail("send", &e))?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     // Bounded by the deadline and by MAX_RESPONSE (each round reads >= 1 byte).
@@ -489,7 +490,10 @@ pub(crate) fn http_get_here(url: &str, timeout: Duration) -> Result<(u16, Vec<u8
         if Instant::now() >= deadline {
             return Err(fail(
                 "receive",
-                &format!("no complete response within {timeout:?} ({} bytes so far)", raw.len()),
+                &format!(
+                    "no complete response within {timeout:?} ({} bytes so far)",
+                    raw.len()
+                ),
             ));
         }
         s.set_read_timeout(Some(left()))
@@ -499,7 +503,10 @@ pub(crate) fn http_get_here(url: &str, timeout: Duration) -> Result<(u16, Vec<u8
             Ok(n) => {
                 raw.extend_from_slice(&buf[..n]);
                 if raw.len() > MAX_RESPONSE {
-                    return Err(fail("receive", &format!("response over {MAX_RESPONSE} bytes")));
+                    return Err(fail(
+                        "receive",
+                        &format!("response over {MAX_RESPONSE} bytes"),
+                    ));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -567,9 +574,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
             return Err(format!("unexpected header {l:?} in an HTTP/1.0 exchange"));
         }
         if k.eq_ignore_ascii_case("content-length") {
-            let n: usize = v
-                .parse()
-                .map_err(|_| format!("bad Content-Length {v:?}"))?;
+            let n: usize = v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?;
             if n != body.len() {
                 return Err(format!(
                     "Content-Length {n} but {} body bytes (cut short?)",
@@ -626,7 +631,9 @@ impl Sample {
     /// (hash 1a2b3c4d)`, `503`, or the error without its varying parts.
     fn kind(&self) -> String {
         match &self.result {
-            Ok(r) if r.status == 200 => format!("200 ({} bytes, hash {:08x})", r.len, r.hash as u32),
+            Ok(r) if r.status == 200 => {
+                format!("200 ({} bytes, hash {:08x})", r.len, r.hash as u32)
+            }
             Ok(r) => format!("{} ({} bytes)", r.status, r.len),
             // "GET url: step: detail": keep step and detail, drop the
             // "(N bytes so far)" that differs from sample to sample.
@@ -692,12 +699,8 @@ impl Poller {
             !opts.interval.is_zero() && !opts.timeout.is_zero(),
             "Poller: interval and timeout must not be zero: {opts:?}"
         );
-        let ns = std::fs::File::open(lab.netns_path(place)).unwrap_or_else(|e| {
-            panic!(
-                "Poller: open {}: {e}",
-                lab.netns_path(place).display()
-            )
-        });
+        let ns = std::fs::File::open(lab.netns_path(place))
+            .unwrap_or_else(|e| panic!("Poller: open {}: {e}", lab.netns_path(place).display()));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
@@ -730,7 +733,10 @@ impl Poller {
 
     /// Every sample so far, oldest first.
     pub(crate) fn results(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The first `200 OK` of a request that started at or after `t`.
@@ -757,7 +763,12 @@ impl Poller {
 
     /// [`report`] of the samples so far.
     pub(crate) fn report(&self) -> String {
-        format!("GET {} every {:?}:\n{}", self.url, self.opts.interval, report(&self.results()))
+        format!(
+            "GET {} every {:?}:\n{}",
+            self.url,
+            self.opts.interval,
+            report(&self.results())
+        )
     }
 
     /// Stops polling (waiting for the request under way, at most its
@@ -903,21 +914,26 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(body, b"hello\n");
         let req = h.join().unwrap();
-        assert!(req.starts_with("GET /some/page.html HTTP/1.0\r\n"), "{req:?}");
+        assert!(
+            req.starts_with("GET /some/page.html HTTP/1.0\r\n"),
+            "{req:?}"
+        );
         assert!(req.contains("\r\nHost: 127.0.0.1:"), "{req:?}");
     }
 
     #[test]
     fn lab_web_http_get_reports_short_bodies_and_404s() {
-        let (url, h) =
-            serve_once(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_vec());
+        let (url, h) = serve_once(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_vec());
         let e = http_get_here(&url, Duration::from_secs(5)).unwrap_err();
         assert!(e.contains("Content-Length 10 but 5 body bytes"), "{e}");
         assert!(e.starts_with(&format!("GET {url}: response:")), "{e}");
         h.join().unwrap();
 
         let (url, h) = serve_once(b"HTTP/1.1 404 Not Found\r\n\r\n".to_vec());
-        assert_eq!(http_get_here(&url, Duration::from_secs(5)), Ok((404, vec![])));
+        assert_eq!(
+            http_get_here(&url, Duration::from_secs(5)),
+            Ok((404, vec![]))
+        );
         h.join().unwrap();
     }
 
@@ -948,7 +964,11 @@ mod tests {
         assert!(e.contains("only http://"), "{e}");
         assert_eq!(
             parse_url("http://10.202.3.10").unwrap(),
-            ("10.202.3.10:80".parse().unwrap(), "10.202.3.10".into(), "/".into())
+            (
+                "10.202.3.10:80".parse().unwrap(),
+                "10.202.3.10".into(),
+                "/".into()
+            )
         );
     }
 
@@ -974,10 +994,19 @@ mod tests {
         let r = report(&samples);
         let lines: Vec<&str> = r.lines().collect();
         assert_eq!(lines.len(), 3, "{r}");
-        assert!(lines[0].contains("x2") && lines[0].contains("200 (5 bytes"), "{r}");
-        assert!(lines[1].contains("x2") && lines[1].contains("receive: timed out after 200ms"), "{r}");
+        assert!(
+            lines[0].contains("x2") && lines[0].contains("200 (5 bytes"),
+            "{r}"
+        );
+        assert!(
+            lines[1].contains("x2") && lines[1].contains("receive: timed out after 200ms"),
+            "{r}"
+        );
         assert!(lines[2].contains("x1"), "{r}");
-        assert_eq!(first_ok_after(&samples, Duration::from_millis(60)), Some(ok(600, 2)));
+        assert_eq!(
+            first_ok_after(&samples, Duration::from_millis(60)),
+            Some(ok(600, 2))
+        );
         assert_eq!(first_ok_after(&samples, Duration::ZERO), Some(ok(0, 1)));
         assert_eq!(first_ok_after(&samples, Duration::from_millis(601)), None);
     }
