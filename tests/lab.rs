@@ -1,20 +1,43 @@
 //! The network lab: two nodes of a pair on this one machine, each in its own
 //! network namespace, joined by a private veth link (the replication link of
-//! the design brief, "The test lab").
+//! the design brief, "The test lab"); optionally also a public network with a
+//! client and a witness, which carries the virtual IP.
 //!
 //! ```text
 //!   tw-TAG-PID-N-a                          tw-TAG-PID-N-b
 //!   lo, priv 10.201.N.1/24  <== veth ==>  lo, priv 10.201.N.2/24
+//!   eth0 10.202.N.1/24                     eth0 10.202.N.2/24
+//!        |                                      |
+//!        +-- pa ---[ bridge pub 10.202.N.100/24 ]--- pb --+
+//!                  tw-TAG-PID-N-c (the client)
+//!                          |
+//!                          pw --- eth0 10.202.N.3/24  tw-TAG-PID-N-w (witness)
 //! ```
 //!
+//! [`Lab::new`] builds the top half only; [`Lab::with_public`] adds the client
+//! namespace with its bridge `pub` (the "switch" of the public network, kept
+//! in the client namespace so that nothing touches the host's), an `eth0` in
+//! each node plugged into it, and, if asked, the witness. The virtual IP
+//! 10.202.N.10 ([`Lab::vip`]) is configured nowhere by the lab: the software
+//! under test claims it. There is no default route anywhere, so the private
+//! subnet is only ever reached over the private link.
+//!
 //! What a test can do with it:
-//! - run programs on a node: [`Lab::command`] builds the command, [`Lab::spawn`]
-//!   starts a long-running one and remembers its pid;
-//! - kill a node ([`Lab::kill_node`]: SIGKILL to everything on it, its links
-//!   down) and bring its links back ([`Lab::revive_links`]);
+//! - run programs on a node, the client or the witness: [`Lab::command_in`]
+//!   builds the command, [`Lab::spawn_in`] starts a long-running one and
+//!   remembers its pid ([`Lab::command`]/[`Lab::spawn`] for a node);
+//! - kill a node ([`Lab::kill_node`]: SIGKILL to everything on it, all its
+//!   links down) and bring its links back ([`Lab::revive_links`]);
 //! - cut the link while both nodes live ([`Lab::partition`],
 //!   [`Lab::partition_oneway`]) and restore it ([`Lab::heal`]), with nftables;
-//! - check reachability without any tool ([`Lab::ping`], [`Lab::udp_reaches`]).
+//!   this never touches the public network;
+//! - pull a node's public cable ([`Lab::cut_public`], [`Lab::restore_public`])
+//!   or all its cables while it runs ([`Lab::isolate`]);
+//! - look at the VIP: who has it configured ([`Lab::vip_holders`]) and which
+//!   MAC the client's ARP table has for it ([`Lab::neigh_mac`] against
+//!   [`Lab::node_mac`]);
+//! - check reachability without any tool ([`Lab::ping`], [`Lab::ping_from`],
+//!   [`Lab::udp_reaches`]).
 //!
 //! Only the network is separate. Programs run in the test's mount namespace
 //! (see [`Lab::command`]), so a FUSE mount made "on node A" is an ordinary
@@ -24,10 +47,13 @@
 //! Rules this file keeps (as `util.rs` does): it signals only processes that it
 //! started or that live inside its own namespaces, by pid, never by name; every
 //! loop is bounded in count and time; and `Drop` removes everything the lab
-//! made (processes, nftables tables, the veth, the namespaces), also while a
-//! test panics, logging what it could not undo instead of panicking. Namespaces
-//! left by an earlier run of this binary that crashed are removed by the first
-//! `Lab::new` of a run ([`clean_stale_namespaces`]).
+//! made (processes, nftables tables, the veths, the bridge, the namespaces),
+//! also while a test panics, logging what it could not undo instead of
+//! panicking. Namespaces left by an earlier run of this binary that crashed are
+//! removed by the first `Lab::new` of a run ([`clean_stale_namespaces`]).
+//!
+//! Namespace names start with `tw-` (not the `twl-` of the `lua` crate's own
+//! tests, whose names this file's stale cleanup must never match).
 
 #![allow(dead_code)] // not every test module uses every helper
 
@@ -57,6 +83,19 @@ const NETNS_DIR: &str = "/run/netns";
 const PRIVATE_DEV: &str = "priv";
 /// Prefix length of the private link's subnet, 10.201.N.0/24.
 const PRIVATE_PREFIX_LEN: u8 = 24;
+/// Name of each node's (and the witness's) public interface: the name real
+/// hook configs use.
+pub(crate) const PUBLIC_DEV: &str = "eth0";
+/// The public network's bridge, in the client namespace.
+const BRIDGE: &str = "pub";
+/// Prefix length of the public subnet, 10.202.N.0/24.
+const PUBLIC_PREFIX_LEN: u8 = 24;
+/// Last octet of the client's address on the public network.
+const CLIENT_HOST: u8 = 100;
+/// Last octet of the witness's address on the public network.
+const WITNESS_HOST: u8 = 3;
+/// Last octet of the virtual IP.
+const VIP_HOST: u8 = 10;
 /// The nftables table a partition lives in, one per node namespace.
 const NFT_TABLE: &str = "twinfs_lab";
 /// How long one `ip`/`nft` invocation may take before it is killed.
@@ -187,6 +226,30 @@ impl Node {
     }
 }
 
+/// Where a program runs or a probe starts: one of the namespaces of a lab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Place {
+    /// A node of the pair.
+    Node(Node),
+    /// The client on the public network (needs [`Lab::with_public`]).
+    Client,
+    /// The witness on the public network (needs `PublicOpts { witness: true }`).
+    Witness,
+}
+
+impl From<Node> for Place {
+    fn from(n: Node) -> Place {
+        Place::Node(n)
+    }
+}
+
+/// What [`Lab::with_public`] builds besides the two nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PublicOpts {
+    /// Also create the witness namespace, plugged into the public bridge.
+    pub(crate) witness: bool,
+}
+
 /// What the lab knows about one node: its namespace and its private address.
 #[derive(Debug)]
 pub(crate) struct NodeInfo {
@@ -231,7 +294,7 @@ impl NodeInfo {
 // ---------------------------------------------------------------------------
 // Children
 
-/// A process the lab started on a node (see [`Lab::spawn`]).
+/// A process the lab started in one of its namespaces (see [`Lab::spawn_in`]).
 ///
 /// The `Child` is shared with the lab, which may kill and reap it at any time
 /// ([`Lab::kill_node`], drop). Both go through this one `Child`, so nobody ever
@@ -239,7 +302,7 @@ impl NodeInfo {
 /// else). Dropping a `LabChild` does not stop the process; the lab does.
 #[derive(Clone, Debug)]
 pub(crate) struct LabChild {
-    node: Node,
+    place: Place,
     pid: u32,
     child: Arc<Mutex<Child>>,
 }
@@ -250,9 +313,9 @@ impl LabChild {
         self.pid
     }
 
-    /// The node it runs on.
-    pub(crate) fn node(&self) -> Node {
-        self.node
+    /// The namespace it runs in.
+    pub(crate) fn place(&self) -> Place {
+        self.place
     }
 
     /// Its exit status if it has exited (and is now reaped), `None` while it runs.
@@ -297,19 +360,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------
 // The lab
 
-/// Two network namespaces joined by a private veth pair. See the module docs.
+/// Two network namespaces joined by a private veth pair, and optionally a
+/// public network with a client and a witness. See the module docs.
 ///
 /// All methods take `&self`, so a lab can be shared with worker threads
 /// (partition the link while another thread writes).
 #[derive(Debug)]
 pub(crate) struct Lab {
     tag: String,
+    /// The N of the subnets 10.201.N.0/24 and 10.202.N.0/24.
+    octet: u8,
     nodes: [NodeInfo; 2],
     /// Which namespaces this lab created (and must delete).
     created: [bool; 2],
     /// Whether the veth pair exists.
     veth: bool,
+    /// The public network, for a lab made by [`Lab::with_public`].
+    public: Option<PublicNet>,
     state: Mutex<State>,
+}
+
+/// The client and witness namespaces of a lab with a public network.
+#[derive(Debug)]
+struct PublicNet {
+    client: ExtraNs,
+    witness: Option<ExtraNs>,
+}
+
+/// A namespace of the lab that is not a node's.
+#[derive(Debug)]
+struct ExtraNs {
+    ns_name: String,
+    netns_path: PathBuf,
+    /// Whether this lab created it (and must delete it).
+    created: bool,
+}
+
+impl ExtraNs {
+    fn new(ns_name: String) -> ExtraNs {
+        ExtraNs {
+            netns_path: Path::new(NETNS_DIR).join(&ns_name),
+            ns_name,
+            created: false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -320,8 +414,11 @@ struct State {
     cuts: BTreeSet<(Node, Node)>,
     /// Whether a node's namespace may hold our nftables table.
     nft_loaded: [bool; 2],
-    /// Whether a node's links are up.
-    links_up: [bool; 2],
+    /// Whether a node's private link is up.
+    private_up: [bool; 2],
+    /// Whether a node's public cable is plugged in (its bridge port is up);
+    /// stays `false` in a lab without a public network.
+    public_up: [bool; 2],
 }
 
 impl Lab {
@@ -338,6 +435,26 @@ impl Lab {
     /// If the prerequisites are missing (call [`require_lab`] first) or a setup
     /// step fails; whatever was made until then is removed again.
     pub(crate) fn new(tag: &str) -> Lab {
+        Lab::create(tag, None)
+    }
+
+    /// A lab with the public network too: everything [`Lab::new`] makes, plus
+    /// the client namespace `tw-TAG-PID-N-c` holding the bridge `pub` with
+    /// 10.202.N.100/24, an `eth0` in each node plugged into that bridge with
+    /// 10.202.N.1/24 (A) and 10.202.N.2/24 (B), and with `opts.witness` the
+    /// witness namespace `tw-TAG-PID-N-w` with `eth0` 10.202.N.3/24.
+    ///
+    /// Every link is up when this returns; a fresh link may need a moment
+    /// before packets flow, so a test polls its first probe.
+    ///
+    /// # Panics
+    ///
+    /// As [`Lab::new`].
+    pub(crate) fn with_public(tag: &str, opts: PublicOpts) -> Lab {
+        Lab::create(tag, Some(opts))
+    }
+
+    fn create(tag: &str, public: Option<PublicOpts>) -> Lab {
         if let Some(reason) = lab_unavailable_reason() {
             panic!("Lab::new({tag:?}): {reason}");
         }
@@ -360,29 +477,110 @@ impl Lab {
                 addr: Ipv4Addr::new(10, 201, octet, 1 + node.index() as u8),
             }
         });
+        let public = public.map(|opts| PublicNet {
+            client: ExtraNs::new(format!("{NS_PREFIX}{tag}-{pid}-{seq}-c")),
+            witness: opts
+                .witness
+                .then(|| ExtraNs::new(format!("{NS_PREFIX}{tag}-{pid}-{seq}-w"))),
+        });
         let mut lab = Lab {
             tag,
+            octet,
             nodes,
             created: [false; 2],
             veth: false,
+            public,
             state: Mutex::new(State::default()),
         };
         // From here on a panic drops `lab`, which removes what exists so far.
         lab.build();
+        if lab.public.is_some() {
+            lab.build_public();
+        }
         lab
+    }
+
+    /// Creates namespace `name` (removing a stale one of the same name first)
+    /// and brings its `lo` up.
+    fn add_netns(&self, name: &str) {
+        if Path::new(NETNS_DIR).join(name).exists() {
+            // This process never reuses a sequence number, so a namespace
+            // with its pid in the name is from a dead run that had the same pid.
+            eprintln!("lab {}: removing stale namespace {name}", self.tag);
+            kill_all_in_netns(name).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+            ip(&["netns", "del", name]).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+        }
+        ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+    }
+
+    /// The client (with the bridge), the nodes' `eth0`s, the witness.
+    fn build_public(&mut self) {
+        let fail = |e: String| -> ! { panic!("Lab::with_public: {e}") };
+        let client = self.public.as_ref().map(|p| p.client.ns_name.clone());
+        let client = client.expect("build_public without a public network");
+        self.add_netns(&client);
+        if let Some(p) = self.public.as_mut() {
+            p.client.created = true;
+        }
+        ip(&["-n", &client, "link", "set", "lo", "up"]).unwrap_or_else(|e| fail(e));
+        // STP is off by default, so ports forward as soon as they are up.
+        ip(&["-n", &client, "link", "add", BRIDGE, "type", "bridge"]).unwrap_or_else(|e| fail(e));
+        let cidr = format!("{}/{PUBLIC_PREFIX_LEN}", self.client_addr());
+        ip(&["-n", &client, "addr", "add", &cidr, "dev", BRIDGE]).unwrap_or_else(|e| fail(e));
+        ip(&["-n", &client, "link", "set", BRIDGE, "up"]).unwrap_or_else(|e| fail(e));
+
+        for node in Node::ALL {
+            let ns = self.node(node).ns_name.clone();
+            self.plug(
+                &client,
+                &ns,
+                switch_port(Place::Node(node)),
+                self.public_addr(node),
+            )
+            .unwrap_or_else(|e| fail(e));
+            lock(&self.state).public_up[node.index()] = true;
+        }
+        let witness = self
+            .public
+            .as_ref()
+            .and_then(|p| p.witness.as_ref())
+            .map(|w| w.ns_name.clone());
+        if let Some(w) = witness {
+            self.add_netns(&w);
+            if let Some(ns) = self.public.as_mut().and_then(|p| p.witness.as_mut()) {
+                ns.created = true;
+            }
+            ip(&["-n", &w, "link", "set", "lo", "up"]).unwrap_or_else(|e| fail(e));
+            self.plug(
+                &client,
+                &w,
+                switch_port(Place::Witness),
+                self.witness_addr(),
+            )
+            .unwrap_or_else(|e| fail(e));
+        }
+    }
+
+    /// Plugs namespace `ns` into the bridge: a veth with `eth0` (carrying
+    /// `addr`/24, up) in `ns` and `port` (enslaved to the bridge, up) in the
+    /// client namespace. Both ends are created inside their namespaces.
+    fn plug(&self, client: &str, ns: &str, port: &str, addr: Ipv4Addr) -> Result<(), String> {
+        ip(&[
+            "link", "add", "name", PUBLIC_DEV, "netns", ns, "type", "veth", "peer", "name", port,
+            "netns", client,
+        ])?;
+        ip(&["-n", client, "link", "set", port, "master", BRIDGE])?;
+        ip(&["-n", client, "link", "set", port, "up"])?;
+        let cidr = format!("{addr}/{PUBLIC_PREFIX_LEN}");
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", PUBLIC_DEV])?;
+        ip(&["-n", ns, "link", "set", PUBLIC_DEV, "up"])?;
+        Ok(())
     }
 
     fn build(&mut self) {
         for node in Node::ALL {
             let name = self.nodes[node.index()].ns_name.clone();
-            if self.node(node).netns_path.exists() {
-                // This process never reuses a sequence number, so a namespace
-                // with its pid in the name is from a dead run that had the same pid.
-                eprintln!("lab {}: removing stale namespace {name}", self.tag);
-                kill_all_in_netns(&name).unwrap_or_else(|e| panic!("Lab::new: {e}"));
-                ip(&["netns", "del", &name]).unwrap_or_else(|e| panic!("Lab::new: {e}"));
-            }
-            ip(&["netns", "add", &name]).unwrap_or_else(|e| panic!("Lab::new: {e}"));
+            self.add_netns(&name);
             self.created[node.index()] = true;
             ip(&["-n", &name, "link", "set", "lo", "up"])
                 .unwrap_or_else(|e| panic!("Lab::new: {e}"));
@@ -401,7 +599,7 @@ impl Lab {
                 .unwrap_or_else(|e| panic!("Lab::new: {e}"));
         }
         for node in Node::ALL {
-            self.set_links(node, true)
+            self.set_private(node, true)
                 .unwrap_or_else(|e| panic!("Lab::new: {e}"));
         }
     }
@@ -416,6 +614,94 @@ impl Lab {
         &self.tag
     }
 
+    fn public_net(&self, what: &str) -> &PublicNet {
+        self.public.as_ref().unwrap_or_else(|| {
+            panic!(
+                "lab {}: {what} needs the public network (make the lab with Lab::with_public)",
+                self.tag
+            )
+        })
+    }
+
+    fn witness_extra(&self, what: &str) -> &ExtraNs {
+        self.public_net(what).witness.as_ref().unwrap_or_else(|| {
+            panic!(
+                "lab {}: {what} needs the witness (Lab::with_public(.., PublicOpts {{ witness: true }}))",
+                self.tag
+            )
+        })
+    }
+
+    /// Whether the lab has the public network ([`Lab::with_public`]).
+    pub(crate) fn has_public(&self) -> bool {
+        self.public.is_some()
+    }
+
+    /// The name of `place`'s network namespace, as `ip netns list` shows it.
+    ///
+    /// # Panics
+    ///
+    /// For the client or witness of a lab that does not have them.
+    pub(crate) fn ns_name_of(&self, place: Place) -> &str {
+        match place {
+            Place::Node(n) => &self.node(n).ns_name,
+            Place::Client => &self.public_net("the client").client.ns_name,
+            Place::Witness => &self.witness_extra("the witness").ns_name,
+        }
+    }
+
+    /// `/run/netns/NAME` of `place`: what `nsenter --net=` and `setns(2)` take
+    /// (and [`enter_netns`], [`in_netns`]).
+    ///
+    /// # Panics
+    ///
+    /// For the client or witness of a lab that does not have them.
+    pub(crate) fn netns_path(&self, place: Place) -> &Path {
+        match place {
+            Place::Node(n) => &self.node(n).netns_path,
+            Place::Client => &self.public_net("the client").client.netns_path,
+            Place::Witness => &self.witness_extra("the witness").netns_path,
+        }
+    }
+
+    /// The client namespace's name.
+    pub(crate) fn client_ns(&self) -> &str {
+        self.ns_name_of(Place::Client)
+    }
+
+    /// The witness namespace's name.
+    pub(crate) fn witness_ns(&self) -> &str {
+        self.ns_name_of(Place::Witness)
+    }
+
+    /// `node`'s address on the public network, 10.202.N.1 (A) or .2 (B), on
+    /// its `eth0` ([`PUBLIC_DEV`]).
+    pub(crate) fn public_addr(&self, node: Node) -> Ipv4Addr {
+        Ipv4Addr::new(10, 202, self.octet, 1 + node.index() as u8)
+    }
+
+    /// The client's address, 10.202.N.100, on the bridge: also the natural
+    /// ping target ("gateway") of the nodes' hooks.
+    pub(crate) fn client_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 202, self.octet, CLIENT_HOST)
+    }
+
+    /// The witness's address, 10.202.N.3, on its `eth0`.
+    pub(crate) fn witness_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 202, self.octet, WITNESS_HOST)
+    }
+
+    /// The virtual IP, 10.202.N.10 (prefix length 24, device `eth0`). The
+    /// lab configures it nowhere: the software under test claims it.
+    pub(crate) fn vip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 202, self.octet, VIP_HOST)
+    }
+
+    /// Prefix length of the public subnet (for `ip addr add VIP/LEN`).
+    pub(crate) fn public_prefix_len(&self) -> u8 {
+        PUBLIC_PREFIX_LEN
+    }
+
     /// A command that runs `program` in `node`'s network namespace; add
     /// arguments, environment and stdio as usual.
     ///
@@ -427,8 +713,13 @@ impl Lab {
     /// gone with the process. With `nsenter --net` the node's processes share
     /// the test's mounts, files and `/proc`.
     pub(crate) fn command(&self, node: Node, program: impl AsRef<OsStr>) -> Command {
+        self.command_in(Place::Node(node), program)
+    }
+
+    /// [`Lab::command`] for any place: a node, the client or the witness.
+    pub(crate) fn command_in(&self, place: Place, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(&tools().expect("lab prerequisites").nsenter);
-        cmd.arg(net_arg(self.node(node).netns_path()))
+        cmd.arg(net_arg(self.netns_path(place)))
             .arg("--")
             .arg(program);
         cmd
@@ -441,18 +732,25 @@ impl Lab {
     /// # Panics
     ///
     /// If `cmd` does not enter `node`'s namespace or cannot be spawned.
-    pub(crate) fn spawn(&self, node: Node, mut cmd: Command) -> LabChild {
-        let expected = net_arg(self.node(node).netns_path());
+    pub(crate) fn spawn(&self, node: Node, cmd: Command) -> LabChild {
+        self.spawn_in(Place::Node(node), cmd)
+    }
+
+    /// [`Lab::spawn`] for any place; `cmd` must come from [`Lab::command_in`]
+    /// for the same place. Drop kills it; [`Lab::kill_node`] does too when
+    /// the place is that node.
+    pub(crate) fn spawn_in(&self, place: Place, mut cmd: Command) -> LabChild {
+        let expected = net_arg(self.netns_path(place));
         assert!(
             cmd.get_args().next() == Some(expected.as_os_str()),
-            "Lab::spawn({node:?}): {cmd:?} does not enter {}; build it with Lab::command",
-            self.node(node).ns_name
+            "Lab::spawn({place:?}): {cmd:?} does not enter {}; build it with Lab::command_in",
+            self.ns_name_of(place)
         );
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("Lab::spawn({node:?}): {cmd:?}: {e}"));
+            .unwrap_or_else(|e| panic!("Lab::spawn({place:?}): {cmd:?}: {e}"));
         let child = LabChild {
-            node,
+            place,
             pid: child.id(),
             child: Arc::new(Mutex::new(child)),
         };
@@ -462,11 +760,14 @@ impl Lab {
 
     /// Simulates `node`'s death: SIGKILL every process the lab spawned there
     /// and reap it, then SIGKILL whatever else still runs in its namespace
-    /// (children those processes forked, `command`s the test runs itself), and
-    /// take the node's links down so that the peer sees silence.
+    /// (children those processes forked, daemons such as Apache that detached
+    /// from them, `command`s the test runs itself), and take all the node's
+    /// links down (private and public) so that everyone sees silence.
     ///
     /// A FUSE mount a killed daemon held stays mounted (dead): unmounting is the
-    /// job of whoever mounted it.
+    /// job of whoever mounted it. Addresses the dead node had configured (the
+    /// VIP) stay configured in its namespace, as on a powered-off machine's
+    /// disk; [`Lab::vip_holders`] still lists it.
     ///
     /// # Panics
     ///
@@ -477,7 +778,7 @@ impl Lab {
             let mut st = lock(&self.state);
             let (mine, rest) = std::mem::take(&mut st.children)
                 .into_iter()
-                .partition(|c| c.node == node);
+                .partition(|c| c.place == Place::Node(node));
             st.children = rest;
             mine
         };
@@ -496,25 +797,144 @@ impl Lab {
             .unwrap_or_else(|e| panic!("kill_node({node:?}): {e}"));
     }
 
-    /// Brings `node`'s links up again (after [`Lab::kill_node`]); processes are
-    /// not restarted. The link may need a moment before packets flow: poll.
+    /// Isolates `node` while its processes keep running: its private link and
+    /// its public cable go down, exactly the links [`Lab::kill_node`] takes
+    /// down. [`Lab::revive_links`] undoes it.
+    pub(crate) fn isolate(&self, node: Node) {
+        self.set_links(node, false)
+            .unwrap_or_else(|e| panic!("isolate({node:?}): {e}"));
+    }
+
+    /// Brings all `node`'s links up again (after [`Lab::kill_node`] or
+    /// [`Lab::isolate`]); processes are not restarted. The link may need a
+    /// moment before packets flow: poll.
     pub(crate) fn revive_links(&self, node: Node) {
         self.set_links(node, true)
             .unwrap_or_else(|e| panic!("revive_links({node:?}): {e}"));
     }
 
+    /// Pulls `node`'s public cable: its port on the bridge goes down, so the
+    /// node's `eth0` stays configured and administratively up but has no
+    /// carrier (`NO-CARRIER`), as when a cable is pulled at the switch. The
+    /// private link is untouched.
+    ///
+    /// # Panics
+    ///
+    /// In a lab without the public network, or if `ip` fails.
+    pub(crate) fn cut_public(&self, node: Node) {
+        self.set_public(node, false)
+            .unwrap_or_else(|e| panic!("cut_public({node:?}): {e}"));
+    }
+
+    /// Plugs `node`'s public cable back in (after [`Lab::cut_public`]).
+    pub(crate) fn restore_public(&self, node: Node) {
+        self.set_public(node, true)
+            .unwrap_or_else(|e| panic!("restore_public({node:?}): {e}"));
+    }
+
+    /// Private link and, if the lab has one, public cable of `node`.
     fn set_links(&self, node: Node, up: bool) -> Result<(), String> {
-        let ns = &self.node(node).ns_name;
-        let state = if up { "up" } else { "down" };
-        ip(&["-n", ns, "link", "set", PRIVATE_DEV, state])?;
-        lock(&self.state).links_up[node.index()] = up;
+        self.set_private(node, up)?;
+        if self.public.is_some() {
+            self.set_public(node, up)?;
+        }
         Ok(())
     }
 
-    /// Whether `node`'s links are up (false after [`Lab::kill_node`] until
-    /// [`Lab::revive_links`]).
+    /// The node's own end of the private veth (the peer's end then loses
+    /// its carrier).
+    fn set_private(&self, node: Node, up: bool) -> Result<(), String> {
+        let ns = &self.node(node).ns_name;
+        ip(&["-n", ns, "link", "set", PRIVATE_DEV, updown(up)])?;
+        lock(&self.state).private_up[node.index()] = up;
+        Ok(())
+    }
+
+    /// The switch side (bridge port in the client namespace) of the node's
+    /// public cable.
+    fn set_public(&self, node: Node, up: bool) -> Result<(), String> {
+        let client = &self.public_net("the public cable").client.ns_name;
+        ip(&[
+            "-n",
+            client,
+            "link",
+            "set",
+            switch_port(Place::Node(node)),
+            updown(up),
+        ])?;
+        lock(&self.state).public_up[node.index()] = up;
+        Ok(())
+    }
+
+    /// Whether all `node`'s links are up (false after [`Lab::kill_node`] or
+    /// [`Lab::isolate`] until [`Lab::revive_links`], and after
+    /// [`Lab::cut_public`] until [`Lab::restore_public`]).
     pub(crate) fn links_up(&self, node: Node) -> bool {
-        lock(&self.state).links_up[node.index()]
+        let st = lock(&self.state);
+        let i = node.index();
+        st.private_up[i] && (self.public.is_none() || st.public_up[i])
+    }
+
+    /// Whether `node`'s public cable is plugged in (false in a lab without
+    /// the public network).
+    pub(crate) fn public_up(&self, node: Node) -> bool {
+        lock(&self.state).public_up[node.index()]
+    }
+
+    /// The nodes whose namespace has the VIP ([`Lab::vip`]) configured on any
+    /// interface, from `ip -n NS -o -4 addr show`. More than one is a split
+    /// brain on the public network; a killed node keeps what it had.
+    ///
+    /// # Panics
+    ///
+    /// If `ip` fails.
+    pub(crate) fn vip_holders(&self) -> Vec<Node> {
+        let needle = format!(" {}/", self.vip());
+        Node::ALL
+            .into_iter()
+            .filter(|&n| {
+                ip(&["-n", &self.node(n).ns_name, "-o", "-4", "addr", "show"])
+                    .unwrap_or_else(|e| panic!("vip_holders: {e}"))
+                    .contains(&needle)
+            })
+            .collect()
+    }
+
+    /// The MAC address `place`'s neighbour (ARP) table has for `addr`, as
+    /// `ip neigh` prints it (`aa:bb:cc:dd:ee:ff`); `None` when there is no
+    /// entry or it has no address (`INCOMPLETE`, `FAILED`). For ARP
+    /// convergence: `neigh_mac(Place::Client, lab.vip())` against
+    /// [`Lab::node_mac`] of the node that should hold the VIP.
+    ///
+    /// # Panics
+    ///
+    /// If `ip` fails.
+    pub(crate) fn neigh_mac(&self, place: Place, addr: Ipv4Addr) -> Option<String> {
+        let out = ip(&[
+            "-n",
+            self.ns_name_of(place),
+            "neigh",
+            "show",
+            "to",
+            &addr.to_string(),
+        ])
+        .unwrap_or_else(|e| panic!("neigh_mac({place:?}, {addr}): {e}"));
+        out.lines()
+            .filter(|l| l.split_whitespace().next() == Some(addr.to_string().as_str()))
+            .find_map(|l| word_after(l, "lladdr"))
+    }
+
+    /// The MAC address of `node`'s public interface `eth0`.
+    ///
+    /// # Panics
+    ///
+    /// In a lab without the public network, or if `ip` fails.
+    pub(crate) fn node_mac(&self, node: Node) -> String {
+        let ns = &self.node(node).ns_name;
+        let out = ip(&["-n", ns, "-o", "link", "show", "dev", PUBLIC_DEV])
+            .unwrap_or_else(|e| panic!("node_mac({node:?}): {e}"));
+        word_after(&out, "link/ether")
+            .unwrap_or_else(|| panic!("node_mac({node:?}): no link/ether in {out:?}"))
     }
 
     /// Cuts the private link both ways; both nodes keep running.
@@ -576,6 +996,14 @@ impl Lab {
         )
     }
 
+    /// Whether one ICMP echo from `from` to any address `to` (a public
+    /// address, the VIP, the client's) is answered within [`PROBE_TIMEOUT`].
+    /// Like [`Lab::ping`], from a raw socket in `from`'s namespace, on-link
+    /// destinations only.
+    pub(crate) fn ping_from(&self, from: Place, to: Ipv4Addr) -> bool {
+        icmp_echo(Some(self.netns_path(from)), to, PROBE_TIMEOUT)
+    }
+
     /// Whether one ICMP echo from the test's own (host) namespace to `to`'s
     /// private address is answered: it must not be, the link is private. Like
     /// every lab ping it is sent for on-link delivery only, so it never
@@ -626,9 +1054,20 @@ impl Lab {
         false
     }
 
-    /// Names of the namespaces of this lab.
+    /// Names of the two node namespaces of this lab.
     pub(crate) fn ns_names(&self) -> [&str; 2] {
         [&self.nodes[0].ns_name, &self.nodes[1].ns_name]
+    }
+
+    /// Names of all namespaces of this lab: the nodes', then the client's and
+    /// the witness's when it has them.
+    pub(crate) fn all_ns_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.nodes.iter().map(|n| n.ns_name.clone()).collect();
+        if let Some(p) = &self.public {
+            v.push(p.client.ns_name.clone());
+            v.extend(p.witness.iter().map(|w| w.ns_name.clone()));
+        }
+        v
     }
 }
 
@@ -662,6 +1101,17 @@ impl Drop for Lab {
                 }
             }
         }
+        let extra: Vec<&ExtraNs> = self
+            .public
+            .iter()
+            .flat_map(|p| std::iter::once(&p.client).chain(p.witness.as_ref()))
+            .filter(|x| x.created)
+            .collect();
+        for x in &extra {
+            if let Err(e) = kill_all_in_netns(&x.ns_name) {
+                eprintln!("lab {}: cleanup: {e}", self.tag);
+            }
+        }
         if self.veth {
             // Deleting one end deletes the pair. Done explicitly so that the
             // link is gone even if a namespace outlives its handle.
@@ -669,11 +1119,24 @@ impl Drop for Lab {
                 eprintln!("lab {}: cleanup: {e}", self.tag);
             }
         }
+        if let Some(p) = self.public.as_ref().filter(|p| p.client.created) {
+            // Every port of the bridge (which takes the other ends, the
+            // nodes' and the witness's eth0, with it), then the bridge.
+            // Absent ones (a build that failed early, no witness) fail quietly.
+            for port in ["pa", "pb", "pw", BRIDGE] {
+                let _ = ip(&["-n", &p.client.ns_name, "link", "del", port]);
+            }
+        }
         for n in &self.nodes {
             if self.created[n.node.index()] {
                 if let Err(e) = ip(&["netns", "del", &n.ns_name]) {
                     eprintln!("lab {}: cleanup: {e}", self.tag);
                 }
+            }
+        }
+        for x in &extra {
+            if let Err(e) = ip(&["netns", "del", &x.ns_name]) {
+                eprintln!("lab {}: cleanup: {e}", self.tag);
             }
         }
     }
@@ -692,6 +1155,31 @@ fn sanitize_tag(tag: &str) -> String {
     } else {
         t
     }
+}
+
+/// The bridge port (in the client namespace) that `place`'s public cable
+/// plugs into.
+fn switch_port(place: Place) -> &'static str {
+    match place {
+        Place::Node(Node::A) => "pa",
+        Place::Node(Node::B) => "pb",
+        Place::Witness | Place::Client => "pw",
+    }
+}
+
+fn updown(up: bool) -> &'static str {
+    if up {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+/// The whitespace-separated word after `key` in `text`.
+fn word_after(text: &str, key: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == key)?;
+    words.next().map(str::to_string)
 }
 
 fn net_arg(netns_path: &Path) -> std::ffi::OsString {
@@ -865,7 +1353,8 @@ pub(crate) fn clean_stale_namespaces() -> usize {
     removed
 }
 
-/// The pid in a lab namespace name `tw-TAG-PID-N-{a,b}`, `None` for any other name.
+/// The pid in a lab namespace name `tw-TAG-PID-N-{a,b,c,w}`, `None` for any
+/// other name.
 pub(crate) fn lab_namespace_owner(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(NS_PREFIX)?;
     let mut fields = rest.rsplitn(4, '-');
@@ -873,7 +1362,7 @@ pub(crate) fn lab_namespace_owner(name: &str) -> Option<u32> {
     let _seq: u32 = fields.next()?.parse().ok()?;
     let pid: u32 = fields.next()?.parse().ok()?;
     let tag = fields.next()?;
-    (matches!(node, "a" | "b") && !tag.is_empty()).then_some(pid)
+    (matches!(node, "a" | "b" | "c" | "w") && !tag.is_empty()).then_some(pid)
 }
 
 // ---------------------------------------------------------------------------
@@ -889,15 +1378,31 @@ pub(crate) fn in_netns<T: Send>(
     let ns = File::open(netns_path)?;
     std::thread::scope(|s| {
         let h = s.spawn(move || {
-            // SAFETY: setns(2) with a namespace fd we hold; it changes only this
-            // thread's network namespace, and the thread ends after `f`.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            enter_netns_file(&ns)?;
             f()
         });
         h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Moves the calling thread into the network namespace at `netns_path`: its
+/// sockets from then on are made there. Only for a thread the caller spawned
+/// for that purpose and that ends afterwards (such as `web::Poller`'s), never
+/// for a test's main thread or a pooled one.
+pub(crate) fn enter_netns(netns_path: &Path) -> io::Result<()> {
+    let ns = File::open(netns_path)?;
+    enter_netns_file(&ns)
+}
+
+/// [`enter_netns`] with an already opened namespace file (open it on the
+/// spawning thread to fail early).
+pub(crate) fn enter_netns_file(ns: &File) -> io::Result<()> {
+    // SAFETY: setns(2) with a namespace fd we hold; it changes only the
+    // calling thread's network namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A raw ICMP socket in the calling thread's network namespace (needs root).

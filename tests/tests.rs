@@ -15,6 +15,7 @@
 mod lab;
 mod pair;
 mod util;
+mod web;
 
 mod differential;
 mod posix;
