@@ -390,6 +390,7 @@ pub(crate) fn start(
         dirty: true,
         has_witness: f.witness.is_some(),
     };
+    driver.reconcile();
     let thread = std::thread::Builder::new()
         .name("supervisor".into())
         .spawn(move || {
@@ -612,7 +613,6 @@ impl Driver {
     }
 
     fn run(&mut self) {
-        self.reconcile();
         while !self.stop.load(Ordering::SeqCst) {
             let started = Instant::now();
             self.serve_admin();
@@ -625,33 +625,27 @@ impl Driver {
         self.write_status(true);
     }
 
-    /// Waits for the node, then cleans up what a crash may have left: a node
-    /// that starts as Secondary must not hold the VIP or run the service.
+    /// Cleans up what a crash may have left. Every node starts as Secondary
+    /// (the replication node never resumes the primary role by itself), and a
+    /// Secondary must not hold the VIP or run the service: the `on_demote`
+    /// hook releases and stops them. This runs before the node joins the
+    /// pair, so the peer never sees two holders.
     fn reconcile(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if self.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            if let Some(s) = self.node_status() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                tracing::error!("supervisor: the node does not answer on its control socket");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        self.note(
+            "startup: this node starts as Secondary, so it releases any VIP left over and \
+             stops the service (on_demote)"
+                .into(),
+        );
+        let status = Status {
+            role: "Secondary".into(),
+            disk: "Unknown".into(),
+            connection: "StandAlone".into(),
+            ..Status::default()
         };
-        if status.role == "Secondary" {
-            self.note(
-                "startup: Secondary, so releasing any VIP left over and stopping the service \
-                 (on_demote)"
-                    .into(),
-            );
-            if let Err(e) = self.run_hook(Hook::Demote, &status, "secondary") {
-                self.note(format!("startup clean-up failed: {e}"));
-            }
+        if let Err(e) = self.run_hook(Hook::Demote, &status, "secondary") {
+            self.note(format!("startup clean-up failed: {e}"));
         }
+        self.write_status(true);
     }
 
     fn node_status(&mut self) -> Option<Status> {

@@ -25,6 +25,7 @@ mod badinput;
 mod crash;
 mod durability;
 mod enospc;
+mod failover;
 mod lab_selftest;
 mod online_verify;
 mod replication;

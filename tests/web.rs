@@ -159,6 +159,7 @@ LoadModule mpm_event_module {m}/mod_mpm_event.so
 LoadModule authz_core_module {m}/mod_authz_core.so
 LoadModule mime_module {m}/mod_mime.so
 LoadModule dir_module {m}/mod_dir.so
+LoadModule alias_module {m}/mod_alias.so
 User www-data
 Group www-data
 TypesConfig /etc/mime.types
@@ -180,6 +181,15 @@ DocumentRoot "{root}"
     AllowOverride None
     Require all granted
 </Directory>
+# A health page outside the replicated tree, for the hooks' http.check
+# (a fresh, empty store has no page yet).
+Alias /twinfs-health "{d}/health.txt"
+<Files "health.txt">
+    Require all granted
+</Files>
+<Directory "{d}">
+    Require all granted
+</Directory>
 "#,
             d = dir.display(),
             pid = c.pidfile.display(),
@@ -188,6 +198,8 @@ DocumentRoot "{root}"
             root = docroot.display(),
         );
         std::fs::write(&c.conf, conf).unwrap_or_else(|e| panic!("write {}: {e}", c.conf.display()));
+        std::fs::write(dir.join("health.txt"), b"ok\n")
+            .unwrap_or_else(|e| panic!("write {}/health.txt: {e}", dir.display()));
         std::fs::write(&c.script, c.script_text())
             .unwrap_or_else(|e| panic!("write {}: {e}", c.script.display()));
         c

@@ -1,0 +1,345 @@
+//! Acceptance (issue 4): automatic failover with real parts. Two `twinfs run`
+//! nodes with a `[failover]` table and the shipped `scripts/failover.lua`,
+//! Apache (Debian's apache2, started and stopped by the hooks inside each
+//! node's namespace) serving the twinfs mount, a client fetching the page
+//! from the VIP on the public bridge every 50 ms.
+//!
+//! - `failover_after_primary_death`: the primary dies (kill -9, links down);
+//!   the secondary promotes, claims the VIP (checked gratuitous ARP), starts
+//!   Apache, and the client gets the same content again; every
+//!   fsync-acknowledged file is served; the old primary rejoins as Secondary
+//!   (its leftover VIP released at start), resyncs, and does not fail back;
+//!   only one node ever holds the VIP once it is back.
+//! - `switchover_moves_the_role_without_loss`: `twinfs switchover`.
+//! - `isolated_primary_demotes_and_secondary_promotes`: only the primary's
+//!   links are cut; it demotes itself within deadtime, the peer promotes.
+//! - `cut_replication_link_does_not_promote`: only the private link is cut;
+//!   the beacon shows the peer alive, nobody promotes, the status says why.
+//! - `startup_releases_leftover_vip_and_service`: a node that starts as
+//!   Secondary releases a VIP it still holds and stops a running Apache.
+
+use crate::lab::{require_lab, Lab, Node, Place, PublicOpts};
+use crate::pair::Pair;
+use crate::util::{poll_until, require_fuse};
+use crate::web::{self, ApacheConf, Poller};
+use serde_json::Value;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+const BEACON_PORT: u16 = 7790;
+/// How long a failover may take in this test before it counts as failed
+/// (generous: CI machines are slow; the benchmark measures the real time).
+const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+
+fn require_all(test: &str) -> bool {
+    require_fuse(test) && require_lab(test) && web::require_apache(test)
+}
+
+/// The shipped hook script.
+fn script() -> String {
+    format!("{}/scripts/failover.lua", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A pair in a lab with a public network, each node with Apache on its mount
+/// and a `[failover]` table; `more` is appended to the `[failover]` table.
+/// The Apache configs live (and are cleaned up) with the returned vector.
+fn failover_pair(tag: &str, opts: PublicOpts, more: &str) -> (Pair, Vec<ApacheConf>) {
+    let lab = Lab::with_public(tag, opts);
+    let vip = lab.vip();
+    let client = lab.client_addr();
+    let publics = [lab.public_addr(Node::A), lab.public_addr(Node::B)];
+    let confs = std::cell::RefCell::new(Vec::new());
+    let mut pair = Pair::in_lab(lab, tag, |node, files| {
+        let dir = files.mnt().parent().unwrap().join("apache");
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = ApacheConf::write(&dir, &files.mnt(), None, 80);
+        let services = conf.services_toml("apache2");
+        confs.borrow_mut().push(conf);
+        let me = publics[idx(node)];
+        let peer = publics[idx(node.peer())];
+        format!(
+            "\n[failover]\nscript = \"{}\"\nvip = \"{vip}/24\"\ninterface = \"eth0\"\n\
+             service = \"apache2\"\ncheck_url = \"http://{vip}/twinfs-health\"\n\
+             public = \"{me}:{BEACON_PORT}\"\npeer_public = \"{peer}:{BEACON_PORT}\"\n\
+             ping = [\"{client}\"]\nhome = \"alpha\"\nhook_timeout = \"30s\"\nhold_down = \"5s\"\n\
+             {more}\n{services}\n",
+            script(),
+        )
+    });
+    pair.hard_stop = true;
+    (pair, confs.into_inner())
+}
+
+fn idx(n: Node) -> usize {
+    match n {
+        Node::A => 0,
+        Node::B => 1,
+    }
+}
+
+/// Waits until `node` is Primary with the VIP and Apache answering on it.
+fn wait_serving(pair: &Pair, node: Node) {
+    pair.wait_status(node, "primary", FAILOVER_LIMIT, |s| s["role"] == "Primary");
+    let url = format!("http://{}/twinfs-health", pair.lab.vip());
+    let ok = poll_until(FAILOVER_LIMIT, || {
+        (pair.lab.vip_holders().contains(&node)
+            && web::http_get(&pair.lab, Place::Client, &url, Duration::from_secs(2))
+                .is_ok_and(|(code, _)| code == 200))
+        .then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{} does not serve the VIP: holders {:?}\nstatus: {:#}\nlog:\n{}",
+        pair.node(node).name,
+        pair.lab.vip_holders(),
+        pair.status(node),
+        pair.node(node).log_text()
+    );
+}
+
+/// Writes `n` files on `node`'s mount, each fsync'ed, and returns their contents.
+fn write_files(pair: &Pair, node: Node, n: usize, tag: &str) -> Vec<(String, Vec<u8>)> {
+    let mnt = pair.node(node).mnt();
+    (0..n)
+        .map(|i| {
+            let name = format!("{tag}-{i:03}.html");
+            let body = format!("<p>{tag} page {i}</p>\n{}\n", "x".repeat(i * 37)).into_bytes();
+            let mut f = std::fs::File::create(mnt.join(&name)).unwrap();
+            f.write_all(&body).unwrap();
+            f.sync_all().unwrap();
+            (name, body)
+        })
+        .collect()
+}
+
+/// Every file comes back byte-exact through the VIP.
+fn assert_served(pair: &Pair, files: &[(String, Vec<u8>)]) {
+    let vip = pair.lab.vip();
+    for (name, body) in files {
+        let url = format!("http://{vip}/{name}");
+        let got = web::http_get(&pair.lab, Place::Client, &url, Duration::from_secs(5));
+        match got {
+            Ok((200, b)) if &b == body => {}
+            other => panic!("{url}: expected 200 with {} bytes, got {other:?}", body.len()),
+        }
+    }
+}
+
+fn decisions(s: &Value) -> String {
+    s["failover"]["decisions"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// Starts both nodes and waits until alpha (the home node) serves.
+fn start_serving(pair: &mut Pair) {
+    pair.start(Node::A);
+    pair.start(Node::B);
+    wait_serving(pair, Node::A);
+    pair.wait_in_sync(Node::A);
+}
+
+#[test]
+fn failover_after_primary_death() {
+    if !require_all("failover_after_primary_death") {
+        return;
+    }
+    let (mut pair, _confs) = failover_pair("fo-death", PublicOpts::default(), "");
+    start_serving(&mut pair);
+    let index = b"<h1>served by twinfs</h1>\n".to_vec();
+    {
+        let mut f = std::fs::File::create(pair.node(Node::A).mnt().join("index.html")).unwrap();
+        f.write_all(&index).unwrap();
+        f.sync_all().unwrap();
+    }
+    let files = write_files(&pair, Node::A, 40, "acked");
+    assert_served(&pair, &files);
+
+    let url = format!("http://{}/index.html", pair.lab.vip());
+    let poller = Poller::start(&pair.lab, Place::Client, &url, Duration::from_secs(120));
+    let before = poller
+        .wait_ok_after(Duration::ZERO, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the client never got the page before the kill: {}", poller.report()));
+    let killed_at = poller.elapsed();
+    pair.kill(Node::A);
+
+    // The secondary takes over: VIP, Apache, the same content.
+    wait_serving(&pair, Node::B);
+    let back = poller.wait_ok_after(killed_at, FAILOVER_LIMIT).unwrap_or_else(|| {
+        panic!(
+            "the client never got 200 again: {}\nstatus B: {:#}",
+            poller.report(),
+            pair.status(Node::B)
+        )
+    });
+    assert_eq!(back.hash(), before.hash(), "after the failover the page differs");
+    assert_eq!(back.hash(), Some(web::body_hash(&index)));
+    eprintln!(
+        "failover: first 200 from beta {:.2} s after the kill",
+        (back.at - killed_at).as_secs_f64()
+    );
+    drop(poller.stop());
+    // The client's ARP entry for the VIP moved to beta (gratuitous ARP).
+    assert_eq!(
+        pair.lab.neigh_mac(Place::Client, pair.lab.vip()),
+        Some(pair.lab.node_mac(Node::B)),
+        "the client still sends VIP traffic elsewhere"
+    );
+    assert_served(&pair, &files);
+    let sb = pair.status(Node::B);
+    let d = decisions(&sb);
+    assert!(d.contains("promot"), "no promotion decision recorded:\n{d}");
+    assert!(
+        sb["failover"]["last_hooks"].to_string().contains("vip.claim"),
+        "the VIP claim is not in the status: {:#}",
+        sb["failover"]
+    );
+
+    // The old primary comes back: its leftover VIP is released at start, it
+    // resyncs as Secondary, and it does not take the role back.
+    pair.lab.revive_links(Node::A);
+    assert!(
+        pair.lab.vip_holders().contains(&Node::A),
+        "the dead node's VIP should still be configured (a crash leaves it)"
+    );
+    pair.start(Node::A);
+    pair.wait_status(Node::A, "secondary, in sync", FAILOVER_LIMIT, |s| {
+        s["role"] == "Secondary" && s["connection"] == "Connected" && s["disk"] == "UpToDate"
+    });
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(5) {
+        let holders = pair.lab.vip_holders();
+        assert_eq!(
+            holders,
+            vec![Node::B],
+            "only beta may hold the VIP once alpha is back\nalpha's log:\n{}",
+            pair.node(Node::A).log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pair.status(Node::A)["role"], "Secondary", "no failback without auto_failback");
+    assert_served(&pair, &files);
+}
+
+#[test]
+fn switchover_moves_the_role_without_loss() {
+    if !require_all("switchover_moves_the_role_without_loss") {
+        return;
+    }
+    let (mut pair, _confs) = failover_pair("fo-switch", PublicOpts::default(), "");
+    start_serving(&mut pair);
+    let files = write_files(&pair, Node::A, 30, "before");
+    let out = pair.twinfs(Node::A, &["switchover"]);
+    assert!(
+        out.status.success(),
+        "switchover: {}{}\nlog A:\n{}\nlog B:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        pair.node(Node::A).log_text(),
+        pair.node(Node::B).log_text()
+    );
+    wait_serving(&pair, Node::B);
+    assert_eq!(pair.status(Node::A)["role"], "Secondary");
+    assert_served(&pair, &files);
+    // Demotion finished on alpha before beta promoted: alpha's timeline has
+    // the hand-over after its demotion steps, and beta's promotion follows it.
+    let da = decisions(&pair.status(Node::A));
+    let demoted = da.find("DemoteStore").expect("alpha demoted");
+    let handover = da.find("HandOver").expect("alpha handed over");
+    assert!(demoted < handover, "hand-over before demotion:\n{da}");
+    // And back again.
+    let more = write_files(&pair, Node::B, 10, "after");
+    let out = pair.twinfs(Node::B, &["switchover"]);
+    assert!(out.status.success(), "switchover back: {out:?}");
+    wait_serving(&pair, Node::A);
+    assert_served(&pair, &files);
+    assert_served(&pair, &more);
+}
+
+#[test]
+fn isolated_primary_demotes_and_secondary_promotes() {
+    if !require_all("isolated_primary_demotes_and_secondary_promotes") {
+        return;
+    }
+    let (mut pair, _confs) = failover_pair("fo-isol", PublicOpts::default(), "");
+    start_serving(&mut pair);
+    let files = write_files(&pair, Node::A, 20, "isol");
+    pair.lab.isolate(Node::A);
+    // Alpha is alive but reaches nobody: it stops Apache, releases the VIP.
+    pair.wait_status(Node::A, "demoted itself", FAILOVER_LIMIT, |s| {
+        s["role"] == "Secondary"
+    });
+    let sa = pair.status(Node::A);
+    assert!(
+        decisions(&sa).contains("isolated"),
+        "the reason should say isolated:\n{}",
+        decisions(&sa)
+    );
+    wait_serving(&pair, Node::B);
+    assert_eq!(pair.lab.vip_holders(), vec![Node::B]);
+    assert_served(&pair, &files);
+}
+
+#[test]
+fn cut_replication_link_does_not_promote() {
+    if !require_all("cut_replication_link_does_not_promote") {
+        return;
+    }
+    let (mut pair, _confs) = failover_pair("fo-cut", PublicOpts::default(), "");
+    start_serving(&mut pair);
+    pair.lab.partition();
+    // Well past deadtime: the beacon still hears alpha, so beta stays put.
+    pair.wait_status(Node::B, "link down seen", FAILOVER_LIMIT, |s| {
+        s["connection"] != "Connected"
+    });
+    let why = pair.wait_status(Node::B, "reason recorded", FAILOVER_LIMIT, |s| {
+        decisions(s).contains("public network")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let sb = pair.status(Node::B);
+    assert_eq!(sb["role"], "Secondary", "beta promoted over a cut link: {sb:#}");
+    assert_eq!(pair.lab.vip_holders(), vec![Node::A]);
+    eprintln!("beta's reason: {}", decisions(&why));
+    pair.lab.heal();
+    pair.wait_in_sync(Node::A);
+}
+
+#[test]
+fn startup_releases_leftover_vip_and_service() {
+    if !require_all("startup_releases_leftover_vip_and_service") {
+        return;
+    }
+    let (mut pair, confs) = failover_pair("fo-start", PublicOpts::default(), "");
+    // Beta looks like a crashed primary: the VIP on its eth0, Apache running.
+    let vip = format!("{}/24", pair.lab.vip());
+    let out = pair
+        .lab
+        .command(Node::B, "ip")
+        .args(["addr", "add", &vip, "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip addr add: {out:?}");
+    let conf = &confs[1];
+    let out = web::run_in(&pair.lab, Place::Node(Node::B), &conf.start_argv(), Duration::from_secs(20))
+        .unwrap();
+    assert!(out.status.success(), "apache start: {out:?}");
+    assert!(conf.running_pid().is_some(), "apache should run before the node starts");
+    assert_eq!(pair.lab.vip_holders(), vec![Node::B]);
+    pair.start(Node::B);
+    let ok = poll_until(Duration::from_secs(30), || {
+        (pair.lab.vip_holders().is_empty() && conf.running_pid().is_none()).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "beta kept the VIP ({:?}) or Apache (pid {:?})\nlog:\n{}",
+        pair.lab.vip_holders(),
+        conf.running_pid(),
+        pair.node(Node::B).log_text()
+    );
+}
