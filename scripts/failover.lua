@@ -12,6 +12,7 @@
 --
 -- Hooks (define the ones you need; a missing one does nothing):
 --   on_promote()  on_demote()  on_peer_lost()  on_peer_back()  on_split_brain()
+--   on_fence()  (optional: defined only where a fence device exists; see the end)
 --
 -- The twinfs API (errors carry this file's name and line; catch with pcall):
 --   twinfs.vip.claim{address=, interface=, allow_conflict=false}
@@ -100,3 +101,14 @@ end
 function on_split_brain()
   twinfs.log.error("split brain: both nodes were primary; see `twinfs status` and resolve by hand")
 end
+
+-- Fencing (optional). When this function exists, twinfs calls it before it
+-- takes over from a peer declared dead, and promotes only if it returns
+-- without error: power the peer off through its BMC, or shut its switch port.
+-- Example with ipmitool (uncomment and adapt):
+--
+-- function on_fence()
+--   twinfs.exec{argv = {"ipmitool", "-I", "lanplus", "-H", twinfs.config.peer_bmc,
+--                       "-U", "admin", "-f", "/etc/twinfs/bmc.pass",
+--                       "chassis", "power", "off"}, timeout = 20}
+-- end

@@ -1397,9 +1397,15 @@ level = "TRACE"
 
     #[test]
     fn failover_table_with_defaults_and_every_field() {
-        let c = parse(&format!("{REPL}[failover]\n")).unwrap().failover.unwrap();
+        let c = parse(&format!("{REPL}[failover]\n"))
+            .unwrap()
+            .failover
+            .unwrap();
         assert_eq!(c.script, PathBuf::from("/etc/twinfs/failover.lua"));
-        assert_eq!((c.vip, c.beacon, c.witness, c.home), (None, None, None, None));
+        assert_eq!(
+            (c.vip, c.beacon, c.witness, c.home),
+            (None, None, None, None)
+        );
         assert!(!c.auto_failback && !c.manual && c.ping.is_empty());
         assert_eq!(c.stabilize, Duration::from_secs(5));
         assert_eq!(c.escalation, EscalationName::None);
@@ -1418,10 +1424,19 @@ level = "TRACE"
         let c = parse(&full).unwrap().failover.unwrap();
         assert_eq!(c.script, PathBuf::from("/srv/hooks.lua"));
         let vip = c.vip.clone().unwrap();
-        assert_eq!((vip.addr.to_string(), vip.prefix, vip.interface.as_str()), ("10.0.0.10".into(), 24, "eth0"));
-        assert_eq!(c.beacon.as_ref().unwrap().peer, "192.168.0.2:7790".parse().unwrap());
+        assert_eq!(
+            (vip.addr.to_string(), vip.prefix, vip.interface.as_str()),
+            ("10.0.0.10".into(), 24, "eth0")
+        );
+        assert_eq!(
+            c.beacon.as_ref().unwrap().peer,
+            "192.168.0.2:7790".parse().unwrap()
+        );
         assert_eq!(c.ping.len(), 2);
-        assert_eq!(c.witness.as_ref().unwrap().cert, PathBuf::from("/etc/twinfs/witness.crt"));
+        assert_eq!(
+            c.witness.as_ref().unwrap().cert,
+            PathBuf::from("/etc/twinfs/witness.crt")
+        );
         assert_eq!(c.home.as_deref(), Some("www1"));
         assert!(c.auto_failback && c.manual);
         assert_eq!(c.hold_down, Duration::from_secs(60));

@@ -63,7 +63,11 @@ pub(crate) fn hooks_dry_run(
 /// `twinfs switchover`: demote here, let the peer promote, and wait until it has.
 pub(crate) fn switchover(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    match supervisor::admin_call(data_dir, &AdminRequest::Switchover, Duration::from_secs(300))? {
+    match supervisor::admin_call(
+        data_dir,
+        &AdminRequest::Switchover,
+        Duration::from_secs(300),
+    )? {
         AdminResponse::Error(e) => {
             eprintln!("twinfs: {e}");
             return Ok(ExitCode::from(1));
@@ -102,8 +106,11 @@ pub(crate) fn switchover(data_dir: &Path) -> anyhow::Result<ExitCode> {
 
 /// `twinfs maintenance on|off`.
 pub(crate) fn maintenance(data_dir: &Path, on: bool) -> anyhow::Result<ExitCode> {
-    match supervisor::admin_call(data_dir, &AdminRequest::Maintenance(on), Duration::from_secs(30))?
-    {
+    match supervisor::admin_call(
+        data_dir,
+        &AdminRequest::Maintenance(on),
+        Duration::from_secs(30),
+    )? {
         AdminResponse::Done(l) => {
             println!("{l}");
             Ok(ExitCode::SUCCESS)

@@ -121,7 +121,9 @@ impl FailoverStatus {
 pub(crate) fn read_status(data_dir: &Path) -> Option<FailoverStatus> {
     let text = std::fs::read_to_string(status_path(data_dir)).ok()?;
     let st: FailoverStatus = serde_json::from_str(&text).ok()?;
-    Path::new(&format!("/proc/{}", st.pid)).exists().then_some(st)
+    Path::new(&format!("/proc/{}", st.pid))
+        .exists()
+        .then_some(st)
 }
 
 /// An admin request on `failover.sock`.
@@ -308,9 +310,11 @@ pub(crate) fn start(
                 PublicKey::from_cert_pem_file(&w.cert).map_err(|e| UsageError(e.to_string()))?;
             let wname = PublicKey::node_name_from_cert_pem_file(&w.cert)
                 .map_err(|e| UsageError(e.to_string()))?;
-            let client =
-                WitnessClient::new(signer.clone(), WitnessClientConfig::new(w.addr, &wname, key))
-                    .map_err(|e| UsageError(format!("failover.witness {}: {e}", w.addr)))?;
+            let client = WitnessClient::new(
+                signer.clone(),
+                WitnessClientConfig::new(w.addr, &wname, key),
+            )
+            .map_err(|e| UsageError(format!("failover.witness {}: {e}", w.addr)))?;
             let (tx, rx) = mpsc::channel();
             threads.push(spawn_witness(
                 client,
@@ -353,7 +357,7 @@ pub(crate) fn start(
                 .join(", ")
         }),
         witness: f.witness.as_ref().map(|w| w.addr.to_string()),
-        fence: false,
+        fence: hooks.defined().contains(&Hook::Fence),
         on_demote_failure: match f.escalation {
             EscalationName::None => Escalation::None,
             EscalationName::Reboot => Escalation::Reboot,
@@ -389,6 +393,7 @@ pub(crate) fn start(
         last_written: None,
         dirty: true,
         has_witness: f.witness.is_some(),
+        escalation_command: f.escalation_command.clone(),
     };
     driver.reconcile();
     let thread = std::thread::Builder::new()
@@ -442,11 +447,7 @@ fn spawn_pinger(
                     since_ms: since,
                 });
                 p.ping_text = Some(if reachable {
-                    format!(
-                        "reachable ({} of {} answer)",
-                        answered.len(),
-                        targets.len()
-                    )
+                    format!("reachable ({} of {} answer)", answered.len(), targets.len())
                 } else {
                     format!(
                         "UNREACHABLE for {:.1} s (none of {} answers)",
@@ -583,6 +584,7 @@ struct Driver {
     last_written: Option<Instant>,
     dirty: bool,
     has_witness: bool,
+    escalation_command: Option<Vec<String>>,
 }
 
 fn role_of(s: &str) -> Option<Role> {
@@ -712,7 +714,8 @@ impl Driver {
             (p.ping, p.witness)
         };
         if self.has_witness {
-            self.want_lease.store(role == Role::Primary, Ordering::SeqCst);
+            self.want_lease
+                .store(role == Role::Primary, Ordering::SeqCst);
         }
         let obs = Observation {
             now_ms: now,
@@ -806,7 +809,7 @@ impl Driver {
                 }
                 r
             }
-            Step::FencePeer => Ok(()),
+            Step::FencePeer => self.run_hook(Hook::Fence, &status, "secondary"),
             Step::PromoteStore => self.role_request(Request::Promote),
             Step::DemoteStore => self.role_request(Request::Demote),
             Step::OnPromote => self.run_hook(Hook::Promote, &status, "primary"),
@@ -877,15 +880,31 @@ impl Driver {
     }
 
     fn escalate(&mut self, e: Escalation) {
-        let argv: &[&str] = match e {
-            Escalation::None => return,
+        let default: &[&str] = match e {
+            Escalation::None => {
+                self.note(
+                    "demotion failed and escalation is \"none\": this node may still hold \
+                     the VIP or run the service; fix it, then `twinfs maintenance off`"
+                        .into(),
+                );
+                return;
+            }
             Escalation::Reboot => &["systemctl", "reboot", "--force"],
             Escalation::Poweroff => &["systemctl", "poweroff", "--force"],
         };
-        self.note(format!("escalating: {}", argv.join(" ")));
+        let argv: Vec<String> = self
+            .escalation_command
+            .clone()
+            .unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        self.note(format!("escalating ({e:?}): {}", argv.join(" ")));
         self.write_status(true);
-        if let Err(err) = std::process::Command::new(argv[0]).args(&argv[1..]).status() {
-            self.note(format!("escalation {} failed: {err}", argv.join(" ")));
+        match std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .status()
+        {
+            Ok(st) if st.success() => {}
+            Ok(st) => self.note(format!("escalation {} exited with {st}", argv.join(" "))),
+            Err(err) => self.note(format!("escalation {} failed: {err}", argv.join(" "))),
         }
     }
 
@@ -973,7 +992,12 @@ impl Driver {
                 }
             }
             AdminRequest::Maintenance(on) => {
-                let ds = self.machine.set_maintenance(now, on);
+                let mut ds = self.machine.set_maintenance(now, on);
+                if !on {
+                    // Leaving maintenance also resumes after a failed
+                    // demotion that the admin has fixed by hand.
+                    ds.extend(self.machine.clear_failure(now));
+                }
                 self.process(ds);
                 AdminResponse::Done(format!(
                     "maintenance mode {}",

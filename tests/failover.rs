@@ -44,7 +44,21 @@ fn script() -> String {
 /// and a `[failover]` table; `more` is appended to the `[failover]` table.
 /// The Apache configs live (and are cleaned up) with the returned vector.
 fn failover_pair(tag: &str, opts: PublicOpts, more: &str) -> (Pair, Vec<ApacheConf>) {
+    let more = more.to_owned();
+    failover_pair_with(tag, opts, move |_, conf, _| {
+        format!("{more}\n{}", conf.services_toml("apache2"))
+    })
+}
+
+/// Like [`failover_pair`]; `tail(node, apache)` ends that node's
+/// `[failover]` table (and must add the `[failover.services.apache2]` table).
+fn failover_pair_with(
+    tag: &str,
+    opts: PublicOpts,
+    tail: impl Fn(Node, &ApacheConf, Option<std::net::Ipv4Addr>) -> String,
+) -> (Pair, Vec<ApacheConf>) {
     let lab = Lab::with_public(tag, opts);
+    let witness = opts.witness.then(|| lab.witness_addr());
     let vip = lab.vip();
     let client = lab.client_addr();
     let publics = [lab.public_addr(Node::A), lab.public_addr(Node::B)];
@@ -53,7 +67,7 @@ fn failover_pair(tag: &str, opts: PublicOpts, more: &str) -> (Pair, Vec<ApacheCo
         let dir = files.mnt().parent().unwrap().join("apache");
         std::fs::create_dir_all(&dir).unwrap();
         let conf = ApacheConf::write(&dir, &files.mnt(), None, 80);
-        let services = conf.services_toml("apache2");
+        let tail = tail(node, &conf, witness);
         confs.borrow_mut().push(conf);
         let me = publics[idx(node)];
         let peer = publics[idx(node.peer())];
@@ -62,7 +76,7 @@ fn failover_pair(tag: &str, opts: PublicOpts, more: &str) -> (Pair, Vec<ApacheCo
              service = \"apache2\"\ncheck_url = \"http://{vip}/twinfs-health\"\n\
              public = \"{me}:{BEACON_PORT}\"\npeer_public = \"{peer}:{BEACON_PORT}\"\n\
              ping = [\"{client}\"]\nhome = \"alpha\"\nhook_timeout = \"30s\"\nhold_down = \"5s\"\n\
-             {more}\n{services}\n",
+             {tail}\n",
             script(),
         )
     });
@@ -120,7 +134,10 @@ fn assert_served(pair: &Pair, files: &[(String, Vec<u8>)]) {
         let got = web::http_get(&pair.lab, Place::Client, &url, Duration::from_secs(5));
         match got {
             Ok((200, b)) if &b == body => {}
-            other => panic!("{url}: expected 200 with {} bytes, got {other:?}", body.len()),
+            other => panic!(
+                "{url}: expected 200 with {} bytes, got {other:?}",
+                body.len()
+            ),
         }
     }
 }
@@ -165,20 +182,31 @@ fn failover_after_primary_death() {
     let poller = Poller::start(&pair.lab, Place::Client, &url, Duration::from_secs(120));
     let before = poller
         .wait_ok_after(Duration::ZERO, Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("the client never got the page before the kill: {}", poller.report()));
+        .unwrap_or_else(|| {
+            panic!(
+                "the client never got the page before the kill: {}",
+                poller.report()
+            )
+        });
     let killed_at = poller.elapsed();
     pair.kill(Node::A);
 
     // The secondary takes over: VIP, Apache, the same content.
     wait_serving(&pair, Node::B);
-    let back = poller.wait_ok_after(killed_at, FAILOVER_LIMIT).unwrap_or_else(|| {
-        panic!(
-            "the client never got 200 again: {}\nstatus B: {:#}",
-            poller.report(),
-            pair.status(Node::B)
-        )
-    });
-    assert_eq!(back.hash(), before.hash(), "after the failover the page differs");
+    let back = poller
+        .wait_ok_after(killed_at, FAILOVER_LIMIT)
+        .unwrap_or_else(|| {
+            panic!(
+                "the client never got 200 again: {}\nstatus B: {:#}",
+                poller.report(),
+                pair.status(Node::B)
+            )
+        });
+    assert_eq!(
+        back.hash(),
+        before.hash(),
+        "after the failover the page differs"
+    );
     assert_eq!(back.hash(), Some(web::body_hash(&index)));
     eprintln!(
         "failover: first 200 from beta {:.2} s after the kill",
@@ -196,7 +224,9 @@ fn failover_after_primary_death() {
     let d = decisions(&sb);
     assert!(d.contains("promot"), "no promotion decision recorded:\n{d}");
     assert!(
-        sb["failover"]["last_hooks"].to_string().contains("vip.claim"),
+        sb["failover"]["last_hooks"]
+            .to_string()
+            .contains("vip.claim"),
         "the VIP claim is not in the status: {:#}",
         sb["failover"]
     );
@@ -223,7 +253,11 @@ fn failover_after_primary_death() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(pair.status(Node::A)["role"], "Secondary", "no failback without auto_failback");
+    assert_eq!(
+        pair.status(Node::A)["role"],
+        "Secondary",
+        "no failback without auto_failback"
+    );
     assert_served(&pair, &files);
 }
 
@@ -303,7 +337,10 @@ fn cut_replication_link_does_not_promote() {
     });
     std::thread::sleep(Duration::from_secs(3));
     let sb = pair.status(Node::B);
-    assert_eq!(sb["role"], "Secondary", "beta promoted over a cut link: {sb:#}");
+    assert_eq!(
+        sb["role"], "Secondary",
+        "beta promoted over a cut link: {sb:#}"
+    );
     assert_eq!(pair.lab.vip_holders(), vec![Node::A]);
     eprintln!("beta's reason: {}", decisions(&why));
     pair.lab.heal();
@@ -326,10 +363,18 @@ fn startup_releases_leftover_vip_and_service() {
         .unwrap();
     assert!(out.status.success(), "ip addr add: {out:?}");
     let conf = &confs[1];
-    let out = web::run_in(&pair.lab, Place::Node(Node::B), &conf.start_argv(), Duration::from_secs(20))
-        .unwrap();
+    let out = web::run_in(
+        &pair.lab,
+        Place::Node(Node::B),
+        &conf.start_argv(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
     assert!(out.status.success(), "apache start: {out:?}");
-    assert!(conf.running_pid().is_some(), "apache should run before the node starts");
+    assert!(
+        conf.running_pid().is_some(),
+        "apache should run before the node starts"
+    );
     assert_eq!(pair.lab.vip_holders(), vec![Node::B]);
     pair.start(Node::B);
     let ok = poll_until(Duration::from_secs(30), || {
@@ -342,4 +387,205 @@ fn startup_releases_leftover_vip_and_service() {
         conf.running_pid(),
         pair.node(Node::B).log_text()
     );
+}
+
+const WITNESS_PORT: u16 = 7791;
+
+/// The witness's key pair, made as an admin would (`twinfs keygen`).
+struct WitnessFiles {
+    dir: tempfile::TempDir,
+}
+
+impl WitnessFiles {
+    fn new() -> WitnessFiles {
+        let dir = crate::util::tempdir("witness");
+        let w = WitnessFiles { dir };
+        let out = crate::util::run_twinfs(&[
+            "keygen",
+            "--name",
+            "witness",
+            "--cert",
+            w.cert().to_str().unwrap(),
+            "--key",
+            w.key().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "keygen witness: {out:?}");
+        w
+    }
+    fn cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("witness.crt")
+    }
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.path().join("witness.key")
+    }
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("witness.log")
+    }
+}
+
+/// `twinfs witness` in the lab's witness namespace.
+fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::lab::LabChild {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(w.log())
+        .unwrap();
+    let mut cmd = pair
+        .lab
+        .command_in(Place::Witness, crate::util::twinfs_bin());
+    cmd.args([
+        "witness",
+        "--listen",
+        &format!("{}:{WITNESS_PORT}", pair.lab.witness_addr()),
+        "--cert",
+        w.cert().to_str().unwrap(),
+        "--key",
+        w.key().to_str().unwrap(),
+        "--node-cert",
+        pair.node(Node::A).cert().to_str().unwrap(),
+        "--node-cert",
+        pair.node(Node::B).cert().to_str().unwrap(),
+        "--lease",
+        crate::pair::DEADTIME,
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
+    pair.lab.spawn_in(Place::Witness, cmd)
+}
+
+fn witness_lines(w: &WitnessFiles, addr: Option<std::net::Ipv4Addr>) -> String {
+    format!(
+        "witness = \"{}:{WITNESS_PORT}\"\nwitness_cert = \"{}\"\n",
+        addr.expect("a lab with a witness"),
+        w.cert().display()
+    )
+}
+
+#[test]
+fn witness_decides_promotion() {
+    if !require_all("witness_decides_promotion") {
+        return;
+    }
+    let w = WitnessFiles::new();
+    let (mut pair, _confs) = failover_pair_with(
+        "fo-witness",
+        PublicOpts { witness: true },
+        |_, conf, addr| {
+            format!(
+                "{}{}",
+                witness_lines(&w, addr),
+                conf.services_toml("apache2")
+            )
+        },
+    );
+    let witness = start_witness(&pair, &w);
+    start_serving(&mut pair);
+    let sa = pair.wait_status(Node::A, "lease held", FAILOVER_LIMIT, |s| {
+        s["failover"]["witness"]
+            .as_str()
+            .is_some_and(|t| t.contains("held by alpha"))
+    });
+    eprintln!("alpha's witness: {}", sa["failover"]["witness"]);
+
+    // The witness goes away: the primary keeps its role (it still has the peer).
+    witness.kill();
+    pair.wait_status(Node::A, "witness unreachable seen", FAILOVER_LIMIT, |s| {
+        s["failover"]["witness"]
+            .as_str()
+            .is_some_and(|t| t.contains("UNREACHABLE"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        pair.status(Node::A)["role"],
+        "Primary",
+        "alpha demoted with its peer alive"
+    );
+
+    // Now the primary dies too: without the witness's word, beta must not promote.
+    pair.kill(Node::A);
+    let sb = pair.wait_status(Node::B, "refusal recorded", FAILOVER_LIMIT, |s| {
+        decisions(s).contains("did not promote") && decisions(s).contains("witness")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let sb2 = pair.status(Node::B);
+    assert_eq!(
+        sb2["role"], "Secondary",
+        "beta promoted without the witness: {sb2:#}"
+    );
+    eprintln!("beta's reason: {}", sb["failover"]["why"]);
+
+    // The witness returns; alpha's lease has long expired: beta takes over.
+    let _witness = start_witness(&pair, &w);
+    wait_serving(&pair, Node::B);
+    let sb = pair.status(Node::B);
+    assert!(
+        sb["failover"]["witness"]
+            .to_string()
+            .contains("held by beta"),
+        "{:#}",
+        sb["failover"]
+    );
+}
+
+#[test]
+fn isolated_primary_with_witness_escalates_when_demotion_fails() {
+    if !require_all("isolated_primary_with_witness_escalates_when_demotion_fails") {
+        return;
+    }
+    let w = WitnessFiles::new();
+    let marker_dir = crate::util::tempdir("escalation");
+    let marker = marker_dir.path().join("escalated");
+    let (mut pair, _confs) = failover_pair_with(
+        "fo-escal",
+        PublicOpts { witness: true },
+        |node, conf, addr| {
+            let mut t = witness_lines(&w, addr);
+            if node == Node::A {
+                // Alpha's Apache "will not stop", and its escalation only
+                // leaves a mark (a real one would reboot the machine).
+                t.push_str(&format!(
+                    "escalation = \"reboot\"\n\
+                     escalation_command = [\"/bin/sh\", \"-c\", \"echo escalated > {}\"]\n\
+                     [failover.services.apache2]\nstart = [{}]\n\
+                     stop = [\"/bin/sh\", \"-c\", \"echo apache will not stop >&2; exit 1\"]\n\
+                     pidfile = \"{}\"\n",
+                    marker.display(),
+                    conf.start_argv()
+                        .iter()
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    conf.pidfile().display()
+                ));
+            } else {
+                t.push_str(&conf.services_toml("apache2"));
+            }
+            t
+        },
+    );
+    let _witness = start_witness(&pair, &w);
+    start_serving(&mut pair);
+    let files = write_files(&pair, Node::A, 10, "escal");
+    pair.lab.isolate(Node::A);
+    // Alpha lost the peer and the witness: it tries to demote, cannot stop
+    // Apache, and escalates.
+    let ok = poll_until(FAILOVER_LIMIT, || {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|t| t.contains("escalated"))
+    });
+    assert!(
+        ok.is_some(),
+        "alpha did not escalate\nstatus: {:#}\nlog:\n{}",
+        pair.status(Node::A),
+        pair.node(Node::A).log_text()
+    );
+    let sa = pair.status(Node::A);
+    let da = decisions(&sa);
+    assert!(da.contains("isolated"), "{da}");
+    assert!(da.contains("escalat"), "{da}");
+    // Beta gets the lease once alpha's has run out, and takes over.
+    wait_serving(&pair, Node::B);
+    assert_served(&pair, &files);
 }

@@ -78,11 +78,7 @@ impl Pair {
     /// network, say); `extra(node, files)` is appended to that node's config
     /// after its `[replication]` table, so it may add more tables
     /// (`[failover]`) that differ per node.
-    pub(crate) fn in_lab(
-        lab: Lab,
-        tag: &str,
-        extra: impl Fn(Node, &PairNode) -> String,
-    ) -> Pair {
+    pub(crate) fn in_lab(lab: Lab, tag: &str, extra: impl Fn(Node, &PairNode) -> String) -> Pair {
         let names = ["alpha", "beta"];
         let nodes = [Node::A, Node::B].map(|node| {
             let dir = crate::util::tempdir(&format!("pair-{tag}-{}", names[node_index(node)]));

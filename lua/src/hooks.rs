@@ -169,16 +169,22 @@ pub enum Hook {
     PeerBack,
     /// `on_split_brain`: both nodes were primary.
     SplitBrain,
+    /// `on_fence`: before taking over from a peer declared dead, make sure
+    /// it is really down (power it off through its BMC, cut its switch
+    /// port). Only defined when the admin has a fence device; an error stops
+    /// the promotion.
+    Fence,
 }
 
 impl Hook {
     /// Every hook, in the order the reference lists them.
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::Promote,
         Hook::Demote,
         Hook::PeerLost,
         Hook::PeerBack,
         Hook::SplitBrain,
+        Hook::Fence,
     ];
 
     /// The Lua function name: `on_promote`, `on_demote`, ...
@@ -189,6 +195,7 @@ impl Hook {
             Hook::PeerLost => "on_peer_lost",
             Hook::PeerBack => "on_peer_back",
             Hook::SplitBrain => "on_split_brain",
+            Hook::Fence => "on_fence",
         }
     }
 }
@@ -211,7 +218,7 @@ impl FromStr for Hook {
             .find(|h| &h.function_name()[3..] == norm)
             .ok_or_else(|| {
                 format!(
-                    "unknown hook '{s}': expected one of promote, demote, peer_lost, peer_back, split_brain"
+                    "unknown hook '{s}': expected one of promote, demote, peer_lost, peer_back, split_brain, fence"
                 )
             })
     }
@@ -267,6 +274,7 @@ impl HookState {
             Hook::PeerLost => ("primary", "lost"),
             Hook::PeerBack => ("primary", "connected"),
             Hook::SplitBrain => ("primary", "connected"),
+            Hook::Fence => ("secondary", "lost"),
         };
         HookState {
             role: role.into(),

@@ -158,7 +158,7 @@ impl LinkView {
             peer_role: None,
             peer_disk: None,
             in_sync: false,
-    heard_ago_ms: None,
+            heard_ago_ms: None,
         }
     }
 
@@ -169,7 +169,7 @@ impl LinkView {
             peer_role: Some(peer_role),
             peer_disk: Some(Disk::UpToDate),
             in_sync: true,
-    heard_ago_ms: None,
+            heard_ago_ms: None,
         }
     }
 }

@@ -2,12 +2,12 @@
 //! absent → promotion stays manual (`twinfs promote`), as before.
 
 use super::{absolute_path, duration_in, ConfigError, Cx, NodeName, RawDuration};
-use std::str::FromStr;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -58,6 +58,10 @@ pub struct FailoverConfig {
     pub hook_timeout: Duration,
     /// `failover.escalation`: what happens when a demotion fails.
     pub escalation: EscalationName,
+    /// `failover.escalation_command`: what `reboot`/`poweroff` runs (argv);
+    /// default `systemctl reboot --force` / `systemctl poweroff --force`.
+    /// Admins who want a hard reset write `["sh", "-c", "echo b > /proc/sysrq-trigger"]`.
+    pub escalation_command: Option<Vec<String>>,
     /// `failover.manual`: detect and report, never act (maintenance mode).
     pub manual: bool,
     /// `[failover.services.NAME]`: how to start/stop a service when systemd is
@@ -127,6 +131,7 @@ pub(super) struct RawFailover {
     hold_down: Option<Spanned<RawDuration>>,
     hook_timeout: Option<Spanned<RawDuration>>,
     escalation: Option<Spanned<String>>,
+    escalation_command: Option<Spanned<Vec<String>>>,
     manual: Option<bool>,
     services: BTreeMap<String, Spanned<RawService>>,
     vars: BTreeMap<String, Spanned<String>>,
@@ -141,23 +146,25 @@ pub(super) struct RawService {
     pidfile: Option<Spanned<String>>,
 }
 
-fn socket_addr(
-    cx: &Cx<'_>,
-    field: &str,
-    raw: &Spanned<String>,
-) -> Result<SocketAddr, ConfigError> {
+fn socket_addr(cx: &Cx<'_>, field: &str, raw: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
     let a: SocketAddr = raw.get_ref().parse().map_err(|_| {
         cx.invalid(
             field,
             raw.span(),
-            format!("must be IP:PORT, e.g. \"192.168.0.1:7790\", got {:?}", raw.get_ref()),
+            format!(
+                "must be IP:PORT, e.g. \"192.168.0.1:7790\", got {:?}",
+                raw.get_ref()
+            ),
         )
     })?;
     if a.ip().is_unspecified() || a.port() == 0 {
         return Err(cx.invalid(
             field,
             raw.span(),
-            format!("must be a specific address and port, got {:?}", raw.get_ref()),
+            format!(
+                "must be a specific address and port, got {:?}",
+                raw.get_ref()
+            ),
         ));
     }
     Ok(a)
@@ -169,7 +176,8 @@ fn valid_ifname(s: &str) -> bool {
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
 impl FailoverConfig {
@@ -308,30 +316,29 @@ impl FailoverConfig {
                 ping.push(ip);
             }
         }
-        let witness = match (r.witness, r.witness_cert) {
-            (None, None) => None,
-            (Some(w), None) => {
-                return Err(cx.invalid(
-                    "failover.witness_cert",
-                    w.span(),
-                    "missing: failover.witness needs the witness's certificate file \
+        let witness =
+            match (r.witness, r.witness_cert) {
+                (None, None) => None,
+                (Some(w), None) => {
+                    return Err(cx.invalid(
+                        "failover.witness_cert",
+                        w.span(),
+                        "missing: failover.witness needs the witness's certificate file \
                      (copy it from the witness host; `twinfs keygen` wrote it there)"
-                        .into(),
-                ))
-            }
-            (None, Some(c)) => {
-                return Err(cx.invalid(
+                            .into(),
+                    ))
+                }
+                (None, Some(c)) => return Err(cx.invalid(
                     "failover.witness",
                     c.span(),
                     "missing: failover.witness_cert is set but failover.witness (IP:PORT) is not"
                         .into(),
-                ))
-            }
-            (Some(w), Some(c)) => Some(WitnessConfig {
-                addr: socket_addr(cx, "failover.witness", &w)?,
-                cert: absolute_path(cx, "failover.witness_cert", Some(c), "")?.path,
-            }),
-        };
+                )),
+                (Some(w), Some(c)) => Some(WitnessConfig {
+                    addr: socket_addr(cx, "failover.witness", &w)?,
+                    cert: absolute_path(cx, "failover.witness_cert", Some(c), "")?.path,
+                }),
+            };
         let home = match r.home {
             None => None,
             Some(h) => Some(
@@ -341,8 +348,20 @@ impl FailoverConfig {
                     .to_owned(),
             ),
         };
-        let stabilize = duration_in(cx, "failover.stabilize", r.stabilize, DEFAULT_STABILIZE, LONG_RANGE)?;
-        let hold_down = duration_in(cx, "failover.hold_down", r.hold_down, DEFAULT_HOLD_DOWN, LONG_RANGE)?;
+        let stabilize = duration_in(
+            cx,
+            "failover.stabilize",
+            r.stabilize,
+            DEFAULT_STABILIZE,
+            LONG_RANGE,
+        )?;
+        let hold_down = duration_in(
+            cx,
+            "failover.hold_down",
+            r.hold_down,
+            DEFAULT_HOLD_DOWN,
+            LONG_RANGE,
+        )?;
         let hook_timeout = duration_in(
             cx,
             "failover.hook_timeout",
@@ -368,23 +387,33 @@ impl FailoverConfig {
                 }
             },
         };
+        let escalation_command = match r.escalation_command {
+            None => None,
+            Some(c) if c.get_ref().is_empty() || c.get_ref()[0].is_empty() => {
+                return Err(cx.invalid(
+                    "failover.escalation_command",
+                    c.span(),
+                    "must be a command as a list of arguments, e.g. [\"systemctl\", \"reboot\", \"--force\"]"
+                        .into(),
+                ))
+            }
+            Some(c) => Some(c.into_inner()),
+        };
         let mut services = BTreeMap::new();
         for (name, s) in r.services {
             let field = format!("failover.services.{name}");
             let span = s.span();
             let s = s.into_inner();
-            let need = |v: Option<Vec<String>>, key: &str| {
-                match v {
-                    Some(v) if !v.is_empty() && !v[0].is_empty() => Ok(v),
-                    _ => Err(cx.invalid(
-                        &format!("{field}.{key}"),
-                        span.clone(),
-                        format!(
-                            "missing: the command that {key}s {name}, as a list of arguments, \
+            let need = |v: Option<Vec<String>>, key: &str| match v {
+                Some(v) if !v.is_empty() && !v[0].is_empty() => Ok(v),
+                _ => Err(cx.invalid(
+                    &format!("{field}.{key}"),
+                    span.clone(),
+                    format!(
+                        "missing: the command that {key}s {name}, as a list of arguments, \
                              e.g. [\"apache2ctl\", \"{key}\"]"
-                        ),
-                    )),
-                }
+                    ),
+                )),
             };
             let start = need(s.start, "start")?;
             let stop = need(s.stop, "stop")?;
@@ -400,7 +429,9 @@ impl FailoverConfig {
             };
             let pidfile = match s.pidfile {
                 None => None,
-                Some(p) => Some(absolute_path(cx, "failover.services.*.pidfile", Some(p), "")?.path),
+                Some(p) => {
+                    Some(absolute_path(cx, "failover.services.*.pidfile", Some(p), "")?.path)
+                }
             };
             services.insert(
                 name,
@@ -412,7 +443,11 @@ impl FailoverConfig {
                 },
             );
         }
-        let vars = r.vars.into_iter().map(|(k, v)| (k, v.into_inner())).collect();
+        let vars = r
+            .vars
+            .into_iter()
+            .map(|(k, v)| (k, v.into_inner()))
+            .collect();
         Ok(FailoverConfig {
             script,
             vip,
@@ -427,6 +462,7 @@ impl FailoverConfig {
             hold_down,
             hook_timeout,
             escalation,
+            escalation_command,
             manual: r.manual.unwrap_or(false),
             services,
             vars,

@@ -323,6 +323,24 @@ impl Api {
         if !claim.already_held {
             self.journal(Undo::VipRelease(vip.clone()));
         }
+        // The status and the timeline show what the claim found, not just
+        // that it ran: the duplicate-address probe and the announcements.
+        if let Some(last) = lock(&self.shared).actions.last_mut() {
+            last.action = format!(
+                "{}: {}, {} gratuitous ARP, {}",
+                last.action,
+                if claim.already_held {
+                    "already held"
+                } else {
+                    "address added"
+                },
+                claim.announcements,
+                match &claim.conflict {
+                    None => "duplicate probe: no other host answers".to_string(),
+                    Some(mac) => format!("duplicate probe: CONFLICT with {mac}"),
+                }
+            );
+        }
         if let (Some(mac), false) = (&claim.conflict, allow_conflict) {
             let msg = format!(
                 "{vip}: another host ({mac}) answers for this address; not taking it over \

@@ -156,7 +156,7 @@ impl World {
                 peer_role: connected.then_some(peer.role),
                 peer_disk: connected.then_some(Disk::UpToDate),
                 in_sync: connected,
-    heard_ago_ms: None,
+                heard_ago_ms: None,
             },
             beacon_age_ms: me.beacon_at.map(|t| self.now - t),
             ping: Some(PingView {

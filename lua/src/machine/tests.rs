@@ -591,7 +591,7 @@ fn flapping_peer(auto_failback: bool) -> Bench {
             peer_role: Some(Role::Secondary),
             peer_disk: Some(Disk::Outdated),
             in_sync: false,
-    heard_ago_ms: None,
+            heard_ago_ms: None,
         };
         b.run_for(300);
         b.link = LinkView::healthy(Role::Secondary);
@@ -627,7 +627,7 @@ fn failback_waits_for_stabilize_of_continuous_health() {
         peer_role: Some(Role::Secondary),
         peer_disk: Some(Disk::Inconsistent),
         in_sync: false,
-    heard_ago_ms: None,
+        heard_ago_ms: None,
     };
     b.run_for(8_000);
     assert_eq!(b.count(Action::Demote), 0);

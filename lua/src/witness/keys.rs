@@ -410,5 +410,7 @@ fn common_name(subject: &[u8]) -> Option<String> {
         return None;
     }
     let value = rest.get(..usize::from(len))?;
-    String::from_utf8(value.to_vec()).ok().filter(|s| !s.is_empty())
+    String::from_utf8(value.to_vec())
+        .ok()
+        .filter(|s| !s.is_empty())
 }
