@@ -6,6 +6,7 @@
 
 pub mod config;
 mod daemon;
+mod drill;
 mod failover_cmd;
 mod mount;
 mod supervisor;
@@ -94,6 +95,14 @@ enum Command {
     Switchover {
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// Prove that failover works on a healthy pair: run on the primary, it
+    /// compares block digests, switches over to the peer and back, and checks
+    /// the VIP, the ARP answer and Apache after each move.
+    Drill {
+        /// The config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
     /// Maintenance mode: the supervisor keeps watching and explaining, but
     /// takes no automatic action.
@@ -299,6 +308,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 failover_cmd::hooks_dry_run(&hook, &script, cfg.node.name.as_str(), vars)
             }
         },
+        Command::Drill { config } => {
+            let cfg = load_config(Some(&config))?;
+            init_tracing("warn");
+            drill::run(&cfg)
+        }
         Command::Switchover { node } => failover_cmd::switchover(&node.data_dir()?),
         Command::Maintenance { state, node } => {
             failover_cmd::maintenance(&node.data_dir()?, state == "on")

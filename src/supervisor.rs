@@ -136,6 +136,8 @@ pub(crate) enum AdminRequest {
     Maintenance(bool),
     /// Resume after a failed demotion was fixed by hand.
     Clear,
+    /// On the secondary: ask the primary to switch over to this node.
+    TakeOver,
 }
 
 /// The answer on `failover.sock`.
@@ -283,6 +285,7 @@ pub(crate) fn start(
                     generation: 0,
                     link_up: false,
                     handover: false,
+                    takeover: false,
                 },
             )
             .map_err(|e| UsageError(format!("failover.public {}: {e}", b.listen)))?;
@@ -387,6 +390,8 @@ pub(crate) fn start(
         listener,
         handover_until: None,
         handover_seen: false,
+        takeover_until: None,
+        takeover_seen: false,
         last_status: None,
         timeline: VecDeque::new(),
         last_hooks: Vec::new(),
@@ -578,6 +583,10 @@ struct Driver {
     handover_until: Option<Instant>,
     /// The peer's hand-over flag was already acted on (until it clears).
     handover_seen: bool,
+    /// Announce the take-over request until then.
+    takeover_until: Option<Instant>,
+    /// The peer's take-over request was already acted on (until it clears).
+    takeover_seen: bool,
     last_status: Option<Status>,
     timeline: VecDeque<String>,
     last_hooks: Vec<String>,
@@ -679,6 +688,7 @@ impl Driver {
         };
         // Keep the beacon's announcement current, and read the peer's.
         let mut beacon_age_ms = None;
+        let mut peer_flags = None;
         if let Some(b) = &self.beacon {
             let handover = self.handover_until.is_some_and(|u| Instant::now() < u);
             b.set_announce(Announce {
@@ -695,18 +705,17 @@ impl Driver {
                 generation: u64::from_str_radix(&status.generation, 16).unwrap_or(0),
                 link_up: connected,
                 handover,
+                takeover: self.takeover_until.is_some_and(|u| Instant::now() < u),
             });
             if let Some(p) = b.peer() {
                 beacon_age_ms = Some(millis(p.at.elapsed()));
-                if p.announce.handover && p.at.elapsed() < Duration::from_secs(1) {
-                    if !self.handover_seen {
-                        self.handover_seen = true;
-                        let ds = self.machine.handle_peer_handed_over(now);
-                        self.process(ds);
-                    }
-                } else if !p.announce.handover {
-                    self.handover_seen = false;
-                }
+                let fresh = p.at.elapsed() < Duration::from_secs(1);
+                peer_flags = Some((
+                    p.announce.handover && fresh,
+                    p.announce.handover,
+                    p.announce.takeover && fresh,
+                    p.announce.takeover,
+                ));
             }
         }
         let (ping, witness_view) = {
@@ -728,6 +737,41 @@ impl Driver {
         };
         let ds = self.machine.handle_observation(&obs);
         self.process(ds);
+        if let Some(flags) = peer_flags {
+            self.peer_requests(now, role, link, flags);
+        }
+    }
+
+    /// The peer's requests on the beacon: "I demoted, take over" and "hand
+    /// the role over to me". A role change restarts the replication
+    /// connection, so each is acted on once the link is back and in sync
+    /// (the peer announces the flag for a few seconds), after the machine
+    /// has seen that link state.
+    fn peer_requests(
+        &mut self,
+        now: u64,
+        role: Role,
+        link: LinkView,
+        (handover, handover_any, takeover, takeover_any): (bool, bool, bool, bool),
+    ) {
+        let ready = link.connected
+            && link.in_sync
+            && self.machine.activity() == twinfs_lua::machine::Activity::Idle;
+        if handover && !self.handover_seen && ready && role == Role::Secondary {
+            self.handover_seen = true;
+            let ds = self.machine.handle_peer_handed_over(now);
+            self.process(ds);
+        } else if !handover_any {
+            self.handover_seen = false;
+        }
+        if takeover && !self.takeover_seen && ready && role == Role::Primary {
+            self.takeover_seen = true;
+            self.note("the peer asks to take over (planned switchover)".into());
+            let ds = self.machine.request_switchover(now);
+            self.process(ds);
+        } else if !takeover_any {
+            self.takeover_seen = false;
+        }
     }
 
     /// Logs every decision and carries out the driver's ones, one step at a time.
@@ -967,6 +1011,10 @@ impl Driver {
         let now = self.now_ms();
         match req {
             AdminRequest::Switchover => {
+                // Decide on a fresh look: a promotion may have finished
+                // since the last tick.
+                self.tick();
+                let now = self.now_ms();
                 let role = self.last_status.as_ref().map(|s| s.role.clone());
                 if role.as_deref() != Some("Primary") {
                     return AdminResponse::Error(format!(
@@ -1003,6 +1051,26 @@ impl Driver {
                     "maintenance mode {}",
                     if on { "on" } else { "off" }
                 ))
+            }
+            AdminRequest::TakeOver => {
+                let st = self.last_status.clone().unwrap_or_default();
+                if st.role != "Secondary" || st.disk != "UpToDate" || st.connection != "Connected" {
+                    return AdminResponse::Error(format!(
+                        "this node is {} with disk {} and link {}: only a connected, UpToDate \
+                         secondary can take over",
+                        st.role, st.disk, st.connection
+                    ));
+                }
+                if self.beacon.is_none() {
+                    return AdminResponse::Error(
+                        "no beacon (failover.public) to ask the peer through; run `twinfs \
+                         switchover` on the primary instead"
+                            .into(),
+                    );
+                }
+                self.takeover_until = Some(Instant::now() + HANDOVER_ANNOUNCE);
+                self.note("asking the peer to hand the primary role over".into());
+                AdminResponse::Done("asked the peer to hand over".into())
             }
             AdminRequest::Clear => {
                 let ds = self.machine.clear_failure(now);

@@ -589,3 +589,57 @@ fn isolated_primary_with_witness_escalates_when_demotion_fails() {
     wait_serving(&pair, Node::B);
     assert_served(&pair, &files);
 }
+
+#[test]
+fn drill_switches_over_and_back() {
+    if !require_all("drill_switches_over_and_back") {
+        return;
+    }
+    let (mut pair, _confs) = failover_pair("fo-drill", PublicOpts::default(), "");
+    start_serving(&mut pair);
+    let files = write_files(&pair, Node::A, 10, "drill");
+    // The drill runs on the primary, in its network namespace (it checks the
+    // ARP answer and Apache from there, as an admin's shell would).
+    let out = pair
+        .lab
+        .command(Node::A, crate::util::twinfs_bin())
+        .args([
+            "drill",
+            "--config",
+            pair.node(Node::A).config().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "drill failed:\n{text}\nlog A:\n{}\nlog B:\n{}",
+        pair.node(Node::A).log_text(),
+        pair.node(Node::B).log_text()
+    );
+    for want in [
+        "block digests equal on both nodes before",
+        "beta is Primary, this node Secondary",
+        "ARP: 10.202.",
+        "alpha is Primary again",
+        "block digests equal on both nodes after",
+        "drill passed",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want:?} missing from the drill output"
+        );
+    }
+    wait_serving(&pair, Node::A);
+    assert_served(&pair, &files);
+    let db = decisions(&pair.status(Node::B));
+    assert!(
+        db.contains("the peer asks to take over"),
+        "beta should have handed back on alpha's request:\n{db}"
+    );
+}

@@ -47,6 +47,29 @@ use crate::actions::{
 };
 
 pub use exec::OUTPUT_CAP;
+
+/// Who answers ARP for `ip` on `dev` right now: one ordinary ARP request
+/// from `sender` (this host's own address on `dev`), listening for
+/// `window`. Returns this interface's MAC and the MAC of the first other host
+/// that answers, if any. `twinfs drill` uses it to check that the network
+/// follows the VIP.
+pub fn arp_who_has(
+    dev: &str,
+    ip: std::net::Ipv4Addr,
+    sender: std::net::Ipv4Addr,
+    window: Duration,
+) -> Result<(String, Option<String>), ActionError> {
+    let mut link =
+        arp::Link::open(dev).map_err(|e| ActionError(format!("ARP query for {ip}: {e}")))?;
+    let other = link
+        .who_has(ip, sender, window)
+        .map_err(|e| ActionError(format!("ARP query for {ip} on {dev}: {e}")))?;
+    Ok((
+        arp::mac_string(&link.mac),
+        other.map(|m| arp::mac_string(&m)),
+    ))
+}
+
 pub use ping::ping;
 pub use service::{ServiceBackend, ServiceCommands};
 

@@ -46,6 +46,7 @@ const SECONDARY: Announce = Announce {
     generation: 1,
     link_up: true,
     handover: false,
+    takeover: false,
 };
 
 #[test]
@@ -80,6 +81,7 @@ fn beacons_hear_each_other_and_stop_hearing_a_dropped_peer() {
         generation: 7,
         link_up: false,
         handover: false,
+        takeover: false,
     };
     a.set_announce(primary);
     assert!(wait_until(300, || b.peer().map(|p| p.announce) == Some(primary)));

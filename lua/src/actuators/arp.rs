@@ -82,6 +82,44 @@ impl Link {
         }
     }
 
+    /// Asks who has `ip` with an ordinary ARP request from `sender` (this
+    /// host's own address, not 0.0.0.0, so that a node claiming the address
+    /// right now does not take the question for a competing probe) and
+    /// returns the MAC of the first reply within `window`.
+    pub(crate) fn who_has(
+        &mut self,
+        ip: Ipv4Addr,
+        sender: Ipv4Addr,
+        window: Duration,
+    ) -> Result<Option<Mac>, String> {
+        let deadline = Instant::now() + window;
+        let request = arp_frame(self.mac, ARP_REQUEST, self.mac, sender, [0; 6], ip);
+        self.send(&request)?;
+        for _ in 0..MAX_FRAMES {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let frame = match self.rx.next() {
+                Ok(f) => f,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(format!("receiving on {}: {e}", self.dev)),
+            };
+            if let Some(arp) = parse_arp(frame) {
+                if arp.op != ARP_REQUEST && arp.spa == ip && arp.sha != self.mac {
+                    return Ok(Some(arp.sha));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Sends an RFC 5227 probe for `ip` and listens for `window`: the MAC of
     /// another host that claims the address, if any. Stops at the first one.
     pub(crate) fn probe(&mut self, ip: Ipv4Addr, window: Duration) -> Result<Option<Mac>, String> {

@@ -41,6 +41,9 @@ pub struct Announce {
     /// It has just demoted for a planned switchover and asks this node to
     /// take over now (sent for a few seconds after the demotion).
     pub handover: bool,
+    /// It asks this node, the primary, to switch over to it (the second half
+    /// of `twinfs drill`, sent for a few seconds).
+    pub takeover: bool,
 }
 
 const ANNOUNCE_LEN: usize = 11;
@@ -59,7 +62,9 @@ impl Announce {
             DiskState::Inconsistent => 3,
             DiskState::Diskless => 4,
         };
-        out[2] = u8::from(self.link_up) | (u8::from(self.handover) << 1);
+        out[2] = u8::from(self.link_up)
+            | (u8::from(self.handover) << 1)
+            | (u8::from(self.takeover) << 2);
         out[3..].copy_from_slice(&self.generation.to_be_bytes());
         out
     }
@@ -85,10 +90,10 @@ impl Announce {
             b => return Err(bad(format!("unknown disk state {b}"))),
         };
         let flags = r.u8().map_err(bad)?;
-        if flags & !0b11 != 0 {
+        if flags & !0b111 != 0 {
             return Err(bad(format!("unknown flags {flags:#04x}")));
         }
-        let (link_up, handover) = (flags & 1 != 0, flags & 2 != 0);
+        let (link_up, handover, takeover) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
         let generation = r.u64().map_err(bad)?;
         r.finish().map_err(bad)?;
         Ok(Announce {
@@ -97,6 +102,7 @@ impl Announce {
             generation,
             link_up,
             handover,
+            takeover,
         })
     }
 }
@@ -337,6 +343,7 @@ mod tests {
             generation: 0x0102_0304_0506_0708,
             link_up: true,
             handover: true,
+            takeover: false,
         };
         assert_eq!(Announce::decode(&a.encode(), "alpha"), Ok(a));
         let q = Request {
