@@ -317,6 +317,22 @@ fn read_pem(path: &Path) -> Result<Vec<rustls_pemfile::Item>, KeyError> {
         })
 }
 
+/// The first common name (OID 2.5.4.3) in a DER-encoded X.509 subject, when
+/// it is a short UTF8String or PrintableString (what rcgen writes).
+fn common_name(subject: &[u8]) -> Option<String> {
+    const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let at = subject.windows(CN_OID.len()).position(|w| w == CN_OID)? + CN_OID.len();
+    let (&tag, rest) = subject.get(at..)?.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    if !matches!(tag, 0x0c | 0x13) || len >= 0x80 {
+        return None;
+    }
+    let value = rest.get(..usize::from(len))?;
+    String::from_utf8(value.to_vec())
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,20 +413,4 @@ mod tests {
             "{err}"
         );
     }
-}
-
-/// The first common name (OID 2.5.4.3) in a DER-encoded X.509 subject, when
-/// it is a short UTF8String or PrintableString (what rcgen writes).
-fn common_name(subject: &[u8]) -> Option<String> {
-    const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let at = subject.windows(CN_OID.len()).position(|w| w == CN_OID)? + CN_OID.len();
-    let (&tag, rest) = subject.get(at..)?.split_first()?;
-    let (&len, rest) = rest.split_first()?;
-    if !matches!(tag, 0x0c | 0x13) || len >= 0x80 {
-        return None;
-    }
-    let value = rest.get(..usize::from(len))?;
-    String::from_utf8(value.to_vec())
-        .ok()
-        .filter(|s| !s.is_empty())
 }
