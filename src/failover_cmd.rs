@@ -43,7 +43,7 @@ pub(crate) fn hooks_dry_run(
     node: &str,
     vars: std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<ExitCode> {
-    let hook: Hook = hook.parse().map_err(|e| UsageError(e.to_string()))?;
+    let hook: Hook = hook.parse().map_err(UsageError)?;
     let lines = hooks::dry_run(script, hook, HookContext::new(node, vars))
         .map_err(|e| UsageError(e.to_string()))?;
     println!(
