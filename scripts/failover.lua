@@ -72,7 +72,7 @@ function on_promote()
   twinfs.log.info(("VIP %s on %s claimed (%d announcements)"):format(
     v.address, v.interface, claim.announcements))
   twinfs.service.start(service)
-  twinfs.http.check{ url = check_url(), expect = 200, retries = 10, interval = 1 }
+  twinfs.http.check{ url = check_url(), expect = 200, retries = 50, interval = 0.2 }
   twinfs.log.info(service .. " answers on " .. check_url())
 end
 
