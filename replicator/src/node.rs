@@ -167,7 +167,7 @@ impl Jobs {
 
 /// A secondary applies a mutation up to this size on the node task itself when
 /// the applier is idle, saving two thread wake-ups per small write.
-const INLINE_APPLY_BYTES: usize = 256 << 10;
+const INLINE_APPLY_BYTES: usize = 64 << 10;
 
 /// A secondary syncs on the node task itself (no thread wake-up) when the
 /// applier is idle and at most this much was applied since the last sync.
@@ -890,10 +890,12 @@ impl Node {
                             }
                         }
                         Outgoing::FlushRequest => {
-                            primary.request_flush(now);
-                        }
-                        Outgoing::LocalFlushed(seq) => {
-                            let _ = primary.local_flushed(ps(seq));
+                            let barrier = primary.request_flush(now);
+                            // The fsync syncs the local store itself before it
+                            // waits (see `ReplicatedStore::sync`).
+                            if let Err(e) = primary.local_flushed(barrier) {
+                                error!("bug: {e}");
+                            }
                         }
                     }
                 }

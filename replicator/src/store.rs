@@ -35,10 +35,10 @@ pub(crate) enum Outgoing {
     /// commit only after that append succeeded, so the node task reports it
     /// to the protocol as locally applied at once (see `ReplicatedStore::apply`).
     Applied(Seq, Bytes),
-    /// An fsync wants everything up to this seq durable on both sides.
+    /// An fsync wants everything queued so far durable on both sides. The
+    /// fsync syncs the local store itself and waits for the node's "flushed"
+    /// only after that, so the node reports the local side as flushed at once.
     FlushRequest,
-    /// The local store is durable up to this seq.
-    LocalFlushed(Seq),
 }
 
 /// The meeting point of the writers and the replication task.
@@ -199,8 +199,9 @@ impl Store for ReplicatedStore {
         let upto = self.disk.last_applied();
         // The barrier goes out first, so that the peer's sync overlaps ours.
         self.link.send(Outgoing::FlushRequest)?;
+        // The node counts the local side as flushed (see `FlushRequest`):
+        // this sync is what makes that true before the wait below.
         self.disk.sync()?;
-        self.link.send(Outgoing::LocalFlushed(upto))?;
         self.link.wait_until(|s| s.flushed, upto)
     }
 
