@@ -61,7 +61,7 @@ pub enum StoreError {
     },
     /// An earlier index write failed; the store takes no more changes until it is
     /// reopened (the log replay then completes the interrupted mutation).
-    #[error("the store's index could not be updated earlier; restart twinfs to replay the log")]
+    #[error("the store refuses changes after an earlier write failure (see the daemon's log); restart twinfs to replay the log")]
     Poisoned,
     /// A mutation arrived out of order.
     #[error("mutation {got} does not follow the last applied mutation {last}")]

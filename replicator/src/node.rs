@@ -118,6 +118,8 @@ enum Input {
     },
     Applied(Seq),
     Flushed(Seq),
+    /// A background sync made the store durable up to this seq (or failed).
+    BackgroundSynced(Result<Seq, String>),
     ApplyFailed(String),
     Control(Request, oneshot::Sender<Response>),
     Unmounted(anyhow::Result<()>),
@@ -143,8 +145,36 @@ enum Input {
     VerifyFailed(String),
 }
 
+/// The applier thread's queue, with a count of the jobs not finished yet.
+struct Jobs {
+    tx: std::sync::mpsc::Sender<Job>,
+    /// Jobs sent and not yet done; zero means the applier is idle.
+    queued: Arc<AtomicU64>,
+}
+
+impl Jobs {
+    fn send(&self, job: Job) -> Result<(), std::sync::mpsc::SendError<Job>> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(job)
+    }
+
+    /// Whether every job sent so far is done: work done on the node task now
+    /// comes after all of it, in stream order.
+    fn idle(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// A secondary applies a mutation up to this size on the node task itself when
+/// the applier is idle, saving two thread wake-ups per small write.
+const INLINE_APPLY_BYTES: usize = 64 << 10;
+
+/// A secondary syncs on the node task itself (no thread wake-up) when the
+/// applier is idle and at most this much was applied since the last sync.
+const INLINE_SYNC_BYTES: u64 = 1 << 20;
+
 enum Job {
-    Apply(Seq, Vec<u8>),
+    Apply(Seq, twinfs_replicator_proto::Bytes),
     Sync(Seq),
     /// A resync chunk: ops applied without taking a seq.
     ApplyLocal(Vec<u8>),
@@ -214,6 +244,12 @@ const RECENT: usize = 20;
 /// Most mutation bytes a primary keeps in memory for a lost peer.
 const MAX_RETAINED: u64 = 256 << 20;
 
+/// A secondary makes what it applied durable on its own after this many bytes
+/// (in the background, without holding up the applier): the primary keeps every
+/// mutation in memory until the peer has it durably, so without fsyncs from
+/// the application a long write would otherwise pile up there.
+const BACKGROUND_SYNC_BYTES: u64 = 32 << 20;
+
 struct Node {
     /// When the last frame from the peer arrived (any frame: heartbeats keep
     /// it fresh), for the supervisor's peer-death clock.
@@ -228,7 +264,7 @@ struct Node {
     conn: Option<Conn>,
     input_tx: mpsc::UnboundedSender<Input>,
     input_rx: mpsc::UnboundedReceiver<Input>,
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: Jobs,
     refusal: Option<String>,
     counters: Counters,
     recent: VecDeque<String>,
@@ -257,6 +293,11 @@ struct Node {
     /// An online verify computing its local digests: (id, repair, reply).
     verify_reply: Option<(u64, bool, oneshot::Sender<Response>)>,
     verify_seq: u64,
+    /// (Secondary) mutation bytes handed to the applier since the last
+    /// background sync started.
+    unsynced_bytes: u64,
+    /// (Secondary) a background sync is running.
+    background_sync: bool,
 }
 
 impl Node {
@@ -271,12 +312,17 @@ impl Node {
         let store = Arc::new(ReplicatedStore::new(disk.clone(), link.clone()));
         let (input_tx, input_rx) = mpsc::unbounded_channel();
         let (jobs, job_rx) = std::sync::mpsc::channel();
+        let jobs = Jobs {
+            tx: jobs,
+            queued: Arc::new(AtomicU64::new(0)),
+        };
         {
             let disk = disk.clone();
             let tx = input_tx.clone();
+            let queued = jobs.queued.clone();
             std::thread::Builder::new()
                 .name("twinfs-apply".into())
-                .spawn(move || applier(disk, job_rx, tx))?;
+                .spawn(move || applier(disk, job_rx, tx, queued))?;
         }
         Ok(Node {
             opts,
@@ -309,6 +355,8 @@ impl Node {
             promote_reply: None,
             verify_reply: None,
             verify_seq: 0,
+            unsynced_bytes: 0,
+            background_sync: false,
         })
     }
 
@@ -490,6 +538,13 @@ impl Node {
                     if let Err(e) = r.applied(seq) {
                         debug!("stale apply report: {e}");
                     }
+                }
+            }
+            Input::BackgroundSynced(result) => {
+                self.background_sync = false;
+                match result {
+                    Ok(seq) => self.handle(Input::Flushed(seq)),
+                    Err(e) => self.handle(Input::ApplyFailed(format!("background sync: {e}"))),
                 }
             }
             Input::Flushed(seq) => {
@@ -815,6 +870,8 @@ impl Node {
         let mut new_floor = None;
         let mut forgot = false;
         let steady = self.resync.is_none() && self.pending_jump.is_none();
+        // Reports of work done on the node task that need the whole node.
+        let mut inline_reports = Vec::new();
         match &mut self.role {
             RoleState::Primary {
                 primary,
@@ -829,15 +886,21 @@ impl Node {
                             let seq = ps(seq);
                             let s = primary.submit(now, bytes, false);
                             debug_assert_eq!(s, seq, "store and protocol numbering agree");
+                            // Reported as applied before the writer's own append
+                            // is done: the writer waits for the commit only after
+                            // it (see `ReplicatedStore::apply`), so no write
+                            // returns before both stores have it.
                             if let Err(e) = primary.local_applied(s) {
                                 error!("bug: {e}");
                             }
                         }
                         Outgoing::FlushRequest => {
-                            primary.request_flush(now);
-                        }
-                        Outgoing::LocalFlushed(seq) => {
-                            let _ = primary.local_flushed(ps(seq));
+                            let barrier = primary.request_flush(now);
+                            // The fsync syncs the local store itself before it
+                            // waits (see `ReplicatedStore::sync`).
+                            if let Err(e) = primary.local_flushed(barrier) {
+                                error!("bug: {e}");
+                            }
                         }
                     }
                 }
@@ -866,7 +929,10 @@ impl Node {
                     caught_up = Some(Generation(self.state.generation));
                 }
                 if steady && catch_up.is_none() && primary.is_connected() {
-                    new_floor = Some(primary.peer_flushed());
+                    // The peer may be a step ahead of the local store (the
+                    // record goes out before the local append): the floor is
+                    // what both hold.
+                    new_floor = Some(primary.peer_flushed().min(ps(self.disk.last_applied())));
                 }
             }
             RoleState::Secondary {
@@ -875,12 +941,51 @@ impl Node {
                 sync_asked,
             } => {
                 while let Some((seq, payload, _flush)) = r.poll_apply() {
-                    let _ = self.jobs.send(Job::Apply(seq, payload));
+                    self.unsynced_bytes += payload.len() as u64;
+                    if payload.len() <= INLINE_APPLY_BYTES && self.jobs.idle() {
+                        match do_job(&self.disk, Job::Apply(seq, payload)) {
+                            Some(Input::Applied(s)) => {
+                                self.counters.mutations_applied += 1;
+                                if let Err(e) = r.applied(s) {
+                                    debug!("stale apply report: {e}");
+                                }
+                            }
+                            Some(other) => inline_reports.push(other),
+                            None => {}
+                        }
+                    } else {
+                        let _ = self.jobs.send(Job::Apply(seq, payload));
+                    }
+                }
+                if self.unsynced_bytes >= BACKGROUND_SYNC_BYTES && !self.background_sync {
+                    self.unsynced_bytes = 0;
+                    self.background_sync = true;
+                    let disk = self.disk.clone();
+                    let tx = self.input_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        // Everything applied before the sync starts is covered by it.
+                        let upto = ps(disk.last_applied());
+                        let r = disk.sync().map(|()| upto).map_err(|e| e.to_string());
+                        let _ = tx.send(Input::BackgroundSynced(r));
+                    });
                 }
                 if let Some(s) = r.poll_flush() {
                     if s > *sync_asked {
                         *sync_asked = s;
-                        let _ = self.jobs.send(Job::Sync(s));
+                        if self.unsynced_bytes <= INLINE_SYNC_BYTES && self.jobs.idle() {
+                            self.unsynced_bytes = 0;
+                            match do_job(&self.disk, Job::Sync(s)) {
+                                Some(Input::Flushed(f)) => {
+                                    if let Err(e) = r.flushed(f.min(r.last_applied())) {
+                                        debug!("stale flush report: {e}");
+                                    }
+                                }
+                                Some(other) => inline_reports.push(other),
+                                None => {}
+                            }
+                        } else {
+                            let _ = self.jobs.send(Job::Sync(s));
+                        }
                     }
                 }
                 while let Some(frame) = r.poll_transmit() {
@@ -904,6 +1009,9 @@ impl Node {
                 }
             }
             RoleState::Secondary { replica: None, .. } => {}
+        }
+        for report in inline_reports {
+            self.handle(report);
         }
         if let Some(g) = caught_up {
             if self.state.generation != g.0 {
@@ -1295,59 +1403,69 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// The secondary's applier thread: applies the peer's mutations in order.
-///
-/// A mutation at or below the store's position was applied before (a
-/// retransmission after a reconnect); it is acknowledged again, not reapplied.
 fn applier(
     disk: Arc<DiskStore>,
     jobs: std::sync::mpsc::Receiver<Job>,
     tx: mpsc::UnboundedSender<Input>,
+    queued: Arc<AtomicU64>,
 ) {
     for job in jobs {
-        let report = match job {
-            Job::Apply(seq, bytes) => {
-                if seq <= ps(disk.last_applied()) {
-                    Input::Applied(seq)
-                } else {
-                    // The record is written as it came (its digests checked once).
-                    match disk.apply_wire(&bytes) {
-                        Ok(s) if ps(s) == seq => Input::Applied(seq),
-                        Ok(s) => Input::ApplyFailed(format!(
-                            "mutation frame {} carried mutation {}",
-                            seq.0, s.0
-                        )),
-                        Err(e) => Input::ApplyFailed(format!(
-                            "mutation {} from the peer ({} bytes): {e}",
-                            seq.0,
-                            bytes.len()
-                        )),
-                    }
-                }
+        let report = do_job(&disk, job);
+        queued.fetch_sub(1, Ordering::SeqCst);
+        if let Some(report) = report {
+            if tx.send(report).is_err() {
+                return;
             }
-            Job::Sync(seq) => match disk.sync() {
-                Ok(()) => Input::Flushed(seq),
-                Err(e) => Input::ApplyFailed(format!("sync: {e}")),
-            },
-            Job::ApplyLocal(bytes) => match Mutation::from_wire(&bytes) {
-                None => Input::ApplyFailed(format!(
-                    "a resync chunk from the peer is malformed ({} bytes)",
-                    bytes.len()
-                )),
-                Some(m) => match disk.apply_local(m.ops) {
-                    Ok(()) => continue,
-                    Err(e) => Input::ApplyFailed(format!("resync chunk: {e}")),
-                },
-            },
-            Job::Verify(payload) => verify::answer(&disk, &payload),
-            Job::Jump(seq) => match disk.jump_to(fss(seq)).and_then(|()| disk.sync()) {
-                Ok(()) => Input::Jumped(seq),
-                Err(e) => Input::ApplyFailed(format!("ending the resync at seq {}: {e}", seq.0)),
-            },
-        };
-        if tx.send(report).is_err() {
-            return;
         }
     }
+}
+
+/// Does one job of the applier (on its thread, or on the node task when the
+/// applier is idle); returns what to report to the node, if anything.
+///
+/// A mutation at or below the store's position was applied before (a
+/// retransmission after a reconnect); it is acknowledged again, not reapplied.
+fn do_job(disk: &DiskStore, job: Job) -> Option<Input> {
+    Some(match job {
+        Job::Apply(seq, bytes) => {
+            if seq <= ps(disk.last_applied()) {
+                Input::Applied(seq)
+            } else {
+                // The record is written as it came (its digests checked once).
+                match disk.apply_wire(&bytes) {
+                    Ok(s) if ps(s) == seq => Input::Applied(seq),
+                    Ok(s) => Input::ApplyFailed(format!(
+                        "mutation frame {} carried mutation {}",
+                        seq.0, s.0
+                    )),
+                    Err(e) => Input::ApplyFailed(format!(
+                        "mutation {} from the peer ({} bytes): {e}",
+                        seq.0,
+                        bytes.len()
+                    )),
+                }
+            }
+        }
+        Job::Sync(seq) => match disk.sync() {
+            Ok(()) => Input::Flushed(seq),
+            Err(e) => Input::ApplyFailed(format!("sync: {e}")),
+        },
+        Job::ApplyLocal(bytes) => match Mutation::from_wire(&bytes) {
+            None => Input::ApplyFailed(format!(
+                "a resync chunk from the peer is malformed ({} bytes)",
+                bytes.len()
+            )),
+            Some(m) => match disk.apply_local(m.ops) {
+                Ok(()) => return None,
+                Err(e) => Input::ApplyFailed(format!("resync chunk: {e}")),
+            },
+        },
+        Job::Verify(payload) => verify::answer(disk, &payload),
+        Job::Jump(seq) => match disk.jump_to(fss(seq)).and_then(|()| disk.sync()) {
+            Ok(()) => Input::Jumped(seq),
+            Err(e) => Input::ApplyFailed(format!("ending the resync at seq {}: {e}", seq.0)),
+        },
+    })
 }
 
 /// Starts the reader and writer tasks of a new connection and hands it to the node.

@@ -5,8 +5,11 @@
 //! nothing of replication. Its three changing calls are where the protocol's
 //! promise is kept:
 //!
-//! - [`Store::apply`] applies the mutation locally (under the filesystem's
-//!   writer lock, so in seq order) and queues its wire form for the peer;
+//! - [`Store::apply`] encodes the mutation, queues its wire form for the peer
+//!   *first*, then writes it to the local store, so that both nodes write it at
+//!   the same time (DRBD's order; all under the filesystem's writer lock, so in
+//!   seq order). If the local write then fails, the node refuses every later
+//!   write rather than go on with a store the peer is ahead of;
 //! - [`Store::wait_committed`] (called without the writer lock) blocks until the
 //!   node's protocol state machine reports the seq committed (protocol C: the
 //!   peer applied it);
@@ -22,16 +25,20 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use twinfs_fs::store::Usage;
 use twinfs_fs::{DirEntry, DiskStore, Ino, Inode, Mutation, Seq, Store, StoreError};
+use twinfs_replicator_proto::Bytes;
 
 /// What the filesystem side hands to the replication task.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A mutation applied locally: its seq and wire bytes.
-    Applied(Seq, Vec<u8>),
-    /// An fsync wants everything up to this seq durable on both sides.
+    /// A mutation to ship: its seq and wire bytes. It is queued just before
+    /// the writer appends it to the local store, and the writer waits for its
+    /// commit only after that append succeeded, so the node task reports it
+    /// to the protocol as locally applied at once (see `ReplicatedStore::apply`).
+    Applied(Seq, Bytes),
+    /// An fsync wants everything queued so far durable on both sides. The
+    /// fsync syncs the local store itself and waits for the node's "flushed"
+    /// only after that, so the node reports the local side as flushed at once.
     FlushRequest,
-    /// The local store is durable up to this seq.
-    LocalFlushed(Seq),
 }
 
 /// The meeting point of the writers and the replication task.
@@ -151,8 +158,29 @@ impl Store for ReplicatedStore {
                 "the node was demoted; the mount is closing".into(),
             ));
         }
-        let wire = self.disk.apply_returning_record(m)?;
-        self.link.send(Outgoing::Applied(m.seq, wire))
+        let (record, prepared) = self.disk.prepare(m)?;
+        let record = Bytes::from(record);
+        // Ship first, then write locally: the peer's receive and write overlap
+        // this node's write. The writer waits for the commit (`wait_committed`)
+        // only once its own append is done, so whatever commit the node task
+        // reports covers a mutation that is on both stores.
+        self.link.send(Outgoing::Applied(m.seq, record.clone()))?;
+        if let Err(e) = self.disk.append_prepared(prepared, &record) {
+            // The peer may now hold a mutation this store does not. Going on
+            // would give the next write the same number with other contents:
+            // refuse every change until a restart, whose handshake sorts the
+            // two stores out (this node has the shorter history).
+            self.disk.poison();
+            let reason = format!(
+                "the local store failed to write mutation {} after it was shipped to the peer: {e}; \
+                 this node accepts no more writes (restart it; its peer holds the newer data)",
+                m.seq.0
+            );
+            tracing::error!("{reason}");
+            self.link.set_open(false, Some(reason));
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn wait_committed(&self, seq: Seq) -> Result<(), StoreError> {
@@ -164,14 +192,16 @@ impl Store for ReplicatedStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        // Every write that returned before this fsync was queued, so the last
-        // queued seq covers them (the disk may be a step ahead; the sync below
-        // covers that too).
-        let upto = self.link.lock().queued;
+        // Every write that returned before this fsync is in the local store
+        // (its append came before its wait), so the store's position covers
+        // them. A write still being appended may be queued beyond it; the
+        // barrier below covers it on the peer, which does no harm.
+        let upto = self.disk.last_applied();
         // The barrier goes out first, so that the peer's sync overlaps ours.
         self.link.send(Outgoing::FlushRequest)?;
+        // The node counts the local side as flushed (see `FlushRequest`):
+        // this sync is what makes that true before the wait below.
         self.disk.sync()?;
-        self.link.send(Outgoing::LocalFlushed(upto))?;
         self.link.wait_until(|s| s.flushed, upto)
     }
 

@@ -156,6 +156,22 @@ struct LogWriter {
     space: Option<SpaceReading>,
 }
 
+/// A mutation checked and encoded by [`DiskStore::prepare`], waiting to be
+/// appended by [`DiskStore::append_prepared`].
+#[derive(Debug)]
+pub struct PreparedRecord {
+    seq: Seq,
+    ops: Vec<LogOp>,
+    pl: Vec<BlockPlacement>,
+}
+
+impl PreparedRecord {
+    /// The mutation's sequence number.
+    pub fn seq(&self) -> Seq {
+        self.seq
+    }
+}
+
 /// Free space as last read, and what was written since.
 #[derive(Clone, Copy, Debug)]
 struct SpaceReading {
@@ -963,6 +979,60 @@ impl DiskStore {
             self.last.store(m.seq.0, Ordering::SeqCst);
         }
         r.map(|()| buf)
+    }
+
+    /// The first half of [`Store::apply`]: checks that `m` follows the last
+    /// applied mutation and that the disk has room, and encodes its log record
+    /// (which is also its wire form). Nothing is written. The caller holds the
+    /// filesystem's writer lock until [`DiskStore::append_prepared`] is done.
+    ///
+    /// A primary ships the record to its peer between the two calls, so that
+    /// both stores write it at the same time (DRBD's order).
+    pub fn prepare(&self, m: &Mutation) -> Result<(Vec<u8>, PreparedRecord), StoreError> {
+        {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            self.check_next(&w, m)?;
+            let data = data_bytes(&m.ops);
+            if data > 0 {
+                self.check_reserve(&mut w, data)?;
+            }
+        }
+        let (buf, ops, pl) = encode_record(m, 0);
+        Ok((
+            buf,
+            PreparedRecord {
+                seq: m.seq,
+                ops,
+                pl,
+            },
+        ))
+    }
+
+    /// The second half of [`Store::apply`]: appends the record that
+    /// [`DiskStore::prepare`] returned (`record`, unchanged) and indexes it.
+    pub fn append_prepared(&self, p: PreparedRecord, record: &[u8]) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_next(
+            &w,
+            &Mutation {
+                seq: p.seq,
+                ops: Vec::new(),
+            },
+        )?;
+        let r = self.append_encoded(&mut w, record, &p.ops, &p.pl, p.seq);
+        if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
+            // Poisoned: the record is in the log and will be replayed, so its seq is used.
+            self.last.store(p.seq.0, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Refuses every later change until the store is reopened
+    /// ([`StoreError::Poisoned`]); reads go on. A primary calls this when its
+    /// own write of a mutation it already shipped failed: the two stores must
+    /// not go on with different contents under the same numbers.
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::SeqCst);
     }
 
     /// Applies a mutation received in its wire form (its log record) by writing

@@ -12,8 +12,8 @@ mod disk;
 mod tests;
 
 pub use disk::{
-    store_key_of, Checkpointer, CleanStats, DiskStore, KeySet, LogUsage, RecordDigest,
-    StoreOptions, DAMAGED, SEGMENT_MAX, STORE_FORMAT,
+    store_key_of, Checkpointer, CleanStats, DiskStore, KeySet, LogUsage, PreparedRecord,
+    RecordDigest, StoreOptions, DAMAGED, SEGMENT_MAX, STORE_FORMAT,
 };
 
 use crate::error::StoreError;

@@ -734,3 +734,40 @@ fn a_record_applied_on_one_store_applies_as_it_is_on_another() {
     let b = DiskStore::open(db.path()).unwrap();
     assert_eq!(dump(&a), dump(&b));
 }
+
+#[test]
+fn a_prepared_record_is_the_wire_form_and_applies_in_two_steps() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        DiskStore::open(da.path()).unwrap(),
+        DiskStore::open(db.path()).unwrap(),
+    );
+    let mut root = inode();
+    root.kind = FileKind::Dir;
+    let muts = [
+        m(1, vec![Op::PutInode(Ino(1), root), Op::NextIno(3)]),
+        m(2, file_ops(2, 7, 3)),
+    ];
+    for mu in &muts {
+        let (record, prepared) = a.prepare(mu).unwrap();
+        assert_eq!(record, mu.to_wire(), "the prepared record is the wire form");
+        assert_eq!(prepared.seq(), mu.seq);
+        // Nothing is visible before the append.
+        assert_eq!(a.last_applied(), Seq(mu.seq.0 - 1));
+        a.append_prepared(prepared, &record).unwrap();
+        b.apply(mu).unwrap();
+    }
+    assert_eq!(dump(&a), dump(&b));
+    // Out of order is refused before anything is encoded.
+    assert!(matches!(
+        a.prepare(&m(5, vec![Op::NextIno(9)])),
+        Err(StoreError::OutOfOrder { last: 2, got: 5 })
+    ));
+    // A poisoned store refuses changes and keeps serving reads.
+    a.poison();
+    assert!(matches!(
+        a.prepare(&m(3, vec![Op::NextIno(9)])),
+        Err(StoreError::Poisoned)
+    ));
+    assert_eq!(a.block(Ino(2), 0).unwrap(), b.block(Ino(2), 0).unwrap());
+}

@@ -15,6 +15,7 @@
 
 use crate::error::FrameError;
 use crate::{DiskState, Generation, Role, Seq};
+use bytes::Bytes;
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"TWRP";
@@ -94,8 +95,9 @@ pub enum Frame {
         seq: Seq,
         /// A flush barrier: the replica makes everything up to `seq` durable before acking it as flushed.
         flush: bool,
-        /// The encoded mutation, opaque to this crate.
-        payload: Vec<u8>,
+        /// The encoded mutation, opaque to this crate. Shared, not copied:
+        /// the primary keeps it for retransmission while the transport sends it.
+        payload: Bytes,
     },
     /// Cumulative acknowledgement, replica to primary. Always `flushed <= applied <= received`.
     Ack {
@@ -206,6 +208,21 @@ impl Frame {
     /// [`MAX_PAYLOAD_LEN`]): such a frame could never be decoded, and
     /// [`crate::Primary::submit`] refuses such payloads first.
     pub fn encode(&self, buf: &mut Vec<u8>) {
+        if let Some(payload) = self.encode_head(buf) {
+            buf.extend_from_slice(&payload);
+        }
+    }
+
+    /// Appends the encoded frame to `buf`, except the payload of a
+    /// [`Frame::Mutation`], which is returned instead: the caller writes it right
+    /// after `buf`'s new bytes (a transport hands both to the network without
+    /// copying the payload). For every other frame the whole frame is appended
+    /// and `None` is returned.
+    ///
+    /// # Panics
+    ///
+    /// As [`Frame::encode`].
+    pub fn encode_head(&self, buf: &mut Vec<u8>) -> Option<Bytes> {
         let start = buf.len();
         buf.extend_from_slice(&MAGIC);
         buf.push(FRAME_VERSION);
@@ -238,9 +255,16 @@ impl Frame {
                 flush,
                 payload,
             } => {
+                assert!(
+                    payload.len() <= MAX_PAYLOAD_LEN,
+                    "mutation frame body of {} bytes exceeds {MAX_BODY_LEN}",
+                    payload.len() + MUTATION_FIXED
+                );
                 buf.extend_from_slice(&seq.0.to_be_bytes());
                 buf.push(if *flush { FLAG_FLUSH } else { 0 });
-                buf.extend_from_slice(payload);
+                let body = (MUTATION_FIXED + payload.len()) as u32;
+                buf[start + 6..start + HEADER_LEN].copy_from_slice(&body.to_be_bytes());
+                return Some(payload.clone());
             }
             Frame::Ack {
                 received,
@@ -293,6 +317,7 @@ impl Frame {
         );
         // Fits: body <= MAX_BODY_LEN < u32::MAX.
         buf[start + 6..start + HEADER_LEN].copy_from_slice(&(body as u32).to_be_bytes());
+        None
     }
 
     /// Decodes one frame from the start of `buf`.
@@ -302,6 +327,25 @@ impl Frame {
     /// an error for bytes that can never become a valid frame. Header errors are
     /// reported as soon as the offending byte has arrived, before the body.
     pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        Self::decode_inner(buf, None)
+    }
+
+    /// [`Frame::decode`] from a shared buffer: a mutation's payload is a slice
+    /// of `buf`, not a copy.
+    pub fn decode_shared(buf: &Bytes) -> Result<Option<(Frame, usize)>, FrameError> {
+        Self::decode_inner(buf, Some(buf))
+    }
+
+    /// How long the frame starting at `buf` is (header and body), once its
+    /// header has arrived and is valid: `Ok(None)` while the header is incomplete.
+    /// Lets a reader reserve room for a large frame in one step.
+    pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        Self::check_header(buf).map(|h| h.map(|(_, _, len)| HEADER_LEN + len))
+    }
+
+    /// Checks the header bytes that have arrived: `(type, name, body length)`
+    /// once all of it is there.
+    fn check_header(buf: &[u8]) -> Result<Option<(u8, &'static str, usize)>, FrameError> {
         let magic_len = buf.len().min(MAGIC.len());
         if buf[..magic_len] != MAGIC[..magic_len] {
             return Err(FrameError::BadMagic {
@@ -347,6 +391,16 @@ impl Frame {
                 max: MAX_BODY_LEN as u64,
             });
         }
+        Ok(Some((ty, name, len)))
+    }
+
+    fn decode_inner(
+        buf: &[u8],
+        shared: Option<&Bytes>,
+    ) -> Result<Option<(Frame, usize)>, FrameError> {
+        let Some((ty, name, len)) = Self::check_header(buf)? else {
+            return Ok(None);
+        };
         let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
@@ -398,10 +452,15 @@ impl Frame {
                 if flags & !FLAG_FLUSH != 0 {
                     return Err(r.invalid("flags", flags.into()));
                 }
+                let start = HEADER_LEN + r.pos;
+                let rest = r.rest();
                 Frame::Mutation {
                     seq,
                     flush: flags & FLAG_FLUSH != 0,
-                    payload: r.rest().to_vec(),
+                    payload: match shared {
+                        Some(b) => b.slice(start..start + rest.len()),
+                        None => Bytes::copy_from_slice(rest),
+                    },
                 }
             }
             TYPE_ACK => Frame::Ack {
@@ -571,12 +630,12 @@ mod tests {
             Frame::Mutation {
                 seq: Seq(1),
                 flush: false,
-                payload: b"hello world".to_vec(),
+                payload: Bytes::from_static(b"hello world"),
             },
             Frame::Mutation {
                 seq: Seq(u64::MAX),
                 flush: true,
-                payload: Vec::new(),
+                payload: Bytes::new(),
             },
             Frame::Ack {
                 received: Seq(9),
@@ -631,6 +690,40 @@ mod tests {
                 "{f:?}"
             );
         }
+    }
+
+    #[test]
+    fn split_encoding_and_shared_decoding_match_the_plain_codec() {
+        for f in samples() {
+            let whole = encoded(&f);
+            let mut head = Vec::new();
+            let payload = f.encode_head(&mut head);
+            assert_eq!(
+                payload.is_some(),
+                matches!(f, Frame::Mutation { .. }),
+                "{f:?}"
+            );
+            if let Some(p) = payload {
+                head.extend_from_slice(&p);
+            }
+            assert_eq!(head, whole, "{f:?}");
+            assert_eq!(Frame::peek_len(&whole[..HEADER_LEN]), Ok(Some(whole.len())));
+            assert_eq!(Frame::peek_len(&whole[..HEADER_LEN - 1]), Ok(None));
+            let shared = Bytes::from(whole.clone());
+            let (got, n) = Frame::decode_shared(&shared).unwrap().unwrap();
+            assert_eq!((&got, n), (&f, whole.len()));
+            // A mutation's payload is a view of the received buffer, not a copy.
+            if let Frame::Mutation { payload, .. } = got {
+                if !payload.is_empty() {
+                    let inside = shared.as_ptr() as usize..shared.as_ptr() as usize + shared.len();
+                    assert!(inside.contains(&(payload.as_ptr() as usize)));
+                }
+            }
+        }
+        assert!(
+            Frame::peek_len(b"TWRP\x09").is_err(),
+            "a bad version is seen in the header"
+        );
     }
 
     #[test]

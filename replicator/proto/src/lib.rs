@@ -58,7 +58,7 @@
 //!     replica.handle_frame(now, frame).unwrap();
 //! }
 //! let (s, payload, _flush) = replica.poll_apply().unwrap();
-//! assert_eq!(payload, b"mutation bytes");
+//! assert_eq!(&payload[..], b"mutation bytes");
 //! replica.applied(s).unwrap();
 //! while let Some(frame) = replica.poll_transmit() {
 //!     primary.handle_frame(now, frame).unwrap();
@@ -90,6 +90,7 @@ pub use primary::Primary;
 pub use replica::Replica;
 
 #[doc(no_inline)]
+pub use bytes::Bytes;
 pub use std::time::Instant;
 
 /// The replication protocol version a node announces in its [`Hello`].

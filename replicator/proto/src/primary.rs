@@ -5,6 +5,7 @@ use crate::config::{OnPeerLoss, Protocol, ProtocolConfig};
 use crate::error::ProtocolError;
 use crate::frame::{Frame, Hello, MAX_PAYLOAD_LEN};
 use crate::{Event, Role, Seq, PROTOCOL_VERSION};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::Instant;
 use tracing::{debug, trace};
@@ -74,7 +75,7 @@ pub struct Primary {
 struct Entry {
     seq: Seq,
     flush: bool,
-    payload: Vec<u8>,
+    payload: Bytes,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -138,11 +139,15 @@ impl Primary {
     /// `flush` marks a flush barrier (an fsync): wait for [`Event::Flushed`] with
     /// a seq at least this one before acknowledging the fsync.
     ///
+    /// The payload is kept (shared, not copied) until the peer has it durably;
+    /// a `Vec<u8>` converts without a copy.
+    ///
     /// # Panics
     ///
     /// If `payload` is longer than [`MAX_PAYLOAD_LEN`] (64 MiB minus a few bytes);
     /// `twinfs-fs` mutations are far smaller.
-    pub fn submit(&mut self, now: Instant, payload: Vec<u8>, flush: bool) -> Seq {
+    pub fn submit(&mut self, now: Instant, payload: impl Into<Bytes>, flush: bool) -> Seq {
+        let payload = payload.into();
         assert!(
             payload.len() <= MAX_PAYLOAD_LEN,
             "mutation payload of {} bytes exceeds {MAX_PAYLOAD_LEN}",

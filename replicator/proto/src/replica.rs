@@ -6,6 +6,7 @@ use crate::error::ProtocolError;
 use crate::frame::Frame;
 use crate::primary::{check_report, millis_since};
 use crate::{Event, Role, Seq, PROTOCOL_VERSION};
+use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 use tracing::{debug, trace};
@@ -45,9 +46,9 @@ pub struct Replica {
     applied: Seq,
     flushed: Seq,
     /// Received in order, not yet handed out: `(handed_out, received]`.
-    ready: VecDeque<(Seq, Vec<u8>, bool)>,
+    ready: VecDeque<(Seq, Bytes, bool)>,
     /// Received after a gap, waiting for the gap to fill.
-    early: BTreeMap<Seq, (Vec<u8>, bool)>,
+    early: BTreeMap<Seq, (Bytes, bool)>,
     /// The highest flush barrier the primary asked for.
     flush_wanted: Seq,
     lost: bool,
@@ -160,7 +161,7 @@ impl Replica {
         &mut self,
         seq: Seq,
         flush: bool,
-        payload: Vec<u8>,
+        payload: Bytes,
     ) -> Result<(), ProtocolError> {
         // Every mutation is answered, duplicates included: a duplicate usually
         // means our previous ack was lost.
@@ -201,7 +202,7 @@ impl Replica {
     /// the store and report [`flushed`](Self::flushed). Nothing is acknowledged
     /// until then.
     #[must_use = "a mutation handed out must be applied and reported back"]
-    pub fn poll_apply(&mut self) -> Option<(Seq, Vec<u8>, bool)> {
+    pub fn poll_apply(&mut self) -> Option<(Seq, Bytes, bool)> {
         let next = self.ready.pop_front()?;
         self.handed_out = next.0;
         Some(next)

@@ -86,7 +86,7 @@ const MAKERS: &[fn(&Knobs) -> Frame] = &[
     |k| Frame::Mutation {
         seq: Seq(k.n[0]),
         flush: k.flag,
-        payload: k.bytes.clone(),
+        payload: k.bytes.clone().into(),
     },
     |k| Frame::Ack {
         received: Seq(k.n[0]),

@@ -155,7 +155,7 @@ fn a_resumed_primary_continues_the_store_numbering() {
         Some(Frame::Mutation {
             seq,
             flush: false,
-            payload: b"x".to_vec()
+            payload: b"x".to_vec().into()
         })
     );
 }
@@ -192,7 +192,7 @@ fn a_mutation_delivered_twice_is_applied_once_and_acked_twice() {
     let frame = Frame::Mutation {
         seq: Seq(1),
         flush: false,
-        payload: b"x".to_vec(),
+        payload: b"x".to_vec().into(),
     };
     let r = &mut pair.replica;
     while r.poll_transmit().is_some() {}
@@ -388,7 +388,7 @@ fn protocol_violations_are_errors() {
     let far = Frame::Mutation {
         seq: Seq(pair.config.max_in_flight as u64 + 1),
         flush: false,
-        payload: Vec::new(),
+        payload: Vec::new().into(),
     };
     assert!(matches!(
         pair.replica.handle_frame(now, far),

@@ -198,7 +198,7 @@ impl Pair {
         }
         while let Some((seq, payload, flush)) = self.replica.poll_apply() {
             self.applying
-                .push_back((self.now + self.apply_delay, seq, payload, flush));
+                .push_back((self.now + self.apply_delay, seq, payload.to_vec(), flush));
             progress = true;
         }
         while self.applying.front().is_some_and(|a| a.0 <= self.now) {
