@@ -16,6 +16,7 @@ PACKAGES=(
     apache2
     iproute2 nftables
     bindfs wrk strace fio
+    keepalived
 )
 
 say() { printf 'setup-deps: %s\n' "$*"; }
