@@ -170,7 +170,7 @@ kill -TERM "$LAB_LOOP_PID" 2>/dev/null
 wait "$LAB_LOOP_PID" 2>/dev/null || true
 
 # ---- the timeline, from beta's status and the client's log
-lab_failover_times beta $((T_KILL - 100))
+lab_failover_times beta "$T_KILL"
 
 lab_step "failover timeline (relative to the kill of alpha)"
 row() { printf '    %-9s  %s\n' "$1" "$2"; }

@@ -296,6 +296,7 @@ lab_cleanup() {
 # can build a fresh one (benchmarks: one lab per run).
 lab_reset() {
     local n ns
+    set +e # runs from traps: undo as much as possible
     for n in "${LAB_NODES[@]}"; do
         [[ -n ${LAB_PID[$n]:-} ]] && lab_stop_pid "${LAB_PID[$n]}" "twinfs ($n)" 10
         LAB_PID[$n]=""
@@ -500,18 +501,22 @@ lab_node_up() {
     [[ -S $(lab_dir "$1")/data/control.sock ]]
 }
 
-# lab_kill_node NODE: the node dies: SIGKILL to every process in its
-# namespace (twinfs, the Apache its hooks started, ...), then all its links
-# down so that the peer and the client hear silence. Its dead FUSE mount is
-# then lazily unmounted (the scratch directory is shared with the peer's).
+# lab_kill_node NODE: the node dies, as on a power cut: every process in its
+# namespace (twinfs, the Apache its hooks started, keepalived, ...) is first
+# frozen (SIGSTOP, so that none can react to the others' death, e.g. a
+# keepalived child sending its "priority 0" goodbye when its parent dies),
+# then all its links go down so that the peer and the client hear silence,
+# then everything gets SIGKILL. Its dead FUSE mount is then lazily unmounted
+# (the scratch directory is shared with the peer's).
 lab_kill_node() {
-    local n=$1 ns
+    local n=$1 ns p
     ns=$(lab_ns "$n")
     # bash would otherwise report the killed job with its command line.
     [[ -n ${LAB_PID[$n]:-} ]] && disown "${LAB_PID[$n]}" 2>/dev/null
-    lab_kill_ns_pids "$ns" || lab_fail "cannot kill what runs in $ns"
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -STOP "$p" 2>/dev/null; done
     lab_set_links "$n" down
-    [[ -n ${LAB_PID[$n]:-} ]] && wait "${LAB_PID[$n]}" 2>/dev/null
+    lab_kill_ns_pids "$ns" || lab_fail "cannot kill what runs in $ns"
+    if [[ -n ${LAB_PID[$n]:-} ]]; then wait "${LAB_PID[$n]}" 2>/dev/null || true; fi
     LAB_PID[$n]=""
     lab_lazy_unmount "$(lab_mnt "$n")"
 }
