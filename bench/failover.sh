@@ -12,7 +12,9 @@
 # holding the public bridge). Every run is independent: a fresh lab, fresh
 # stores and fresh keys, torn down afterwards. Runs are interleaved (one of
 # each system, then the next round) so that a change in the machine's load
-# hits all systems alike. keepalived moves no data: its nodes serve a plain
+# hits all systems alike; the kill comes at a random moment (0.5-1.5 s after
+# the client's first 200), so its phase against the heartbeat/advert timers is
+# sampled rather than fixed. keepalived moves no data: its nodes serve a plain
 # directory each; notify_master starts Apache, notify_backup/fault stops it.
 #
 # Before the first kill of each twinfs config the pair idles for FO_IDLE_SECS
@@ -108,7 +110,12 @@ back_at_client() { [[ -n $(lab_first_200_after "$LOOP_LOG" "$T_DEAD") ]]; }
 # kill_and_measure: kills alpha with the client polling; waits for the first
 # 200 from beta; writes kill/dead/back/last_ok times.
 kill_and_measure() {
-    sleep 0.5 # the client polls steadily before the kill
+    # The client polls steadily, then the kill comes at a random point
+    # (0.5-1.5 s): failure detection counts from the last heartbeat or
+    # advertisement heard, so the kill's phase against those timers must be
+    # sampled, not fixed by the script's own rhythm.
+    local ms=$((500 + RANDOM % 1000))
+    sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
     T_KILL=$(lab_now_ms)
     lab_kill_node alpha
     T_DEAD=$(lab_now_ms)
