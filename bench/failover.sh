@@ -45,11 +45,11 @@ fi
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
 LAB_SCRIPT=failover.sh
-# shellcheck source=../scripts/lib/lab.sh
+# shellcheck source-path=SCRIPTDIR source=../scripts/lib/lab.sh
 source "$REPO/scripts/lib/lab.sh"
 
 RUNS=${FO_RUNS:-10}
-SYSTEMS=(${FO_SYSTEMS:-twinfs-default twinfs-fast keepalived-1 keepalived-0.1})
+read -ra SYSTEMS <<<"${FO_SYSTEMS:-twinfs-default twinfs-fast keepalived-1 keepalived-0.1}"
 FAST_KEEPALIVE=${FO_FAST_KEEPALIVE:-50ms}
 FAST_DEADTIME=${FO_FAST_DEADTIME:-250ms}
 IDLE_SECS=${FO_IDLE_SECS:-10}
@@ -305,8 +305,12 @@ stats() {
         printf "%d %d %d %d\n", v[1], m, v[NR], NR }'
 }
 
-sec() { [[ $1 == - ]] && echo "-" || awk -v v="$1" 'BEGIN { printf "%.2f", v / 1000 }'; }
-ratio() { [[ $1 == - || $2 == - || $2 == 0 ]] && echo "-" || awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+sec() {
+    if [[ -z $1 || $1 == - ]]; then echo "-"; else awk -v v="$1" 'BEGIN { printf "%.2f", v / 1000 }'; fi
+}
+ratio() {
+    if [[ $1 == - || $2 == - || $2 == 0 ]]; then echo "-"; else awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; fi
+}
 
 # the value of KEY in a run's output file
 kv() { sed -n "s/^$2=//p" "$1" | head -1; }
@@ -360,7 +364,7 @@ UPTIME_AFTER=$(uptime)
 # ---- the table
 declare -A MED MIN MAX CNT
 for sys in "${SYSTEMS[@]}"; do
-    read -r MIN[$sys] MED[$sys] MAX[$sys] CNT[$sys] < <(cat "$LAB_WORK"/results/"$sys".[0-9]* 2>/dev/null |
+    read -r "MIN[$sys]" "MED[$sys]" "MAX[$sys]" "CNT[$sys]" < <(cat "$LAB_WORK"/results/"$sys".[0-9]* 2>/dev/null |
         sed -n 's/^back_ms=//p' | stats)
 done
 K1=${MED[keepalived-1]:--}
@@ -375,7 +379,7 @@ echo
 for sys in twinfs-default twinfs-fast; do
     [[ -n ${CNT[$sys]:-} && ${CNT[$sys]} != 0 ]] || continue
     line="$sys medians after the kill:"
-    for k in detect promoted vip apache done; do
+    for k in detect promoted vip apache "done"; do
         read -r _ m _ _ < <(cat "$LAB_WORK"/results/"$sys".[0-9]* | sed -n "s/^t_${k}_ms=//p" | stats)
         line+=" $k $(sec "$m") s,"
     done
@@ -417,7 +421,7 @@ verdict "twinfs-fast median <= keepalived-0.1 median (${MED[twinfs-fast]:--} vs 
             "$sys" "$runs" "${MIN[$sys]/-/null}" "${MED[$sys]/-/null}" "${MAX[$sys]/-/null}" "${CNT[$sys]}" \
             "$(find "$LAB_WORK/results" -name "$sys.*.failed.log" | wc -l)"
         if [[ $sys == twinfs-* ]]; then
-            for k in detect promoted vip apache done; do
+            for k in detect promoted vip apache "done"; do
                 read -r _ m _ _ < <(cat "$LAB_WORK"/results/"$sys".[0-9]* 2>/dev/null | sed -n "s/^t_${k}_ms=//p" | stats)
                 printf ', "median_%s_ms": %s' "$k" "${m/-/null}"
             done

@@ -45,7 +45,7 @@ done
     exit 1
 }
 LAB_SCRIPT=demo
-# shellcheck source=lib/lab.sh
+# shellcheck source-path=SCRIPTDIR source=lib/lab.sh
 source "$LAB_SH"
 
 T_KILL=""
@@ -143,7 +143,7 @@ head -c 65536 /dev/urandom >"$SITE/static/blob.bin"
 sync "$SITE/index.html" "$SITE/static/style.css" "$SITE/static/blob.bin" "$SITE/static" "$SITE"
 lab_wait "beta applying all that alpha committed" 10 peer_has_it alpha beta
 PAGE=$LAB_WORK/page-before.html
-lab_in client curl -s --max-time 2 -o "$PAGE" "http://$LAB_VIP/" || lab_fail "GET http://$LAB_VIP/ from the client"
+[[ $(lab_http_get "http://$LAB_VIP/" "$PAGE" 2) == 200 ]] || lab_fail "GET http://$LAB_VIP/ from the client"
 lab_note "the client (${LAB_CLIENT}) fetches http://$LAB_VIP/:"
 sed 's/^/    | /' "$PAGE"
 
@@ -160,7 +160,7 @@ lab_note "alpha killed: SIGKILL to every process in $(lab_ns alpha), its cables 
 lab_wait "the client getting 200 again (from beta)" 30 back_at_client
 T_BACK=$(lab_first_200_after "$LOOP_LOG" "$T_DEAD")
 T_LAST=$(lab_last_200_before "$LOOP_LOG" "$T_KILL")
-lab_in client curl -s --max-time 2 -o "$LAB_WORK/page-after.html" "http://$LAB_VIP/" ||
+[[ $(lab_http_get "http://$LAB_VIP/" "$LAB_WORK/page-after.html" 2) == 200 ]] ||
     lab_fail "GET http://$LAB_VIP/ after the failover"
 cmp -s "$PAGE" "$LAB_WORK/page-after.html" || lab_fail "the page beta serves differs from alpha's"
 lab_note "beta serves the same page (byte for byte)"

@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here are read by the calling scripts
+# shellcheck disable=SC2016 # the single-quoted scripts run in a namespace's bash
 # twinfs lab plumbing for bash scripts (scripts/demo.sh, bench/failover.sh):
 # a two-node pair with a public network on this one machine, built from
 # network namespaces, the same layout as tests/lab.rs.
@@ -184,6 +186,7 @@ lab_plug() {
 }
 
 # lab_build [witness]: the namespaces, the private veth, the public bridge.
+# shellcheck disable=SC2120 # the argument is optional
 lab_build() {
     local n
     for n in alpha beta client; do lab_add_ns "$n"; done
@@ -546,20 +549,33 @@ lab_vip_holder() { # the nodes whose eth0 carries the VIP
 # ---------------------------------------------------------------------------
 # The client
 
-# lab_http_code URL [SECONDS]: one GET from the client namespace; prints the
-# HTTP status (000 when there was no answer).
-lab_http_code() {
-    local url=$1 t=${2:-1}
-    if command -v curl >/dev/null 2>&1; then
-        lab_in client curl -s -o /dev/null -w '%{http_code}' --max-time "$t" "$url" 2>/dev/null || true
-    else
-        lab_in client timeout "$t" bash -c '
-            u=${1#http://}; hp=${u%%/*}; path=/${u#*/}; h=${hp%:*}; p=80
-            [[ $hp == *:* ]] && p=${hp##*:}
-            exec 3<>"/dev/tcp/$h/$p" || exit 1
-            printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$path" "$h" >&3
-            read -r _ code _ <&3 && echo "$code"' _ "$url" 2>/dev/null || echo 000
+# Whether to use curl (LAB_NO_CURL=1 forces the /dev/tcp fallback).
+lab_have_curl() { [[ ${LAB_NO_CURL:-0} != 1 ]] && command -v curl >/dev/null 2>&1; }
+
+# lab_http_get URL FILE [SECONDS]: one HTTP/1.0 GET from the client
+# namespace; the body goes to FILE, the status is printed (000 when there was
+# no answer). curl if installed, else bash's /dev/tcp.
+lab_http_get() {
+    local url=$1 file=$2 t=${3:-1}
+    if lab_have_curl; then
+        lab_in client curl -s -o "$file" -w '%{http_code}' --max-time "$t" "$url" 2>/dev/null || true
+        return 0
     fi
+    lab_in client timeout "$t" bash -c '
+        u=${1#http://}; hp=${u%%/*}; path=/${u#*/}; h=${hp%:*}; p=80
+        [[ $u == */* ]] || path=/
+        [[ $hp == *:* ]] && p=${hp##*:}
+        exec 3<>"/dev/tcp/$h/$p" || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$path" "$h" >&3
+        read -r _ code _ <&3 || exit 1
+        while IFS= read -r line <&3; do [[ $line == $'"'"'\r'"'"' || -z $line ]] && break; done
+        cat <&3 >"$2"
+        echo "$code"' _ "$url" "$file" 2>/dev/null || echo 000
+}
+
+# lab_http_code URL [SECONDS]: the status of one GET from the client.
+lab_http_code() {
+    lab_http_get "$1" /dev/null "${2:-1}"
 }
 
 # lab_client_loop URL OUT SECONDS [INTERVAL_MS]: in the background, in the
@@ -609,7 +625,7 @@ lab_client_url() {
     LAB_URL_HOST=${hp%:*}
     LAB_URL_PORT=80
     [[ $hp == *:* ]] && LAB_URL_PORT=${hp##*:}
-    if command -v curl >/dev/null 2>&1; then LAB_HTTP_TOOL=curl; else LAB_HTTP_TOOL=devtcp; fi
+    if lab_have_curl; then LAB_HTTP_TOOL=curl; else LAB_HTTP_TOOL=devtcp; fi
 }
 
 # lab_first_200_after OUT MS: the end time of the first 200 in the client
