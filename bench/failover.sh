@@ -30,6 +30,7 @@
 #   FO_IDLE_SECS=10         idle stability check (0: skip)
 #   TWINFS_BIN              the binary (default: target/release/twinfs if built, else
 #                           `cargo build -p twinfs` and target/debug/twinfs)
+#   FO_OUT=FILE             where the JSON goes (default bench/last-failover.json)
 #   LAB_KEEP=1              keep the scratch directory (logs) afterwards
 #
 # Prints the table and writes bench/last-failover.json. Everything it starts
@@ -53,7 +54,7 @@ read -ra SYSTEMS <<<"${FO_SYSTEMS:-twinfs-default twinfs-fast keepalived-1 keepa
 FAST_KEEPALIVE=${FO_FAST_KEEPALIVE:-50ms}
 FAST_DEADTIME=${FO_FAST_DEADTIME:-250ms}
 IDLE_SECS=${FO_IDLE_SECS:-10}
-OUT_JSON=$BENCH/last-failover.json
+OUT_JSON=${FO_OUT:-$BENCH/last-failover.json}
 BACK_LIMIT=30 # seconds a failover may take before the run counts as failed
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -100,6 +101,7 @@ peer_has_it() {
     a=$(lab_status_field "$2" applied_seq)
     [[ -n $c && -n $a ]] && ((a >= c))
 }
+promotion_recorded() { lab_decisions "$1" | grep -q "Finished: promoted"; }
 client_ok() { [[ -n $(lab_first_200_after "$LOOP_LOG" 0) ]]; }
 back_at_client() { [[ -n $(lab_first_200_after "$LOOP_LOG" "$T_DEAD") ]]; }
 
@@ -174,6 +176,9 @@ run_twinfs() {
         fi
     fi
     kill_and_measure
+    # The client can get its 200 before beta's hook has returned and its
+    # status file lists the hook's actions.
+    lab_wait "beta's status recording the finished promotion" 15 promotion_recorded beta
     lab_failover_times beta "$T_KILL"
     local k
     for k in DETECT PROMOTED VIP APACHE DONE; do

@@ -169,7 +169,10 @@ sleep 0.5
 kill -TERM "$LAB_LOOP_PID" 2>/dev/null
 wait "$LAB_LOOP_PID" 2>/dev/null || true
 
-# ---- the timeline, from beta's status and the client's log
+# ---- the timeline, from beta's status and the client's log (once beta's
+# status file lists the finished hook: the client may get its 200 first)
+promotion_recorded() { lab_decisions beta | grep -q "Finished: promoted"; }
+lab_wait "beta's status recording the finished promotion" 15 promotion_recorded
 lab_failover_times beta "$T_KILL"
 
 lab_step "failover timeline (relative to the kill of alpha)"
