@@ -156,7 +156,7 @@ sleep 1
 T_KILL=$(lab_now_ms)
 lab_kill_node alpha
 T_DEAD=$(lab_now_ms)
-lab_note "alpha killed: SIGKILL to every process in $(lab_ns alpha), its cables out ($((T_DEAD - T_KILL)) ms)"
+lab_note "alpha killed: every process in $(lab_ns alpha) frozen, its cables pulled, then SIGKILL ($((T_DEAD - T_KILL)) ms)"
 lab_wait "the client getting 200 again (from beta)" 30 back_at_client
 T_BACK=$(lab_first_200_after "$LOOP_LOG" "$T_DEAD")
 T_LAST=$(lab_last_200_before "$LOOP_LOG" "$T_KILL")
@@ -176,15 +176,19 @@ lab_wait "beta's status recording the finished promotion" 15 promotion_recorded
 lab_failover_times beta "$T_KILL"
 
 lab_step "failover timeline (relative to the kill of alpha)"
-row() { printf '    %-9s  %s\n' "$1" "$2"; }
-[[ -n $T_LAST ]] && row "$(fmt_rel "$T_LAST")" "last 200 from alpha at the client"
-row "$(fmt_rel "$T_KILL")" "alpha killed (kill -9 of all its processes, links down)"
-row "${LAB_T_DETECT:+$(fmt_rel "$LAB_T_DETECT")}" "beta: failure detected: ${LAB_WHY:-(no decision recorded)}"
-row "${LAB_T_PROMOTED:+$(fmt_rel "$LAB_T_PROMOTED")}" "beta: store promoted (new generation, mounted read-write)"
-row "${LAB_T_VIP:+$(fmt_rel "$LAB_T_VIP")}" "beta: VIP $LAB_VIP claimed, gratuitous ARP sent (on_promote started $(fmt_rel "${LAB_T_HOOK:-$T_KILL}"))"
-row "${LAB_T_APACHE:+$(fmt_rel "$LAB_T_APACHE")}" "beta: Apache up (service.start returned)"
-row "${LAB_T_DONE:+$(fmt_rel "$LAB_T_DONE")}" "beta: promotion finished (the hook's http check passed)"
-row "$(fmt_rel "$T_BACK")" "first 200 at the client, from beta"
+ROWS=()
+row() { if [[ -n $1 ]]; then ROWS+=("$1|$2"); fi; } # row MS TEXT (no row without a time)
+row "$T_LAST" "last 200 from alpha at the client"
+row "$T_KILL" "alpha killed (kill -9 of all its processes, links down)"
+row "$LAB_T_DETECT" "beta: failure detected: ${LAB_WHY:-(no decision recorded)}"
+row "$LAB_T_PROMOTED" "beta: store promoted (new generation, mounted read-write)"
+row "$LAB_T_VIP" "beta: VIP $LAB_VIP claimed, gratuitous ARP sent (on_promote started $(fmt_rel "${LAB_T_HOOK:-$T_KILL}"))"
+row "$LAB_T_APACHE" "beta: Apache up (service.start returned)"
+row "$LAB_T_DONE" "beta: promotion finished (the hook's http check passed)"
+row "$T_BACK" "first 200 at the client, from beta"
+while IFS='|' read -r ms text; do
+    printf '    %-9s  %s\n' "$(fmt_rel "$ms")" "$text"
+done < <(printf '%s\n' "${ROWS[@]}" | sort -t'|' -k1,1n)
 lab_note ""
 lab_note "outage seen by the client: $(((T_BACK - T_KILL) / 1000)).$(printf '%03d' $(((T_BACK - T_KILL) % 1000)))s after the kill"
 errs=$(awk -v a="$T_KILL" -v b="$T_BACK" '$1 >= a && $2 <= b && $3 != 200' "$LOOP_LOG" | wc -l)

@@ -456,8 +456,8 @@ listen = "${LAB_PRIV[$n]}:$LAB_REPL_PORT"
 peer = "${LAB_PRIV[$p]}:$LAB_REPL_PORT"
 cert = "$d/node.crt"
 key = "$d/node.key"
-peer_cert = "$(lab_dir "$p")/node.crt"
-$repl_extra
+peer_cert = "$(lab_dir "$p")/node.crt"${repl_extra:+
+$repl_extra}
 
 [failover]
 script = "$TWINFS_SCRIPTS/failover.lua"
@@ -468,8 +468,8 @@ check_url = "http://$LAB_VIP:$LAB_HTTP_PORT/twinfs-health"
 public = "${LAB_PUB[$n]}:$LAB_BEACON_PORT"
 peer_public = "${LAB_PUB[$p]}:$LAB_BEACON_PORT"
 ping = ["$LAB_CLIENT"]
-home = "alpha"
-$fo_extra
+home = "alpha"${fo_extra:+
+$fo_extra}
 
 [failover.services.apache2]
 start = ["/bin/sh", "$d/apache/apachectl.sh", "start"]
