@@ -16,6 +16,7 @@ PACKAGES=(
     apache2
     iproute2 nftables
     bindfs wrk strace fio
+    keepalived
 )
 
 say() { printf 'setup-deps: %s\n' "$*"; }
@@ -84,18 +85,21 @@ else
     say "all packages present"
 fi
 
-# On a systemd machine the unit may still be enabled for the next boot (and may
-# be running if it was installed before this script). Our tests run their own
-# Apache; the distribution's one would only hold port 80.
+# On a systemd machine the units may still be enabled for the next boot (and may
+# be running if they were installed before this script). Our tests and benches
+# run their own Apache and keepalived inside network namespaces; the
+# distribution's would only hold port 80 or send VRRP on the host's network.
 if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
-    if systemctl is-enabled --quiet apache2 2>/dev/null || systemctl is-active --quiet apache2 2>/dev/null; then
-        say "disabling the apache2 service"
-        systemctl disable --now --quiet apache2 >/dev/null 2>&1 || true
-    fi
+    for unit in apache2 keepalived; do
+        if systemctl is-enabled --quiet "$unit" 2>/dev/null || systemctl is-active --quiet "$unit" 2>/dev/null; then
+            say "disabling the $unit service"
+            systemctl disable --now --quiet "$unit" >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 # Every tool the tests call must now be on PATH.
-for tool in fusermount3 pkg-config apache2ctl bindfs wrk strace nft ip fio curl cc; do
+for tool in fusermount3 pkg-config apache2ctl bindfs wrk strace nft ip fio curl cc keepalived; do
     command -v "$tool" >/dev/null 2>&1 ||
         die "$tool is still missing after installing packages"
 done

@@ -1,0 +1,708 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # variables set here are read by the calling scripts
+# shellcheck disable=SC2016 # the single-quoted scripts run in a namespace's bash
+# twinfs lab plumbing for bash scripts (scripts/demo.sh, bench/failover.sh):
+# a two-node pair with a public network on this one machine, built from
+# network namespaces, the same layout as tests/lab.rs.
+#
+#   PREFIX-a (alpha)                               PREFIX-b (beta)
+#   priv 10.201.N.1/24  <===== veth (replication) =====>  priv 10.201.N.2/24
+#   eth0 10.202.N.1/24                                    eth0 10.202.N.2/24
+#        |                                                     |
+#        +-- pa ----[ bridge pub 10.202.N.100/24 ]------ pb ---+
+#                     PREFIX-c (the client, also the ping target)
+#                           |
+#                           pw --- eth0 10.202.N.3/24  PREFIX-w (witness, optional)
+#
+#   VIP 10.202.N.10/24: configured by nobody here; the software under test
+#   (twinfs's hooks, or keepalived) claims it on a node's eth0.
+#
+# Programs are started with `nsenter --net` only: they share this shell's
+# mount namespace, so a node's FUSE mount is an ordinary mount here and the
+# Apache the node starts serves it.
+#
+# Use:
+#   source scripts/lib/lab.sh
+#   lab_init "twdemo-$$" /var/tmp/twinfs-demo.$$     # traps: cleanup on exit, Ctrl-C, errors
+#   lab_build                  # or: lab_build witness
+#   lab_apache_conf alpha "$DOCROOT"   (twinfs nodes: lab_nodes does it, docroot = the mount)
+#   lab_nodes 'keepalive = "200ms"' 'hold_down = "5s"'   # keys + configs of both nodes
+#   lab_start_node alpha; lab_start_node beta
+#   lab_kill_node alpha        # SIGKILL everything in its namespace, links down
+#   lab_revive_node alpha      # links up again (then lab_start_node to rejoin)
+#
+# Rules kept here: only namespaces this script created (names start with the
+# caller's prefix, which carries $$), only pids that this script started or
+# that live in those namespaces, killed by pid; every wait is bounded; the
+# cleanup runs on every exit path and undoes what was made, in reverse.
+#
+# Needs: bash >= 4.3, root, iproute2 (ip), util-linux (nsenter, timeout).
+
+# ---------------------------------------------------------------------------
+# Settings (may be set before lab_init)
+
+: "${LAB_N:=0}"            # third octet of both subnets
+: "${LAB_REPL_PORT:=7789}" # replication (QUIC) port on the private link
+: "${LAB_BEACON_PORT:=7790}" # failover beacon (UDP) on the public network
+: "${LAB_HTTP_PORT:=80}"   # Apache's port on every node
+
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+LAB_NODES=(alpha beta)
+declare -A LAB_LETTER=([alpha]=a [beta]=b [client]=c [witness]=w)
+declare -A LAB_PEER=([alpha]=beta [beta]=alpha)
+declare -A LAB_PRIV=([alpha]=10.201.$LAB_N.1 [beta]=10.201.$LAB_N.2)
+declare -A LAB_PUB=([alpha]=10.202.$LAB_N.1 [beta]=10.202.$LAB_N.2 [witness]=10.202.$LAB_N.3 [client]=10.202.$LAB_N.100)
+declare -A LAB_PORT=([alpha]=pa [beta]=pb [witness]=pw) # bridge-side veth ends
+LAB_VIP=10.202.$LAB_N.10
+LAB_CLIENT=10.202.$LAB_N.100
+LAB_PREFIX_LEN=24
+
+# State (what lab_cleanup must undo)
+LAB_PREFIX=""
+LAB_WORK=""
+LAB_WORK_MADE=""
+LAB_NS_MADE=()             # namespaces created, in order
+declare -A LAB_PID=()      # node -> pid of its `twinfs run`
+LAB_CLEANUP_HOOKS=()       # caller functions run first by lab_cleanup
+LAB_CLEANED=""
+LAB_KEEP=${LAB_KEEP:-0}    # 1: leave the scratch directory (logs) behind
+
+# ---------------------------------------------------------------------------
+# Output and time
+
+if [ -t 1 ]; then LAB_B=$'\033[1m' LAB_R=$'\033[1;31m' LAB_N0=$'\033[0m'; else LAB_B='' LAB_R='' LAB_N0=''; fi
+lab_step() { printf '\n%s==> %s%s\n' "$LAB_B" "$*" "$LAB_N0"; }
+lab_note() { printf '    %s\n' "$*"; }
+lab_warn() { printf '%s: %s\n' "${LAB_SCRIPT:-lab}" "$*" >&2; }
+
+# Milliseconds since the epoch (bash 5's EPOCHREALTIME, any decimal separator).
+lab_now_ms() {
+    local t=${EPOCHREALTIME//[!0-9]/}
+    echo $((t / 1000))
+}
+
+# Prints the tail of every log in the scratch directory, so a failure
+# explains itself.
+lab_show_logs() {
+    local f
+    [[ -n $LAB_WORK && -d $LAB_WORK ]] || return 0
+    for f in "$LAB_WORK"/*/twinfs.log "$LAB_WORK"/*/apache/error.log "$LAB_WORK"/*/apache/start.log \
+        "$LAB_WORK"/*/keepalived.log; do
+        [[ -s $f ]] || continue
+        printf '\n--- last lines of %s:\n' "$f" >&2
+        tail -n 25 "$f" >&2
+    done
+}
+
+lab_fail() {
+    printf '\n%s%s failed: %s%s\n' "$LAB_R" "${LAB_SCRIPT:-lab}" "$*" "$LAB_N0" >&2
+    lab_show_logs
+    exit 1
+}
+
+# lab_wait WHAT SECONDS COMMAND...: runs COMMAND every 0.05 s until it
+# succeeds; fails naming WHAT after SECONDS (bounded in tries too).
+lab_wait() {
+    local what=$1 secs=$2
+    shift 2
+    local deadline=$(($(lab_now_ms) + secs * 1000)) try
+    for ((try = 0; try <= secs * 20; try++)); do
+        if "$@"; then return 0; fi
+        (($(lab_now_ms) < deadline)) || break
+        sleep 0.05
+    done
+    lab_fail "$what: not reached within ${secs}s"
+}
+
+# ---------------------------------------------------------------------------
+# Setup and cleanup
+
+# lab_init PREFIX WORKDIR: remembers where things go and installs the traps.
+# PREFIX must be unique to the calling script and carry its $$ (e.g.
+# twdemo-$$); namespace names are PREFIX-a, -b, -c, -w.
+lab_init() {
+    LAB_PREFIX=$1
+    LAB_WORK=$2
+    [[ $(id -u) -eq 0 ]] || lab_fail "must run as root (network namespaces, FUSE, Apache on port $LAB_HTTP_PORT)"
+    local tool
+    for tool in ip nsenter timeout awk; do
+        command -v "$tool" >/dev/null 2>&1 || lab_fail "$tool not found on PATH"
+    done
+    trap lab_cleanup EXIT
+    trap 'echo; lab_warn "interrupted; cleaning up"; exit 130' INT
+    trap 'lab_warn "terminated; cleaning up"; exit 143' TERM
+    # With set -e an error exits through the EXIT trap; say where it happened.
+    trap 'lab_warn "command failed (status $?) at ${BASH_SOURCE[0]}:$LINENO: $BASH_COMMAND"' ERR
+    umask 022
+    mkdir -m 755 "$LAB_WORK" || lab_fail "cannot create $LAB_WORK (left by an earlier run?)"
+    LAB_WORK_MADE=1
+}
+
+# lab_clean_stale BASE: removes namespaces BASE-PID-x left by a run of the
+# same script (same BASE) whose process PID is gone (a kill -9 skips traps).
+lab_clean_stale() {
+    local base=$1 ns pid p
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+        [[ $ns =~ ^${base}-([0-9]+)-[abcw]$ ]] || continue
+        pid=${BASH_REMATCH[1]}
+        [[ -d /proc/$pid ]] && continue
+        lab_warn "removing stale namespace $ns (its run, pid $pid, is gone)"
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null || lab_warn "cannot delete stale namespace $ns"
+    done
+}
+
+lab_ns() { echo "$LAB_PREFIX-${LAB_LETTER[$1]}"; }
+
+# lab_in PLACE COMMAND...: runs COMMAND in the network namespace of PLACE
+# (alpha, beta, client, witness); same pid as nsenter (it execs).
+lab_in() {
+    local place=$1
+    shift
+    nsenter --net="/run/netns/$(lab_ns "$place")" -- "$@"
+}
+
+lab_add_ns() {
+    local ns
+    ns=$(lab_ns "$1")
+    ip netns add "$ns" || lab_fail "ip netns add $ns"
+    LAB_NS_MADE+=("$ns")
+    ip -n "$ns" link set lo up
+}
+
+# lab_plug PLACE: a veth with eth0 (public address, up) in PLACE's namespace
+# and its other end enslaved to the bridge in the client namespace.
+lab_plug() {
+    local p=$1 c ns
+    c=$(lab_ns client)
+    ns=$(lab_ns "$p")
+    ip link add name eth0 netns "$ns" type veth peer name "${LAB_PORT[$p]}" netns "$c" ||
+        lab_fail "veth eth0 ($ns) <-> ${LAB_PORT[$p]} ($c)"
+    ip -n "$c" link set "${LAB_PORT[$p]}" master pub
+    ip -n "$c" link set "${LAB_PORT[$p]}" up
+    ip -n "$ns" addr add "${LAB_PUB[$p]}/$LAB_PREFIX_LEN" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+
+# lab_build [witness]: the namespaces, the private veth, the public bridge.
+# shellcheck disable=SC2120 # the argument is optional
+lab_build() {
+    local n
+    for n in alpha beta client; do lab_add_ns "$n"; done
+    ip link add name priv netns "$(lab_ns alpha)" type veth peer name priv netns "$(lab_ns beta)" ||
+        lab_fail "veth priv between $(lab_ns alpha) and $(lab_ns beta)"
+    for n in "${LAB_NODES[@]}"; do
+        ip -n "$(lab_ns "$n")" addr add "${LAB_PRIV[$n]}/$LAB_PREFIX_LEN" dev priv
+        ip -n "$(lab_ns "$n")" link set priv up
+    done
+    # The "switch" lives in the client namespace; STP is off, so ports
+    # forward as soon as they are up.
+    ip -n "$(lab_ns client)" link add pub type bridge
+    ip -n "$(lab_ns client)" addr add "$LAB_CLIENT/$LAB_PREFIX_LEN" dev pub
+    ip -n "$(lab_ns client)" link set pub up
+    lab_plug alpha
+    lab_plug beta
+    if [[ ${1:-} == witness ]]; then
+        lab_add_ns witness
+        lab_plug witness
+    fi
+    # Addresses need a moment (duplicate address detection is IPv6 only,
+    # but the veths' carrier comes up asynchronously).
+    lab_wait "the public network (alpha -> client)" 10 lab_in alpha ping -c1 -W1 -q "$LAB_CLIENT" >/dev/null
+    lab_wait "the public network (beta -> client)" 10 lab_in beta ping -c1 -W1 -q "$LAB_CLIENT" >/dev/null
+    lab_wait "the private link" 10 lab_in alpha ping -c1 -W1 -q "${LAB_PRIV[beta]}" >/dev/null
+}
+
+# lab_set_links NODE up|down: the node's end of the private veth and its
+# port on the bridge (the cable at the switch).
+lab_set_links() {
+    ip -n "$(lab_ns "$1")" link set priv "$2"
+    ip -n "$(lab_ns client)" link set "${LAB_PORT[$1]}" "$2"
+}
+
+# lab_kill_ns_pids NS: SIGKILL every process in namespace NS (ours: we
+# created it), by pid, until none is left; bounded in rounds and time.
+lab_kill_ns_pids() {
+    local ns=$1 round pids p
+    for ((round = 0; round < 50; round++)); do
+        pids=$(ip netns pids "$ns" 2>/dev/null) || return 0
+        [[ -z $pids ]] && return 0
+        for p in $pids; do kill -KILL "$p" 2>/dev/null; done
+        sleep 0.02
+    done
+    lab_warn "processes still in $ns after 50 rounds of SIGKILL: $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+    return 1
+}
+
+# The type of what is mounted at $1 ("fuse.twinfs"), empty if nothing is.
+lab_fstype_at() {
+    awk -v m="$1" '$5 == m { for (i = 6; i <= NF; i++) if ($i == "-") { print $(i + 1); exit } }' \
+        /proc/self/mountinfo
+}
+
+lab_lazy_unmount() {
+    [[ -n $(lab_fstype_at "$1") ]] || return 0
+    fusermount3 -u -z "$1" 2>/dev/null || umount -l "$1"
+}
+
+# lab_stop_pid PID WHAT [SECONDS]: SIGTERM, a bounded wait, then SIGKILL.
+lab_stop_pid() {
+    local pid=$1 what=$2 secs=${3:-20} i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < secs * 20; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        lab_warn "$what (pid $pid) did not stop within ${secs}s; killing it"
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+lab_cleanup() {
+    [[ -z $LAB_CLEANED ]] || return 0
+    LAB_CLEANED=1
+    trap '' INT TERM
+    trap - ERR
+    set +e
+    local h n ns
+    for h in "${LAB_CLEANUP_HOOKS[@]}"; do "$h"; done
+    # twinfs first, politely: it unmounts and checkpoints on SIGTERM.
+    for n in "${LAB_NODES[@]}"; do
+        [[ -n ${LAB_PID[$n]:-} ]] && lab_stop_pid "${LAB_PID[$n]}" "twinfs ($n)" 10
+    done
+    # Anything else still inside our namespaces (Apache, keepalived, the
+    # client loop) was started by this script.
+    for ns in "${LAB_NS_MADE[@]}"; do lab_kill_ns_pids "$ns"; done
+    if [[ -n $LAB_WORK_MADE ]]; then
+        for n in "${LAB_NODES[@]}"; do lab_lazy_unmount "$LAB_WORK/$n/mnt"; done
+    fi
+    # Deleting a namespace deletes its veth ends, and with them the peers.
+    for ((n = ${#LAB_NS_MADE[@]} - 1; n >= 0; n--)); do
+        ip netns del "${LAB_NS_MADE[$n]}" 2>/dev/null || lab_warn "could not delete namespace ${LAB_NS_MADE[$n]}"
+    done
+    LAB_NS_MADE=()
+    if [[ -n $LAB_WORK_MADE ]]; then
+        if [[ $LAB_KEEP == 1 ]]; then
+            lab_warn "kept $LAB_WORK (LAB_KEEP=1)"
+        else
+            rm -rf --one-file-system "$LAB_WORK"
+        fi
+    fi
+    return 0
+}
+
+# lab_reset: tears the lab down (processes, mounts, namespaces, the node
+# directories) but keeps the scratch directory and the traps, so the caller
+# can build a fresh one (benchmarks: one lab per run).
+lab_reset() {
+    local n ns
+    set +e # runs from traps: undo as much as possible
+    for n in "${LAB_NODES[@]}"; do
+        [[ -n ${LAB_PID[$n]:-} ]] && lab_stop_pid "${LAB_PID[$n]}" "twinfs ($n)" 10
+        LAB_PID[$n]=""
+    done
+    for ns in "${LAB_NS_MADE[@]}"; do lab_kill_ns_pids "$ns"; done
+    for n in "${LAB_NODES[@]}"; do lab_lazy_unmount "$LAB_WORK/$n/mnt"; done
+    for ((n = ${#LAB_NS_MADE[@]} - 1; n >= 0; n--)); do
+        ip netns del "${LAB_NS_MADE[$n]}" 2>/dev/null || lab_warn "could not delete namespace ${LAB_NS_MADE[$n]}"
+    done
+    LAB_NS_MADE=()
+    for n in "${LAB_NODES[@]}"; do rm -rf --one-file-system "${LAB_WORK:?}/$n"; done
+}
+
+# ---------------------------------------------------------------------------
+# Apache (Debian's apache2 with a private config, nothing from /etc/apache2)
+
+# lab_apache_conf NODE DOCROOT: writes LAB_WORK/NODE/apache/{httpd.conf,
+# apachectl.sh, health.txt}. Apache listens on every address of the node's
+# namespace (the VIP comes and goes) and serves /twinfs-health from outside
+# the document root, for the hooks' check. apachectl.sh start|stop returns
+# once Apache serves / is gone (bounded: 10 s), as tests/web.rs's script.
+lab_apache_conf() {
+    local node=$1 root=$2 d=$LAB_WORK/$1/apache m=/usr/lib/apache2/modules
+    mkdir -p "$d"
+    chmod 755 "$LAB_WORK/$node" "$d" # Apache's workers run as www-data
+    echo ok >"$d/health.txt"
+    cat >"$d/httpd.conf" <<EOF
+# Private config written by scripts/lib/lab.sh; nothing from /etc/apache2 is read.
+ServerRoot "$d"
+ServerName $node
+Listen $LAB_HTTP_PORT
+PidFile "$d/httpd.pid"
+ErrorLog "$d/error.log"
+LogLevel warn
+DefaultRuntimeDir "$d"
+LoadModule mpm_event_module $m/mod_mpm_event.so
+LoadModule authz_core_module $m/mod_authz_core.so
+LoadModule mime_module $m/mod_mime.so
+LoadModule dir_module $m/mod_dir.so
+LoadModule alias_module $m/mod_alias.so
+User www-data
+Group www-data
+TypesConfig /etc/mime.types
+DirectoryIndex index.html
+KeepAlive Off
+Timeout 10
+# Few processes: the machine is shared.
+StartServers 1
+ServerLimit 2
+ThreadsPerChild 8
+MaxRequestWorkers 16
+MinSpareThreads 8
+MaxSpareThreads 16
+DocumentRoot "$root"
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+<Directory "$root">
+    AllowOverride None
+    Require all granted
+</Directory>
+Alias /twinfs-health "$d/health.txt"
+<Directory "$d">
+    Require all granted
+</Directory>
+EOF
+    cat >"$d/apachectl.sh" <<EOF
+#!/bin/sh
+# Starts/stops the private Apache of $d/httpd.conf and waits (at most 10 s)
+# until the start took or the stop is complete. Written by scripts/lib/lab.sh.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+CONF='$d/httpd.conf'
+PIDFILE='$d/httpd.pid'
+# The pid in the pid file, if that process lives and runs this config.
+ours() {
+    p=\$(tr -dc 0-9 < "\$PIDFILE" 2>/dev/null)
+    [ -n "\$p" ] || return 1
+    st=\$(sed 's/.*) \\(.\\).*/\\1/' "/proc/\$p/stat" 2>/dev/null) || return 1
+    case "\$st" in Z|X|'') return 1 ;; esac
+    tr '\\0' ' ' < "/proc/\$p/cmdline" 2>/dev/null | grep -qF -- "\$CONF" || return 1
+    echo "\$p"
+}
+case "\$1" in
+start)
+    if p=\$(ours); then echo "apache2 already running, pid \$p"; exit 0; fi
+    rm -f "\$PIDFILE"
+    if ! /usr/sbin/apache2 -f "\$CONF" -k start >>'$d/start.log' 2>&1 </dev/null; then
+        echo "apache2 -f \$CONF -k start failed:" >&2
+        tail -n 20 '$d/start.log' '$d/error.log' >&2 2>/dev/null
+        exit 1
+    fi
+    i=0
+    while [ "\$i" -lt 200 ]; do
+        if p=\$(ours); then echo "apache2 started, pid \$p"; exit 0; fi
+        i=\$((i + 1)); sleep 0.05
+    done
+    echo "apache2 wrote no live pid to \$PIDFILE within 10 s" >&2
+    tail -n 20 '$d/start.log' '$d/error.log' >&2 2>/dev/null
+    exit 1 ;;
+stop)
+    if ! p=\$(ours); then echo "apache2 not running"; exit 0; fi
+    kill -TERM "\$p"
+    i=0
+    while [ "\$i" -lt 200 ]; do
+        ours >/dev/null || { echo "apache2 stopped"; exit 0; }
+        i=\$((i + 1)); sleep 0.05
+    done
+    echo "apache2 pid \$p still there 10 s after SIGTERM: SIGKILL" >&2
+    kill -KILL "\$p"; sleep 0.2
+    ours >/dev/null && exit 1
+    exit 0 ;;
+*)
+    echo "usage: \$0 start|stop" >&2; exit 2 ;;
+esac
+EOF
+    chmod 755 "$d/apachectl.sh"
+}
+
+# ---------------------------------------------------------------------------
+# twinfs nodes
+
+lab_dir() { echo "$LAB_WORK/$1"; }
+lab_cfg() { echo "$LAB_WORK/$1/twinfs.toml"; }
+lab_mnt() { echo "$LAB_WORK/$1/mnt"; }
+
+# lab_nodes REPL_EXTRA FAILOVER_EXTRA: keys, directories, Apache config
+# (docroot = the node's mount) and the twinfs config of both nodes.
+# REPL_EXTRA is appended to [replication] (keepalive, deadtime, ...),
+# FAILOVER_EXTRA to [failover] (hold_down, hook_timeout, ...). Needs
+# TWINFS_BIN and TWINFS_SCRIPTS (the directory with failover.lua).
+lab_nodes() {
+    local repl_extra=${1:-} fo_extra=${2:-} n d p out
+    for n in "${LAB_NODES[@]}"; do
+        d=$(lab_dir "$n")
+        mkdir -p "$d/data" "$d/mnt"
+        chmod 755 "$d" "$d/mnt"
+        out=$(timeout 30 "$TWINFS_BIN" keygen --name "$n" --cert "$d/node.crt" --key "$d/node.key" 2>&1) ||
+            lab_fail "twinfs keygen --name $n: $out"
+        lab_apache_conf "$n" "$d/mnt"
+    done
+    for n in "${LAB_NODES[@]}"; do
+        d=$(lab_dir "$n")
+        p=${LAB_PEER[$n]}
+        cat >"$(lab_cfg "$n")" <<EOF
+# $n's config, written by scripts/lib/lab.sh
+[node]
+name = "$n"
+data_dir = "$d/data"
+mountpoint = "$d/mnt"
+
+[replication]
+listen = "${LAB_PRIV[$n]}:$LAB_REPL_PORT"
+peer = "${LAB_PRIV[$p]}:$LAB_REPL_PORT"
+cert = "$d/node.crt"
+key = "$d/node.key"
+peer_cert = "$(lab_dir "$p")/node.crt"${repl_extra:+
+$repl_extra}
+
+[failover]
+script = "$TWINFS_SCRIPTS/failover.lua"
+vip = "$LAB_VIP/$LAB_PREFIX_LEN"
+interface = "eth0"
+service = "apache2"
+check_url = "http://$LAB_VIP:$LAB_HTTP_PORT/twinfs-health"
+public = "${LAB_PUB[$n]}:$LAB_BEACON_PORT"
+peer_public = "${LAB_PUB[$p]}:$LAB_BEACON_PORT"
+ping = ["$LAB_CLIENT"]
+home = "alpha"${fo_extra:+
+$fo_extra}
+
+[failover.services.apache2]
+start = ["/bin/sh", "$d/apache/apachectl.sh", "start"]
+stop = ["/bin/sh", "$d/apache/apachectl.sh", "stop"]
+pidfile = "$d/apache/httpd.pid"
+EOF
+    done
+}
+
+# lab_twinfs NODE ARGS...: a control command against NODE, bounded in time.
+lab_twinfs() {
+    local n=$1
+    shift
+    timeout 10 "$TWINFS_BIN" "$@" --config "$(lab_cfg "$n")"
+}
+
+# lab_start_node NODE: `twinfs run` in NODE's namespace (log: NODE/twinfs.log);
+# returns once its control socket is there (at most 20 s).
+lab_start_node() {
+    local n=$1 d
+    d=$(lab_dir "$n")
+    lab_lazy_unmount "$d/mnt" # what a killed daemon left behind
+    rm -f "$d/data/control.sock"
+    RUST_LOG=${RUST_LOG:-info} lab_in "$n" "$TWINFS_BIN" run --config "$(lab_cfg "$n")" \
+        </dev/null >>"$d/twinfs.log" 2>&1 &
+    LAB_PID[$n]=$! # nsenter execs twinfs: this is the daemon's pid
+    lab_wait "$n's control socket ($d/data/control.sock)" 20 lab_node_up "$n"
+}
+
+lab_node_up() {
+    kill -0 "${LAB_PID[$1]}" 2>/dev/null || lab_fail "$1's daemon (pid ${LAB_PID[$1]}) exited"
+    [[ -S $(lab_dir "$1")/data/control.sock ]]
+}
+
+# lab_kill_node NODE: the node dies, as on a power cut: every process in its
+# namespace (twinfs, the Apache its hooks started, keepalived, ...) is first
+# frozen (SIGSTOP, so that none can react to the others' death, e.g. a
+# keepalived child sending its "priority 0" goodbye when its parent dies),
+# then all its links go down so that the peer and the client hear silence,
+# then everything gets SIGKILL. Its dead FUSE mount is then lazily unmounted
+# (the scratch directory is shared with the peer's).
+lab_kill_node() {
+    local n=$1 ns p
+    ns=$(lab_ns "$n")
+    # bash would otherwise report the killed job with its command line.
+    [[ -n ${LAB_PID[$n]:-} ]] && disown "${LAB_PID[$n]}" 2>/dev/null
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -STOP "$p" 2>/dev/null; done
+    lab_set_links "$n" down
+    lab_kill_ns_pids "$ns" || lab_fail "cannot kill what runs in $ns"
+    if [[ -n ${LAB_PID[$n]:-} ]]; then wait "${LAB_PID[$n]}" 2>/dev/null || true; fi
+    LAB_PID[$n]=""
+    lab_lazy_unmount "$(lab_mnt "$n")"
+}
+
+# lab_revive_node NODE: its links up again (the processes are not restarted).
+lab_revive_node() {
+    lab_set_links "$1" up
+}
+
+# lab_status_field NODE FIELD: one top-level string/number field of `twinfs
+# status --json` (pretty-printed, two spaces of indent at the top level);
+# empty if the node does not answer.
+lab_status_field() {
+    local json
+    json=$(lab_twinfs "$1" status --json 2>/dev/null) || return 0
+    sed -nE "s/^  \"$2\": \"?([^\",]*)\"?,?\$/\1/p" <<<"$json"
+}
+
+lab_vip_holder() { # the nodes whose eth0 carries the VIP
+    local n
+    for n in "${LAB_NODES[@]}"; do
+        ip -n "$(lab_ns "$n")" -o -4 addr show dev eth0 2>/dev/null | grep -qF " $LAB_VIP/" && printf '%s ' "$n"
+    done
+    return 0
+}
+
+# ---------------------------------------------------------------------------
+# The client
+
+# Whether to use curl (LAB_NO_CURL=1 forces the /dev/tcp fallback).
+lab_have_curl() { [[ ${LAB_NO_CURL:-0} != 1 ]] && command -v curl >/dev/null 2>&1; }
+
+# lab_http_get URL FILE [SECONDS]: one HTTP/1.0 GET from the client
+# namespace; the body goes to FILE, the status is printed (000 when there was
+# no answer). curl if installed, else bash's /dev/tcp.
+lab_http_get() {
+    local url=$1 file=$2 t=${3:-1}
+    if lab_have_curl; then
+        lab_in client curl -s -o "$file" -w '%{http_code}' --max-time "$t" "$url" 2>/dev/null || true
+        return 0
+    fi
+    lab_in client timeout "$t" bash -c '
+        u=${1#http://}; hp=${u%%/*}; path=/${u#*/}; h=${hp%:*}; p=80
+        [[ $u == */* ]] || path=/
+        [[ $hp == *:* ]] && p=${hp##*:}
+        exec 3<>"/dev/tcp/$h/$p" || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$path" "$h" >&3
+        read -r _ code _ <&3 || exit 1
+        while IFS= read -r line <&3; do [[ $line == $'"'"'\r'"'"' || -z $line ]] && break; done
+        cat <&3 >"$2"
+        echo "$code"' _ "$url" "$file" 2>/dev/null || echo 000
+}
+
+# lab_http_code URL [SECONDS]: the status of one GET from the client.
+lab_http_code() {
+    lab_http_get "$1" /dev/null "${2:-1}"
+}
+
+# lab_client_loop URL OUT SECONDS [INTERVAL_MS]: in the background, in the
+# client namespace, starts one GET of URL every INTERVAL_MS (default 50)
+# for SECONDS, each with a 0.5 s deadline and independent of the others (so a
+# request stuck on a dead address does not delay the next one). Each request
+# appends "START_MS END_MS CODE" to OUT. Sets LAB_LOOP_PID.
+lab_client_loop() {
+    local url=$1 out=$2 secs=$3 every=${4:-50}
+    lab_client_url "$url"
+    : >"$out"
+    lab_in client bash -c '
+        url=$1 out=$2 secs=$3 every=$4
+        now() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
+        get() {
+            local s e code
+            s=$(now)
+            if [ "$5" = curl ]; then
+                code=$(curl -s -o /dev/null -w "%{http_code}" --max-time 0.5 "$url" 2>/dev/null)
+            else
+                code=$(timeout 0.5 bash -c "
+                    exec 3<>/dev/tcp/$6/$7 || exit 1
+                    printf \"GET $8 HTTP/1.0\r\n\r\n\" >&3
+                    read -r _ c _ <&3 && echo \$c" 2>/dev/null)
+            fi
+            e=$(now)
+            echo "$s $e ${code:-000}" >>"$out"
+        }
+        end=$(($(now) + secs * 1000)); next=$(now)
+        for ((i = 0; i < secs * 1000 / every + 1; i++)); do
+            (( next < end )) || break
+            get "$@" &
+            next=$((next + every))
+            d=$((next - $(now)))
+            if ((d > 0)); then sleep "$((d / 1000)).$(printf "%03d" $((d % 1000)))"; fi
+        done
+        wait' _ "$url" "$out" "$secs" "$every" "$LAB_HTTP_TOOL" "$LAB_URL_HOST" "$LAB_URL_PORT" "$LAB_URL_PATH" \
+        </dev/null >/dev/null 2>&1 &
+    LAB_LOOP_PID=$!
+}
+
+# The pieces of URL that the /dev/tcp fallback needs, and the tool to use.
+lab_client_url() {
+    local u=${1#http://} hp
+    hp=${u%%/*}
+    LAB_URL_PATH=/${u#*/}
+    LAB_URL_HOST=${hp%:*}
+    LAB_URL_PORT=80
+    [[ $hp == *:* ]] && LAB_URL_PORT=${hp##*:}
+    if lab_have_curl; then LAB_HTTP_TOOL=curl; else LAB_HTTP_TOOL=devtcp; fi
+}
+
+# lab_first_200_after OUT MS: the end time of the first 200 in the client
+# loop's log among requests started at or after MS; empty if none yet.
+lab_first_200_after() {
+    awk -v t="$2" '$1 >= t && $3 == 200 { if (best == "" || $2 < best) best = $2 } END { print best }' "$1"
+}
+
+# lab_last_200_before OUT MS: the end time of the last 200 answered before MS.
+lab_last_200_before() {
+    awk -v t="$2" '$2 < t && $3 == 200 { if ($2 > best) best = $2 } END { print best }' "$1"
+}
+
+# ---------------------------------------------------------------------------
+# Reading a failover from `twinfs status --json`
+
+# lab_decisions NODE: the supervisor's decisions (failover.decisions of
+# `twinfs status --json`), one per line, oldest first; each starts with its
+# RFC 3339 time. Empty if the node does not answer.
+lab_decisions() {
+    lab_twinfs "$1" status --json 2>/dev/null | awk '
+        /^    "decisions": \[/ { on = 1; next }
+        on && /^    \]/ { exit }
+        on {
+            sub(/^ +"/, ""); sub(/",?$/, "")
+            gsub(/\\"/, "\""); gsub(/\\\\/, "\\")
+            print
+        }'
+}
+
+# lab_rfc_ms TIME: milliseconds since the epoch of an RFC 3339 time (GNU date).
+lab_rfc_ms() { date -d "$1" +%s%3N; }
+
+# lab_dur_ms TEXT: the first Rust-formatted duration in parentheses in TEXT
+# ("vip.claim ... (12.3ms) at ..."), in whole milliseconds; 0 if none.
+lab_dur_ms() {
+    awk '{
+        if (match($0, /\([0-9.]+(ns|ms|s|µs|us)\)/)) {
+            d = substr($0, RSTART + 1, RLENGTH - 2)
+            v = d + 0; u = d; sub(/^[0-9.]+/, "", u)
+            if (u == "s") v *= 1000; else if (u == "ns") v /= 1000000; else if (u != "ms") v /= 1000
+            printf "%d\n", v + 0.5; exit
+        }
+        print 0
+    }' <<<"$1"
+}
+
+# lab_failover_times NODE SINCE_MS: reads NODE's decisions made at or after
+# SINCE_MS and sets, in ms since the epoch (empty when not seen):
+#   LAB_T_DETECT    the first decision after SINCE_MS (the peer declared lost)
+#   LAB_T_PROMOTED  the store promoted ("NODE is now primary ..., mounted")
+#   LAB_T_HOOK      on_promote started
+#   LAB_T_VIP       the VIP claimed (hook start + vip.claim's duration)
+#   LAB_T_APACHE    Apache started (+ service.start's duration)
+#   LAB_T_DONE      "Finished: promoted" (after the hook's http check)
+# and LAB_WHY (the first decision's text) and LAB_DECISIONS (the lines kept,
+# each "MS TEXT"). The hook's actions carry the hook's start time and their
+# own durations, which is how the VIP and Apache times are computed.
+lab_failover_times() {
+    local node=$1 since=$2 line ts text ms
+    LAB_T_DETECT="" LAB_T_PROMOTED="" LAB_T_HOOK="" LAB_T_VIP="" LAB_T_APACHE="" LAB_T_DONE="" LAB_WHY=""
+    LAB_DECISIONS=()
+    while IFS= read -r line; do
+        ts=${line%% *}
+        text=${line#* }
+        ms=$(lab_rfc_ms "$ts" 2>/dev/null) || continue
+        ((ms >= since)) || continue
+        LAB_DECISIONS+=("$ms $text")
+        if [[ -z $LAB_T_DETECT ]]; then LAB_T_DETECT=$ms LAB_WHY=$text; fi
+        if [[ -z $LAB_T_PROMOTED && $text == *" is now primary"* ]]; then LAB_T_PROMOTED=$ms; fi
+        if [[ -z $LAB_T_VIP && $text == "on_promote vip.claim"* ]]; then
+            LAB_T_HOOK=$ms
+            LAB_T_VIP=$((ms + $(lab_dur_ms "$text")))
+        fi
+        if [[ -n $LAB_T_VIP && -z $LAB_T_APACHE && $text == "on_promote service.start"* ]]; then
+            LAB_T_APACHE=$((LAB_T_VIP + $(lab_dur_ms "$text")))
+        fi
+        if [[ -z $LAB_T_DONE && $text == "Finished: promoted"* ]]; then LAB_T_DONE=$ms; fi
+    done < <(lab_decisions "$node")
+}
