@@ -63,8 +63,15 @@ missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [[ -e /dev/fuse ]] || lab_fail "/dev/fuse is missing (modprobe fuse)"
+if ((${#missing[@]} > 0)) && [[ -f $HERE/setup-deps.sh ]]; then
+    # From a checkout, install what is missing (the README's first command
+    # must work on a fresh Debian 12 machine).
+    lab_step "installing ${missing[*]} (scripts/setup-deps.sh)"
+    bash "$HERE/setup-deps.sh" || lab_fail "scripts/setup-deps.sh failed"
+    missing=()
+fi
 if ((${#missing[@]} > 0)); then
-    lab_fail "missing packages: ${missing[*]} (apt-get install ${missing[*]}, or scripts/setup-deps.sh)"
+    lab_fail "missing packages: ${missing[*]} (apt-get install ${missing[*]})"
 fi
 
 if [[ -z ${TWINFS_BIN:-} ]]; then

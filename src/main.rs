@@ -6,6 +6,7 @@
 
 pub mod config;
 mod daemon;
+mod demo;
 mod drill;
 mod failover_cmd;
 mod mount;
@@ -96,6 +97,10 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// The two-node demo: a replicated pair in network namespaces on this
+    /// machine serving a page on a VIP, then the primary dies and the
+    /// secondary takes over; prints the timeline (needs root, apache2, fuse3).
+    Demo,
     /// Prove that failover works on a healthy pair: run on the primary, it
     /// compares block digests, switches over to the peer and back, and checks
     /// the VIP, the ARP answer and Apache after each move.
@@ -308,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 failover_cmd::hooks_dry_run(&hook, &script, cfg.node.name.as_str(), vars)
             }
         },
+        Command::Demo => demo::run(),
         Command::Drill { config } => {
             let cfg = load_config(Some(&config))?;
             init_tracing("warn");

@@ -234,6 +234,7 @@ pub(crate) fn start(
         .collect();
     let system = Arc::new(System::new(SystemOptions {
         services,
+        arp_probe: f.arp_probe,
         ..SystemOptions::default()
     }));
     let hooks = HookRuntime::load(
@@ -675,16 +676,24 @@ impl Driver {
         };
         let now = self.now_ms();
         let role = role_of(&status.role).unwrap_or(Role::Secondary);
+        // The node declares the peer lost on its own timer, a little after
+        // deadtime; a link silent for deadtime is down now.
+        // Heartbeats flow only between a primary and its secondary; two
+        // secondaries keep a quiet connection, so the age of the last frame
+        // says nothing then.
+        let deadtime = self.machine.config().deadtime_ms;
+        let beating = status.role == "Primary" || status.peer.role.as_deref() == Some("Primary");
+        let heard_ago = status.peer.heard_ms_ago.filter(|_| beating);
         let connected = matches!(
             status.connection.as_str(),
             "Connected" | "SyncSource" | "SyncTarget"
-        );
+        ) && heard_ago.is_none_or(|ago| ago < deadtime);
         let link = LinkView {
             connected,
             peer_role: status.peer.role.as_deref().and_then(role_of),
             peer_disk: status.peer.disk.as_deref().map(disk_of),
             in_sync: status.connection == "Connected" && status.resync.is_none(),
-            heard_ago_ms: status.peer.heard_ms_ago,
+            heard_ago_ms: heard_ago,
         };
         // Keep the beacon's announcement current, and read the peer's.
         let mut beacon_age_ms = None;
@@ -854,8 +863,32 @@ impl Driver {
                 r
             }
             Step::FencePeer => self.run_hook(Hook::Fence, &status, "secondary"),
-            Step::PromoteStore => self.role_request(Request::Promote),
-            Step::DemoteStore => self.role_request(Request::Demote),
+            Step::PromoteStore => {
+                // The machine may declare the peer dead a little before the
+                // node's own timer does; the node refuses to promote while
+                // it still sees a connected primary, so let it catch up.
+                let limit = Duration::from_millis(self.machine.config().deadtime_ms);
+                let deadline = Instant::now() + limit;
+                while Instant::now() < deadline {
+                    match self.node_status() {
+                        Some(s)
+                            if s.peer.role.as_deref() == Some("Primary")
+                                && s.connection == "Connected" =>
+                        {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        _ => break,
+                    }
+                }
+                self.role_request(Request::Promote)
+            }
+            Step::DemoteStore => {
+                // Idempotent: a node that is already Secondary is demoted.
+                if self.node_status().is_some_and(|s| s.role == "Secondary") {
+                    return Ok(());
+                }
+                self.role_request(Request::Demote)
+            }
             Step::OnPromote => self.run_hook(Hook::Promote, &status, "primary"),
             Step::OnDemote => self.run_hook(Hook::Demote, &status, "secondary"),
         }

@@ -259,6 +259,12 @@ fn failover_after_primary_death() {
         "no failback without auto_failback"
     );
     assert_served(&pair, &files);
+    // Beta saw its peer come back and announced the VIP again (on_peer_back).
+    pair.wait_status(Node::B, "VIP re-announced", FAILOVER_LIMIT, |s| {
+        s["failover"]["last_hooks"]
+            .to_string()
+            .contains("on_peer_back vip.announce")
+    });
 }
 
 #[test]

@@ -54,6 +54,10 @@ pub struct FailoverConfig {
     pub stabilize: Duration,
     /// `failover.hold_down`: after a failed promotion, how long before trying again.
     pub hold_down: Duration,
+    /// `failover.arp_probe`: how long a VIP claim listens for another host
+    /// answering for the address (RFC 5227 duplicate probe) before it
+    /// announces it. Default 200ms; "0s" skips the wait (not the probe).
+    pub arp_probe: Duration,
     /// `failover.hook_timeout`: wall-time limit of one hook.
     pub hook_timeout: Duration,
     /// `failover.escalation`: what happens when a demotion fails.
@@ -130,6 +134,7 @@ pub(super) struct RawFailover {
     stabilize: Option<Spanned<RawDuration>>,
     hold_down: Option<Spanned<RawDuration>>,
     hook_timeout: Option<Spanned<RawDuration>>,
+    arp_probe: Option<Spanned<RawDuration>>,
     escalation: Option<Spanned<String>>,
     escalation_command: Option<Spanned<Vec<String>>>,
     manual: Option<bool>,
@@ -369,6 +374,13 @@ impl FailoverConfig {
             DEFAULT_HOOK_TIMEOUT,
             HOOK_TIMEOUT_RANGE,
         )?;
+        let arp_probe = duration_in(
+            cx,
+            "failover.arp_probe",
+            r.arp_probe,
+            Duration::from_millis(200),
+            Duration::ZERO..=Duration::from_secs(5),
+        )?;
         let escalation = match r.escalation {
             None => EscalationName::None,
             Some(e) => match e.get_ref().as_str() {
@@ -461,6 +473,7 @@ impl FailoverConfig {
             stabilize,
             hold_down,
             hook_timeout,
+            arp_probe,
             escalation,
             escalation_command,
             manual: r.manual.unwrap_or(false),
