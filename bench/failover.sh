@@ -4,7 +4,7 @@
 # HTTP 200 from the new primary, through the virtual IP, for
 #
 #   twinfs-default  twinfs with the shipped timers (keepalive 200ms, deadtime 1s)
-#   twinfs-fast     twinfs with FO_FAST_KEEPALIVE / FO_FAST_DEADTIME (50ms / 250ms)
+#   twinfs-fast     twinfs with FO_FAST_KEEPALIVE / FO_FAST_DEADTIME / FO_FAST_ARP_PROBE (50ms / 250ms / 50ms)
 #   keepalived-1    Debian's keepalived, VRRP on the same bridge, advert_int 1
 #   keepalived-0.1  the same with advert_int 0.1 (VRRPv3)
 #
@@ -26,7 +26,7 @@
 # Environment:
 #   FO_RUNS=10              runs per system
 #   FO_SYSTEMS="twinfs-default twinfs-fast keepalived-1 keepalived-0.1"
-#   FO_FAST_KEEPALIVE=50ms FO_FAST_DEADTIME=250ms
+#   FO_FAST_KEEPALIVE=50ms FO_FAST_DEADTIME=250ms FO_FAST_ARP_PROBE=50ms
 #   FO_IDLE_SECS=10         idle stability check (0: skip)
 #   TWINFS_BIN              the binary (default: target/release/twinfs if built, else
 #                           `cargo build -p twinfs` and target/debug/twinfs)
@@ -53,6 +53,7 @@ RUNS=${FO_RUNS:-10}
 read -ra SYSTEMS <<<"${FO_SYSTEMS:-twinfs-default twinfs-fast keepalived-1 keepalived-0.1}"
 FAST_KEEPALIVE=${FO_FAST_KEEPALIVE:-50ms}
 FAST_DEADTIME=${FO_FAST_DEADTIME:-250ms}
+FAST_ARP_PROBE=${FO_FAST_ARP_PROBE:-50ms}
 IDLE_SECS=${FO_IDLE_SECS:-10}
 OUT_JSON=${FO_OUT:-$BENCH/last-failover.json}
 BACK_LIMIT=30 # seconds a failover may take before the run counts as failed
@@ -133,9 +134,9 @@ kill_and_measure() {
 
 # run_twinfs REPL_EXTRA IDLE_SECS
 run_twinfs() {
-    local repl=$1 idle=$2 n
+    local repl=$1 idle=$2 fo=${3:-} n
     lab_build
-    lab_nodes "$repl" ""
+    lab_nodes "$repl" "$fo"
     lab_start_node alpha
     lab_start_node beta
     lab_wait "alpha primary" 60 is_primary alpha
@@ -280,7 +281,8 @@ one_run() {
         case $sys in
             twinfs-default) run_twinfs "" "$([[ $round == 1 ]] && echo "$IDLE_SECS" || echo 0)" ;;
             twinfs-fast) run_twinfs "keepalive = \"$FAST_KEEPALIVE\"
-deadtime = \"$FAST_DEADTIME\"" "$([[ $round == 1 ]] && echo "$IDLE_SECS" || echo 0)" ;;
+deadtime = \"$FAST_DEADTIME\"" "$([[ $round == 1 ]] && echo "$IDLE_SECS" || echo 0)" \
+                "arp_probe = \"$FAST_ARP_PROBE\"" ;;
             keepalived-*) run_keepalived "${sys#keepalived-}" ;;
             *) lab_fail "unknown system $sys" ;;
         esac
@@ -415,7 +417,7 @@ verdict "twinfs-fast median <= keepalived-0.1 median (${MED[twinfs-fast]:--} vs 
     printf '  "twinfs_commit": "%s",\n' "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     printf '  "keepalived": "%s",\n' "$(keepalived --version 2>&1 | head -1)"
     printf '  "measure": "ms from kill -9 of the primary (all its processes, links down) to the end of the first HTTP 200 at the client through the VIP, among requests started after the kill; one GET every 50 ms, 0.5 s deadline each; fresh lab and stores for every run",\n'
-    printf '  "fast_config": {"keepalive": "%s", "deadtime": "%s"},\n' "$FAST_KEEPALIVE" "$FAST_DEADTIME"
+    printf '  "fast_config": {"keepalive": "%s", "deadtime": "%s", "arp_probe": "%s"},\n' "$FAST_KEEPALIVE" "$FAST_DEADTIME" "$FAST_ARP_PROBE"
     printf '  "systems": {\n'
     first=1
     for sys in "${SYSTEMS[@]}"; do
