@@ -4,7 +4,7 @@
 # HTTP 200 from the new primary, through the virtual IP, for
 #
 #   twinfs-default  twinfs with the shipped timers (keepalive 200ms, deadtime 1s)
-#   twinfs-fast     twinfs with FO_FAST_KEEPALIVE / FO_FAST_DEADTIME / FO_FAST_ARP_PROBE (50ms / 250ms / 50ms)
+#   twinfs-fast     twinfs with FO_FAST_KEEPALIVE / FO_FAST_DEADTIME / FO_FAST_ARP_PROBE (50ms / 250ms / 20ms)
 #   keepalived-1    Debian's keepalived, VRRP on the same bridge, advert_int 1
 #   keepalived-0.1  the same with advert_int 0.1 (VRRPv3)
 #
@@ -26,7 +26,7 @@
 # Environment:
 #   FO_RUNS=10              runs per system
 #   FO_SYSTEMS="twinfs-default twinfs-fast keepalived-1 keepalived-0.1"
-#   FO_FAST_KEEPALIVE=50ms FO_FAST_DEADTIME=250ms FO_FAST_ARP_PROBE=50ms
+#   FO_FAST_KEEPALIVE=50ms FO_FAST_DEADTIME=250ms FO_FAST_ARP_PROBE=20ms
 #   FO_IDLE_SECS=10         idle stability check (0: skip)
 #   TWINFS_BIN              the binary (default: target/release/twinfs if built, else
 #                           `cargo build -p twinfs` and target/debug/twinfs)
@@ -53,7 +53,7 @@ RUNS=${FO_RUNS:-10}
 read -ra SYSTEMS <<<"${FO_SYSTEMS:-twinfs-default twinfs-fast keepalived-1 keepalived-0.1}"
 FAST_KEEPALIVE=${FO_FAST_KEEPALIVE:-50ms}
 FAST_DEADTIME=${FO_FAST_DEADTIME:-250ms}
-FAST_ARP_PROBE=${FO_FAST_ARP_PROBE:-50ms}
+FAST_ARP_PROBE=${FO_FAST_ARP_PROBE:-20ms}
 IDLE_SECS=${FO_IDLE_SECS:-10}
 OUT_JSON=${FO_OUT:-$BENCH/last-failover.json}
 BACK_LIMIT=30 # seconds a failover may take before the run counts as failed

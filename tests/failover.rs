@@ -36,7 +36,7 @@ fn require_all(test: &str) -> bool {
 }
 
 /// The shipped hook script.
-fn script() -> String {
+fn script_path() -> String {
     format!("{}/scripts/failover.lua", env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -71,13 +71,18 @@ fn failover_pair_with(
         confs.borrow_mut().push(conf);
         let me = publics[idx(node)];
         let peer = publics[idx(node.peer())];
+        // A tail may name its own script.
+        let script = if tail.starts_with("script = ") {
+            String::new()
+        } else {
+            format!("script = \"{}\"\n", script_path())
+        };
         format!(
-            "\n[failover]\nscript = \"{}\"\nvip = \"{vip}/24\"\ninterface = \"eth0\"\n\
+            "\n[failover]\n{script}vip = \"{vip}/24\"\ninterface = \"eth0\"\n\
              service = \"apache2\"\ncheck_url = \"http://{vip}/twinfs-health\"\n\
              public = \"{me}:{BEACON_PORT}\"\npeer_public = \"{peer}:{BEACON_PORT}\"\n\
              ping = [\"{client}\"]\nhome = \"alpha\"\nhook_timeout = \"30s\"\nhold_down = \"5s\"\n\
              {tail}\n",
-            script(),
         )
     });
     pair.hard_stop = true;
@@ -647,5 +652,60 @@ fn drill_switches_over_and_back() {
     assert!(
         db.contains("the peer asks to take over"),
         "beta should have handed back on alpha's request:\n{db}"
+    );
+}
+
+#[test]
+fn fence_hook_runs_before_takeover_and_blocks_it_when_it_fails() {
+    if !require_all("fence_hook_runs_before_takeover_and_blocks_it_when_it_fails") {
+        return;
+    }
+    // The shipped script plus an on_fence that succeeds only once the "BMC"
+    // (a file) allows it, and leaves a mark when it ran.
+    let dir = crate::util::tempdir("fence");
+    let allow = dir.path().join("bmc-allows");
+    let fenced = dir.path().join("fenced");
+    let script = dir.path().join("failover.lua");
+    let mut text = std::fs::read_to_string(script_path()).unwrap();
+    text.push_str(&format!(
+        "\nfunction on_fence()\n  twinfs.exec{{argv = {{\"/bin/sh\", \"-c\", \
+         \"test -e {a} && echo fenced > {f}\"}}, timeout = 5}}\nend\n",
+        a = allow.display(),
+        f = fenced.display()
+    ));
+    std::fs::write(&script, text).unwrap();
+    let out = crate::util::run_twinfs(&["hooks", "check", script.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("on_fence"),
+        "{out:?}"
+    );
+    let (mut pair, _confs) = failover_pair_with("fo-fence", PublicOpts::default(), |_, conf, _| {
+        format!(
+            "script = \"{}\"\n{}",
+            script.display(),
+            conf.services_toml("apache2")
+        )
+    });
+    start_serving(&mut pair);
+    pair.kill(Node::A);
+    // The fence fails: beta does not take over, and says why.
+    let sb = pair.wait_status(Node::B, "fence failure recorded", FAILOVER_LIMIT, |s| {
+        decisions(s).contains("FencePeer failed")
+    });
+    assert_eq!(
+        sb["role"], "Secondary",
+        "promoted although fencing failed: {sb:#}"
+    );
+    assert!(!fenced.exists());
+    // The BMC answers again: after the hold-down beta fences, then promotes.
+    std::fs::write(&allow, b"").unwrap();
+    wait_serving(&pair, Node::B);
+    assert_eq!(std::fs::read_to_string(&fenced).unwrap().trim(), "fenced");
+    let d = decisions(&pair.status(Node::B));
+    let fence = d.rfind("step FencePeer").expect("fence step recorded");
+    let promote = d.rfind("step PromoteStore").expect("promotion recorded");
+    assert!(
+        fence < promote,
+        "the fence must come before the promotion:\n{d}"
     );
 }
