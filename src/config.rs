@@ -56,6 +56,29 @@ pub struct Config {
     /// `[failover]`: the supervisor; `None` when the table is absent (promotion
     /// is then manual).
     pub failover: Option<FailoverConfig>,
+    /// `[metrics]`: the Prometheus endpoint of `twinfs run`.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// `metrics.listen`: where `twinfs run` serves Prometheus text on
+    /// `/metrics`; `"off"` turns it off. Default `127.0.0.1:9747` (this host
+    /// only: put a reverse proxy or an SSH tunnel in front to scrape remotely).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The default metrics address.
+pub const DEFAULT_METRICS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9747);
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(DEFAULT_METRICS),
+        }
+    }
 }
 
 /// `[replication]`: the peer, trust, and the protocol.
@@ -325,6 +348,7 @@ impl Config {
             log,
             replication,
             failover,
+            metrics,
         } = raw;
 
         let name = match node.name {
@@ -419,6 +443,22 @@ impl Config {
             failover: failover
                 .map(|f| FailoverConfig::from_raw(f, cx))
                 .transpose()?,
+            metrics: MetricsConfig {
+                listen: match metrics.listen {
+                    None => Some(DEFAULT_METRICS),
+                    Some(l) if l.get_ref() == "off" => None,
+                    Some(l) => Some(l.get_ref().parse().map_err(|_| {
+                        cx.invalid(
+                            "metrics.listen",
+                            l.span(),
+                            format!(
+                                "must be IP:PORT (e.g. \"127.0.0.1:9747\") or \"off\", got {:?}",
+                                l.get_ref()
+                            ),
+                        )
+                    })?),
+                },
+            },
         })
     }
 }
@@ -760,6 +800,8 @@ struct RawConfig {
     replication: Option<RawReplication>,
     #[serde(deserialize_with = "opt_table")]
     failover: Option<failover::RawFailover>,
+    #[serde(deserialize_with = "table")]
+    metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -805,6 +847,12 @@ struct RawFs {
 #[serde(deny_unknown_fields, default, expecting = "a table")]
 struct RawLog {
     level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 /// Deserializes a table, and only a table.
@@ -1281,6 +1329,7 @@ level = "TRACE"
                 },
                 replication: None,
                 failover: None,
+                metrics: MetricsConfig::default(),
             }
         );
     }
@@ -1501,6 +1550,25 @@ level = "TRACE"
     }
 
     #[test]
+    fn metrics_listen() {
+        assert_eq!(parse("").unwrap().metrics.listen, Some(DEFAULT_METRICS));
+        let c = parse("[metrics]\nlisten = \"0.0.0.0:9100\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9100".parse().unwrap()));
+        assert_eq!(
+            parse("[metrics]\nlisten = \"off\"\n")
+                .unwrap()
+                .metrics
+                .listen,
+            None
+        );
+        let e = err("[metrics]\nlisten = \"localhost\"\n");
+        assert!(
+            e.contains("t.toml:2: metrics.listen: must be IP:PORT (e.g. \"127.0.0.1:9747\") or \"off\", got \"localhost\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn dotted_keys_and_inline_tables_are_accepted() {
         let c = parse("fs.threads = 2\nlog = { level = \"debug\" }\n").unwrap();
         assert_eq!(c.fs.threads, 2);
@@ -1581,11 +1649,11 @@ level = "TRACE"
     fn unknown_top_level_key() {
         assert_eq!(
             err("[fs]\n\n[bogus]\nx = 1\n"),
-            "t.toml:3: unknown field bogus, expected one of node, fs, log, replication, failover"
+            "t.toml:3: unknown field bogus, expected one of node, fs, log, replication, failover, metrics"
         );
         assert_eq!(
             err("bogus = 1\n"),
-            "t.toml:1: unknown field bogus, expected one of node, fs, log, replication, failover"
+            "t.toml:1: unknown field bogus, expected one of node, fs, log, replication, failover, metrics"
         );
     }
 

@@ -99,7 +99,12 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         Some(f) => Some(crate::supervisor::start(cfg, &r, f)?),
         None => None,
     };
+    let metrics = cfg
+        .metrics
+        .listen
+        .and_then(|addr| crate::metrics::start(addr, data_dir.clone()));
     let result = node::run(opts, disk.clone(), Box::new(mounter));
+    drop(metrics);
     drop(supervisor);
     drop(checkpointer);
     result?;
@@ -254,5 +259,142 @@ pub(crate) fn control(data_dir: &Path, req: Request, json: bool) -> anyhow::Resu
             eprintln!("twinfs: {reason}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// `twinfs status --watch`: the status, refreshed every `every`, with a
+/// progress bar while a resync runs; until Ctrl-C, or `count` refreshes.
+pub(crate) fn watch(
+    data_dir: &Path,
+    every: Duration,
+    count: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) && count.is_none_or(|c| n < c) {
+        n += 1;
+        let mut screen = String::new();
+        if tty {
+            screen.push_str("\x1b[2J\x1b[H");
+        }
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        screen.push_str(&format!(
+            "twinfs status --watch, every {} ({now})\n",
+            humantime::format_duration(every)
+        ));
+        match control::call(data_dir, &Request::Status, Duration::from_secs(5)) {
+            Ok(Response::Status(s)) => {
+                screen.push_str(&s.human());
+                if let Some(r) = &s.resync {
+                    screen.push_str(&resync_bar(r));
+                    screen.push('\n');
+                }
+                if let Some(f) = crate::supervisor::read_status(data_dir) {
+                    screen.push_str(&f.human());
+                }
+            }
+            Ok(other) => screen.push_str(&format!("unexpected answer: {other:?}\n")),
+            Err(e) => screen.push_str(&format!("the node does not answer: {e:#}\n")),
+        }
+        print!("{screen}");
+        if !tty {
+            println!();
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
+        // Sleep in small steps so that Ctrl-C is prompt.
+        let until = std::time::Instant::now() + every;
+        while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            if count.is_some_and(|c| n >= c) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(every));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The resync progress bar (indicatif), as one line of text.
+fn resync_bar(r: &twinfs_replicator::status::Resync) -> String {
+    let capture = Capture::default();
+    let line = capture.0.clone();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(r.total_bytes.max(1)),
+        indicatif::ProgressDrawTarget::term_like(Box::new(capture)),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  resync ({prefix}) [{bar:40}] {percent:>3}% {bytes}/{total_bytes} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(r.direction.clone());
+    bar.set_position(r.done_bytes.min(r.total_bytes));
+    bar.set_message(match r.eta_seconds {
+        Some(s) => format!("eta {}", humantime::format_duration(Duration::from_secs(s))),
+        None => "eta unknown".into(),
+    });
+    bar.abandon();
+    let text = line.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    text
+}
+
+/// A terminal that keeps the last line indicatif drew.
+#[derive(Debug, Default)]
+struct Capture(Arc<Mutex<String>>);
+
+impl indicatif::TermLike for Capture {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        if !s.trim().is_empty() {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = s.trim_end().to_string();
+        }
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resync_bar_shows_progress_and_eta() {
+        let line = super::resync_bar(&twinfs_replicator::status::Resync {
+            direction: "source".into(),
+            done_bytes: 42 << 20,
+            total_bytes: 100 << 20,
+            eta_seconds: Some(12),
+        });
+        assert!(line.contains("resync (source) ["), "{line}");
+        assert!(line.contains(" 42%"), "{line}");
+        assert!(line.contains("42.00 MiB/100.00 MiB"), "{line}");
+        assert!(line.contains("eta 12s"), "{line}");
+        assert!(line.contains("===="), "{line}");
     }
 }

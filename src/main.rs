@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod drill;
 mod failover_cmd;
+mod metrics;
 mod mount;
 mod supervisor;
 
@@ -47,8 +48,17 @@ enum Command {
     /// Show the running node's status: role, disk, connection, lag, resync.
     Status {
         /// Print JSON instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh until Ctrl-C, with a progress bar during a resync.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: how often (default 1s).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "watch")]
+        interval: std::time::Duration,
+        /// With --watch: stop after this many refreshes (for scripts).
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -255,11 +265,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::run(&cfg, Some(&config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, node } => daemon::control(
-            &node.data_dir()?,
-            twinfs_replicator::control::Request::Status,
+        Command::Status {
             json,
-        ),
+            watch,
+            interval,
+            count,
+            node,
+        } => {
+            if watch {
+                daemon::watch(&node.data_dir()?, interval, count)
+            } else {
+                daemon::control(
+                    &node.data_dir()?,
+                    twinfs_replicator::control::Request::Status,
+                    json,
+                )
+            }
+        }
         Command::Promote { node } => daemon::control(
             &node.data_dir()?,
             twinfs_replicator::control::Request::Promote,

@@ -83,6 +83,31 @@ pub(crate) struct FailoverStatus {
     pub ping: Option<String>,
     /// The witness: "reachable, lease held by www1, hears the peer".
     pub witness: Option<String>,
+    /// Counts since the daemon started (for the metrics endpoint).
+    #[serde(default)]
+    pub counters: FailoverCounters,
+}
+
+/// What the supervisor did since the daemon started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct FailoverCounters {
+    /// Promotions started (automatic, hand-over or election).
+    pub promotions: u64,
+    /// Demotions started (isolation, switchover, failback).
+    pub demotions: u64,
+    /// Promotions undone after a step failed.
+    pub rollbacks: u64,
+    /// Per hook (`on_promote`, ...): runs, failures and durations.
+    pub hooks: std::collections::BTreeMap<String, HookTiming>,
+}
+
+/// How one hook has run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct HookTiming {
+    pub runs: u64,
+    pub failures: u64,
+    pub last_seconds: f64,
+    pub total_seconds: f64,
 }
 
 impl FailoverStatus {
@@ -400,6 +425,7 @@ pub(crate) fn start(
         dirty: true,
         has_witness: f.witness.is_some(),
         escalation_command: f.escalation_command.clone(),
+        counters: FailoverCounters::default(),
     };
     driver.reconcile();
     let thread = std::thread::Builder::new()
@@ -595,6 +621,7 @@ struct Driver {
     dirty: bool,
     has_witness: bool,
     escalation_command: Option<Vec<String>>,
+    counters: FailoverCounters,
 }
 
 fn role_of(s: &str) -> Option<Role> {
@@ -795,6 +822,12 @@ impl Driver {
             }
             self.record(&d);
             match d.action {
+                Action::Promote => self.counters.promotions += 1,
+                Action::Demote => self.counters.demotions += 1,
+                Action::RollBack => self.counters.rollbacks += 1,
+                _ => {}
+            }
+            match d.action {
                 Action::Step(step) => {
                     let result = self.run_step(step);
                     if let Err(e) = &result {
@@ -922,7 +955,17 @@ impl Driver {
             extra: Default::default(),
         };
         let started = self.now_ms();
+        let clock = Instant::now();
         let result = self.hooks.run(hook, &state);
+        let t = self
+            .counters
+            .hooks
+            .entry(hook.function_name().to_string())
+            .or_default();
+        t.runs += 1;
+        t.failures += u64::from(result.is_err());
+        t.last_seconds = clock.elapsed().as_secs_f64();
+        t.total_seconds += t.last_seconds;
         let report = match &result {
             Ok(r) => Some(r),
             Err(e) => e.report(),
@@ -1159,6 +1202,7 @@ impl Driver {
             beacon,
             ping,
             witness,
+            counters: self.counters.clone(),
         };
         let path = status_path(&self.data_dir);
         let tmp = path.with_extension("json.tmp");

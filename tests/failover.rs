@@ -225,6 +225,38 @@ fn failover_after_primary_death() {
         "the client still sends VIP traffic elsewhere"
     );
     assert_served(&pair, &files);
+    // The Prometheus endpoint (127.0.0.1:9747 inside beta's namespace) and
+    // `twinfs status --watch` tell the same story.
+    let (code, body) = web::http_get(
+        &pair.lab,
+        Place::Node(Node::B),
+        "http://127.0.0.1:9747/metrics",
+        Duration::from_secs(5),
+    )
+    .expect("metrics endpoint");
+    let metrics = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(code, 200, "{metrics}");
+    for want in [
+        "twinfs_up 1",
+        "twinfs_role{role=\"Primary\"} 1",
+        "twinfs_failover_promotions_total 1",
+        "twinfs_hook_runs_total{hook=\"on_promote\"} 1",
+        "twinfs_hook_last_duration_seconds{hook=\"on_promote\"}",
+        "twinfs_peer_losses_total 1",
+    ] {
+        assert!(
+            metrics.contains(want),
+            "{want:?} missing from beta's metrics:\n{metrics}"
+        );
+    }
+    let out = pair.twinfs(
+        Node::B,
+        &["status", "--watch", "--interval", "100ms", "--count", "2"],
+    );
+    let watch = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(watch.matches("twinfs status --watch").count(), 2, "{watch}");
+    assert!(watch.contains("failover:    Idle"), "{watch}");
     let sb = pair.status(Node::B);
     let d = decisions(&sb);
     assert!(d.contains("promot"), "no promotion decision recorded:\n{d}");

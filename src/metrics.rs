@@ -1,0 +1,409 @@
+//! The Prometheus endpoint of `twinfs run`: `GET /metrics` answers in the
+//! text exposition format with what `twinfs status` shows (role, disk,
+//! connection, lag, resync progress) and what the supervisor did (promotions,
+//! hook runs and durations). It listens on `metrics.listen`, 127.0.0.1:9747 by
+//! default. A port that cannot be bound is logged, not fatal: metrics never
+//! stop a node.
+
+use crate::supervisor::{self, FailoverStatus};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use twinfs_replicator::control::{self, Request, Response};
+use twinfs_replicator::status::Status;
+
+/// The running endpoint; dropping it stops it.
+pub(crate) struct MetricsHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for MetricsHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts serving on `addr`, or logs why it cannot.
+pub(crate) fn start(addr: SocketAddr, data_dir: PathBuf) -> Option<MetricsHandle> {
+    let server = match tiny_http::Server::http(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                "metrics: cannot listen on {addr}: {e} (set metrics.listen, or \"off\")"
+            );
+            return None;
+        }
+    };
+    tracing::info!("metrics on http://{addr}/metrics");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            // Bounded by the stop flag: each wait lasts at most 200 ms.
+            while !flag.load(Ordering::SeqCst) {
+                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let (code, body) = if req.url() == "/metrics" || req.url().starts_with("/metrics?")
+                {
+                    (200, render(&data_dir))
+                } else {
+                    (404, "not found: the metrics are at /metrics\n".to_string())
+                };
+                let header = tiny_http::Header::from_bytes(
+                    &b"Content-Type"[..],
+                    &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                )
+                .expect("a valid header");
+                let _ = req.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(code)
+                        .with_header(header),
+                );
+            }
+        })
+        .ok()?;
+    Some(MetricsHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// One metric family: HELP, TYPE and its samples.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(
+            self.0,
+            "# HELP twinfs_{name} {help}\n# TYPE twinfs_{name} {kind}"
+        );
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let mut l = String::new();
+        for (i, (k, v)) in labels.iter().enumerate() {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(l, "{}{k}=\"{v}\"", if i == 0 { "" } else { "," });
+        }
+        if l.is_empty() {
+            let _ = writeln!(self.0, "twinfs_{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "twinfs_{name}{{{l}}} {value}");
+        }
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// A state set: one sample per possible state, 1 for the current one.
+    fn states(&mut self, name: &str, help: &str, label: &str, all: &[&str], now: &str) {
+        self.family(name, "gauge", help);
+        for s in all {
+            self.sample(name, &[(label, s)], f64::from(u8::from(*s == now)));
+        }
+    }
+}
+
+/// The exposition text for the node whose control socket is in `data_dir`.
+pub(crate) fn render(data_dir: &Path) -> String {
+    let status = match control::call(data_dir, &Request::Status, Duration::from_secs(2)) {
+        Ok(Response::Status(s)) => Some(*s),
+        _ => None,
+    };
+    render_from(status.as_ref(), supervisor::read_status(data_dir).as_ref())
+}
+
+fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> String {
+    let mut o = Out(String::new());
+    o.one(
+        "up",
+        "gauge",
+        "1 if the replication node answered this scrape.",
+        f64::from(u8::from(status.is_some())),
+    );
+    if let Some(s) = status {
+        o.states(
+            "role",
+            "The node's role.",
+            "role",
+            &["Primary", "Secondary"],
+            &s.role,
+        );
+        o.states(
+            "disk_state",
+            "The local disk's state (only UpToDate may be promoted).",
+            "state",
+            &["UpToDate", "Outdated", "Inconsistent", "Diskless"],
+            &s.disk,
+        );
+        o.states(
+            "connection_state",
+            "The replication link.",
+            "state",
+            &[
+                "StandAlone",
+                "Connecting",
+                "Connected",
+                "SyncSource",
+                "SyncTarget",
+            ],
+            &s.connection,
+        );
+        o.one(
+            "suspended",
+            "gauge",
+            "1 while writes are held back (on_peer_loss = suspend).",
+            f64::from(u8::from(s.suspended)),
+        );
+        o.one(
+            "applied_seq",
+            "gauge",
+            "The last mutation applied to the local store.",
+            s.applied_seq as f64,
+        );
+        o.one(
+            "committed_seq",
+            "gauge",
+            "The last mutation acknowledged to writers (primary).",
+            s.committed_seq as f64,
+        );
+        o.one(
+            "replication_lag_mutations",
+            "gauge",
+            "Mutations the peer has not applied yet (primary).",
+            s.lag.seqs as f64,
+        );
+        o.one(
+            "replication_lag_bytes",
+            "gauge",
+            "Their payload bytes.",
+            s.lag.bytes as f64,
+        );
+        if let Some(h) = s.peer.heard_ms_ago {
+            o.one(
+                "peer_heard_seconds",
+                "gauge",
+                "Seconds since the last frame from the peer.",
+                h as f64 / 1000.0,
+            );
+        }
+        let (done, total, eta) = s.resync.as_ref().map_or((0, 0, None), |r| {
+            (r.done_bytes, r.total_bytes, r.eta_seconds)
+        });
+        o.one(
+            "resync_active",
+            "gauge",
+            "1 while a resync runs.",
+            f64::from(u8::from(s.resync.is_some())),
+        );
+        o.one(
+            "resync_done_bytes",
+            "gauge",
+            "Bytes the running resync has shipped.",
+            done as f64,
+        );
+        o.one(
+            "resync_total_bytes",
+            "gauge",
+            "Bytes the running resync ships in all.",
+            total as f64,
+        );
+        if let Some(eta) = eta {
+            o.one(
+                "resync_eta_seconds",
+                "gauge",
+                "Seconds left in the running resync, at the current rate.",
+                eta as f64,
+            );
+        }
+        o.one(
+            "split_brain",
+            "gauge",
+            "1 while a split brain is detected and unresolved.",
+            f64::from(u8::from(s.split_brain.is_some())),
+        );
+        let c = &s.counters;
+        o.one(
+            "mutations_sent_total",
+            "counter",
+            "Mutation frames sent to the peer.",
+            c.mutations_sent as f64,
+        );
+        o.one(
+            "mutation_bytes_sent_total",
+            "counter",
+            "Mutation payload bytes sent to the peer.",
+            c.mutation_bytes_sent as f64,
+        );
+        o.one(
+            "mutations_applied_total",
+            "counter",
+            "Mutations applied from the peer.",
+            c.mutations_applied as f64,
+        );
+        o.one(
+            "resync_bytes_sent_total",
+            "counter",
+            "Bytes sent by resyncs.",
+            c.resync_bytes_sent as f64,
+        );
+        o.one(
+            "connections_total",
+            "counter",
+            "Replication connections that completed a handshake.",
+            c.connections as f64,
+        );
+        o.one(
+            "peer_losses_total",
+            "counter",
+            "Times the peer was declared lost.",
+            c.peer_losses as f64,
+        );
+    }
+    if let Some(f) = failover {
+        o.states(
+            "failover_activity",
+            "What the supervisor is doing.",
+            "activity",
+            &["Idle", "Promoting", "Demoting", "RollingBack", "Stopped"],
+            &f.activity,
+        );
+        o.one(
+            "failover_maintenance",
+            "gauge",
+            "1 in maintenance mode (no automatic action).",
+            f64::from(u8::from(f.maintenance)),
+        );
+        let c = &f.counters;
+        o.one(
+            "failover_promotions_total",
+            "counter",
+            "Promotions the supervisor started.",
+            c.promotions as f64,
+        );
+        o.one(
+            "failover_demotions_total",
+            "counter",
+            "Demotions the supervisor started.",
+            c.demotions as f64,
+        );
+        o.one(
+            "failover_rollbacks_total",
+            "counter",
+            "Promotions undone after a failed step.",
+            c.rollbacks as f64,
+        );
+        o.family("hook_runs_total", "counter", "Lua hook runs.");
+        for (h, t) in &c.hooks {
+            o.sample("hook_runs_total", &[("hook", h)], t.runs as f64);
+        }
+        o.family(
+            "hook_failures_total",
+            "counter",
+            "Lua hook runs that failed.",
+        );
+        for (h, t) in &c.hooks {
+            o.sample("hook_failures_total", &[("hook", h)], t.failures as f64);
+        }
+        o.family(
+            "hook_last_duration_seconds",
+            "gauge",
+            "How long the hook's last run took.",
+        );
+        for (h, t) in &c.hooks {
+            o.sample("hook_last_duration_seconds", &[("hook", h)], t.last_seconds);
+        }
+        o.family(
+            "hook_duration_seconds_total",
+            "counter",
+            "Time spent in the hook, all runs.",
+        );
+        for (h, t) in &c.hooks {
+            o.sample(
+                "hook_duration_seconds_total",
+                &[("hook", h)],
+                t.total_seconds,
+            );
+        }
+    }
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_states_counters_and_hooks() {
+        let s = Status {
+            role: "Primary".into(),
+            disk: "UpToDate".into(),
+            connection: "SyncSource".into(),
+            resync: Some(twinfs_replicator::status::Resync {
+                direction: "source".into(),
+                done_bytes: 10,
+                total_bytes: 40,
+                eta_seconds: Some(3),
+            }),
+            ..Status::default()
+        };
+        let mut f = FailoverStatus {
+            activity: "Idle".into(),
+            ..FailoverStatus::default()
+        };
+        f.counters.promotions = 2;
+        f.counters.hooks.insert(
+            "on_promote".into(),
+            supervisor::HookTiming {
+                runs: 2,
+                failures: 1,
+                last_seconds: 0.25,
+                total_seconds: 0.5,
+            },
+        );
+        let text = render_from(Some(&s), Some(&f));
+        for want in [
+            "twinfs_up 1\n",
+            "twinfs_role{role=\"Primary\"} 1\n",
+            "twinfs_role{role=\"Secondary\"} 0\n",
+            "twinfs_connection_state{state=\"SyncSource\"} 1\n",
+            "twinfs_resync_done_bytes 10\n",
+            "twinfs_resync_total_bytes 40\n",
+            "twinfs_resync_eta_seconds 3\n",
+            "twinfs_failover_promotions_total 2\n",
+            "twinfs_hook_runs_total{hook=\"on_promote\"} 2\n",
+            "twinfs_hook_failures_total{hook=\"on_promote\"} 1\n",
+            "twinfs_hook_last_duration_seconds{hook=\"on_promote\"} 0.25\n",
+            "# TYPE twinfs_failover_promotions_total counter\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        // Every sample line belongs to a family declared before it.
+        let mut declared = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(declared.contains(name), "{name} has no TYPE line");
+            }
+        }
+        let down = render_from(None, None);
+        assert_eq!(down.lines().last(), Some("twinfs_up 0"));
+    }
+}
