@@ -73,7 +73,14 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
             .with_context(|| format!("opening store {}", data_dir.display()))?,
     );
     let checkpointer = Checkpointer::spawn(disk.clone(), cfg.fs.checkpoint_interval);
+    // The supervisor starts first: a broken hook script or a port in use stops
+    // the node before it joins the pair.
+    let supervisor = match &cfg.failover {
+        Some(f) => Some(crate::supervisor::start(cfg, &r, f)?),
+        None => None,
+    };
     let mounter = FuseMounter {
+        pre_unmount: supervisor.as_ref().map(|s| s.pre_unmount()),
         mountpoint: cfg.node.mountpoint.clone(),
         opts: FuseOptions {
             attr_timeout: cfg.fs.attr_timeout,
@@ -92,12 +99,6 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         protocol,
         split_brain,
         resync_rate: r.resync_rate,
-    };
-    // The supervisor starts first: a broken hook script or a port in use stops
-    // the node before it joins the pair.
-    let supervisor = match &cfg.failover {
-        Some(f) => Some(crate::supervisor::start(cfg, &r, f)?),
-        None => None,
     };
     let metrics = cfg
         .metrics
@@ -120,6 +121,9 @@ struct Session {
 
 /// Mounts the filesystem on promotion and unmounts it on demotion.
 struct FuseMounter {
+    /// With a supervisor: at shutdown, stop Apache and release the VIP
+    /// (`on_demote`) before unmounting, so that the mount is not busy.
+    pre_unmount: Option<crate::supervisor::PreUnmount>,
     mountpoint: PathBuf,
     opts: FuseOptions,
     session: Option<Session>,
@@ -165,6 +169,12 @@ impl Mounter for FuseMounter {
     }
 
     fn unmount(&mut self) -> anyhow::Result<()> {
+        if self.session.is_none() {
+            return Ok(());
+        }
+        if let Some(p) = &self.pre_unmount {
+            p.before_shutdown_unmount();
+        }
         let Some(session) = self.session.take() else {
             return Ok(());
         };

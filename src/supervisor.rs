@@ -201,6 +201,43 @@ pub(crate) struct SupervisorHandle {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     socket: PathBuf,
+    pre_unmount: PreUnmount,
+}
+
+impl SupervisorHandle {
+    /// What the mounter calls before it unmounts.
+    pub(crate) fn pre_unmount(&self) -> PreUnmount {
+        self.pre_unmount.clone()
+    }
+}
+
+/// Lets the FUSE mounter ask the supervisor to run `on_demote` (stop Apache,
+/// release the VIP) before the unmount at shutdown (SIGTERM/SIGINT):
+/// otherwise Apache keeps the mount busy and a crash-like state is left
+/// behind (the VIP held, Apache on a dead mount) that would make the peer's
+/// claim of the VIP fail.
+#[derive(Clone)]
+pub(crate) struct PreUnmount {
+    /// Set by SIGTERM/SIGINT.
+    shutting_down: Arc<AtomicBool>,
+    /// Set while the supervisor's own demotion runs (it ran on_demote already).
+    demoting: Arc<AtomicBool>,
+    tx: mpsc::Sender<mpsc::Sender<()>>,
+    timeout: Duration,
+}
+
+impl PreUnmount {
+    /// At shutdown, runs `on_demote` on the supervisor thread and waits for it
+    /// (bounded by the hook timeout); otherwise does nothing.
+    pub(crate) fn before_shutdown_unmount(&self) {
+        if !self.shutting_down.load(Ordering::SeqCst) || self.demoting.load(Ordering::SeqCst) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(tx).is_ok() {
+            let _ = rx.recv_timeout(self.timeout);
+        }
+    }
 }
 
 impl Drop for SupervisorHandle {
@@ -426,7 +463,21 @@ pub(crate) fn start(
         has_witness: f.witness.is_some(),
         escalation_command: f.escalation_command.clone(),
         counters: FailoverCounters::default(),
+        demoting: Arc::new(AtomicBool::new(false)),
+        pre_unmount_rx: None,
     };
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutting_down.clone())?;
+    }
+    let (pre_tx, pre_rx) = mpsc::channel();
+    let pre_unmount = PreUnmount {
+        shutting_down,
+        demoting: driver.demoting.clone(),
+        tx: pre_tx,
+        timeout: f.hook_timeout + Duration::from_secs(5),
+    };
+    driver.pre_unmount_rx = Some(pre_rx);
     driver.reconcile();
     let thread = std::thread::Builder::new()
         .name("supervisor".into())
@@ -438,6 +489,7 @@ pub(crate) fn start(
         stop,
         thread: Some(thread),
         socket,
+        pre_unmount,
     })
 }
 
@@ -622,6 +674,10 @@ struct Driver {
     has_witness: bool,
     escalation_command: Option<Vec<String>>,
     counters: FailoverCounters,
+    /// Set while a DemoteStore step runs (see [`PreUnmount`]).
+    demoting: Arc<AtomicBool>,
+    /// Shutdown requests from the mounter.
+    pre_unmount_rx: Option<mpsc::Receiver<mpsc::Sender<()>>>,
 }
 
 fn role_of(s: &str) -> Option<Role> {
@@ -654,6 +710,7 @@ impl Driver {
     fn run(&mut self) {
         while !self.stop.load(Ordering::SeqCst) {
             let started = Instant::now();
+            self.serve_pre_unmount();
             self.serve_admin();
             self.tick();
             self.write_status(false);
@@ -920,7 +977,10 @@ impl Driver {
                 if self.node_status().is_some_and(|s| s.role == "Secondary") {
                     return Ok(());
                 }
-                self.role_request(Request::Demote)
+                self.demoting.store(true, Ordering::SeqCst);
+                let r = self.role_request(Request::Demote);
+                self.demoting.store(false, Ordering::SeqCst);
+                r
             }
             Step::OnPromote => self.run_hook(Hook::Promote, &status, "primary"),
             Step::OnDemote => self.run_hook(Hook::Demote, &status, "secondary"),
@@ -1055,6 +1115,28 @@ impl Driver {
             self.timeline.pop_front();
         }
         self.dirty = true;
+    }
+
+    /// The node is shutting down and about to unmount: take the site down
+    /// here first (on_demote), then let it go on.
+    fn serve_pre_unmount(&mut self) {
+        let Some(rx) = &self.pre_unmount_rx else {
+            return;
+        };
+        let Ok(reply) = rx.try_recv() else {
+            return;
+        };
+        self.note(
+            "shutting down as primary: stopping the service and releasing the VIP before \
+             the unmount (on_demote)"
+                .into(),
+        );
+        let status = self.last_status.clone().unwrap_or_default();
+        if let Err(e) = self.run_hook(Hook::Demote, &status, "secondary") {
+            self.note(format!("on_demote at shutdown failed: {e}"));
+        }
+        self.write_status(true);
+        let _ = reply.send(());
     }
 
     fn serve_admin(&mut self) {

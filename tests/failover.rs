@@ -741,3 +741,37 @@ fn fence_hook_runs_before_takeover_and_blocks_it_when_it_fails() {
         "the fence must come before the promotion:\n{d}"
     );
 }
+
+#[test]
+fn clean_stop_of_the_primary_takes_the_site_down_first() {
+    if !require_all("clean_stop_of_the_primary_takes_the_site_down_first") {
+        return;
+    }
+    let (mut pair, confs) = failover_pair("fo-stop", PublicOpts::default(), "");
+    start_serving(&mut pair);
+    let files = write_files(&pair, Node::A, 10, "stop");
+    // `systemctl stop twinfs` on the primary: SIGTERM. Apache holds the mount,
+    // so the daemon must stop it (and release the VIP) before unmounting.
+    let status = pair.stop(Node::A).expect("alpha exits after SIGTERM");
+    assert!(
+        status.success(),
+        "alpha exited with {status:?}\nlog:\n{}",
+        pair.node(Node::A).log_text()
+    );
+    assert!(
+        confs[0].running_pid().is_none(),
+        "alpha's Apache still runs"
+    );
+    assert!(
+        !pair.lab.vip_holders().contains(&Node::A),
+        "alpha still holds the VIP"
+    );
+    assert!(
+        crate::util::mounted_fstype(&pair.node(Node::A).mnt()).is_none(),
+        "alpha's mount is still there"
+    );
+    // Beta takes over (its VIP claim finds no other holder).
+    wait_serving(&pair, Node::B);
+    assert_eq!(pair.lab.vip_holders(), vec![Node::B]);
+    assert_served(&pair, &files);
+}
