@@ -750,9 +750,8 @@ impl ClientCertVerifier for PinnedPeerVerifier {
 /// connects.
 fn provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
-    p.cipher_suites.sort_by_key(|s| {
-        s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-    });
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     Arc::new(p)
 }
 

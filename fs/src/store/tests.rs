@@ -798,7 +798,11 @@ fn apply_wire_then_reports_once_the_record_is_logged_and_before_it_is_indexed() 
             })
             .unwrap();
         assert_eq!(s, mu.seq);
-        assert_eq!(seen, vec![(mu.seq, Seq(mu.seq.0 - 1))], "called once, before the index");
+        assert_eq!(
+            seen,
+            vec![(mu.seq, Seq(mu.seq.0 - 1))],
+            "called once, before the index"
+        );
         assert_eq!(b.last_applied(), mu.seq);
     }
     assert_eq!(dump(&a), dump(&b));
