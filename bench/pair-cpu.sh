@@ -163,14 +163,20 @@ rm -f "$M/warm.dat"
 
 [ "$PERF" = 1 ] && perf_start
 sync; echo 3 >/proc/sys/vm/drop_caches
+# Packets (skbs: a GSO send is one) and bytes leaving node a on the veth.
+txstat() { ip -n "$NS_A" -s -j link show priv | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"]; print(s["tx"]["packets"], s["tx"]["bytes"], s["rx"]["packets"])'; }
+read -r TXP0 TXB0 RXP0 < <(txstat)
 snap "$S/s0.json"
 python3 "$BENCH/lib/workloads.py" seqwrite "$M/seq.dat" --mib "$MIB" >"$S/seq.out" || { log "seqwrite failed"; tail "$S/logs/a.log"; exit 1; }
 snap "$S/s1.json"
+read -r TXP1 TXB1 RXP1 < <(txstat)
 [ "$PERF" = 1 ] && perf_stop ""
 {
     echo "== sequential write $MIB MiB, protocol $PROTO, MTU $MTU, load $(cut -d' ' -f1-3 /proc/loadavg)"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("wall: %.1f MiB/s (write %.2f s, fsync %.2f s)" % (d["mib_per_s"], d["write_seconds"], d["fsync_seconds"]))' "$S/seq.out"
     python3 "$BENCH/lib/threadcpu.py" diff "$S/s0.json" "$S/s1.json" --per "$MIB" --unit MiB
+    python3 -c 'import sys; p,b,r,m=map(int,sys.argv[1:]); print("link a->b: %.1f sends per MiB (a GSO batch counts once), %.0f bytes each on average; b->a: %.1f per MiB" % (p/m, b/max(p,1), r/m))' \
+        "$((TXP1 - TXP0))" "$((TXB1 - TXB0))" "$((RXP1 - RXP0))" "$MIB"
 } | tee "$OUT/seq.txt"
 rm -f "$M/seq.dat"
 
