@@ -3,30 +3,39 @@
 # 4 KiB write+fsync), per process and per thread, for both nodes. Meant for a
 # busy machine, where wall-clock numbers are noise but CPU per unit of work is not.
 #
-#   sudo ./bench/pair-cpu.sh [--mib N] [--ops-secs S] [--protocol C|B|A] [--mtu N] [--perf]
+#   sudo ./bench/pair-cpu.sh [--mib N] [--ops-secs S] [--lat N] [--protocol C|B|A] [--mtu N] [--perf] [--perf-ops]
 #
 #   --mib N        sequential write size in MiB (default 512), 1 MiB per write()
 #   --ops-secs S   seconds of 4 KiB pwrite+fsync (default 5; 0 skips it)
+#   --lat N        N isolated 1 MiB writes, 20 ms apart: min/p10/p50/p90 latency
+#                  (default 100; 0 skips it)
 #   --protocol P   replication protocol of the pair (default C)
 #   --mtu N        MTU of the veth link (default 1500)
 #   --perf         also `perf record` both daemons during the sequential write
-#                  (reports in bench/last-pair-cpu/perf-{a,b}.txt)
+#                  (reports in bench/last-pair-cpu/perf-{a,b}.txt and -sym.txt, by
+#                  function; samples kept as perf-{a,b}.data for `perf report -i`)
+#   --perf-ops     the same for the 4 KiB phase (perf-{a,b}-ops*)
+#   TWINFS_PERF_FREQ (default 2999) and TWINFS_PERF_CALLGRAPH (default -g; Rust
+#   code has no frame pointers here, so "--call-graph dwarf,32768" with a lower
+#   frequency gives usable call chains)
 #
 # Uses target/release/twinfs as it is (build it first; TWINFS_BIN=PATH picks
 # another binary, e.g. an older build to compare with). Two namespaces
 # twp-PID-{a,b} joined by a veth; everything is stopped by pid and removed on exit.
 
 set -uo pipefail
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
-MIB=512; OPS_SECS=5; PROTO=C; PERF=0; MTU=1500
+MIB=512; OPS_SECS=5; LAT_COUNT=100; PROTO=C; PERF=0; PERF_OPS=0; MTU=1500
 while [ $# -gt 0 ]; do
     case "$1" in
         --mib) MIB=$2; shift ;;
         --ops-secs) OPS_SECS=$2; shift ;;
+        --lat) LAT_COUNT=$2; shift ;;
         --protocol) PROTO=$2; shift ;;
         --mtu) MTU=$2; shift ;;
         --perf) PERF=1 ;;
+        --perf-ops) PERF_OPS=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "pair-cpu.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -121,45 +130,71 @@ for n in a b; do wait_status "${CFG[$n]}" connection Connected 30 || { log "node
 M=$S/a/mnt
 log "pair $PROTO up: a=${PID[a]} (primary, $M), b=${PID[b]}; load $(cut -d' ' -f1-3 /proc/loadavg)"
 
+# perf_start / perf_stop TAG: `perf record` both daemons around one phase;
+# reports in $OUT/perf-{a,b}[-TAG][-sym].txt, samples in $OUT/perf-{a,b}[-TAG].data.
+perf_start() {
+    for n in a b; do
+        perf record -F "${TWINFS_PERF_FREQ:-2999}" ${TWINFS_PERF_CALLGRAPH:--g} -p "${PID[$n]}" -o "$S/perf-$n.data" >/dev/null 2>"$S/logs/perf-$n.log" &
+        PERF_PIDS+=" $!"
+    done
+    sleep 1
+}
+perf_stop() {
+    local p n f
+    for p in $PERF_PIDS; do kill -INT "$p" 2>/dev/null; wait_exit "$p" 60; done
+    PERF_PIDS=""
+    for n in a b; do
+        f=perf-$n$1
+        perf report -i "$S/perf-$n.data" --no-children --percent-limit 0.7 --stdio -g none \
+            >"$OUT/$f.txt" 2>/dev/null
+        # The same samples summed over threads, by function.
+        perf report -i "$S/perf-$n.data" --no-children --sort sym --percent-limit 0.5 --stdio -g none \
+            >"$OUT/$f-sym.txt" 2>/dev/null
+        mv "$S/perf-$n.data" "$OUT/$f.data"
+    done
+    log "perf reports: $OUT/perf-a$1.txt (primary), $OUT/perf-b$1.txt (secondary)"
+}
+
 snap() { python3 "$BENCH/lib/threadcpu.py" snap primary="${PID[a]}" secondary="${PID[b]}" >"$1"; }
 
 # Warm-up: the first writes of a fresh pair open segments and warm QUIC.
 python3 "$BENCH/lib/workloads.py" seqwrite "$M/warm.dat" --mib 64 >/dev/null || exit 1
 rm -f "$M/warm.dat"
 
-if [ "$PERF" = 1 ]; then
-    for n in a b; do
-        perf record -F 999 -g -p "${PID[$n]}" -o "$S/perf-$n.data" >/dev/null 2>"$S/logs/perf-$n.log" &
-        PERF_PIDS+=" $!"
-    done
-    sleep 1
-fi
+[ "$PERF" = 1 ] && perf_start
 sync; echo 3 >/proc/sys/vm/drop_caches
+# Packets (skbs: a GSO send is one) and bytes leaving node a on the veth.
+txstat() { ip -n "$NS_A" -s -j link show priv | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"]; print(s["tx"]["packets"], s["tx"]["bytes"], s["rx"]["packets"])'; }
+read -r TXP0 TXB0 RXP0 < <(txstat)
 snap "$S/s0.json"
 python3 "$BENCH/lib/workloads.py" seqwrite "$M/seq.dat" --mib "$MIB" >"$S/seq.out" || { log "seqwrite failed"; tail "$S/logs/a.log"; exit 1; }
 snap "$S/s1.json"
-if [ "$PERF" = 1 ]; then
-    for p in $PERF_PIDS; do kill -INT "$p" 2>/dev/null; wait_exit "$p" 60; done
-    PERF_PIDS=""
-    for n in a b; do
-        perf report -i "$S/perf-$n.data" --no-children --percent-limit 0.7 --stdio -g none \
-            >"$OUT/perf-$n.txt" 2>/dev/null
-    done
-    log "perf reports: $OUT/perf-a.txt (primary), $OUT/perf-b.txt (secondary)"
-fi
+read -r TXP1 TXB1 RXP1 < <(txstat)
+[ "$PERF" = 1 ] && perf_stop ""
 {
     echo "== sequential write $MIB MiB, protocol $PROTO, MTU $MTU, load $(cut -d' ' -f1-3 /proc/loadavg)"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("wall: %.1f MiB/s (write %.2f s, fsync %.2f s)" % (d["mib_per_s"], d["write_seconds"], d["fsync_seconds"]))' "$S/seq.out"
     python3 "$BENCH/lib/threadcpu.py" diff "$S/s0.json" "$S/s1.json" --per "$MIB" --unit MiB
+    python3 -c 'import sys; p,b,r,m=map(int,sys.argv[1:]); print("link a->b: %.1f sends per MiB (a GSO batch counts once), %.0f bytes each on average; b->a: %.1f per MiB" % (p/m, b/max(p,1), r/m))' \
+        "$((TXP1 - TXP0))" "$((TXB1 - TXB0))" "$((RXP1 - RXP0))" "$MIB"
 } | tee "$OUT/seq.txt"
 rm -f "$M/seq.dat"
+
+if [ "$LAT_COUNT" != 0 ]; then
+    # Isolated 1 MiB writes: how long one write takes through the whole chain.
+    python3 "$BENCH/lib/workloads.py" writelat "$M/lat.dat" --count "$LAT_COUNT" >"$S/lat.out" || exit 1
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("== isolated 1 MiB writes (%d, 20 ms apart): min %.0f us, p10 %.0f us, p50 %.0f us, p90 %.0f us" % (d["writes"], d["min_us"], d["p10_us"], d["p50_us"], d["p90_us"]))' "$S/lat.out" | tee "$OUT/lat.txt"
+    rm -f "$M/lat.dat"
+fi
 
 if [ "$OPS_SECS" != 0 ]; then
     # Lay the file out, then measure.
     python3 "$BENCH/lib/workloads.py" fsync4k "$M/f.dat" --size-mib 64 --runtime 0.2 >/dev/null || exit 1
+    [ "$PERF_OPS" = 1 ] && perf_start
     snap "$S/s2.json"
     python3 "$BENCH/lib/workloads.py" fsync4k "$M/f.dat" --size-mib 64 --runtime "$OPS_SECS" >"$S/ops.out" || exit 1
     snap "$S/s3.json"
+    [ "$PERF_OPS" = 1 ] && perf_stop -ops
     ops=$(python3 "$BENCH/lib/pair.py" jfield ops <"$S/ops.out")
     {
         echo "== 4 KiB pwrite+fsync, $OPS_SECS s, protocol $PROTO, MTU $MTU, load $(cut -d' ' -f1-3 /proc/loadavg)"

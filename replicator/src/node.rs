@@ -943,7 +943,7 @@ impl Node {
                 while let Some((seq, payload, _flush)) = r.poll_apply() {
                     self.unsynced_bytes += payload.len() as u64;
                     if payload.len() <= INLINE_APPLY_BYTES && self.jobs.idle() {
-                        match do_job(&self.disk, Job::Apply(seq, payload)) {
+                        match do_job(&self.disk, Job::Apply(seq, payload), None) {
                             Some(Input::Applied(s)) => {
                                 self.counters.mutations_applied += 1;
                                 if let Err(e) = r.applied(s) {
@@ -974,7 +974,7 @@ impl Node {
                         *sync_asked = s;
                         if self.unsynced_bytes <= INLINE_SYNC_BYTES && self.jobs.idle() {
                             self.unsynced_bytes = 0;
-                            match do_job(&self.disk, Job::Sync(s)) {
+                            match do_job(&self.disk, Job::Sync(s), None) {
                                 Some(Input::Flushed(f)) => {
                                     if let Err(e) = r.flushed(f.min(r.last_applied())) {
                                         debug!("stale flush report: {e}");
@@ -1410,7 +1410,7 @@ fn applier(
     queued: Arc<AtomicU64>,
 ) {
     for job in jobs {
-        let report = do_job(&disk, job);
+        let report = do_job(&disk, job, Some(&tx));
         queued.fetch_sub(1, Ordering::SeqCst);
         if let Some(report) = report {
             if tx.send(report).is_err() {
@@ -1425,14 +1425,30 @@ fn applier(
 ///
 /// A mutation at or below the store's position was applied before (a
 /// retransmission after a reconnect); it is acknowledged again, not reapplied.
-fn do_job(disk: &DiskStore, job: Job) -> Option<Input> {
+///
+/// With `early` (the applier thread), a mutation is reported applied as soon as
+/// its record is in the log, while its index entries are still being written
+/// (see [`DiskStore::apply_wire_then`]): the acknowledgement goes out sooner and
+/// the primary's next write overlaps this node's indexing.
+fn do_job(
+    disk: &DiskStore,
+    job: Job,
+    early: Option<&mpsc::UnboundedSender<Input>>,
+) -> Option<Input> {
     Some(match job {
         Job::Apply(seq, bytes) => {
             if seq <= ps(disk.last_applied()) {
                 Input::Applied(seq)
             } else {
                 // The record is written as it came (its digests checked once).
-                match disk.apply_wire(&bytes) {
+                let mut reported = false;
+                let logged = |s: twinfs_fs::Seq| {
+                    if let Some(tx) = early.filter(|_| ps(s) == seq) {
+                        reported = tx.send(Input::Applied(seq)).is_ok();
+                    }
+                };
+                match disk.apply_wire_then(&bytes, logged) {
+                    Ok(_) if reported => return None,
                     Ok(s) if ps(s) == seq => Input::Applied(seq),
                     Ok(s) => Input::ApplyFailed(format!(
                         "mutation frame {} carried mutation {}",

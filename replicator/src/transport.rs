@@ -40,7 +40,11 @@ const INITIAL_WINDOW: u64 = 2 << 20;
 
 /// Largest UDP payload MTU discovery tries: a 9000-byte jumbo frame minus
 /// the IPv6 and UDP headers. Probes that do not fit are simply lost; on a
-/// 1500-byte link discovery settles at quinn's usual 1452.
+/// 1500-byte link discovery settles at quinn's usual 1452. In practice the
+/// peer's endpoint announces quinn's default maximum (1472), which caps
+/// discovery there: lifting that cap (`EndpointConfig::max_udp_payload_size`)
+/// was measured on a 9000-byte veth and cost more CPU per MiB than 1452-byte
+/// datagrams (fewer datagrams per GSO send), so the cap stays (BENCHMARKS.md).
 const MAX_UDP_PAYLOAD: u16 = 8952;
 
 /// Packets the peer may receive before it must send a QUIC acknowledgement.

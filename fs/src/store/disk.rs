@@ -927,6 +927,20 @@ impl DiskStore {
         pl: &[BlockPlacement],
         seq: Seq,
     ) -> Result<(), StoreError> {
+        self.append_encoded_then(w, buf, ops, pl, seq, || {})
+    }
+
+    /// [`DiskStore::append_encoded`], calling `logged` once the record is in the
+    /// log (written, counted for the next sync) and before it is indexed.
+    fn append_encoded_then(
+        &self,
+        w: &mut LogWriter,
+        buf: &[u8],
+        ops: &[LogOp],
+        pl: &[BlockPlacement],
+        seq: Seq,
+        logged: impl FnOnce(),
+    ) -> Result<(), StoreError> {
         if w.end > 0 && w.end + buf.len() as u64 > self.opts.segment_max {
             let next = w.segment + 1;
             w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
@@ -941,10 +955,11 @@ impl DiskStore {
         }
         let (seg, off) = (w.segment, w.end);
         let end = off + buf.len() as u64;
-        // From here on the record is in the log. If indexing it fails half way (sled
-        // writes are not one batch), the index must not be trusted or extended: the
-        // store refuses further mutations, and the next open replays this record whole.
-        let indexed = self.index(ops, pl, seq, seg, off, end);
+        // From here on the record is in the log: the next sync covers it, and a
+        // restart replays it if the index below does not get it. If indexing it
+        // fails half way (sled writes are not one batch), the index must not be
+        // trusted or extended: the store refuses further mutations, and the next
+        // open replays this record whole.
         w.end = end;
         w.dirty.insert(seg);
         self.segments
@@ -952,6 +967,8 @@ impl DiskStore {
             .unwrap_or_else(|p| p.into_inner())
             .entry(seg)
             .or_insert_with(|| w.file.clone());
+        logged();
+        let indexed = self.index(ops, pl, seq, seg, off, end);
         if let Err(e) = indexed {
             self.poisoned.store(true, Ordering::SeqCst);
             tracing::error!(error = %e, seq = seq.0, "index write failed; refusing further changes until restart");
@@ -1039,6 +1056,22 @@ impl DiskStore {
     /// the record as it is: one pass over the data to check the block digests,
     /// no re-encoding. Returns its seq.
     pub fn apply_wire(&self, bytes: &[u8]) -> Result<Seq, StoreError> {
+        self.apply_wire_then(bytes, |_| {})
+    }
+
+    /// [`DiskStore::apply_wire`], calling `logged` with the record's seq as soon
+    /// as the record is in the log, before its index entries are written (the
+    /// larger part of the work for a big record). A secondary acknowledges the
+    /// mutation there: what the acknowledgement promises (the record reached
+    /// this store; a later sync makes it durable) already holds, because a
+    /// restart replays every logged record the index does not have. Reads and
+    /// the next mutation still wait for the index (the writer lock is held).
+    /// If indexing then fails, the store is poisoned as in `apply_wire`.
+    pub fn apply_wire_then(
+        &self,
+        bytes: &[u8],
+        logged: impl FnOnce(Seq),
+    ) -> Result<Seq, StoreError> {
         let bad = |reason: &str| StoreError::BadRecord {
             key: "mutation from the peer".into(),
             reason: reason.into(),
@@ -1079,7 +1112,7 @@ impl DiskStore {
         if has_data {
             self.check_reserve(&mut w, bytes.len() as u64)?;
         }
-        let r = self.append_encoded(&mut w, bytes, &ops, &pl, hdr.seq);
+        let r = self.append_encoded_then(&mut w, bytes, &ops, &pl, hdr.seq, || logged(hdr.seq));
         if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
             self.last.store(hdr.seq.0, Ordering::SeqCst);
         }

@@ -771,3 +771,50 @@ fn a_prepared_record_is_the_wire_form_and_applies_in_two_steps() {
     ));
     assert_eq!(a.block(Ino(2), 0).unwrap(), b.block(Ino(2), 0).unwrap());
 }
+
+#[test]
+fn apply_wire_then_reports_once_the_record_is_logged_and_before_it_is_indexed() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        DiskStore::open(da.path()).unwrap(),
+        DiskStore::open(db.path()).unwrap(),
+    );
+    let mut root = inode();
+    root.kind = FileKind::Dir;
+    let muts = [
+        m(1, vec![Op::PutInode(Ino(1), root), Op::NextIno(3)]),
+        m(2, file_ops(2, 9, 3)),
+    ];
+    let wires: Vec<Vec<u8>> = muts
+        .iter()
+        .map(|mu| a.apply_returning_record(mu).unwrap())
+        .collect();
+    for (mu, w) in muts.iter().zip(&wires) {
+        let mut seen = Vec::new();
+        let s = b
+            .apply_wire_then(w, |s| {
+                // Logged, not yet indexed: the position has not moved yet.
+                seen.push((s, b.last_applied()));
+            })
+            .unwrap();
+        assert_eq!(s, mu.seq);
+        assert_eq!(
+            seen,
+            vec![(mu.seq, Seq(mu.seq.0 - 1))],
+            "called once, before the index"
+        );
+        assert_eq!(b.last_applied(), mu.seq);
+    }
+    assert_eq!(dump(&a), dump(&b));
+    // A refused record is never reported.
+    let mut called = false;
+    let r = b.apply_wire_then(&wires[1], |_| called = true);
+    assert!(matches!(r, Err(StoreError::OutOfOrder { last: 2, got: 2 })));
+    assert!(!called);
+    // What was reported is in the log: a crash right after the report (here,
+    // a reopen after a sync) replays it.
+    b.sync().unwrap();
+    drop(b);
+    let b = DiskStore::open(db.path()).unwrap();
+    assert_eq!(dump(&a), dump(&b));
+}
