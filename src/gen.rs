@@ -11,7 +11,8 @@ use clap::CommandFactory as _;
 /// What `twinfs generate` writes.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum GenerateCommand {
-    /// Write the man page `twinfs.1` (troff, not compressed) into DIR.
+    /// Write the man pages into DIR: `twinfs.1` and one `twinfs-COMMAND.1`
+    /// per command (troff, not compressed).
     Man {
         /// The directory to write into (created if missing).
         dir: PathBuf,
@@ -34,14 +35,11 @@ pub(crate) fn run(cmd: &GenerateCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GenerateCommand::Man { dir } => {
             create_dir(dir)?;
-            let path = dir.join("twinfs.1");
-            let mut page = Vec::new();
-            clap_mangen::Man::new(cli)
-                .render(&mut page)
-                .context("cannot render the man page")?;
-            std::fs::write(&path, page)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            println!("{}", path.display());
+            // twinfs.1 and one page per command (twinfs-init.1, ...), which
+            // twinfs.1 refers to; hidden commands get none.
+            clap_mangen::generate_to(cli, dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            println!("{}", dir.join("twinfs.1").display());
         }
         GenerateCommand::Completions { dir } => {
             use clap_complete::Shell;
@@ -78,8 +76,11 @@ mod tests {
         .unwrap();
         let man = std::fs::read_to_string(dir.path().join("twinfs.1")).unwrap();
         assert!(man.contains(".TH twinfs 1"), "{man}");
-        assert!(man.contains("init"), "the page lists the init command");
+        assert!(man.contains("twinfs\\-init(1)"), "the page lists the init command");
         assert!(!man.contains("generate"), "hidden commands stay hidden");
+        let init = std::fs::read_to_string(dir.path().join("twinfs-init.1")).unwrap();
+        assert!(init.contains("peer\\-address"), "{init}");
+        assert!(!dir.path().join("twinfs-generate.1").exists());
         for (file, marker) in [
             ("twinfs.bash", "complete -F"),
             ("_twinfs", "#compdef twinfs"),
