@@ -11,6 +11,8 @@
 #   --profile NAME   cargo profile to package (default: release). The tests use
 #                    `dev` to reuse the debug build; real packages use release.
 #                    Also settable as TWINFS_PACKAGE_PROFILE.
+#   --no-build       package the binary already built for that profile (the
+#                    tests use the one `cargo test` built) instead of building.
 #
 # Needs cargo-deb and cargo-generate-rpm (scripts/setup-deps.sh installs them).
 set -euo pipefail
@@ -26,16 +28,18 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]
 fi
 
 profile=${TWINFS_PACKAGE_PROFILE:-release}
+build=1
 while (($# > 0)); do
     case $1 in
         --profile) (($# >= 2)) || die "--profile needs a value"; profile=$2; shift 2 ;;
         --profile=*) profile=${1#--profile=}; shift ;;
-        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --no-build) build=0; shift ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
 
-for tool in cargo cargo-deb cargo-generate-rpm gzip; do
+for tool in cargo cargo-deb cargo-generate-rpm gzip strip; do
     command -v "$tool" >/dev/null 2>&1 ||
         die "$tool not found; scripts/setup-deps.sh installs it"
 done
@@ -53,8 +57,12 @@ bin=$target_dir/$profile_dir/twinfs
 gen=$target_dir/$profile_dir/package-gen
 out=$target_dir/packages
 
-say "building twinfs ($profile profile)"
-cargo build --locked -p twinfs --bin twinfs --profile "$profile"
+if ((build)); then
+    say "building twinfs ($profile profile)"
+    cargo build --locked -p twinfs --bin twinfs --profile "$profile"
+else
+    [[ -x $bin ]] || die "--no-build: $bin does not exist; build it first"
+fi
 built=$SECONDS
 
 say "generating the man pages and completions with $bin"
@@ -62,6 +70,9 @@ rm -rf "$gen"
 "$bin" generate man "$gen" >/dev/null
 gzip -9n "$gen"/*.1
 "$bin" generate completions "$gen" >/dev/null
+# cargo-deb strips the binary it packages; cargo-generate-rpm does not, so the
+# .rpm gets a stripped copy.
+strip --strip-unneeded -o "$gen/twinfs" "$bin"
 
 mkdir -p "$out"
 rm -f "$out"/twinfs*.deb "$out"/twinfs*.rpm
