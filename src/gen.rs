@@ -76,7 +76,10 @@ mod tests {
         .unwrap();
         let man = std::fs::read_to_string(dir.path().join("twinfs.1")).unwrap();
         assert!(man.contains(".TH twinfs 1"), "{man}");
-        assert!(man.contains("twinfs\\-init(1)"), "the page lists the init command");
+        assert!(
+            man.contains("twinfs\\-init(1)"),
+            "the page lists the init command"
+        );
         assert!(!man.contains("generate"), "hidden commands stay hidden");
         let init = std::fs::read_to_string(dir.path().join("twinfs-init.1")).unwrap();
         assert!(init.contains("peer\\-address"), "{init}");

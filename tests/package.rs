@@ -55,7 +55,10 @@ fn require(test: &str, tools: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let reason = format!("needs {} (scripts/setup-deps.sh installs them)", missing.join(", "));
+    let reason = format!(
+        "needs {} (scripts/setup-deps.sh installs them)",
+        missing.join(", ")
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: cannot run: {reason}");
     }
@@ -222,7 +225,12 @@ fn deb_installs_checks_and_purges() {
     if !require(
         test,
         &[
-            "dpkg", "dpkg-query", "systemd-analyze", "man", "zcat", "cargo-deb",
+            "dpkg",
+            "dpkg-query",
+            "systemd-analyze",
+            "man",
+            "zcat",
+            "cargo-deb",
             "cargo-generate-rpm",
         ],
     ) {
@@ -254,7 +262,9 @@ fn deb_installs_checks_and_purges() {
     for f in FILES {
         assert!(root.join(f).is_file(), "/{f} missing after dpkg -i");
     }
-    assert!(root.join("usr/share/zsh/vendor-completions/_twinfs").is_file());
+    assert!(root
+        .join("usr/share/zsh/vendor-completions/_twinfs")
+        .is_file());
     let unit = Path::new("/lib/systemd/system/twinfs.service");
     assert!(unit.is_file(), "{} missing", unit.display());
     assert_eq!(mode(Path::new("/usr/bin/twinfs")), 0o755);
@@ -292,7 +302,11 @@ fn deb_installs_checks_and_purges() {
         );
     }
 
-    let version = run(Command::new("/usr/bin/twinfs").arg("--version"), TOOL_TIMEOUT).expect_ok();
+    let version = run(
+        Command::new("/usr/bin/twinfs").arg("--version"),
+        TOOL_TIMEOUT,
+    )
+    .expect_ok();
     assert_eq!(
         version.stdout.trim(),
         format!("twinfs {}", env!("CARGO_PKG_VERSION"))
@@ -318,7 +332,10 @@ fn deb_installs_checks_and_purges() {
         man.stdout
     );
     let bash = std::fs::read_to_string("/usr/share/bash-completion/completions/twinfs").unwrap();
-    assert!(bash.contains("complete -F") && bash.contains("init"), "bash completion");
+    assert!(
+        bash.contains("complete -F") && bash.contains("init"),
+        "bash completion"
+    );
 
     let conffiles = run(
         Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "twinfs"]),
@@ -327,18 +344,28 @@ fn deb_installs_checks_and_purges() {
     .expect_ok();
     for c in ["/etc/twinfs/twinfs.toml", "/etc/twinfs/failover.lua"] {
         assert!(
-            conffiles.stdout.lines().any(|l| l.trim().starts_with(&format!("{c} "))),
+            conffiles
+                .stdout
+                .lines()
+                .any(|l| l.trim().starts_with(&format!("{c} "))),
             "{c} is not a conffile: {}",
             conffiles.stdout
         );
     }
     let control = run(
-        Command::new("dpkg-deb").args(["-f"]).arg(&pkgs.deb).args(["Depends", "Recommends"]),
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&pkgs.deb)
+            .args(["Depends", "Recommends"]),
         TOOL_TIMEOUT,
     )
     .expect_ok();
     assert!(control.stdout.contains("fuse3") && control.stdout.contains("iproute2"));
-    assert!(control.stdout.contains("apache2 | httpd"), "{}", control.stdout);
+    assert!(
+        control.stdout.contains("apache2 | httpd"),
+        "{}",
+        control.stdout
+    );
 
     // What a configured node adds (a key, a store) must go on purge too.
     std::fs::write("/etc/twinfs/node.key", "not a real key").unwrap();
@@ -380,11 +407,15 @@ fn rpm_metadata_and_scratch_root_install() {
     }
     let requires = q(&["-qp", "--requires"]);
     assert!(
-        requires.lines().any(|l| l.trim() == "fuse3") && requires.lines().any(|l| l.trim() == "iproute"),
+        requires.lines().any(|l| l.trim() == "fuse3")
+            && requires.lines().any(|l| l.trim() == "iproute"),
         "{requires}"
     );
     let recommends = q(&["-qp", "--recommends"]);
-    assert!(recommends.lines().any(|l| l.trim() == "httpd"), "{recommends}");
+    assert!(
+        recommends.lines().any(|l| l.trim() == "httpd"),
+        "{recommends}"
+    );
 
     let list = q(&["-qlp"]);
     for f in FILES
@@ -431,7 +462,10 @@ fn rpm_metadata_and_scratch_root_install() {
     assert!(root.join("usr/share/zsh/site-functions/_twinfs").is_file());
     assert_eq!(mode(&root.join("usr/bin/twinfs")), 0o755);
     run(
-        Command::new("rpm").arg("--root").arg(root).args(["-q", "twinfs"]),
+        Command::new("rpm")
+            .arg("--root")
+            .arg(root)
+            .args(["-q", "twinfs"]),
         TOOL_TIMEOUT,
     )
     .expect_ok();
@@ -474,14 +508,20 @@ fn init_writes_a_config_that_loads() {
         "peer_fingerprint",
         "systemctl enable --now twinfs",
     ] {
-        assert!(ran.stdout.contains(want), "init output lacks {want:?}:\n{}", ran.stdout);
+        assert!(
+            ran.stdout.contains(want),
+            "init output lacks {want:?}:\n{}",
+            ran.stdout
+        );
     }
     let etc = dir.path().join("etc");
     assert_eq!(mode(&etc.join("node.key")), 0o600);
     assert_eq!(mode(&etc.join("node.crt")), 0o644);
     // The fingerprint printed is the certificate's.
     let fp = run(
-        Command::new(twinfs_bin()).arg("fingerprint").arg(etc.join("node.crt")),
+        Command::new(twinfs_bin())
+            .arg("fingerprint")
+            .arg(etc.join("node.crt")),
         TOOL_TIMEOUT,
     )
     .expect_ok();
@@ -506,7 +546,11 @@ fn init_writes_a_config_that_loads() {
 
     // A second run refuses to overwrite; a bad flag names itself and its value.
     let again = init(&["--vip", "192.168.0.10/24"]);
-    assert!(!again.ok && again.stderr.contains("--force"), "{}", again.stderr);
+    assert!(
+        !again.ok && again.stderr.contains("--force"),
+        "{}",
+        again.stderr
+    );
     let bad = init(&["--vip", "192.168.0.10", "--force"]);
     assert!(
         !bad.ok
