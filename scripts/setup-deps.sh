@@ -127,6 +127,8 @@ done
 # The package builders (scripts/package.sh), pinned: cargo-deb's support for
 # packaging a dev-profile build (what the package test uses) is deprecated.
 CARGO_TOOLS=(cargo-deb@3.8.0 cargo-generate-rpm@0.21.1)
+cargo_bin=${CARGO_HOME:-${HOME:-/root}/.cargo}/bin
+[[ :$PATH: == *:$cargo_bin:* ]] || PATH=$PATH:$cargo_bin
 for spec in "${CARGO_TOOLS[@]}"; do
     tool=${spec%@*} version=${spec#*@}
     if ! "$tool" --version 2>/dev/null | grep -qF "$version"; then
