@@ -70,7 +70,7 @@ rm -rf "$gen"
 "$bin" generate man "$gen" >/dev/null
 gzip -9n "$gen"/*.1
 "$bin" generate completions "$gen" >/dev/null
-# cargo-deb strips the binary it packages; cargo-generate-rpm does not, so the
+# cargo-deb strips the binary it packages (--strip below); cargo-generate-rpm does not, so the
 # .rpm gets a stripped copy.
 strip --strip-unneeded -o "$gen/twinfs" "$bin"
 
@@ -78,7 +78,9 @@ mkdir -p "$out"
 rm -f "$out"/twinfs*.deb "$out"/twinfs*.rpm
 say "building the .deb"
 # cargo-deb warns that a dev profile is for tests only; the packages we ship use release.
-cargo deb -p twinfs --no-build --profile "$profile" --output "$out" >/dev/null
+# --strip: both packages carry a stripped binary (Debian policy), although the
+# release profile keeps line tables for backtraces in development.
+cargo deb -p twinfs --no-build --strip --profile "$profile" --output "$out" >/dev/null
 say "building the .rpm"
 cargo generate-rpm --profile "$profile" --output "$out" >/dev/null
 
