@@ -17,6 +17,7 @@ PACKAGES=(
     iproute2 nftables
     bindfs wrk strace fio
     keepalived
+    rpm systemd man-db
 )
 
 say() { printf 'setup-deps: %s\n' "$*"; }
@@ -99,7 +100,7 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
 fi
 
 # Every tool the tests call must now be on PATH.
-for tool in fusermount3 pkg-config apache2ctl bindfs wrk strace nft ip fio curl cc keepalived; do
+for tool in fusermount3 pkg-config apache2ctl bindfs wrk strace nft ip fio curl cc keepalived rpm systemd-analyze man; do
     command -v "$tool" >/dev/null 2>&1 ||
         die "$tool is still missing after installing packages"
 done
@@ -121,6 +122,24 @@ fi
 for component in fmt clippy; do
     cargo "$component" --version >/dev/null 2>&1 ||
         die "cargo $component is missing: rustup component add ${component/fmt/rustfmt}"
+done
+
+# The package builders (scripts/package.sh), pinned: cargo-deb's support for
+# packaging a dev-profile build (what the package test uses) is deprecated.
+CARGO_TOOLS=(cargo-deb@3.8.0 cargo-generate-rpm@0.21.1)
+cargo_bin=${CARGO_HOME:-${HOME:-/root}/.cargo}/bin
+[[ :$PATH: == *:$cargo_bin:* ]] || PATH=$PATH:$cargo_bin
+for spec in "${CARGO_TOOLS[@]}"; do
+    tool=${spec%@*} version=${spec#*@}
+    if ! "$tool" --version 2>/dev/null | grep -qF "$version"; then
+        say "installing $tool $version (cargo install, a few minutes)"
+        log=$(mktemp)
+        if ! cargo install --locked --quiet "$tool" --version "$version" >"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            die "cargo install $tool $version failed"
+        fi
+        rm -f "$log"
+    fi
 done
 
 say "ok ($(cargo --version))"

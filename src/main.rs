@@ -9,6 +9,8 @@ mod daemon;
 mod demo;
 mod drill;
 mod failover_cmd;
+mod gen;
+mod init;
 mod metrics;
 mod mount;
 mod supervisor;
@@ -95,6 +97,15 @@ enum Command {
         /// Where to write the private key (default: replication.key).
         #[arg(long)]
         key: Option<PathBuf>,
+    },
+    /// First-run setup: write this node's key, certificate and config from a
+    /// few flags, and print how to pair it with the peer.
+    Init(init::InitArgs),
+    /// Write the man page or shell completions (used when building packages).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: gen::GenerateCommand,
     },
     /// Validate or dry-run the Lua failover hooks.
     Hooks {
@@ -184,7 +195,7 @@ enum HooksCommand {
         /// Which hook.
         hook: String,
         /// The config file: the script path and the values hooks read come
-        /// from its [failover] table.
+        /// from its `[failover]` table.
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// The script (overrides failover.script).
@@ -315,6 +326,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::keygen(&name, &cert, &key)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Init(args) => init::main(&args),
+        Command::Generate { command } => gen::run(&command),
         Command::Hooks { command } => match command {
             HooksCommand::Check { file } => failover_cmd::hooks_check(&file),
             HooksCommand::DryRun {

@@ -28,6 +28,7 @@ mod enospc;
 mod failover;
 mod lab_selftest;
 mod online_verify;
+mod package;
 mod replication;
 mod resync;
 mod splitbrain;
