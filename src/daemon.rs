@@ -39,6 +39,14 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
     let r = replication(cfg, config_path)?;
     let data_dir = &cfg.node.data_dir;
     crate::mount::preflight_data_dir(data_dir)?;
+    // A crashed daemon (or SIGKILL) leaves its FUSE mount dead; systemd's
+    // restart would then fail at the next promotion.
+    if crate::mount::clear_dead_mount(&cfg.node.mountpoint)? {
+        tracing::warn!(
+            "removed the dead twinfs mount a crashed daemon left at {}",
+            cfg.node.mountpoint.display()
+        );
+    }
     let identity = Identity::load(&r.cert, &r.key).map_err(|e| UsageError(e.to_string()))?;
     let trust = match &r.peer_trust {
         PeerTrustConfig::CertFile(p) => PeerTrust::from_cert_file(p),

@@ -32,6 +32,36 @@ fn mounted_at(path: &Path) -> Option<String> {
     })
 }
 
+/// Removes a dead twinfs mount at `mountpoint`: the FUSE mount a killed
+/// `twinfs run` leaves behind ("Transport endpoint is not connected"), which
+/// would make the next promotion fail. Only a `fuse.twinfs` mount that no
+/// longer answers is touched (lazily detached); anything else is left alone.
+/// Returns whether one was removed.
+pub(crate) fn clear_dead_mount(mountpoint: &Path) -> anyhow::Result<bool> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => return Ok(false),
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let ours = info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let mp = f.get(4).map(|m| m.replace("\\040", " "));
+        let sep = f.iter().position(|x| *x == "-");
+        let fstype = sep.and_then(|i| f.get(i + 1)).copied();
+        mp.as_deref().map(Path::new) == Some(mountpoint) && fstype == Some("fuse.twinfs")
+    });
+    if !ours {
+        return Ok(false);
+    }
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).with_context(|| {
+        format!(
+            "removing the dead twinfs mount at {} (umount -l it by hand)",
+            mountpoint.display()
+        )
+    })?;
+    Ok(true)
+}
+
 /// Checks the inputs before anything on disk is touched.
 fn preflight(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
     preflight_data_dir(data_dir)?;

@@ -345,3 +345,38 @@ fn a_promotion_that_cannot_mount_is_undone() {
     pair.promote(Node::A);
     assert_eq!(pair.status(Node::A)["role"], "Primary");
 }
+
+/// A killed daemon leaves its FUSE mount dead ("Transport endpoint is not
+/// connected"). The next `twinfs run` (systemd's restart) removes it, so that
+/// the node can be promoted and mount again.
+#[test]
+fn restart_after_a_kill_clears_the_dead_mount() {
+    if !require("restart_after_a_kill_clears_the_dead_mount") {
+        return;
+    }
+    let mut pair = Pair::connected("deadmount", "");
+    let mnt = pair.node(Node::A).mnt();
+    std::fs::write(mnt.join("before.txt"), b"kept").unwrap();
+    crate::pair::signal(pair.node_pid(Node::A), libc::SIGKILL);
+    pair.forget(Node::A);
+    let dead = std::fs::metadata(&mnt).map_err(|e| e.raw_os_error());
+    assert_eq!(
+        dead.err(),
+        Some(Some(libc::ENOTCONN)),
+        "the mount should be dead"
+    );
+    pair.start(Node::A);
+    assert!(
+        pair.node(Node::A)
+            .log_text()
+            .contains("removed the dead twinfs mount a crashed daemon left at"),
+        "{}",
+        pair.node(Node::A).log_text()
+    );
+    pair.wait_status(Node::A, "connected again", Duration::from_secs(60), |s| {
+        s["connection"] == "Connected"
+    });
+    // The peer is primary-less; promote alpha again: it mounts.
+    pair.promote(Node::A);
+    assert_eq!(std::fs::read(mnt.join("before.txt")).unwrap(), b"kept");
+}
