@@ -469,26 +469,7 @@ impl ReplicationConfig {
             let raw = raw.ok_or_else(|| {
                 cx.invalid_nowhere(field, format!("missing: {what}, e.g. \"10.99.0.1:7789\""))
             })?;
-            let a: std::net::SocketAddr = raw.get_ref().parse().map_err(|_| {
-                cx.invalid(
-                    field,
-                    raw.span(),
-                    format!(
-                        "must be IP:PORT, e.g. \"10.99.0.1:7789\", got {:?}",
-                        raw.get_ref()
-                    ),
-                )
-            })?;
-            if a.ip().is_unspecified() || a.port() == 0 {
-                return Err(cx.invalid(
-                    field,
-                    raw.span(),
-                    format!(
-                        "must be a specific address and port, got {:?}",
-                        raw.get_ref()
-                    ),
-                ));
-            }
+            let a = socket_addr(cx, field, &raw, "10.99.0.1:7789")?;
             Ok((a, raw.span()))
         };
         let (listen, _) = addr(
@@ -1221,6 +1202,36 @@ fn check_disjoint(
         field: this.field.to_owned(),
         message,
     })
+}
+
+/// A specific `IP:PORT` (not 0.0.0.0, not port 0); `example` goes in the error.
+fn socket_addr(
+    cx: &Cx<'_>,
+    field: &str,
+    raw: &Spanned<String>,
+    example: &str,
+) -> Result<std::net::SocketAddr, ConfigError> {
+    let a: std::net::SocketAddr = raw.get_ref().parse().map_err(|_| {
+        cx.invalid(
+            field,
+            raw.span(),
+            format!(
+                "must be IP:PORT, e.g. \"{example}\", got {:?}",
+                raw.get_ref()
+            ),
+        )
+    })?;
+    if a.ip().is_unspecified() || a.port() == 0 {
+        return Err(cx.invalid(
+            field,
+            raw.span(),
+            format!(
+                "must be a specific address and port, got {:?}",
+                raw.get_ref()
+            ),
+        ));
+    }
+    Ok(a)
 }
 
 fn duration_in(

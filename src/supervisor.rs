@@ -438,7 +438,6 @@ pub(crate) fn start(
     }
 
     let mut driver = Driver {
-        name,
         data_dir,
         peer_address: r.peer.to_string(),
         t0,
@@ -645,7 +644,6 @@ fn spawn_witness(
 }
 
 struct Driver {
-    name: String,
     data_dir: PathBuf,
     peer_address: String,
     t0: Instant,
@@ -1297,6 +1295,5 @@ impl Driver {
         }
         self.last_written = Some(Instant::now());
         self.dirty = false;
-        let _ = &self.name;
     }
 }

@@ -27,27 +27,6 @@ const SMALL_SIZE: usize = 4096;
 const SMALL_DIRS: usize = 10;
 const BIG_SIZE: usize = 10 * 1024 * 1024;
 
-/// Like `util::require_fuse`: apache2 must be installed; a skip is a failure in CI.
-fn require_apache(test: &str) -> bool {
-    let missing = [
-        APACHE_BIN.to_string(),
-        format!("{APACHE_MODULES}/mod_mpm_event.so"),
-    ]
-    .into_iter()
-    .find(|p| !Path::new(p).exists());
-    match missing {
-        None => true,
-        Some(p) => {
-            let reason = format!("{p} is missing (Debian package apache2)");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: end-to-end test cannot run: {reason}");
-            }
-            eprintln!("skipping {test}: {reason}");
-            false
-        }
-    }
-}
-
 /// A port on 127.0.0.1 that was free a moment ago.
 fn find_free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
@@ -271,7 +250,7 @@ fn assert_body(what: &str, got: &[u8], want: &[u8]) {
 #[test]
 fn apache_serves_small_and_large_files_byte_exact() {
     if !util::require_fuse("apache_serves_small_and_large_files_byte_exact")
-        || !require_apache("apache_serves_small_and_large_files_byte_exact")
+        || !crate::web::require_apache("apache_serves_small_and_large_files_byte_exact")
     {
         return;
     }

@@ -1,7 +1,7 @@
 //! `[failover]`: the supervisor. Present → `twinfs run` fails over by itself;
 //! absent → promotion stays manual (`twinfs promote`), as before.
 
-use super::{absolute_path, duration_in, ConfigError, Cx, NodeName, RawDuration};
+use super::{absolute_path, duration_in, socket_addr, ConfigError, Cx, NodeName, RawDuration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +16,8 @@ pub(super) const DEFAULT_SCRIPT: &str = "/etc/twinfs/failover.lua";
 const DEFAULT_STABILIZE: Duration = Duration::from_secs(5);
 const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(30);
 const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The example in address errors.
+const EXAMPLE_PUBLIC: &str = "192.168.0.1:7790";
 const LONG_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
 const HOOK_TIMEOUT_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
@@ -151,30 +153,6 @@ pub(super) struct RawService {
     pidfile: Option<Spanned<String>>,
 }
 
-fn socket_addr(cx: &Cx<'_>, field: &str, raw: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
-    let a: SocketAddr = raw.get_ref().parse().map_err(|_| {
-        cx.invalid(
-            field,
-            raw.span(),
-            format!(
-                "must be IP:PORT, e.g. \"192.168.0.1:7790\", got {:?}",
-                raw.get_ref()
-            ),
-        )
-    })?;
-    if a.ip().is_unspecified() || a.port() == 0 {
-        return Err(cx.invalid(
-            field,
-            raw.span(),
-            format!(
-                "must be a specific address and port, got {:?}",
-                raw.get_ref()
-            ),
-        ));
-    }
-    Ok(a)
-}
-
 /// An interface name as the kernel accepts it: 1..=15 bytes, no `/`, no space.
 fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
@@ -296,8 +274,8 @@ impl FailoverConfig {
                 ))
             }
             (Some(l), Some(p)) => {
-                let listen = socket_addr(cx, "failover.public", &l)?;
-                let peer = socket_addr(cx, "failover.peer_public", &p)?;
+                let listen = socket_addr(cx, "failover.public", &l, EXAMPLE_PUBLIC)?;
+                let peer = socket_addr(cx, "failover.peer_public", &p, EXAMPLE_PUBLIC)?;
                 if listen == peer {
                     return Err(cx.invalid(
                         "failover.peer_public",
@@ -340,7 +318,7 @@ impl FailoverConfig {
                         .into(),
                 )),
                 (Some(w), Some(c)) => Some(WitnessConfig {
-                    addr: socket_addr(cx, "failover.witness", &w)?,
+                    addr: socket_addr(cx, "failover.witness", &w, "192.168.0.3:7791")?,
                     cert: absolute_path(cx, "failover.witness_cert", Some(c), "")?.path,
                 }),
             };

@@ -95,29 +95,10 @@ impl Link {
         let deadline = Instant::now() + window;
         let request = arp_frame(self.mac, ARP_REQUEST, self.mac, sender, [0; 6], ip);
         self.send(&request)?;
-        for _ in 0..MAX_FRAMES {
-            if Instant::now() >= deadline {
-                break;
-            }
-            let frame = match self.rx.next() {
-                Ok(f) => f,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(format!("receiving on {}: {e}", self.dev)),
-            };
-            if let Some(arp) = parse_arp(frame) {
-                if arp.op != ARP_REQUEST && arp.spa == ip && arp.sha != self.mac {
-                    return Ok(Some(arp.sha));
-                }
-            }
-        }
-        Ok(None)
+        let ours = self.mac;
+        self.first_answer(deadline, |arp| {
+            (arp.op != ARP_REQUEST && arp.spa == ip && arp.sha != ours).then_some(arp.sha)
+        })
     }
 
     /// Sends an RFC 5227 probe for `ip` and listens for `window`: the MAC of
@@ -133,6 +114,17 @@ impl Link {
             ip,
         );
         self.send(&probe)?;
+        let ours = self.mac;
+        self.first_answer(deadline, |arp| conflict(arp, ip, ours))
+    }
+
+    /// Reads ARP packets until `deadline` (at most `MAX_FRAMES` frames) and
+    /// returns the first MAC `pick` finds in one.
+    fn first_answer(
+        &mut self,
+        deadline: Instant,
+        pick: impl Fn(&Arp) -> Option<Mac>,
+    ) -> Result<Option<Mac>, String> {
         for _ in 0..MAX_FRAMES {
             if Instant::now() >= deadline {
                 break;
@@ -149,10 +141,8 @@ impl Link {
                 }
                 Err(e) => return Err(format!("receiving on {}: {e}", self.dev)),
             };
-            if let Some(arp) = parse_arp(frame) {
-                if let Some(mac) = conflict(&arp, ip, self.mac) {
-                    return Ok(Some(mac));
-                }
+            if let Some(mac) = parse_arp(frame).as_ref().and_then(&pick) {
+                return Ok(Some(mac));
             }
         }
         Ok(None)
