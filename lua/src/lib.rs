@@ -11,6 +11,8 @@
 //!   (systemd or a command), HTTP checks, exec with a timeout, ping.
 //! - [`witness`]: the diskless tie-breaker (`twinfs witness`) and its client.
 
+#![forbid(unsafe_code)]
+
 pub mod actions;
 pub mod actuators;
 pub mod hooks;
