@@ -10,6 +10,8 @@
 #   TWINFS_BENCH_DIR=/path    parent of the scratch dir (default /var/tmp; must be a real disk)
 #   TWINFS_PAIR_PROTOCOLS="C B A"   which protocols to run as pairs (C is the one with targets)
 #   TWINFS_PAIR_NO_GLUSTER=1  skip GlusterFS
+#   TWINFS_PAIR_MTU=9000      MTU of the veth between the nodes (default 1500; a
+#                             dedicated replication link often uses jumbo frames)
 #
 # Writes bench/last-pair.json and prints the table. Everything it starts is
 # stopped by pid, everything it mounts is unmounted, its namespaces are deleted
@@ -50,6 +52,8 @@ fi
 FSYNC_FILE_MIB=64
 PING_COUNT=20; IPERF_SECS=5
 PROTOCOLS=${TWINFS_PAIR_PROTOCOLS-C B A}
+MTU=${TWINFS_PAIR_MTU:-1500}
+case "$MTU" in ''|*[!0-9]*) echo "pair.sh: TWINFS_PAIR_MTU must be a number, not '$MTU'" >&2; exit 2 ;; esac
 
 S=${TWINFS_BENCH_DIR:-/var/tmp}/twinfs-pair.$$
 LOGS=$S/logs
@@ -209,7 +213,7 @@ make_lab() {
     # Both ends are created inside their namespaces, so "priv" never meets the host's names.
     ip link add name priv netns "$NS_A" type veth peer name priv netns "$NS_B" || return 1
     ip -n "$NS_A" addr add "$IP_A/24" dev priv && ip -n "$NS_B" addr add "$IP_B/24" dev priv &&
-        ip -n "$NS_A" link set priv up && ip -n "$NS_B" link set priv up || return 1
+        ip -n "$NS_A" link set priv mtu "$MTU" up && ip -n "$NS_B" link set priv mtu "$MTU" up || return 1
     local i
     for ((i = 0; i < 50; i++)); do   # 5 s for the link to come up
         in_ns a ping -c 1 -W 1 -q "$IP_B" >/dev/null 2>&1 && return 0
@@ -398,7 +402,7 @@ write_meta() {
     disk="$(df -hT "$S" | tail -1 | awk '{print $1" "$2" size "$3" avail "$5}'); $(lsblk -dno NAME,SIZE,ROTA "$disk_dev" 2>/dev/null | awk '{printf "lsblk: %s %s rotational=%s", $1, $2, $3}')"
     MODE=$MODE DISK="$disk" REPO="$REPO" SEQ_MIB=$SEQ_MIB SEQ_REPEATS=$SEQ_REPEATS \
     FSYNC_ROUNDS=$FSYNC_ROUNDS FSYNC_ROUND_SECS=$FSYNC_ROUND_SECS FSYNC_FILE_MIB=$FSYNC_FILE_MIB \
-    SMALL_FILES_N=$((SMALL_DIRS * SMALL_FILES)) SMALL_ROUNDS=$SMALL_ROUNDS PROTOCOLS="$PROTOCOLS" \
+    SMALL_FILES_N=$((SMALL_DIRS * SMALL_FILES)) SMALL_ROUNDS=$SMALL_ROUNDS PROTOCOLS="$PROTOCOLS" MTU="$MTU" \
     CMDLINE="$0 $*" \
     "$PY" - >"$S/meta.json" <<'EOF'
 import json, os, platform, subprocess
@@ -434,7 +438,7 @@ print(json.dumps({
         "fsync4k_file_mib": int(e["FSYNC_FILE_MIB"]),
         "small_files": int(e["SMALL_FILES_N"]), "small_file_bytes": 4096, "small_rounds": int(e["SMALL_ROUNDS"]),
         "pair_protocols": e["PROTOCOLS"].split(),
-        "link": "veth between two network namespaces, 10.202.0.1/24 <-> 10.202.0.2/24, MTU 1500",
+        "link": "veth between two network namespaces, 10.202.0.1/24 <-> 10.202.0.2/24, MTU " + e["MTU"],
     },
 }, indent=2))
 EOF
