@@ -27,7 +27,7 @@ mod verify;
 
 use crate::control::{self, Request, Response};
 use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName};
-use crate::status::{Counters, Lag, PeerStatus, Status};
+use crate::status::{Counters, Lag, LinkStatus, PeerStatus, Status};
 use crate::store::{Link, Outgoing, ReplicatedStore};
 use crate::tls::{Identity, PeerTrust};
 use crate::transport::{self, FrameStream, TransportOptions};
@@ -1370,6 +1370,15 @@ impl Node {
                 heard_ms_ago: self
                     .last_frame_at
                     .map(|t| t.elapsed().as_millis().try_into().unwrap_or(u64::MAX)),
+                link: self.conn.as_ref().filter(|c| c.peer.is_some()).map(|c| {
+                    let path = c.quic.stats().path;
+                    LinkStatus {
+                        rtt_us: path.rtt.as_micros().try_into().unwrap_or(u64::MAX),
+                        path_mtu: path.current_mtu,
+                        sent_packets: path.sent_packets,
+                        lost_packets: path.lost_packets,
+                    }
+                }),
             },
             lag,
             resync: self.resync_status(),

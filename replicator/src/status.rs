@@ -64,6 +64,23 @@ pub struct PeerStatus {
     /// included); `None` if none ever did since the daemon started.
     #[serde(default)]
     pub heard_ms_ago: Option<u64>,
+    /// The QUIC path to the peer, while connected.
+    #[serde(default)]
+    pub link: Option<LinkStatus>,
+}
+
+/// The QUIC path to the peer, as the connection measures it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// Smoothed round-trip time, in microseconds.
+    pub rtt_us: u64,
+    /// The datagram size in use (UDP payload bytes) after path MTU discovery:
+    /// 1452 on a 1500-byte link, up to 6500 with jumbo frames.
+    pub path_mtu: u16,
+    /// Packets sent on this connection.
+    pub sent_packets: u64,
+    /// Packets the connection declared lost (and sent again).
+    pub lost_packets: u64,
 }
 
 /// Replication lag.
@@ -157,6 +174,16 @@ impl Status {
             let _ = write!(o, " role:{r} disk:{d}");
         }
         o.push('\n');
+        if let Some(l) = &self.peer.link {
+            let _ = writeln!(
+                o,
+                "  link: rtt {:.3} ms, datagrams of {} bytes, {} of {} packets lost",
+                l.rtt_us as f64 / 1000.0,
+                l.path_mtu,
+                l.lost_packets,
+                l.sent_packets
+            );
+        }
         let _ =
             writeln!(
             o,
