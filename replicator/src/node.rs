@@ -627,7 +627,9 @@ impl Node {
                         }
                         self.handle(Input::Flushed(seq))
                     }
-                    Err(e) => self.handle(Input::ApplyFailed(format!("sync ahead of a flush: {e}"))),
+                    Err(e) => {
+                        self.handle(Input::ApplyFailed(format!("sync ahead of a flush: {e}")))
+                    }
                 }
             }
             Input::Flushed(seq) => {
