@@ -26,7 +26,7 @@ mod splitbrain;
 mod verify;
 
 use crate::control::{self, Request, Response};
-use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName};
+use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName, StateWriter};
 use crate::status::{Counters, Lag, LinkStatus, PeerStatus, Status};
 use crate::store::{Link, Outgoing, ReplicatedStore};
 use crate::tls::{Identity, PeerTrust};
@@ -120,6 +120,9 @@ enum Input {
     Flushed(Seq),
     /// A background sync made the store durable up to this seq (or failed).
     BackgroundSynced(Result<Seq, String>),
+    /// A sync started ahead of a flush request made the store durable up to
+    /// this seq (or failed).
+    SyncedAhead(Result<Seq, String>),
     ApplyFailed(String),
     Control(Request, oneshot::Sender<Response>),
     Unmounted(anyhow::Result<()>),
@@ -143,6 +146,8 @@ enum Input {
         local: Vec<twinfs_fs::store::RecordDigest>,
     },
     VerifyFailed(String),
+    /// A background save of the state file failed.
+    StateSaveFailed(String),
 }
 
 /// The applier thread's queue, with a count of the jobs not finished yet.
@@ -172,6 +177,10 @@ const INLINE_APPLY_BYTES: usize = 64 << 10;
 /// A secondary syncs on the node task itself (no thread wake-up) when the
 /// applier is idle and at most this much was applied since the last sync.
 const INLINE_SYNC_BYTES: u64 = 1 << 20;
+
+/// A secondary syncs each applied mutation ahead of its flush request while
+/// the primary has asked for a flush within this window (see `Node::drive`).
+const SYNC_AHEAD_WINDOW: Duration = Duration::from_millis(100);
 
 enum Job {
     Apply(Seq, twinfs_replicator_proto::Bytes),
@@ -278,6 +287,12 @@ struct Node {
     /// When the floor was last written to the state file, and its value then.
     floor_saved_at: Instant,
     floor_saved: u64,
+    /// Writes the state file, in version order (see [`StateWriter`]).
+    state_writer: Arc<StateWriter>,
+    /// The version of the last state handed to `state_writer`.
+    state_version: u64,
+    /// A background save of the floor is running.
+    floor_saving: Arc<std::sync::atomic::AtomicBool>,
     /// The last split brain detected, with the files each side changed.
     split_brain: Option<crate::status::SplitBrain>,
     /// (Target) frames that arrived after a resync's end, before its jump.
@@ -298,6 +313,12 @@ struct Node {
     unsynced_bytes: u64,
     /// (Secondary) a background sync is running.
     background_sync: bool,
+    /// (Secondary) when the primary last asked for a flush: while it does so
+    /// often, each applied mutation is synced ahead of its flush.
+    last_flush_request: Option<Instant>,
+    /// (Secondary) a sync started ahead of a flush request is running; it
+    /// covers the mutations up to this seq.
+    sync_ahead: Option<Seq>,
 }
 
 impl Node {
@@ -346,6 +367,9 @@ impl Node {
             pending_sb_demote: false,
             floor_saved_at: Instant::now(),
             floor_saved: 0,
+            state_writer: Arc::new(StateWriter::default()),
+            state_version: 0,
+            floor_saving: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             split_brain: None,
             early_frames: Vec::new(),
             verify: None,
@@ -357,6 +381,8 @@ impl Node {
             verify_seq: 0,
             unsynced_bytes: 0,
             background_sync: false,
+            last_flush_request: None,
+            sync_ahead: None,
         })
     }
 
@@ -455,10 +481,52 @@ impl Node {
     }
 
     fn save_state(&mut self) {
-        if let Err(e) = self.state.save(&self.opts.data_dir) {
-            error!("cannot save the replication state: {e:#}");
-            self.refusal = Some(format!("cannot save the replication state: {e:#}"));
+        if let Err(e) = self.try_save_state() {
+            self.state_save_failed(format!("{e:#}"));
         }
+    }
+
+    /// Saves the state now, on the node task (transitions must be on disk
+    /// before the node acts on them).
+    fn try_save_state(&mut self) -> anyhow::Result<()> {
+        self.state_version += 1;
+        self.state_writer
+            .save(&self.opts.data_dir, &self.state, self.state_version)
+            .map(|_| ())
+    }
+
+    fn state_save_failed(&mut self, e: String) {
+        error!("cannot save the replication state: {e}");
+        self.refusal = Some(format!("cannot save the replication state: {e}"));
+    }
+
+    /// Saves the state on a blocking thread, for the periodic floor update:
+    /// its three fsyncs would otherwise hold up the node task, and with it
+    /// the acknowledgements of the writes in flight. Returns false (nothing
+    /// started) while the previous background save still runs.
+    fn save_state_in_background(&mut self) -> bool {
+        if self.floor_saving.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.state_version += 1;
+        let (writer, state, version) = (
+            self.state_writer.clone(),
+            self.state.clone(),
+            self.state_version,
+        );
+        let (dir, running, tx) = (
+            self.opts.data_dir.clone(),
+            self.floor_saving.clone(),
+            self.input_tx.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let r = writer.save(&dir, &state, version);
+            running.store(false, Ordering::SeqCst);
+            if let Err(e) = r {
+                let _ = tx.send(Input::StateSaveFailed(format!("{e:#}")));
+            }
+        });
+        true
     }
 
     fn next_timeout(&self) -> Option<Instant> {
@@ -547,6 +615,23 @@ impl Node {
                     Err(e) => self.handle(Input::ApplyFailed(format!("background sync: {e}"))),
                 }
             }
+            Input::SyncedAhead(result) => {
+                self.sync_ahead = None;
+                match result {
+                    Ok(seq) => {
+                        // A flush request this sync was trusted to cover and did
+                        // not (it cannot happen: the sync started after the
+                        // apply) is asked for again by the next drive.
+                        if let RoleState::Secondary { sync_asked, .. } = &mut self.role {
+                            *sync_asked = (*sync_asked).min(seq);
+                        }
+                        self.handle(Input::Flushed(seq))
+                    }
+                    Err(e) => {
+                        self.handle(Input::ApplyFailed(format!("sync ahead of a flush: {e}")))
+                    }
+                }
+            }
             Input::Flushed(seq) => {
                 if let RoleState::Secondary {
                     replica: Some(r), ..
@@ -582,6 +667,7 @@ impl Node {
             Input::Mounted(r) => self.mounted(r),
             Input::VerifyLocal { id, local } => self.verify_local(id, local),
             Input::VerifyFailed(why) => self.verify_failed(why),
+            Input::StateSaveFailed(e) => self.state_save_failed(e),
         }
     }
 
@@ -699,7 +785,12 @@ impl Node {
             }
             RoleState::Secondary {
                 replica: Some(r), ..
-            } => r.handle_frame(now, frame),
+            } => {
+                if matches!(frame, Frame::Flush { .. }) {
+                    self.last_flush_request = Some(now);
+                }
+                r.handle_frame(now, frame)
+            }
             RoleState::Secondary { replica: None, .. } => {
                 // Between a resync's end and its jump: the stream waits here.
                 if self.pending_jump.is_some() {
@@ -972,7 +1063,9 @@ impl Node {
                 if let Some(s) = r.poll_flush() {
                     if s > *sync_asked {
                         *sync_asked = s;
-                        if self.unsynced_bytes <= INLINE_SYNC_BYTES && self.jobs.idle() {
+                        if self.sync_ahead.is_some_and(|a| a >= s) {
+                            // The sync ahead covers it: its report answers.
+                        } else if self.unsynced_bytes <= INLINE_SYNC_BYTES && self.jobs.idle() {
                             self.unsynced_bytes = 0;
                             match do_job(&self.disk, Job::Sync(s), None) {
                                 Some(Input::Flushed(f)) => {
@@ -992,6 +1085,31 @@ impl Node {
                     if let Some(c) = &self.conn {
                         let _ = c.tx.send(frame);
                     }
+                }
+                // Sync ahead: while the primary asks for a flush after nearly
+                // every write (an fsync-heavy application), start the sync of
+                // what was just applied now, on a blocking thread, instead of
+                // when the flush request arrives one round trip later. Only
+                // the report of a finished sync counts as flushed, as always.
+                let applied = r.last_applied();
+                if self.sync_ahead.is_none()
+                    && applied > r.last_flushed()
+                    && applied > *sync_asked
+                    && self.jobs.idle()
+                    && self
+                        .last_flush_request
+                        .is_some_and(|t| now.saturating_duration_since(t) < SYNC_AHEAD_WINDOW)
+                {
+                    self.sync_ahead = Some(applied);
+                    self.unsynced_bytes = 0;
+                    let disk = self.disk.clone();
+                    let tx = self.input_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        // Everything applied before the sync starts is covered by it.
+                        let upto = ps(disk.last_applied());
+                        let r = disk.sync().map(|()| upto).map_err(|e| e.to_string());
+                        let _ = tx.send(Input::SyncedAhead(r));
+                    });
                 }
                 while let Some(ev) = r.poll_event() {
                     if ev == Event::PeerLost {
@@ -1044,15 +1162,19 @@ impl Node {
             self.state.floor = floor.0;
             self.disk.set_retain_floor(fss(floor));
         }
-        // Written a few times a second at most: after a crash the floor on disk
-        // may lag by that much, which only makes the next resync a little larger.
-        if save_now
-            || (self.state.floor != self.floor_saved
-                && self.floor_saved_at.elapsed() >= Duration::from_millis(200))
-        {
+        // Written a few times a second at most, in the background: after a
+        // crash the floor on disk may lag by that much, which only makes the
+        // next resync a little larger.
+        if save_now {
             self.floor_saved = self.state.floor;
             self.floor_saved_at = Instant::now();
             self.save_state();
+        } else if self.state.floor != self.floor_saved
+            && self.floor_saved_at.elapsed() >= Duration::from_millis(200)
+            && self.save_state_in_background()
+        {
+            self.floor_saved = self.state.floor;
+            self.floor_saved_at = Instant::now();
         }
     }
 
@@ -1094,7 +1216,7 @@ impl Node {
         }
         self.state.role = RoleName::Primary;
         self.state.primary_since_ms = now_ms();
-        self.state.save(&self.opts.data_dir)?;
+        self.try_save_state()?;
         let last = ps(self.disk.last_applied());
         self.role = RoleState::Primary {
             primary: Primary::resume(self.opts.protocol.clone(), last, Instant::now()),

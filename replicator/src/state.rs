@@ -157,6 +157,33 @@ impl NodeState {
     }
 }
 
+/// Writes a node's state file in the order the states were made, whether from
+/// the node task or from a background thread.
+///
+/// Each state to save carries a version (the node numbers them as it makes
+/// them); a save whose version is not newer than the last one written is
+/// skipped, so a slow background save of an older state never overwrites a
+/// newer one (a role change saved meanwhile, say).
+#[derive(Debug, Default)]
+pub struct StateWriter {
+    /// The version of the state the file holds (0: none written by this writer).
+    written: std::sync::Mutex<u64>,
+}
+
+impl StateWriter {
+    /// Saves `state` (version `version`) into `dir` unless a newer one is
+    /// there already; returns whether it wrote. Blocks while another save runs.
+    pub fn save(&self, dir: &Path, state: &NodeState, version: u64) -> anyhow::Result<bool> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if *written >= version {
+            return Ok(false);
+        }
+        state.save(dir)?;
+        *written = version;
+        Ok(true)
+    }
+}
+
 /// A `u64` as a 16-digit hex string.
 mod hex_u64 {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -208,6 +235,28 @@ mod tests {
         };
         s.save(dir.path()).unwrap();
         assert_eq!(NodeState::load(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn an_older_state_never_overwrites_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = StateWriter::default();
+        let old = NodeState {
+            floor: 5,
+            ..NodeState::default()
+        };
+        let new = NodeState {
+            role: RoleName::Primary,
+            floor: 6,
+            ..NodeState::default()
+        };
+        assert!(w.save(dir.path(), &new, 2).unwrap());
+        // A background save of the older state finishing late is skipped.
+        assert!(!w.save(dir.path(), &old, 1).unwrap());
+        assert_eq!(NodeState::load(dir.path()).unwrap(), new);
+        let newer = NodeState { floor: 7, ..new };
+        assert!(w.save(dir.path(), &newer, 3).unwrap());
+        assert_eq!(NodeState::load(dir.path()).unwrap(), newer);
     }
 
     #[test]

@@ -92,13 +92,18 @@ impl Link {
         Ok(())
     }
 
-    /// Publishes new positions from the replication task and wakes the writers.
+    /// Publishes new positions from the replication task and wakes the writers
+    /// if either moved (the node task publishes after every turn: waking the
+    /// waiting writers for nothing costs each a context switch).
     pub(crate) fn publish(&self, committed: Seq, flushed: Seq) {
         let mut s = self.lock();
+        let moved = committed > s.committed || flushed > s.flushed;
         s.committed = s.committed.max(committed);
         s.flushed = s.flushed.max(flushed);
         drop(s);
-        self.changed.notify_all();
+        if moved {
+            self.changed.notify_all();
+        }
     }
 
     /// Opens or closes the link for writers; closing fails the waiting ones.
