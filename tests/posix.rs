@@ -1624,3 +1624,96 @@ fn posix_names_types_and_dots() {
     );
     m.stop();
 }
+
+/// What writes, truncates and chowns take away: the kernel leaves it to the
+/// filesystem (FUSE_HANDLE_KILLPRIV_V2, which saves a GETXATTR round trip per
+/// write), so each case runs on the mount and on a native directory of the
+/// same machine, and the resulting modes and capabilities must agree.
+#[test]
+fn posix_write_truncate_chown_drop_setuid_and_capabilities() {
+    if !util::require_fuse("posix_write_truncate_chown_drop_setuid_and_capabilities") {
+        return;
+    }
+    let m = Mounted::start();
+    chmod(&m.mnt, 0o755).unwrap();
+    let native = util::tempdir("killpriv-native");
+    // A file capability (VFS_CAP_REVISION_2, effective, CAP_NET_BIND_SERVICE).
+    let mut caps = Vec::new();
+    for w in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+        caps.extend_from_slice(&w.to_le_bytes());
+    }
+    let run = |dir: &Path| -> Vec<(&'static str, u32, bool)> {
+        let make = |name: &str, mode: u32, owner: u32| {
+            let f = dir.join(name);
+            write_file(&f, &[7u8; 8192]);
+            chown(&f, owner, owner).unwrap();
+            chmod(&f, mode).unwrap();
+            f
+        };
+        let user_write = make("user_write", 0o6775, 1001);
+        let sgid_no_x = make("sgid_no_x", 0o2764, 1001);
+        let root_write = make("root_write", 0o6775, 1001);
+        let user_trunc = make("user_trunc", 0o4755, 1001);
+        let root_chown = make("root_chown", 0o6755, 1001);
+        let cap_write = make("cap_write", 0o755, 0);
+        setxattr(&cap_write, "security.capability", &caps, 0).unwrap();
+        let cap_kept = make("cap_kept", 0o755, 0);
+        setxattr(&cap_kept, "security.capability", &caps, 0).unwrap();
+
+        let files = [user_write.clone(), sgid_no_x.clone(), user_trunc.clone()];
+        util::as_user(1001, 1001, move || {
+            for f in &files[..2] {
+                let file = OpenOptions::new().write(true).open(f).unwrap();
+                file.write_at(b"user data", 100).unwrap();
+            }
+            let file = OpenOptions::new().write(true).open(&files[2]).unwrap();
+            file.set_len(10).unwrap();
+        });
+        OpenOptions::new()
+            .write(true)
+            .open(&root_write)
+            .unwrap()
+            .write_at(b"root data", 100)
+            .unwrap();
+        chown(&root_chown, 1002, 1002).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&cap_write)
+            .unwrap()
+            .write_at(b"x", 0)
+            .unwrap();
+        let names = [
+            "user_write",
+            "sgid_no_x",
+            "root_write",
+            "user_trunc",
+            "root_chown",
+            "cap_write",
+            "cap_kept",
+        ];
+        names
+            .iter()
+            .map(|n| {
+                let f = dir.join(n);
+                let mode = std::fs::metadata(&f).unwrap().mode() & 0o7777;
+                let has_caps = getxattr(&f, "security.capability", 0).is_ok();
+                (*n, mode, has_caps)
+            })
+            .collect()
+    };
+    let on_mount = run(&m.mnt);
+    let on_native = run(native.path());
+    assert_eq!(on_mount, on_native, "mount vs native filesystem");
+    // And what that is, so that a kernel change shows up here too.
+    let expect = [
+        ("user_write", 0o0775, false),
+        ("sgid_no_x", 0o2764, false),
+        ("root_write", 0o6775, false),
+        ("user_trunc", 0o0755, false),
+        ("root_chown", 0o0755, false),
+        ("cap_write", 0o0755, false),
+        ("cap_kept", 0o0755, true),
+    ];
+    assert_eq!(on_mount, expect);
+    m.stop();
+}

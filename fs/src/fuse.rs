@@ -149,7 +149,13 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 impl<S: Store> fuser::Filesystem for FuseFs<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let mut want = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS;
+        // HANDLE_KILLPRIV_V2: this filesystem drops setuid/setgid and file
+        // capabilities on write, truncate and chown itself (`Fs::write_as`,
+        // `SetAttr::kill_suidgid`). Without it the kernel asks for
+        // `security.capability` with a GETXATTR round trip before every write.
+        let mut want = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.opts.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -189,7 +195,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -213,6 +219,11 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             ctime: ctime.map(Into::into),
+            // With HANDLE_KILLPRIV_V2 the kernel leaves this to us, but fuser
+            // does not pass its FATTR_KILL_SUIDGID flag on: a chown always
+            // drops setuid/setgid (as on ext4), a truncate when the caller is
+            // not root (root stands in for CAP_FSETID).
+            kill_suidgid: uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0),
         };
         match self.fs.setattr(Ino(ino.0), a) {
             Ok(i) => reply.attr(&self.opts.attr_timeout, &self.attr(Ino(ino.0), &i)),
@@ -375,12 +386,13 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: fuser::WriteFlags,
+        write_flags: fuser::WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(Ino(ino.0), offset, data) {
+        let kill = write_flags.contains(fuser::WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.fs.write_as(Ino(ino.0), offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
         }

@@ -64,7 +64,14 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// New change time.
     pub ctime: Option<Timestamp>,
+    /// Drop setuid, and setgid if the group may execute, as the kernel's own
+    /// filesystems do on a chown, or on a truncate by a caller without
+    /// CAP_FSETID (see [`Fs::write_as`]). Ignored when `mode` is given.
+    pub kill_suidgid: bool,
 }
+
+/// The file capability attribute that a write, truncate or chown removes.
+const XATTR_CAPS: &[u8] = b"security.capability";
 
 /// `rename` flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -671,6 +678,9 @@ impl<S: Store> Fs<S> {
         let mut t = Txn::new(&*self.store);
         let mut i = t.get(ino)?;
         let now = t.now;
+        if a.size.is_some() || a.uid.is_some() || a.gid.is_some() {
+            self.kill_privs(&mut t, ino, &mut i, a.kill_suidgid && a.mode.is_none())?;
+        }
         if let Some(mode) = a.mode {
             i.perm = (mode & 0o7777) as u16;
         }
@@ -760,6 +770,24 @@ impl<S: Store> Fs<S> {
 
     /// Writes `data` at `offset`; returns the number of bytes written (all of them).
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        self.write_as(ino, offset, data, false)
+    }
+
+    /// [`Fs::write`], also dropping setuid/setgid when `kill_suidgid` (the
+    /// kernel asks for it when the writer lacks CAP_FSETID and the file has
+    /// one of them). A file capability (`security.capability`) goes on every
+    /// write, as on the kernel's own filesystems.
+    ///
+    /// The mount asks the kernel to leave these to the filesystem
+    /// (FUSE_HANDLE_KILLPRIV_V2); otherwise the kernel asks for
+    /// `security.capability` with a GETXATTR round trip before every write.
+    pub fn write_as(
+        &self,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Result<u32, FsError> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -775,6 +803,7 @@ impl<S: Store> Fs<S> {
         if i.kind == FileKind::Dir {
             return Err(FsError::IsDir);
         }
+        self.kill_privs(&mut t, ino, &mut i, kill_suidgid)?;
         let mut pos = offset;
         while pos < end {
             let idx = pos / BLOCK_SIZE;
@@ -806,6 +835,31 @@ impl<S: Store> Fs<S> {
         t.put(ino, i);
         self.commit(w, t.finish())?;
         Ok(data.len() as u32)
+    }
+
+    /// What a write, truncate or chown takes away: the file capability, and
+    /// setuid plus setgid-with-group-execute when `suidgid` (never on a
+    /// directory, where setgid means inheritance).
+    fn kill_privs(
+        &self,
+        t: &mut Txn<'_, S>,
+        ino: Ino,
+        i: &mut Inode,
+        suidgid: bool,
+    ) -> Result<(), FsError> {
+        if suidgid && i.kind != FileKind::Dir {
+            i.perm &= !(libc::S_ISUID as u16);
+            if i.perm & libc::S_IXGRP as u16 != 0 {
+                i.perm &= !(libc::S_ISGID as u16);
+            }
+        }
+        if i.kind == FileKind::File && self.store.xattr(ino, XATTR_CAPS)?.is_some() {
+            t.ops.push(Op::DelXattr {
+                ino,
+                name: XATTR_CAPS.to_vec(),
+            });
+        }
+        Ok(())
     }
 
     /// `fallocate`: plain allocation (extends the size) and `FALLOC_FL_KEEP_SIZE`.
