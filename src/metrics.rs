@@ -202,6 +202,32 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
                 h as f64 / 1000.0,
             );
         }
+        if let Some(l) = &s.peer.link {
+            o.one(
+                "link_rtt_seconds",
+                "gauge",
+                "Smoothed round-trip time of the replication link (QUIC).",
+                l.rtt_us as f64 / 1e6,
+            );
+            o.one(
+                "link_datagram_bytes",
+                "gauge",
+                "UDP payload size in use after path MTU discovery.",
+                f64::from(l.path_mtu),
+            );
+            o.one(
+                "link_sent_packets_total",
+                "counter",
+                "Packets sent on the current replication connection.",
+                l.sent_packets as f64,
+            );
+            o.one(
+                "link_lost_packets_total",
+                "counter",
+                "Packets of the current replication connection declared lost.",
+                l.lost_packets as f64,
+            );
+        }
         let (done, total, eta) = s.resync.as_ref().map_or((0, 0, None), |r| {
             (r.done_bytes, r.total_bytes, r.eta_seconds)
         });

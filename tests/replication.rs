@@ -380,3 +380,55 @@ fn restart_after_a_kill_clears_the_dead_mount() {
     pair.promote(Node::A);
     assert_eq!(std::fs::read(mnt.join("before.txt")).unwrap(), b"kept");
 }
+
+/// `twinfs status` shows the link as QUIC measures it, and the replication
+/// link uses jumbo frames where the link has them: datagrams of at most 1472
+/// bytes (IPv4) on a 1500-byte veth, 6500 once both ends are set to MTU 9000.
+#[test]
+fn status_shows_the_link_and_jumbo_frames_are_used() {
+    if !require("status_shows_the_link_and_jumbo_frames_are_used") {
+        return;
+    }
+    for (mtu, expect) in [(1500, 1400..=1472), (9000, 6500..=6500)] {
+        let mut pair = Pair::new(&format!("mtu{mtu}"), "");
+        for node in [Node::A, Node::B] {
+            let n = pair.lab.node(node);
+            let mtu = mtu.to_string();
+            crate::lab::ip(&[
+                "-n",
+                n.ns_name(),
+                "link",
+                "set",
+                n.private_dev(),
+                "mtu",
+                &mtu,
+            ])
+            .unwrap();
+        }
+        pair.start(Node::A);
+        pair.start(Node::B);
+        pair.wait_connected();
+        pair.promote(Node::A);
+        pair.wait_in_sync(Node::A);
+        // Some data, so that the path is busy while discovery probes it.
+        let f = pair.node(Node::A).mnt().join(format!("data-{mtu}"));
+        std::fs::write(&f, vec![0x5a; 4 << 20]).unwrap();
+        let s = pair.wait_status(Node::A, "path MTU discovered", LONG, |s| {
+            s["peer"]["link"]["path_mtu"]
+                .as_u64()
+                .is_some_and(|m| expect.contains(&m))
+        });
+        let link = &s["peer"]["link"];
+        assert!(link["rtt_us"].as_u64().unwrap() > 0, "{s:#}");
+        assert!(link["sent_packets"].as_u64().unwrap() > 0, "{s:#}");
+        let human = pair.twinfs(Node::A, &["status"]);
+        let human = String::from_utf8_lossy(&human.stdout);
+        // Discovery may still be moving within the range: read the number.
+        let shown: Option<u64> = human
+            .split("datagrams of ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok());
+        assert!(shown.is_some_and(|m| expect.contains(&m)), "{human}");
+    }
+}

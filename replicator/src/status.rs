@@ -291,6 +291,12 @@ mod tests {
                 disk: Some("UpToDate".into()),
                 applied_seq: 40,
                 heard_ms_ago: Some(150),
+                link: Some(LinkStatus {
+                    rtt_us: 47,
+                    path_mtu: 6500,
+                    sent_packets: 1200,
+                    lost_packets: 3,
+                }),
             },
             applied_seq: 42,
             lag: Lag {
@@ -309,6 +315,7 @@ mod tests {
         for want in [
             "alpha role:Primary disk:UpToDate",
             "beta 10.0.0.2:7789 connection:Connected role:Secondary disk:UpToDate",
+            "link: rtt 0.047 ms, datagrams of 6500 bytes, 3 of 1200 packets lost",
             "protocol C",
             "lag: 2 mutations (3.0 MiB)",
             "resync (source): 25.0% 1.0 MiB of 4.0 MiB, eta 3s",
