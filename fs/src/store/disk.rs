@@ -961,7 +961,9 @@ impl DiskStore {
                     w.dirty.insert(w.segment);
                 }
                 // Only padding stays: a reopen cuts it, and nothing reads past the records.
-                Err(e) => tracing::warn!(segment = %path.display(), error = %e, "could not cut the zero padding of a sealed log segment"),
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "could not cut the zero padding of a sealed log segment")
+                }
             }
         }
         let next = w.segment + 1;

@@ -878,7 +878,11 @@ fn a_sync_pre_writes_zeros_and_a_clean_reopen_cuts_them_quietly() {
         let (id, end) = s.records_end();
         assert_eq!(id, 1);
         // The zeros past the records are written, and usage counts only the records.
-        assert!(file_len(&seg) >= end + (256 << 10), "{} {end}", file_len(&seg));
+        assert!(
+            file_len(&seg) >= end + (256 << 10),
+            "{} {end}",
+            file_len(&seg)
+        );
         assert!(zeros_from(&seg, end));
         assert_eq!(s.log_usage().unwrap().total_bytes, end);
         // Small appends land inside what is written: the file does not grow.
@@ -937,7 +941,10 @@ fn records_written_into_the_padding_are_replayed_after_a_crash() {
         assert_eq!(s.block(Ino(7), i).unwrap().unwrap(), vec![i as u8; 4096]);
     }
     assert_eq!(s.records_end(), (1, end));
-    assert_eq!(file_len(&crash.path().join("log").join(disk::segment_name(1))), end);
+    assert_eq!(
+        file_len(&crash.path().join("log").join(disk::segment_name(1))),
+        end
+    );
 }
 
 #[test]
