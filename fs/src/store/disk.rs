@@ -172,6 +172,8 @@ struct LogWriter {
     /// How far the active segment file is known to be written (records, then zeros):
     /// at least `end`. Appends below it overwrite bytes and change no file size.
     written: u64,
+    /// `end` at the last sync (0 after a seal): what a sync finds appended since.
+    synced_end: u64,
     /// Test hook: makes pre-writing zeros fail as on a full disk.
     #[cfg(test)]
     fail_zeroing: bool,
@@ -349,6 +351,7 @@ impl DiskStore {
                 file: Arc::new(Self::open_segment_file(&log_dir, applied.segment, true)?),
                 end: applied.end,
                 written: applied.end,
+                synced_end: applied.end,
                 #[cfg(test)]
                 fail_zeroing: false,
                 dirty: BTreeSet::new(),
@@ -566,6 +569,7 @@ impl DiskStore {
         w.end = off;
         // Every byte past `off` was cut above (torn tail or padding), so the file ends here.
         w.written = off;
+        w.synced_end = off;
         self.last.store(last, Ordering::SeqCst);
         if replayed > 0 {
             self.checkpoint()?;
@@ -971,6 +975,7 @@ impl DiskStore {
         w.segment = next;
         w.end = 0;
         w.written = 0;
+        w.synced_end = 0;
         Ok(())
     }
 
@@ -979,9 +984,14 @@ impl DiskStore {
     /// next small appends and their syncs change no file size. The caller holds the
     /// writer lock and syncs the segment afterwards.
     ///
-    /// Only an optimisation: on a full disk (or near the space reserve) it is skipped.
+    /// Only for small syncs: when more than `TAIL_LOW` was appended since the last
+    /// sync (a bulk write, the cleaner's relocations), this sync pays for a new file
+    /// size anyway and zeros would only double the disk writes. Only an
+    /// optimisation: on a full disk (or near the space reserve) it is skipped.
     fn extend_tail(&self, w: &mut LogWriter) {
-        if w.written.saturating_sub(w.end) >= TAIL_LOW {
+        let appended = w.end.saturating_sub(w.synced_end);
+        w.synced_end = w.end;
+        if appended > TAIL_LOW || w.written.saturating_sub(w.end) >= TAIL_LOW {
             return;
         }
         let from = w.written.max(w.end);

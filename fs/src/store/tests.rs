@@ -896,6 +896,26 @@ fn a_sync_pre_writes_zeros_and_a_clean_reopen_cuts_them_quietly() {
             s.changed_keys_since(Seq(1)).unwrap().map(|k| k.len()),
             Some(9)
         );
+        // A bulk append (more than 256 KiB since the last sync) runs past the zeros
+        // and its sync writes none: bulk writes do not pay twice.
+        let bulk = |seq: u64| {
+            let ops = (0..10)
+                .map(|i| Op::PutBlock {
+                    ino: Ino(8),
+                    idx: seq * 10 + i,
+                    data: vec![seq as u8; 65536],
+                })
+                .collect();
+            m(seq, ops)
+        };
+        s.apply(&bulk(11)).unwrap();
+        s.apply(&bulk(12)).unwrap();
+        s.sync().unwrap();
+        assert_eq!(file_len(&seg), s.records_end().1);
+        // The next small sync pre-writes again.
+        s.apply(&m(13, block_op(7, 13, 13, 4096))).unwrap();
+        s.sync().unwrap();
+        assert!(file_len(&seg) > s.records_end().1);
         s.records_end().1
     };
     // A clean stop leaves the padding; the next open cuts it without a warning.
@@ -904,9 +924,10 @@ fn a_sync_pre_writes_zeros_and_a_clean_reopen_cuts_them_quietly() {
     assert_eq!(warnings, 0);
     assert_eq!(file_len(&seg), end);
     assert_eq!(s.records_end(), (1, end));
-    assert_eq!(s.last_applied(), Seq(10));
+    assert_eq!(s.last_applied(), Seq(13));
     assert_eq!(s.block(Ino(7), 10).unwrap().unwrap(), vec![10u8; 4096]);
-    s.apply(&m(11, block_op(7, 11, 11, 4096))).unwrap();
+    assert_eq!(s.block(Ino(8), 129).unwrap().unwrap(), vec![12u8; 65536]);
+    s.apply(&m(14, block_op(7, 11, 11, 4096))).unwrap();
     drop(s);
     let s = DiskStore::open(dir.path()).unwrap();
     assert_eq!(s.block(Ino(7), 11).unwrap().unwrap(), vec![11u8; 4096]);
