@@ -17,9 +17,9 @@
 //! recovered "applied" position is replayed. Records are self-checking (blake3 over
 //! header and ops, plus each block's digest), so a torn tail is recognised and cut.
 //!
-//! Pre-written tail: a sync that finds the append position near the end of what
-//! the active segment file holds first writes `TAIL_CHUNK` bytes of zeros past
-//! it, in the same `fdatasync`. The small appends that follow then overwrite
+//! Pre-written tail: a small sync that finds the append position near the end
+//! of what the active segment file holds first writes 1 to 8 MiB of zeros past
+//! it (sized so that about one sync in 256 does this), in the same `fdatasync`. The small appends that follow then overwrite
 //! bytes inside the file, and their `fdatasync` flushes data only instead of
 //! also journalling a new file size (about half the latency on ext4). The zeros
 //! are only padding: the log's logical end is always the end of its records
@@ -55,11 +55,18 @@ pub const SEGMENT_MAX: u64 = 256 << 20;
 /// The cleaner writes relocated blocks in records of about this size.
 const CLEAN_RECORD_BYTES: usize = 4 << 20;
 
-/// Zeros written past the active segment's pre-written end at a time (see the module docs).
+/// Zeros are pre-written in whole multiples of this (see the module docs).
 const TAIL_CHUNK: u64 = 1 << 20;
 
-/// A sync pre-writes more zeros once the append position is this close to their end.
+/// At most this many zeros are pre-written at once.
+const TAIL_CHUNK_MAX: u64 = 8 << 20;
+
+/// A sync that follows more appended bytes than this pre-writes no zeros (a bulk write).
 const TAIL_LOW: u64 = 256 << 10;
+
+/// Syncs per zero-writing sync that the chunk size aims at: the sync that also
+/// writes zeros is slower, and it must stay out of the 99th latency percentile.
+const TAIL_SYNCS_PER_CHUNK: u64 = 256;
 
 /// The zeros of one [`TAIL_CHUNK`] (in zero-initialised memory, not in the binary).
 static ZEROS: [u8; TAIL_CHUNK as usize] = [0; TAIL_CHUNK as usize];
@@ -991,11 +998,20 @@ impl DiskStore {
     fn extend_tail(&self, w: &mut LogWriter) {
         let appended = w.end.saturating_sub(w.synced_end);
         w.synced_end = w.end;
-        if appended > TAIL_LOW || w.written.saturating_sub(w.end) >= TAIL_LOW {
+        if appended > TAIL_LOW {
+            return;
+        }
+        // Sized so that about one sync in TAIL_SYNCS_PER_CHUNK writes zeros, and
+        // renewed when a quarter is left.
+        let chunk = (appended * TAIL_SYNCS_PER_CHUNK)
+            .div_ceil(TAIL_CHUNK)
+            .clamp(1, TAIL_CHUNK_MAX / TAIL_CHUNK)
+            * TAIL_CHUNK;
+        if w.written.saturating_sub(w.end) >= chunk / 4 {
             return;
         }
         let from = w.written.max(w.end);
-        let to = (from + TAIL_CHUNK).min(self.opts.segment_max);
+        let to = (from + chunk).min(self.opts.segment_max);
         if to <= from {
             return;
         }
@@ -1016,15 +1032,22 @@ impl DiskStore {
         }
     }
 
-    /// Writes `n` (at most [`TAIL_CHUNK`]) zero bytes at `from` into the active segment.
+    /// Writes `n` zero bytes at `from` into the active segment.
     fn write_zeros(w: &LogWriter, from: u64, n: u64) -> std::io::Result<()> {
         #[cfg(test)]
         if w.fail_zeroing {
             // As a full disk would: part of the zeros written, then ENOSPC.
-            w.file.write_all_at(&ZEROS[..(n / 2) as usize], from)?;
+            let half = (n / 2).min(TAIL_CHUNK) as usize;
+            w.file.write_all_at(&ZEROS[..half], from)?;
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        w.file.write_all_at(&ZEROS[..n as usize], from)
+        let mut off = from;
+        while off < from + n {
+            let k = (from + n - off).min(TAIL_CHUNK);
+            w.file.write_all_at(&ZEROS[..k as usize], off)?;
+            off += k;
+        }
+        Ok(())
     }
 
     /// Fails with [`StoreError::NoSpace`] when the free space of the store's disk

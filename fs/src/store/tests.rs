@@ -908,12 +908,13 @@ fn a_sync_pre_writes_zeros_and_a_clean_reopen_cuts_them_quietly() {
                 .collect();
             m(seq, ops)
         };
-        s.apply(&bulk(11)).unwrap();
-        s.apply(&bulk(12)).unwrap();
+        for seq in 11..=15 {
+            s.apply(&bulk(seq)).unwrap();
+        }
         s.sync().unwrap();
         assert_eq!(file_len(&seg), s.records_end().1);
         // The next small sync pre-writes again.
-        s.apply(&m(13, block_op(7, 13, 13, 4096))).unwrap();
+        s.apply(&m(16, block_op(7, 13, 13, 4096))).unwrap();
         s.sync().unwrap();
         assert!(file_len(&seg) > s.records_end().1);
         s.records_end().1
@@ -924,10 +925,10 @@ fn a_sync_pre_writes_zeros_and_a_clean_reopen_cuts_them_quietly() {
     assert_eq!(warnings, 0);
     assert_eq!(file_len(&seg), end);
     assert_eq!(s.records_end(), (1, end));
-    assert_eq!(s.last_applied(), Seq(13));
+    assert_eq!(s.last_applied(), Seq(16));
     assert_eq!(s.block(Ino(7), 10).unwrap().unwrap(), vec![10u8; 4096]);
     assert_eq!(s.block(Ino(8), 129).unwrap().unwrap(), vec![12u8; 65536]);
-    s.apply(&m(14, block_op(7, 11, 11, 4096))).unwrap();
+    s.apply(&m(17, block_op(7, 11, 11, 4096))).unwrap();
     drop(s);
     let s = DiskStore::open(dir.path()).unwrap();
     assert_eq!(s.block(Ino(7), 11).unwrap().unwrap(), vec![11u8; 4096]);
