@@ -16,6 +16,15 @@
 //! crash, the index is whatever sled recovered, and every log record after the
 //! recovered "applied" position is replayed. Records are self-checking (blake3 over
 //! header and ops, plus each block's digest), so a torn tail is recognised and cut.
+//!
+//! Pre-written tail: a small sync that finds the append position near the end
+//! of what the active segment file holds first writes 1 to 8 MiB of zeros past
+//! it (sized so that about one sync in 256 does this), in the same `fdatasync`. The small appends that follow then overwrite
+//! bytes inside the file, and their `fdatasync` flushes data only instead of
+//! also journalling a new file size (about half the latency on ext4). The zeros
+//! are only padding: the log's logical end is always the end of its records
+//! (`LogWriter::end`), a sealed segment is cut back to its records, and at open
+//! an all-zero rest of a segment is a clean end (cut silently), not a torn tail.
 
 mod resync;
 
@@ -45,6 +54,22 @@ pub const SEGMENT_MAX: u64 = 256 << 20;
 
 /// The cleaner writes relocated blocks in records of about this size.
 const CLEAN_RECORD_BYTES: usize = 4 << 20;
+
+/// Zeros are pre-written in whole multiples of this (see the module docs).
+const TAIL_CHUNK: u64 = 1 << 20;
+
+/// At most this many zeros are pre-written at once.
+const TAIL_CHUNK_MAX: u64 = 8 << 20;
+
+/// A sync that follows more appended bytes than this pre-writes no zeros (a bulk write).
+const TAIL_LOW: u64 = 256 << 10;
+
+/// Syncs per zero-writing sync that the chunk size aims at: the sync that also
+/// writes zeros is slower, and it must stay out of the 99th latency percentile.
+const TAIL_SYNCS_PER_CHUNK: u64 = 256;
+
+/// The zeros of one [`TAIL_CHUNK`] (in zero-initialised memory, not in the binary).
+static ZEROS: [u8; TAIL_CHUNK as usize] = [0; TAIL_CHUNK as usize];
 
 /// Tunables of a [`DiskStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,7 +174,16 @@ pub(crate) fn segment_name(id: u32) -> String {
 struct LogWriter {
     segment: u32,
     file: Arc<File>,
+    /// The end of the records: where the next one is appended. Never the file length.
     end: u64,
+    /// How far the active segment file is known to be written (records, then zeros):
+    /// at least `end`. Appends below it overwrite bytes and change no file size.
+    written: u64,
+    /// `end` at the last sync (0 after a seal): what a sync finds appended since.
+    synced_end: u64,
+    /// Test hook: makes pre-writing zeros fail as on a full disk.
+    #[cfg(test)]
+    fail_zeroing: bool,
     /// Segments written since the last sync.
     dirty: BTreeSet<u32>,
     /// The last free-space reading, so that not every write pays a statvfs.
@@ -323,6 +357,10 @@ impl DiskStore {
                 segment: applied.segment,
                 file: Arc::new(Self::open_segment_file(&log_dir, applied.segment, true)?),
                 end: applied.end,
+                written: applied.end,
+                synced_end: applied.end,
+                #[cfg(test)]
+                fail_zeroing: false,
                 dirty: BTreeSet::new(),
                 space: None,
             }),
@@ -425,6 +463,21 @@ impl DiskStore {
         Some((hdr, ops, rest))
     }
 
+    /// Whether bytes `from..to` of `file` are all zero (the pre-written tail).
+    fn all_zero(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+        let mut buf = vec![0u8; (TAIL_CHUNK as usize).min(to.saturating_sub(from) as usize)];
+        let mut off = from;
+        while off < to {
+            let n = buf.len().min((to - off) as usize);
+            file.read_exact_at(&mut buf[..n], off)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            off += n as u64;
+        }
+        Ok(true)
+    }
+
     /// Re-applies the records after `applied` (the position sled recovered) and cuts a torn tail.
     fn replay(&mut self, applied: Applied) -> Result<(), StoreError> {
         let ids = self.segment_ids()?;
@@ -449,6 +502,7 @@ impl DiskStore {
                 });
             }
             let mut torn = false;
+            let mut padded = false;
             while off < len {
                 let Some((hdr, ops, rest)) = Self::read_record(&file, off, len) else {
                     torn = true;
@@ -483,6 +537,18 @@ impl DiskStore {
                 off = end;
                 replayed += 1;
             }
+            if torn && Self::all_zero(&file, off, len).map_err(|e| StoreError::io(&path, e))? {
+                // The pre-written zeros past the last record (see the module docs): a
+                // clean end, whether this is the active segment or one sealed just
+                // before a crash. Cut them so the file ends at its records.
+                torn = false;
+                padded = true;
+            }
+            if padded {
+                tracing::debug!(segment = %path.display(), offset = off, padding = len - off, "cutting zero padding after the last log record");
+                file.set_len(off).map_err(|e| StoreError::io(&path, e))?;
+                file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+            }
             if torn {
                 tracing::warn!(segment = %path.display(), offset = off, "cutting torn log tail after a crash");
                 file.set_len(off).map_err(|e| StoreError::io(&path, e))?;
@@ -508,6 +574,9 @@ impl DiskStore {
             w.file = Arc::new(Self::open_segment_file(&self.log_dir, seg, true)?);
         }
         w.end = off;
+        // Every byte past `off` was cut above (torn tail or padding), so the file ends here.
+        w.written = off;
+        w.synced_end = off;
         self.last.store(last, Ordering::SeqCst);
         if replayed > 0 {
             self.checkpoint()?;
@@ -682,15 +751,36 @@ impl DiskStore {
         Ok(())
     }
 
+    /// Test hook: makes pre-writing the log tail fail as on a full disk.
+    #[cfg(test)]
+    pub(crate) fn fail_zeroing(&self, on: bool) {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail_zeroing = on;
+    }
+
+    /// The active segment and the end of its records (where the next one goes).
+    pub(crate) fn records_end(&self) -> (u32, u64) {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        (w.segment, w.end)
+    }
+
     /// Space used by the log.
+    ///
+    /// The active segment counts up to the end of its records, not its pre-written zeros.
     pub fn log_usage(&self) -> Result<LogUsage, StoreError> {
         let mut u = LogUsage::default();
+        let active = self.records_end();
         for id in self.segment_ids()? {
             let p = self.segment_path(id);
             u.segments += 1;
-            u.total_bytes += std::fs::metadata(&p)
-                .map_err(|e| StoreError::io(&p, e))?
-                .len();
+            u.total_bytes += match active {
+                (seg, end) if seg == id => end,
+                _ => std::fs::metadata(&p)
+                    .map_err(|e| StoreError::io(&p, e))?
+                    .len(),
+            };
         }
         u.live_bytes = self
             .live
@@ -731,10 +821,7 @@ impl DiskStore {
             // files were rewritten or deleted gets its space back too.
             let l = live.get(&w.segment).copied().unwrap_or(0);
             if w.end >= (self.opts.segment_max / 16).max(64 << 10) && l.saturating_mul(2) <= w.end {
-                let next = w.segment + 1;
-                w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
-                w.segment = next;
-                w.end = 0;
+                self.seal(&mut w)?;
             }
             w.segment
         };
@@ -874,6 +961,95 @@ impl DiskStore {
         Ok(stats)
     }
 
+    /// Closes the active segment and starts the next one. The closed segment is
+    /// cut back to the end of its records (its pre-written zeros go): sealed
+    /// segments end where their records end. The next sync makes that durable.
+    fn seal(&self, w: &mut LogWriter) -> Result<(), StoreError> {
+        if w.written > w.end {
+            let path = self.segment_path(w.segment);
+            match w.file.set_len(w.end) {
+                Ok(()) => {
+                    w.dirty.insert(w.segment);
+                }
+                // Only padding stays: a reopen cuts it, and nothing reads past the records.
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "could not cut the zero padding of a sealed log segment")
+                }
+            }
+        }
+        let next = w.segment + 1;
+        w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
+        w.segment = next;
+        w.end = 0;
+        w.written = 0;
+        w.synced_end = 0;
+        Ok(())
+    }
+
+    /// Pre-writes zeros past the active segment's records when the append position
+    /// is near the end of what the file holds (see the module docs), so that the
+    /// next small appends and their syncs change no file size. The caller holds the
+    /// writer lock and syncs the segment afterwards.
+    ///
+    /// Only for small syncs: when more than `TAIL_LOW` was appended since the last
+    /// sync (a bulk write, the cleaner's relocations), this sync pays for a new file
+    /// size anyway and zeros would only double the disk writes. Only an
+    /// optimisation: on a full disk (or near the space reserve) it is skipped.
+    fn extend_tail(&self, w: &mut LogWriter) {
+        let appended = w.end.saturating_sub(w.synced_end);
+        w.synced_end = w.end;
+        if appended > TAIL_LOW {
+            return;
+        }
+        // Sized so that about one sync in TAIL_SYNCS_PER_CHUNK writes zeros, and
+        // renewed when a quarter is left.
+        let chunk = (appended * TAIL_SYNCS_PER_CHUNK)
+            .div_ceil(TAIL_CHUNK)
+            .clamp(1, TAIL_CHUNK_MAX / TAIL_CHUNK)
+            * TAIL_CHUNK;
+        if w.written.saturating_sub(w.end) >= chunk / 4 {
+            return;
+        }
+        let from = w.written.max(w.end);
+        let to = (from + chunk).min(self.opts.segment_max);
+        if to <= from {
+            return;
+        }
+        let n = to - from;
+        // Zeros must not eat into the reserve kept for what frees space.
+        if let Some(r) = &mut w.space {
+            if r.free.saturating_sub(r.spent + n) < 2 * r.reserve {
+                return;
+            }
+            r.spent += n;
+        }
+        match Self::write_zeros(w, from, n) {
+            Ok(()) => w.written = to,
+            Err(e) => {
+                // Whatever part was written is zeros past the records: harmless padding.
+                tracing::debug!(segment = %self.segment_path(w.segment).display(), error = %e, "skipping the pre-written log tail");
+            }
+        }
+    }
+
+    /// Writes `n` zero bytes at `from` into the active segment.
+    fn write_zeros(w: &LogWriter, from: u64, n: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if w.fail_zeroing {
+            // As a full disk would: part of the zeros written, then ENOSPC.
+            let half = (n / 2).min(TAIL_CHUNK) as usize;
+            w.file.write_all_at(&ZEROS[..half], from)?;
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let mut off = from;
+        while off < from + n {
+            let k = (from + n - off).min(TAIL_CHUNK);
+            w.file.write_all_at(&ZEROS[..k as usize], off)?;
+            off += k;
+        }
+        Ok(())
+    }
+
     /// Fails with [`StoreError::NoSpace`] when the free space of the store's disk
     /// has fallen into the reserve.
     ///
@@ -942,19 +1118,19 @@ impl DiskStore {
         logged: impl FnOnce(),
     ) -> Result<(), StoreError> {
         if w.end > 0 && w.end + buf.len() as u64 > self.opts.segment_max {
-            let next = w.segment + 1;
-            w.file = Arc::new(Self::open_segment_file(&self.log_dir, next, true)?);
-            w.segment = next;
-            w.end = 0;
+            self.seal(w)?;
         }
         let path = self.segment_path(w.segment);
         if let Err(e) = w.file.write_all_at(buf, w.end) {
-            // Nothing references the partial bytes; cut them so the next record starts clean.
+            // Nothing references the partial bytes; cut them (and any zeros past
+            // them) so the next record starts clean.
             let _ = w.file.set_len(w.end);
+            w.written = w.end;
             return Err(StoreError::io(path, e));
         }
         let (seg, off) = (w.segment, w.end);
         let end = off + buf.len() as u64;
+        w.written = w.written.max(end);
         // From here on the record is in the log: the next sync covers it, and a
         // restart replays it if the index below does not get it. If indexing it
         // fails half way (sled writes are not one batch), the index must not be
@@ -1233,6 +1409,10 @@ impl Store for DiskStore {
         let _s = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let dirty: Vec<u32> = {
             let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if w.dirty.contains(&w.segment) {
+                // Before the fdatasync below, which then covers the zeros too.
+                self.extend_tail(&mut w);
+            }
             std::mem::take(&mut w.dirty).into_iter().collect()
         };
         for id in dirty {

@@ -197,7 +197,8 @@ fn log_records_missing_from_the_index_are_replayed() {
 #[test]
 fn torn_tail_is_cut_and_the_log_continues() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    // The end of the records, not the file length: the final sync pre-writes zeros.
+    let good_len = {
         let s = DiskStore::open(dir.path()).unwrap();
         s.apply(&m(
             1,
@@ -208,11 +209,12 @@ fn torn_tail_is_cut_and_the_log_continues() {
             }],
         ))
         .unwrap();
-    }
+        s.records_end().1
+    };
     let seg = dir.path().join("log").join(disk::segment_name(1));
-    let good_len = std::fs::metadata(&seg).unwrap().len();
     {
         use std::io::Write;
+        // Appended after the zeros: what follows them is not padding but a torn record.
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(b"TWLR\x01\x00garbage that is not a whole record")
             .unwrap();
@@ -817,4 +819,264 @@ fn apply_wire_then_reports_once_the_record_is_logged_and_before_it_is_indexed() 
     drop(b);
     let b = DiskStore::open(db.path()).unwrap();
     assert_eq!(dump(&a), dump(&b));
+}
+
+/// Counts the warnings and errors logged while it is the default subscriber.
+struct WarnCounter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for WarnCounter {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        if *e.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Runs `f` and returns its result with the number of warnings and errors it logged.
+fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = tracing::subscriber::with_default(WarnCounter(n.clone()), f);
+    (r, n.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+fn block_op(ino: u64, idx: u64, fill: u8, len: usize) -> Vec<Op> {
+    vec![Op::PutBlock {
+        ino: Ino(ino),
+        idx,
+        data: vec![fill; len],
+    }]
+}
+
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+fn zeros_from(p: &std::path::Path, from: u64) -> bool {
+    std::fs::read(p).unwrap()[from as usize..]
+        .iter()
+        .all(|&b| b == 0)
+}
+
+#[test]
+fn a_sync_pre_writes_zeros_and_a_clean_reopen_cuts_them_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("log").join(disk::segment_name(1));
+    let end = {
+        let s = DiskStore::open(dir.path()).unwrap();
+        s.apply(&m(1, block_op(7, 0, 1, 4096))).unwrap();
+        s.sync().unwrap();
+        let (id, end) = s.records_end();
+        assert_eq!(id, 1);
+        // The zeros past the records are written, and usage counts only the records.
+        assert!(
+            file_len(&seg) >= end + (256 << 10),
+            "{} {end}",
+            file_len(&seg)
+        );
+        assert!(zeros_from(&seg, end));
+        assert_eq!(s.log_usage().unwrap().total_bytes, end);
+        // Small appends land inside what is written: the file does not grow.
+        let padded = file_len(&seg);
+        for i in 2..=10u64 {
+            s.apply(&m(i, block_op(7, i, i as u8, 4096))).unwrap();
+            s.sync().unwrap();
+        }
+        assert_eq!(file_len(&seg), padded);
+        assert_eq!(
+            s.changed_keys_since(Seq(1)).unwrap().map(|k| k.len()),
+            Some(9)
+        );
+        // A bulk append (more than 256 KiB since the last sync) runs past the zeros
+        // and its sync writes none: bulk writes do not pay twice.
+        let bulk = |seq: u64| {
+            let ops = (0..10)
+                .map(|i| Op::PutBlock {
+                    ino: Ino(8),
+                    idx: seq * 10 + i,
+                    data: vec![seq as u8; 65536],
+                })
+                .collect();
+            m(seq, ops)
+        };
+        for seq in 11..=15 {
+            s.apply(&bulk(seq)).unwrap();
+        }
+        s.sync().unwrap();
+        assert_eq!(file_len(&seg), s.records_end().1);
+        // The next small sync pre-writes again.
+        s.apply(&m(16, block_op(7, 13, 13, 4096))).unwrap();
+        s.sync().unwrap();
+        assert!(file_len(&seg) > s.records_end().1);
+        s.records_end().1
+    };
+    // A clean stop leaves the padding; the next open cuts it without a warning.
+    assert!(file_len(&seg) > end);
+    let (s, warnings) = warnings_of(|| DiskStore::open(dir.path()).unwrap());
+    assert_eq!(warnings, 0);
+    assert_eq!(file_len(&seg), end);
+    assert_eq!(s.records_end(), (1, end));
+    assert_eq!(s.last_applied(), Seq(16));
+    assert_eq!(s.block(Ino(7), 10).unwrap().unwrap(), vec![10u8; 4096]);
+    assert_eq!(s.block(Ino(8), 129).unwrap().unwrap(), vec![12u8; 65536]);
+    s.apply(&m(17, block_op(7, 11, 11, 4096))).unwrap();
+    drop(s);
+    let s = DiskStore::open(dir.path()).unwrap();
+    assert_eq!(s.block(Ino(7), 11).unwrap().unwrap(), vec![11u8; 4096]);
+}
+
+#[test]
+fn records_written_into_the_padding_are_replayed_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let s = DiskStore::open(dir.path()).unwrap();
+    s.apply(&m(1, block_op(7, 0, 1, 4096))).unwrap();
+    s.checkpoint().unwrap();
+    // The index as of seq 1; the log then gets records 2..=20 inside its padding.
+    copy_tree(&dir.path().join("meta"), saved.path());
+    for i in 2..=20u64 {
+        s.apply(&m(i, block_op(7, i, i as u8, 4096))).unwrap();
+        s.sync().unwrap();
+    }
+    let end = s.records_end().1;
+    // The crash image: the log as synced (padding and all), the index of seq 1.
+    let crash = tempfile::tempdir().unwrap();
+    copy_tree(dir.path(), crash.path());
+    drop(s);
+    assert!(file_len(&crash.path().join("log").join(disk::segment_name(1))) > end);
+    let meta = crash.path().join("meta");
+    std::fs::remove_dir_all(&meta).unwrap();
+    copy_tree(saved.path(), &meta);
+    let (s, warnings) = warnings_of(|| DiskStore::open(crash.path()).unwrap());
+    assert_eq!(warnings, 0, "zero padding is not a torn tail");
+    assert_eq!(s.last_applied(), Seq(20));
+    for i in 2..=20u64 {
+        assert_eq!(s.block(Ino(7), i).unwrap().unwrap(), vec![i as u8; 4096]);
+    }
+    assert_eq!(s.records_end(), (1, end));
+    assert_eq!(
+        file_len(&crash.path().join("log").join(disk::segment_name(1))),
+        end
+    );
+}
+
+#[test]
+fn a_torn_record_inside_the_padding_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("log").join(disk::segment_name(1));
+    let end = {
+        let s = DiskStore::open(dir.path()).unwrap();
+        s.apply(&m(1, block_op(7, 0, 1, 4096))).unwrap();
+        s.apply(&m(2, block_op(7, 1, 2, 4096))).unwrap();
+        s.sync().unwrap();
+        s.records_end().1
+    };
+    let padded = file_len(&seg);
+    assert!(padded > end + 16384);
+    // Half of record 3 reached the disk inside the zeros: a crash mid-append.
+    let (rec, _, _) = crate::mutation::encode_record(&m(3, block_op(7, 2, 3, 8192)), 0);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&rec[..rec.len() / 2], end).unwrap();
+    }
+    let (s, warnings) = warnings_of(|| DiskStore::open(dir.path()).unwrap());
+    assert!(warnings >= 1, "a torn record is reported");
+    assert_eq!(s.last_applied(), Seq(2));
+    assert_eq!(file_len(&seg), end);
+    assert!(s.block(Ino(7), 2).unwrap().is_none());
+    // The log goes on from there, and the new record 3 survives a reopen.
+    s.apply(&m(3, block_op(7, 2, 33, 100))).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let s = DiskStore::open(dir.path()).unwrap();
+    assert_eq!(s.last_applied(), Seq(3));
+    assert_eq!(s.block(Ino(7), 2).unwrap().unwrap(), vec![33u8; 100]);
+    assert_eq!(s.block(Ino(7), 1).unwrap().unwrap(), vec![2u8; 4096]);
+}
+
+#[test]
+fn a_segment_sealed_while_padded_ends_at_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        segment_max: 64 * 1024,
+    };
+    let seg = |id| dir.path().join("log").join(disk::segment_name(id));
+    let s = DiskStore::open_with(dir.path(), opts).unwrap();
+    s.apply(&m(1, block_op(2, 0, 1, 20_000))).unwrap();
+    s.sync().unwrap();
+    // Padded up to the segment's maximum, never beyond.
+    assert_eq!(file_len(&seg(1)), 64 * 1024);
+    s.checkpoint().unwrap();
+    copy_tree(&dir.path().join("meta"), saved.path());
+    for i in 2..=8u64 {
+        s.apply(&m(i, block_op(2, i, i as u8, 20_000))).unwrap();
+        s.sync().unwrap();
+    }
+    assert!(s.records_end().0 > 1, "the test needs a sealed segment");
+    // Sealed segments end with the last byte of their last record's data.
+    for id in 1..s.records_end().0 {
+        let bytes = std::fs::read(seg(id)).unwrap();
+        assert_ne!(bytes.last(), Some(&0), "segment {id} still has padding");
+    }
+    // A crash just after a seal, before the cut reached the disk: the sealed
+    // segment still has zeros at its end, the index is that of seq 1.
+    let crash = tempfile::tempdir().unwrap();
+    copy_tree(dir.path(), crash.path());
+    drop(s);
+    let cseg = |id| crash.path().join("log").join(disk::segment_name(id));
+    let sealed_len = file_len(&cseg(1));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(cseg(1))
+        .unwrap()
+        .set_len(64 * 1024)
+        .unwrap();
+    let meta = crash.path().join("meta");
+    std::fs::remove_dir_all(&meta).unwrap();
+    copy_tree(saved.path(), &meta);
+    let (s, warnings) = warnings_of(|| DiskStore::open_with(crash.path(), opts).unwrap());
+    assert_eq!(warnings, 0);
+    assert_eq!(s.last_applied(), Seq(8));
+    for i in 2..=8u64 {
+        assert_eq!(s.block(Ino(2), i).unwrap().unwrap(), vec![i as u8; 20_000]);
+    }
+    assert_eq!(file_len(&cseg(1)), sealed_len);
+    assert!(crate::verify::verify(&s).unwrap().damaged.is_empty());
+}
+
+#[test]
+fn a_full_disk_while_pre_writing_zeros_does_not_fail_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("log").join(disk::segment_name(1));
+    let s = DiskStore::open(dir.path()).unwrap();
+    s.fail_zeroing(true);
+    for i in 1..=5u64 {
+        s.apply(&m(i, block_op(7, i, i as u8, 4096))).unwrap();
+        s.sync().unwrap();
+    }
+    let end = s.records_end().1;
+    // Part of the zeros went in before "ENOSPC": only padding, never counted as records.
+    assert!(file_len(&seg) > end);
+    assert_eq!(s.log_usage().unwrap().total_bytes, end);
+    s.fail_zeroing(false);
+    s.apply(&m(6, block_op(7, 6, 6, 4096))).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let (s, warnings) = warnings_of(|| DiskStore::open(dir.path()).unwrap());
+    assert_eq!(warnings, 0);
+    assert_eq!(s.last_applied(), Seq(6));
+    for i in 1..=6u64 {
+        assert_eq!(s.block(Ino(7), i).unwrap().unwrap(), vec![i as u8; 4096]);
+    }
 }

@@ -55,16 +55,25 @@ impl DiskStore {
     /// `None` when the log cannot tell: records after `floor` were cleaned away,
     /// or the store jumped over them in a resync. The caller then does a full resync.
     pub fn changed_keys_since(&self, floor: Seq) -> Result<Option<KeySet>, StoreError> {
-        let last = self.last.load(Ordering::SeqCst);
+        // The last seq and the end of the records that hold it, read together: the
+        // scan stops there, not at the file's length (zeros are pre-written past it).
+        let (last, active, records_end) = {
+            let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            (self.last.load(Ordering::SeqCst), w.segment, w.end)
+        };
         let mut keys = KeySet::new();
         if last <= floor.0 {
             return Ok(Some(keys));
         }
         let mut next_expected = None::<u64>;
-        for id in self.segment_ids()? {
+        for id in self.segment_ids()?.into_iter().filter(|&id| id <= active) {
             let path = self.segment_path(id);
             let file = File::open(&path).map_err(|e| StoreError::io(&path, e))?;
-            let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            let len = if id == active {
+                records_end
+            } else {
+                file.metadata().map_err(|e| StoreError::io(&path, e))?.len()
+            };
             let mut off = 0u64;
             while off + HEADER_LEN as u64 <= len {
                 let mut hb = [0u8; HEADER_LEN];
