@@ -1051,14 +1051,7 @@ impl Node {
                 if self.unsynced_bytes >= BACKGROUND_SYNC_BYTES && !self.background_sync {
                     self.unsynced_bytes = 0;
                     self.background_sync = true;
-                    let disk = self.disk.clone();
-                    let tx = self.input_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        // Everything applied before the sync starts is covered by it.
-                        let upto = ps(disk.last_applied());
-                        let r = disk.sync().map(|()| upto).map_err(|e| e.to_string());
-                        let _ = tx.send(Input::BackgroundSynced(r));
-                    });
+                    sync_in_background(&self.disk, &self.input_tx, Input::BackgroundSynced);
                 }
                 if let Some(s) = r.poll_flush() {
                     if s > *sync_asked {
@@ -1102,14 +1095,7 @@ impl Node {
                 {
                     self.sync_ahead = Some(applied);
                     self.unsynced_bytes = 0;
-                    let disk = self.disk.clone();
-                    let tx = self.input_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        // Everything applied before the sync starts is covered by it.
-                        let upto = ps(disk.last_applied());
-                        let r = disk.sync().map(|()| upto).map_err(|e| e.to_string());
-                        let _ = tx.send(Input::SyncedAhead(r));
-                    });
+                    sync_in_background(&self.disk, &self.input_tx, Input::SyncedAhead);
                 }
                 while let Some(ev) = r.poll_event() {
                     if ev == Event::PeerLost {
@@ -1561,6 +1547,21 @@ fn applier(
 /// its record is in the log, while its index entries are still being written
 /// (see [`DiskStore::apply_wire_then`]): the acknowledgement goes out sooner and
 /// the primary's next write overlaps this node's indexing.
+/// Syncs `disk` on a blocking thread and reports, through `report`, the seq
+/// the sync covers (everything applied before it started) or the error.
+fn sync_in_background(
+    disk: &Arc<DiskStore>,
+    tx: &mpsc::UnboundedSender<Input>,
+    report: fn(Result<Seq, String>) -> Input,
+) {
+    let (disk, tx) = (disk.clone(), tx.clone());
+    tokio::task::spawn_blocking(move || {
+        let upto = ps(disk.last_applied());
+        let r = disk.sync().map(|()| upto).map_err(|e| e.to_string());
+        let _ = tx.send(report(r));
+    });
+}
+
 fn do_job(
     disk: &DiskStore,
     job: Job,

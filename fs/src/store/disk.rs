@@ -135,6 +135,29 @@ struct Applied {
     end: u64,
 }
 
+/// Opens the sled index. The caller holds the store's `LOCK`, so no other
+/// store has this index open; sled's own file lock can only still be held by a
+/// store of this process that was just dropped (sled's IO threads let go of it
+/// a moment after the drop), so a busy lock is waited for, up to 2 s.
+fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        .cache_capacity(256 << 20)
+        // We flush sled at our own checkpoints, after the log is durable; see the module docs.
+        .flush_every_ms(None);
+    for _ in 0..200 {
+        match config.open() {
+            // sled reports it as an `Other` error naming the lock.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return Ok(r?),
+        }
+    }
+    Ok(config.open()?)
+}
+
 fn key(tag: u8, ino: Ino) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.push(tag);
@@ -334,13 +357,7 @@ impl DiskStore {
             std::fs::rename(&tmp, &marker).map_err(|e| StoreError::io(&marker, e))?;
             fsync_dir(dir)?;
         }
-        let db = sled::Config::new()
-            .path(dir.join("meta"))
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(256 << 20)
-            // We flush sled at our own checkpoints, after the log is durable; see the module docs.
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_index(&dir.join("meta"))?;
         let applied: Applied = match db.get(META_APPLIED)? {
             Some(v) => decode(META_APPLIED, &v)?,
             None => Applied {
@@ -1157,21 +1174,9 @@ impl DiskStore {
     /// exactly its wire form ([`Mutation::to_wire`]): a primary ships it without
     /// encoding (and hashing) the data a second time.
     pub fn apply_returning_record(&self, m: &Mutation) -> Result<Vec<u8>, StoreError> {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.check_next(&w, m)?;
-        // Keep a reserve for what frees space: unlinks, truncates and the cleaner's
-        // relocations must still fit on a disk that data writes have filled.
-        let data = data_bytes(&m.ops);
-        if data > 0 {
-            self.check_reserve(&mut w, data)?;
-        }
-        let (buf, ops, pl) = encode_record(m, 0);
-        let r = self.append_encoded(&mut w, &buf, &ops, &pl, m.seq);
-        if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
-            // Poisoned: the record is in the log and will be replayed, so its seq is used.
-            self.last.store(m.seq.0, Ordering::SeqCst);
-        }
-        r.map(|()| buf)
+        let (record, prepared) = self.prepare(m)?;
+        self.append_prepared(prepared, &record)?;
+        Ok(record)
     }
 
     /// The first half of [`Store::apply`]: checks that `m` follows the last
@@ -1184,7 +1189,10 @@ impl DiskStore {
     pub fn prepare(&self, m: &Mutation) -> Result<(Vec<u8>, PreparedRecord), StoreError> {
         {
             let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            self.check_next(&w, m)?;
+            self.check_next(&w, m.seq)?;
+            // Keep a reserve for what frees space: unlinks, truncates and the
+            // cleaner's relocations must still fit on a disk that data writes
+            // have filled.
             let data = data_bytes(&m.ops);
             if data > 0 {
                 self.check_reserve(&mut w, data)?;
@@ -1205,17 +1213,26 @@ impl DiskStore {
     /// [`DiskStore::prepare`] returned (`record`, unchanged) and indexes it.
     pub fn append_prepared(&self, p: PreparedRecord, record: &[u8]) -> Result<(), StoreError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.check_next(
-            &w,
-            &Mutation {
-                seq: p.seq,
-                ops: Vec::new(),
-            },
-        )?;
-        let r = self.append_encoded(&mut w, record, &p.ops, &p.pl, p.seq);
+        self.check_next(&w, p.seq)?;
+        self.append_next(&mut w, record, &p.ops, &p.pl, p.seq, || {})
+    }
+
+    /// Appends the record of the next mutation `seq` (checked by the caller)
+    /// and indexes it, calling `logged` in between; the store's position
+    /// moves to `seq`. The caller holds the writer lock.
+    fn append_next(
+        &self,
+        w: &mut LogWriter,
+        record: &[u8],
+        ops: &[LogOp],
+        pl: &[BlockPlacement],
+        seq: Seq,
+        logged: impl FnOnce(),
+    ) -> Result<(), StoreError> {
+        let r = self.append_encoded_then(w, record, ops, pl, seq, logged);
         if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
             // Poisoned: the record is in the log and will be replayed, so its seq is used.
-            self.last.store(p.seq.0, Ordering::SeqCst);
+            self.last.store(seq.0, Ordering::SeqCst);
         }
         r
     }
@@ -1278,32 +1295,24 @@ impl DiskStore {
         {
             return Err(bad("block bytes do not match their digests"));
         }
-        let m = Mutation {
-            seq: hdr.seq,
-            ops: Vec::new(),
-        };
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let has_data = pl.iter().any(|p| p.len > 0);
-        self.check_next(&w, &m)?;
-        if has_data {
+        self.check_next(&w, hdr.seq)?;
+        if pl.iter().any(|p| p.len > 0) {
             self.check_reserve(&mut w, bytes.len() as u64)?;
         }
-        let r = self.append_encoded_then(&mut w, bytes, &ops, &pl, hdr.seq, || logged(hdr.seq));
-        if r.is_ok() || self.poisoned.load(Ordering::SeqCst) {
-            self.last.store(hdr.seq.0, Ordering::SeqCst);
-        }
-        r.map(|()| hdr.seq)
+        self.append_next(&mut w, bytes, &ops, &pl, hdr.seq, || logged(hdr.seq))
+            .map(|()| hdr.seq)
     }
 
     /// Refuses a mutation that does not follow the last applied one, or any
     /// mutation once the store is poisoned.
-    fn check_next(&self, _w: &LogWriter, m: &Mutation) -> Result<(), StoreError> {
+    fn check_next(&self, _w: &LogWriter, seq: Seq) -> Result<(), StoreError> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(StoreError::Poisoned);
         }
         let last = self.last.load(Ordering::SeqCst);
-        if m.seq.0 != last + 1 {
-            return Err(StoreError::OutOfOrder { last, got: m.seq.0 });
+        if seq.0 != last + 1 {
+            return Err(StoreError::OutOfOrder { last, got: seq.0 });
         }
         Ok(())
     }

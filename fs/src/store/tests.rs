@@ -448,6 +448,21 @@ fn a_crash_at_either_step_of_cleaning_loses_nothing() {
 }
 
 /// Everything a store holds, for comparing two stores.
+/// Two empty stores, with their directories (kept alive by the caller).
+fn two_stores() -> (tempfile::TempDir, tempfile::TempDir, DiskStore, DiskStore) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = DiskStore::open(da.path()).unwrap();
+    let b = DiskStore::open(db.path()).unwrap();
+    (da, db, a, b)
+}
+
+/// The ops that create the root directory and set the next inode number.
+fn root_ops(next_ino: u64) -> Vec<Op> {
+    let mut root = inode();
+    root.kind = FileKind::Dir;
+    vec![Op::PutInode(Ino(1), root), Op::NextIno(next_ino)]
+}
+
 fn dump(s: &DiskStore) -> Vec<String> {
     let mut out = Vec::new();
     for ino in 1..64u64 {
@@ -528,15 +543,9 @@ fn resync(source: &DiskStore, target: &DiskStore, floor: Seq, full: bool) -> usi
 
 #[test]
 fn resync_of_diverged_stores_makes_them_equal_and_survives_a_crash() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        DiskStore::open(da.path()).unwrap(),
-        DiskStore::open(db.path()).unwrap(),
-    );
-    let mut root = inode();
-    root.kind = FileKind::Dir;
+    let (_da, db, a, b) = two_stores();
     let common = [
-        vec![Op::PutInode(Ino(1), root), Op::NextIno(10)],
+        root_ops(10),
         file_ops(2, 1, 3),
         file_ops(3, 2, 2),
         vec![Op::PutXattr {
@@ -637,11 +646,7 @@ fn resync_of_diverged_stores_makes_them_equal_and_survives_a_crash() {
 
 #[test]
 fn full_resync_wipes_the_target_first() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        DiskStore::open(da.path()).unwrap(),
-        DiskStore::open(db.path()).unwrap(),
-    );
+    let (_da, _db, a, b) = two_stores();
     a.apply(&m(1, file_ops(2, 1, 3))).unwrap();
     a.apply(&m(2, file_ops(3, 3, 1))).unwrap();
     // B holds unrelated data of another history.
@@ -689,15 +694,9 @@ fn the_cleaner_keeps_records_above_the_retain_floor() {
 
 #[test]
 fn a_record_applied_on_one_store_applies_as_it_is_on_another() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        DiskStore::open(da.path()).unwrap(),
-        DiskStore::open(db.path()).unwrap(),
-    );
-    let mut root = inode();
-    root.kind = FileKind::Dir;
+    let (_da, db, a, b) = two_stores();
     let muts = [
-        m(1, vec![Op::PutInode(Ino(1), root), Op::NextIno(3)]),
+        m(1, root_ops(3)),
         m(2, file_ops(2, 9, 3)),
         m(
             3,
@@ -739,17 +738,8 @@ fn a_record_applied_on_one_store_applies_as_it_is_on_another() {
 
 #[test]
 fn a_prepared_record_is_the_wire_form_and_applies_in_two_steps() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        DiskStore::open(da.path()).unwrap(),
-        DiskStore::open(db.path()).unwrap(),
-    );
-    let mut root = inode();
-    root.kind = FileKind::Dir;
-    let muts = [
-        m(1, vec![Op::PutInode(Ino(1), root), Op::NextIno(3)]),
-        m(2, file_ops(2, 7, 3)),
-    ];
+    let (_da, _db, a, b) = two_stores();
+    let muts = [m(1, root_ops(3)), m(2, file_ops(2, 7, 3))];
     for mu in &muts {
         let (record, prepared) = a.prepare(mu).unwrap();
         assert_eq!(record, mu.to_wire(), "the prepared record is the wire form");
@@ -776,17 +766,8 @@ fn a_prepared_record_is_the_wire_form_and_applies_in_two_steps() {
 
 #[test]
 fn apply_wire_then_reports_once_the_record_is_logged_and_before_it_is_indexed() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        DiskStore::open(da.path()).unwrap(),
-        DiskStore::open(db.path()).unwrap(),
-    );
-    let mut root = inode();
-    root.kind = FileKind::Dir;
-    let muts = [
-        m(1, vec![Op::PutInode(Ino(1), root), Op::NextIno(3)]),
-        m(2, file_ops(2, 9, 3)),
-    ];
+    let (_da, db, a, b) = two_stores();
+    let muts = [m(1, root_ops(3)), m(2, file_ops(2, 9, 3))];
     let wires: Vec<Vec<u8>> = muts
         .iter()
         .map(|mu| a.apply_returning_record(mu).unwrap())
