@@ -185,6 +185,15 @@ pub struct FsConfig {
     /// `fs.checkpoint_interval`: how often the store checkpoints its index,
     /// `100ms..=10min`. Default: 5s.
     pub checkpoint_interval: Duration,
+    /// `fs.force_unmount`: when a demotion (or shutdown) finds the mount busy,
+    /// ask the processes using it to stop (SIGTERM), then kill them (SIGKILL)
+    /// after `force_unmount_grace`, as Pacemaker's Filesystem agent does with
+    /// `force_unmount`. Default: `true` (a busy mount must not keep an
+    /// isolated node primary).
+    pub force_unmount: bool,
+    /// `fs.force_unmount_grace`: how long the users get between SIGTERM and
+    /// SIGKILL, `0s..=10min`. Default: 5s.
+    pub force_unmount_grace: Duration,
 }
 
 /// `[log]`: logging.
@@ -408,6 +417,14 @@ impl Config {
             DEFAULT_CHECKPOINT_INTERVAL,
             CHECKPOINT_INTERVAL_RANGE,
         )?;
+        let force_unmount = fs.force_unmount.unwrap_or(true);
+        let force_unmount_grace = duration_in(
+            cx,
+            "fs.force_unmount_grace",
+            fs.force_unmount_grace,
+            Duration::from_secs(5),
+            Duration::ZERO..=Duration::from_secs(600),
+        )?;
 
         let level = match log.level {
             None => LogLevel::default(),
@@ -435,6 +452,8 @@ impl Config {
                 attr_timeout,
                 threads,
                 checkpoint_interval,
+                force_unmount,
+                force_unmount_grace,
             },
             log: LogConfig { level },
             replication: replication
@@ -656,6 +675,8 @@ impl Default for FsConfig {
             attr_timeout: DEFAULT_ATTR_TIMEOUT,
             threads: DEFAULT_THREADS,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            force_unmount: true,
+            force_unmount_grace: Duration::from_secs(5),
         }
     }
 }
@@ -822,6 +843,8 @@ struct RawFs {
     attr_timeout: Option<Spanned<RawDuration>>,
     threads: Option<Spanned<RawInt>>,
     checkpoint_interval: Option<Spanned<RawDuration>>,
+    force_unmount: Option<bool>,
+    force_unmount_grace: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1334,6 +1357,8 @@ level = "TRACE"
                     attr_timeout: Duration::ZERO,
                     threads: 64,
                     checkpoint_interval: Duration::from_secs(600),
+                    force_unmount: true,
+                    force_unmount_grace: Duration::from_secs(5),
                 },
                 log: LogConfig {
                     level: LogLevel::Trace

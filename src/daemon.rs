@@ -18,6 +18,7 @@ use twinfs_fs::fuse::{FuseFs, FuseOptions};
 use twinfs_fs::ops::Fs;
 use twinfs_fs::store::{Checkpointer, DiskStore};
 use twinfs_replicator::control::{self, Request, Response};
+use twinfs_replicator::evidence::{EvidenceBoard, EvidenceSource};
 use twinfs_replicator::node::{self, MountReady, Mounter, NodeOptions};
 use twinfs_replicator::store::ReplicatedStore;
 use twinfs_replicator::tls::{self, Identity, PeerTrust};
@@ -53,6 +54,30 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         PeerTrustConfig::Fingerprint(f) => PeerTrust::from_fingerprint(f),
     }
     .map_err(|e| UsageError(e.to_string()))?;
+    // The right to acknowledge alone: which evidence counts (DURABILITY.md).
+    let evidence_source = match &cfg.failover {
+        Some(f) if f.witness.is_some() => EvidenceSource::Witness(
+            f.witness
+                .as_ref()
+                .map(|w| w.addr.to_string())
+                .unwrap_or_default(),
+        ),
+        Some(f) if !f.ping.is_empty() => EvidenceSource::Ping(
+            f.ping
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        _ => EvidenceSource::Unguarded,
+    };
+    if evidence_source == EvidenceSource::Unguarded && r.on_peer_loss == OnPeerLossName::Continue {
+        tracing::warn!(
+            "no witness and no ping target ([failover] witness or ping): a primary that loses \
+             its peer continues alone, so a cut cable can cause a split brain"
+        );
+    }
+    let evidence = Arc::new(EvidenceBoard::new(evidence_source.clone()));
     let protocol = ProtocolConfig {
         protocol: match r.protocol {
             ProtocolName::A => Protocol::A,
@@ -62,7 +87,10 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         keepalive: r.keepalive,
         deadtime: r.deadtime,
         on_peer_loss: match r.on_peer_loss {
-            OnPeerLossName::Continue => OnPeerLoss::Continue,
+            OnPeerLossName::Continue if evidence_source == EvidenceSource::Unguarded => {
+                OnPeerLoss::Continue
+            }
+            OnPeerLossName::Continue => OnPeerLoss::WithEvidence,
             OnPeerLossName::Suspend => OnPeerLoss::Suspend,
         },
         ..ProtocolConfig::default()
@@ -84,7 +112,7 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
     // The supervisor starts first: a broken hook script or a port in use stops
     // the node before it joins the pair.
     let supervisor = match &cfg.failover {
-        Some(f) => Some(crate::supervisor::start(cfg, &r, f)?),
+        Some(f) => Some(crate::supervisor::start(cfg, &r, f, evidence.clone())?),
         None => None,
     };
     let mounter = FuseMounter {
@@ -94,6 +122,10 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
             attr_timeout: cfg.fs.attr_timeout,
             writeback_cache: cfg.fs.writeback_cache,
             threads: cfg.fs.threads,
+        },
+        force: crate::unmount::ForceUnmount {
+            enabled: cfg.fs.force_unmount,
+            grace: cfg.fs.force_unmount_grace,
         },
         session: None,
     };
@@ -107,6 +139,7 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         protocol,
         split_brain,
         resync_rate: r.resync_rate,
+        evidence,
     };
     let metrics = cfg
         .metrics
@@ -134,6 +167,8 @@ struct FuseMounter {
     pre_unmount: Option<crate::supervisor::PreUnmount>,
     mountpoint: PathBuf,
     opts: FuseOptions,
+    /// What a busy unmount may do to the mount's users.
+    force: crate::unmount::ForceUnmount,
     session: Option<Session>,
 }
 
@@ -205,16 +240,23 @@ impl Mounter for FuseMounter {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(mut u) = taken {
-            if let Err(e) = u.unmount() {
-                // Busy: keep serving, say why.
-                self.session = Some(Session {
-                    thread: session.thread,
-                    unmounter: Arc::new(Mutex::new(None)),
-                });
-                bail!(
-                    "{} is busy ({e}); stop what uses it (Apache?) first",
-                    self.mountpoint.display()
-                );
+            match crate::unmount::unmount(&self.mountpoint, self.force) {
+                Ok(notes) => {
+                    for n in notes {
+                        tracing::warn!("{n}");
+                    }
+                    // Unmounted already; this lets fuser's session end cleanly.
+                    let _ = u.unmount();
+                }
+                Err(e) => {
+                    // Still busy: keep serving (the node refuses the writes),
+                    // and keep the unmounter for another try.
+                    self.session = Some(Session {
+                        thread: session.thread,
+                        unmounter: Arc::new(Mutex::new(Some(u))),
+                    });
+                    bail!("{e}");
+                }
             }
         }
         let _ = session.thread.join();

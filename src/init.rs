@@ -59,9 +59,15 @@ pub(crate) struct InitArgs {
     #[arg(long, value_name = "IP[:PORT]")]
     pub(crate) peer_public: Option<String>,
     /// An address that tells a live network from an isolated node, usually the
-    /// gateway (Heartbeat's `ping`). May be given more than once.
+    /// gateway (Heartbeat's `ping`). May be given more than once. Default:
+    /// this machine's default gateway (without a witness, a primary that loses
+    /// its peer keeps acknowledging writes only while this answers).
     #[arg(long, value_name = "IP")]
     pub(crate) ping: Vec<String>,
+    /// No ping target, not even the default gateway: a primary that loses its
+    /// peer then continues alone, so a cut cable can cause a split brain.
+    #[arg(long, conflicts_with = "ping")]
+    pub(crate) no_ping: bool,
     /// The home node, which takes the role when the pair starts (give the same
     /// value on both nodes). Without it the pair waits for `twinfs promote`.
     #[arg(long, value_name = "NODE")]
@@ -586,7 +592,53 @@ pub(crate) fn run(args: &InitArgs) -> Result<Outcome, InitError> {
 }
 
 /// `twinfs init`: [`run`], then the summary and the next steps on stdout.
+/// This machine's default IPv4 gateway, from `/proc/net/route`.
+fn default_gateway() -> Option<std::net::Ipv4Addr> {
+    parse_default_gateway(&std::fs::read_to_string("/proc/net/route").ok()?)
+}
+
+/// The gateway of the first default route (destination and mask 0) in the
+/// text of `/proc/net/route` (hexadecimal, in the host's byte order).
+fn parse_default_gateway(route: &str) -> Option<std::net::Ipv4Addr> {
+    route.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (dest, gw, mask) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        if *dest != "00000000" || *mask != "00000000" || *gw == "00000000" {
+            return None;
+        }
+        let v = u32::from_str_radix(gw, 16).ok()?;
+        Some(std::net::Ipv4Addr::from(v.to_ne_bytes()))
+    })
+}
+
 pub(crate) fn main(args: &InitArgs) -> anyhow::Result<ExitCode> {
+    let mut args = args.clone();
+    let mut ping_note = None;
+    if args.ping.is_empty() && !args.no_ping {
+        match default_gateway() {
+            Some(gw) => {
+                args.ping.push(gw.to_string());
+                ping_note = Some(format!(
+                    "ping target: {gw}, the default gateway (--ping to choose another, --no-ping for none)"
+                ));
+            }
+            None => {
+                ping_note = Some(
+                    "WARNING: no default gateway found and no --ping given: without a ping target \
+                     or a witness, a primary that loses its peer continues alone, so a cut cable \
+                     can cause a split brain; add failover.ping to the config"
+                        .into(),
+                )
+            }
+        }
+    } else if args.no_ping {
+        ping_note = Some(
+            "WARNING: --no-ping: without a ping target or a witness, a primary that loses its \
+             peer continues alone, so a cut cable can cause a split brain"
+                .into(),
+        );
+    }
+    let args = &args;
     let o = match run(args) {
         Ok(o) => o,
         Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
@@ -604,6 +656,9 @@ pub(crate) fn main(args: &InitArgs) -> anyhow::Result<ExitCode> {
         o.key.display()
     );
     println!("fingerprint: {}", o.fingerprint);
+    if let Some(n) = ping_note {
+        println!("{n}");
+    }
     if !Path::new("/sys/class/net").join(&args.interface).exists() {
         println!();
         println!(
@@ -660,6 +715,7 @@ mod tests {
             public: Some("192.168.0.1".into()),
             peer_public: Some("192.168.0.2:7790".into()),
             ping: vec!["192.168.0.254".into()],
+            no_ping: false,
             home: Some("www1".into()),
             config: PathBuf::from("/etc/twinfs/twinfs.toml"),
             force: false,
@@ -809,6 +865,29 @@ mod tests {
             ..good()
         };
         flag_error(args, "--peer-public", "192.168.0.1:7790");
+    }
+
+    #[test]
+    fn default_gateway_from_proc_net_route() {
+        let route =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth0\t00000000\tFE00A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(
+            super::parse_default_gateway(route),
+            Some("192.168.0.254".parse().unwrap())
+        );
+        assert_eq!(
+            super::parse_default_gateway(
+                route
+                    .lines()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .as_str()
+            ),
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod init;
 mod metrics;
 mod mount;
 mod supervisor;
+mod unmount;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -167,8 +167,28 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
         o.one(
             "suspended",
             "gauge",
-            "1 while writes are held back (on_peer_loss = suspend).",
+            "1 while writes are held back: the peer is lost and this node holds no evidence \
+             that it is not the isolated one (or on_peer_loss = suspend).",
             f64::from(u8::from(s.suspended)),
+        );
+        o.states(
+            "writes_state",
+            "Whether writes are acknowledged, and on what grounds.",
+            "state",
+            &[
+                "replicating",
+                "alone",
+                "alone-unguarded",
+                "suspended",
+                "closed",
+            ],
+            &s.writes.state,
+        );
+        o.one(
+            "unguarded",
+            "gauge",
+            "1 when no witness and no ping target are configured: a cut cable can cause a split brain.",
+            f64::from(u8::from(s.writes.unguarded)),
         );
         o.one(
             "applied_seq",
@@ -299,6 +319,12 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
             "counter",
             "Times the peer was declared lost.",
             c.peer_losses as f64,
+        );
+        o.one(
+            "write_suspensions_total",
+            "counter",
+            "Times writes were suspended (peer lost, no right to acknowledge alone).",
+            c.suspensions as f64,
         );
     }
     if let Some(f) = failover {

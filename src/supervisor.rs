@@ -38,6 +38,7 @@ use twinfs_lua::witness::{
     WitnessClient, WitnessClientConfig,
 };
 use twinfs_replicator::control::{self, Request, Response};
+use twinfs_replicator::evidence::{Evidence, EvidenceBoard, EvidenceSource};
 use twinfs_replicator::status::Status;
 
 /// How often the supervisor looks at the world.
@@ -272,6 +273,7 @@ pub(crate) fn start(
     cfg: &Config,
     r: &ReplicationConfig,
     f: &FailoverConfig,
+    evidence: Arc<EvidenceBoard>,
 ) -> anyhow::Result<SupervisorHandle> {
     let name = cfg.node.name.as_str().to_owned();
     let data_dir = cfg.node.data_dir.clone();
@@ -366,6 +368,7 @@ pub(crate) fn start(
             r.deadtime,
             t0,
             probes.clone(),
+            evidence.clone(),
             stop.clone(),
         ));
     }
@@ -390,6 +393,7 @@ pub(crate) fn start(
                 rx,
                 want_lease.clone(),
                 probes.clone(),
+                evidence.clone(),
                 stop.clone(),
             ));
             Some(tx)
@@ -496,24 +500,39 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
-/// Pings the targets every keepalive; the network is reachable while any answers.
+/// Pings the targets every keepalive; the network is reachable while any
+/// answers. Each answer is also evidence for the right to acknowledge alone
+/// (when no witness is configured, the node's board accepts it): it counts
+/// from the moment its probe was sent, for half of deadtime, so that it has
+/// run out before a peer that stops hearing this node may promote.
+#[allow(clippy::too_many_arguments)]
 fn spawn_pinger(
     targets: Vec<IpAddr>,
     every: Duration,
     deadtime: Duration,
     t0: Instant,
     probes: Arc<Mutex<Probes>>,
+    evidence: Arc<EvidenceBoard>,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     let timeout = (deadtime / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let counts = matches!(evidence.source(), EvidenceSource::Ping(_));
     std::thread::spawn(move || {
         let mut state: Option<(bool, u64)> = None;
         while !stop.load(Ordering::SeqCst) {
             let started = Instant::now();
             let mut answered = Vec::new();
             for t in &targets {
+                let sent = Instant::now();
                 if let Ok(true) = twinfs_lua::actuators::ping(*t, timeout) {
                     answered.push(*t);
+                    if counts {
+                        evidence.post(Evidence {
+                            what: format!("the ping target {t} answered a probe sent"),
+                            obtained_at: sent,
+                            valid_until: sent + deadtime / 2,
+                        });
+                    }
                 }
             }
             let reachable = !answered.is_empty();
@@ -561,6 +580,7 @@ fn spawn_witness(
     rx: mpsc::Receiver<WitnessCmd>,
     want_lease: Arc<AtomicBool>,
     probes: Arc<Mutex<Probes>>,
+    evidence: Arc<EvidenceBoard>,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -574,6 +594,8 @@ fn spawn_witness(
             if cmd.is_none() && Instant::now() < next_periodic {
                 continue;
             }
+            // A granted lease is evidence from the moment its request was sent.
+            let sent = Instant::now();
             let (answer, reply) = match cmd {
                 Some(WitnessCmd::Acquire(tx)) => (client.renew_lease(), Some(tx)),
                 Some(WitnessCmd::Release(tx)) => (client.release_lease(), Some(tx)),
@@ -587,6 +609,21 @@ fn spawn_witness(
                     (a, None)
                 }
             };
+            match &answer {
+                Ok(a) => match a.lease {
+                    LeaseStatus::Granted { until } => evidence.post(Evidence {
+                        what: "the witness renewed this node's primary lease, asked".into(),
+                        obtained_at: sent,
+                        valid_until: until,
+                    }),
+                    LeaseStatus::NotAsked => {}
+                    LeaseStatus::Refused | LeaseStatus::Grace | LeaseStatus::Released => {
+                        evidence.withdraw()
+                    }
+                },
+                // Unreachable: what was granted runs out by itself.
+                Err(_) => {}
+            }
             let (view, text, result) = match &answer {
                 Ok(a) => {
                     let holder = a.holder.as_ref().map(|h| h.node.clone());

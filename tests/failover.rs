@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 const BEACON_PORT: u16 = 7790;
 /// How long a failover may take in this test before it counts as failed
 /// (generous: CI machines are slow; the benchmark measures the real time).
-const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
 
-fn require_all(test: &str) -> bool {
+pub(crate) fn require_all(test: &str) -> bool {
     require_fuse(test) && require_lab(test) && web::require_apache(test)
 }
 
@@ -43,7 +43,7 @@ fn script_path() -> String {
 /// A pair in a lab with a public network, each node with Apache on its mount
 /// and a `[failover]` table; `more` is appended to the `[failover]` table.
 /// The Apache configs live (and are cleaned up) with the returned vector.
-fn failover_pair(tag: &str, opts: PublicOpts, more: &str) -> (Pair, Vec<ApacheConf>) {
+pub(crate) fn failover_pair(tag: &str, opts: PublicOpts, more: &str) -> (Pair, Vec<ApacheConf>) {
     let more = more.to_owned();
     failover_pair_with(tag, opts, move |_, conf, _| {
         format!("{more}\n{}", conf.services_toml("apache2"))
@@ -52,7 +52,7 @@ fn failover_pair(tag: &str, opts: PublicOpts, more: &str) -> (Pair, Vec<ApacheCo
 
 /// Like [`failover_pair`]; `tail(node, apache)` ends that node's
 /// `[failover]` table (and must add the `[failover.services.apache2]` table).
-fn failover_pair_with(
+pub(crate) fn failover_pair_with(
     tag: &str,
     opts: PublicOpts,
     tail: impl Fn(Node, &ApacheConf, Option<std::net::Ipv4Addr>) -> String,
@@ -89,7 +89,7 @@ fn failover_pair_with(
     (pair, confs.into_inner())
 }
 
-fn idx(n: Node) -> usize {
+pub(crate) fn idx(n: Node) -> usize {
     match n {
         Node::A => 0,
         Node::B => 1,
@@ -97,7 +97,7 @@ fn idx(n: Node) -> usize {
 }
 
 /// Waits until `node` is Primary with the VIP and Apache answering on it.
-fn wait_serving(pair: &Pair, node: Node) {
+pub(crate) fn wait_serving(pair: &Pair, node: Node) {
     pair.wait_status(node, "primary", FAILOVER_LIMIT, |s| s["role"] == "Primary");
     let url = format!("http://{}/twinfs-health", pair.lab.vip());
     let ok = poll_until(FAILOVER_LIMIT, || {
@@ -147,7 +147,7 @@ fn assert_served(pair: &Pair, files: &[(String, Vec<u8>)]) {
     }
 }
 
-fn decisions(s: &Value) -> String {
+pub(crate) fn decisions(s: &Value) -> String {
     s["failover"]["decisions"]
         .as_array()
         .map(|d| {
@@ -160,7 +160,7 @@ fn decisions(s: &Value) -> String {
 }
 
 /// Starts both nodes and waits until alpha (the home node) serves.
-fn start_serving(pair: &mut Pair) {
+pub(crate) fn start_serving(pair: &mut Pair) {
     pair.start(Node::A);
     pair.start(Node::B);
     wait_serving(pair, Node::A);
@@ -432,15 +432,15 @@ fn startup_releases_leftover_vip_and_service() {
     );
 }
 
-const WITNESS_PORT: u16 = 7791;
+pub(crate) const WITNESS_PORT: u16 = 7791;
 
 /// The witness's key pair, made as an admin would (`twinfs keygen`).
-struct WitnessFiles {
+pub(crate) struct WitnessFiles {
     dir: tempfile::TempDir,
 }
 
 impl WitnessFiles {
-    fn new() -> WitnessFiles {
+    pub(crate) fn new() -> WitnessFiles {
         let dir = crate::util::tempdir("witness");
         let w = WitnessFiles { dir };
         let out = crate::util::run_twinfs(&[
@@ -455,19 +455,19 @@ impl WitnessFiles {
         assert!(out.status.success(), "keygen witness: {out:?}");
         w
     }
-    fn cert(&self) -> std::path::PathBuf {
+    pub(crate) fn cert(&self) -> std::path::PathBuf {
         self.dir.path().join("witness.crt")
     }
     fn key(&self) -> std::path::PathBuf {
         self.dir.path().join("witness.key")
     }
-    fn log(&self) -> std::path::PathBuf {
+    pub(crate) fn log(&self) -> std::path::PathBuf {
         self.dir.path().join("witness.log")
     }
 }
 
 /// `twinfs witness` in the lab's witness namespace.
-fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::lab::LabChild {
+pub(crate) fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::lab::LabChild {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -497,7 +497,7 @@ fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::lab::LabChild {
     pair.lab.spawn_in(Place::Witness, cmd)
 }
 
-fn witness_lines(w: &WitnessFiles, addr: Option<std::net::Ipv4Addr>) -> String {
+pub(crate) fn witness_lines(w: &WitnessFiles, addr: Option<std::net::Ipv4Addr>) -> String {
     format!(
         "witness = \"{}:{WITNESS_PORT}\"\nwitness_cert = \"{}\"\n",
         addr.expect("a lab with a witness"),

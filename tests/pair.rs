@@ -344,3 +344,11 @@ pub(crate) fn signal(pid: u32, sig: i32) {
         std::io::Error::last_os_error()
     );
 }
+
+/// Sends `sig` to the process group led by `pgid` (a process this test
+/// started as a group leader, with its children); a group already gone is
+/// not an error.
+pub(crate) fn signal_group(pgid: u32, sig: i32) {
+    // SAFETY: kill(2) on a negative pid (a process group we created); no memory is involved.
+    let _ = unsafe { libc::kill(-(pgid as i32), sig) };
+}

@@ -26,6 +26,7 @@ mod crash;
 mod durability;
 mod enospc;
 mod failover;
+mod isolation;
 mod lab_selftest;
 mod online_verify;
 mod package;

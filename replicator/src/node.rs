@@ -26,6 +26,7 @@ mod splitbrain;
 mod verify;
 
 use crate::control::{self, Request, Response};
+use crate::evidence::EvidenceBoard;
 use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName, StateWriter};
 use crate::status::{Counters, Lag, LinkStatus, PeerStatus, Status};
 use crate::store::{Link, Outgoing, ReplicatedStore};
@@ -42,8 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use twinfs_fs::{DiskStore, Mutation, Store as _};
 use twinfs_replicator_proto::{
-    plan, DiskState, Event, Frame, Generation, Hello, LocalView, OnPeerLoss, Plan, Primary,
-    Protocol, ProtocolConfig, Replica, Role, Seq, Side, SplitBrainPolicy, PROTOCOL_VERSION,
+    plan, AckState, DiskState, Event, Frame, Generation, Hello, LocalView, OnPeerLoss, Plan,
+    Primary, Protocol, ProtocolConfig, Replica, Role, Seq, Side, SplitBrainPolicy,
+    PROTOCOL_VERSION,
 };
 
 /// Everything a node needs to know to run.
@@ -67,6 +69,9 @@ pub struct NodeOptions {
     pub split_brain: SplitBrainPolicy,
     /// Resync speed limit in bytes per second (0: as fast as the link goes).
     pub resync_rate: u64,
+    /// The evidence the supervisor gathers for the right to acknowledge
+    /// alone (used under [`OnPeerLoss::WithEvidence`]).
+    pub evidence: Arc<EvidenceBoard>,
 }
 
 /// What the daemon does when the node becomes primary or stops being primary:
@@ -319,7 +324,37 @@ struct Node {
     /// (Secondary) a sync started ahead of a flush request is running; it
     /// covers the mutations up to this seq.
     sync_ahead: Option<Seq>,
+    /// (Primary) the acknowledgement state last noted, for the log: a
+    /// change of it is an event.
+    ack_noted: AckKind,
+    /// (Primary) since when writes are suspended.
+    suspended_since: Option<Instant>,
+    /// (Primary) the evidence the current right to acknowledge alone rests on.
+    alone_on: Option<crate::evidence::Evidence>,
 }
+
+/// The kinds of [`AckState`], for noting changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckKind {
+    Replicating,
+    Alone,
+    Unguarded,
+    Suspended,
+}
+
+impl AckKind {
+    fn of(s: AckState) -> AckKind {
+        match s {
+            AckState::Replicating => AckKind::Replicating,
+            AckState::AloneUnguarded => AckKind::Unguarded,
+            AckState::AloneUntil(_) => AckKind::Alone,
+            AckState::Suspended => AckKind::Suspended,
+        }
+    }
+}
+
+/// How often a primary that lost its peer looks for new evidence.
+const EVIDENCE_POLL: Duration = Duration::from_millis(20);
 
 impl Node {
     fn new(
@@ -383,6 +418,9 @@ impl Node {
             background_sync: false,
             last_flush_request: None,
             sync_ahead: None,
+            ack_noted: AckKind::Replicating,
+            suspended_since: None,
+            alone_on: None,
         })
     }
 
@@ -531,6 +569,13 @@ impl Node {
 
     fn next_timeout(&self) -> Option<Instant> {
         match &self.role {
+            RoleState::Primary { primary, .. }
+                if primary.is_degraded()
+                    && self.opts.protocol.on_peer_loss == OnPeerLoss::WithEvidence =>
+            {
+                // Evidence arrives (and expires) on its own clock.
+                Some(Instant::now() + EVIDENCE_POLL)
+            }
             RoleState::Primary { primary, .. } => primary.poll_timeout(),
             RoleState::Secondary {
                 replica: Some(r), ..
@@ -954,8 +999,123 @@ impl Node {
     }
 
     /// Moves work between the state machine, the link, the applier and the wire.
+    /// The right to acknowledge alone (see [`crate::evidence`]): while the
+    /// peer is lost, hands fresh evidence to the protocol core, first
+    /// starting a new generation on disk (writes acknowledged alone must make
+    /// the peer a resync target, or a split brain if it promoted meanwhile).
+    /// Notes every change between replicating, alone and suspended.
+    fn check_alone(&mut self, now: Instant) {
+        let RoleState::Primary { primary, .. } = &self.role else {
+            return;
+        };
+        let mut fresh = None;
+        if primary.is_degraded() && self.opts.protocol.on_peer_loss == OnPeerLoss::WithEvidence {
+            fresh = self.opts.evidence.latest().filter(|ev| {
+                primary.lost_at().is_some_and(|lost| ev.obtained_at >= lost) && now < ev.valid_until
+            });
+        }
+        if let Some(ev) = fresh {
+            let bump = self.state.generation == self.state.shared;
+            if bump {
+                let (g, start) = (self.state.generation, self.state.generation_start);
+                self.state.generation = new_generation();
+                self.state.generation_start = self.disk.last_applied().0;
+                if let Err(e) = self.try_save_state() {
+                    // Without the new generation on disk, nothing may be
+                    // acknowledged alone: stay suspended, try again later.
+                    self.state.generation = g;
+                    self.state.generation_start = start;
+                    warn!("cannot start a new generation to write alone: {e:#}; writes stay suspended");
+                    return;
+                }
+            }
+            let RoleState::Primary { primary, .. } = &mut self.role else {
+                return;
+            };
+            if primary.grant_alone(now, ev.right()) {
+                self.alone_on = Some(ev);
+            }
+        }
+        let RoleState::Primary { primary, .. } = &self.role else {
+            return;
+        };
+        let kind = AckKind::of(primary.ack_state(now));
+        if kind == self.ack_noted {
+            return;
+        }
+        let was = std::mem::replace(&mut self.ack_noted, kind);
+        let deadtime = humantime::format_duration(self.opts.protocol.deadtime);
+        match kind {
+            AckKind::Suspended => {
+                self.suspended_since = Some(now);
+                self.counters.suspensions += 1;
+                let source = self.opts.evidence.source().describe();
+                let why = if was == AckKind::Alone {
+                    "the evidence to acknowledge alone expired and was not renewed".to_string()
+                } else if self.opts.protocol.on_peer_loss == OnPeerLoss::Suspend {
+                    format!(
+                        "peer lost (nothing heard for {deadtime}) and on_peer_loss = \"suspend\""
+                    )
+                } else {
+                    format!("peer lost (nothing heard for {deadtime})")
+                };
+                self.note(format!(
+                    "writes SUSPENDED: {why}; nothing is acknowledged until {source} shows this \
+                     node is not the isolated one, or the peer is back"
+                ));
+            }
+            AckKind::Alone => {
+                let what = self
+                    .alone_on
+                    .as_ref()
+                    .map_or_else(|| "evidence held".into(), |e| e.what.clone());
+                let held = self.suspended_since.take().map(|t| now - t);
+                self.note(format!(
+                    "acknowledging writes ALONE in generation {:016x}: {what}{}",
+                    self.state.generation,
+                    held.map(|d| format!(" (writes were suspended for {:.2} s)", d.as_secs_f64()))
+                        .unwrap_or_default()
+                ));
+            }
+            AckKind::Unguarded => {
+                self.note(format!(
+                    "acknowledging writes ALONE WITHOUT EVIDENCE in generation {:016x}: no \
+                     witness and no ping target, so this node cannot tell a dead peer from its \
+                     own isolation; a cut cable can cause a split brain",
+                    self.state.generation
+                ));
+            }
+            AckKind::Replicating => {
+                self.suspended_since = None;
+                self.alone_on = None;
+            }
+        }
+    }
+
+    /// A demotion (or shutdown) that finds writes suspended fails them: they
+    /// were never acknowledged, only a peer that is gone could commit them,
+    /// and a writer blocked in one keeps the mount busy (even SIGKILL waits
+    /// for the daemon's answer).
+    fn release_suspended_writes(&mut self) {
+        if self.unmounting.is_none() {
+            return;
+        }
+        let RoleState::Primary { primary, .. } = &self.role else {
+            return;
+        };
+        if primary.ack_state(Instant::now()) != AckState::Suspended || !self.link.lock().open {
+            return;
+        }
+        let why = "the node is being demoted while its writes are suspended (peer lost, no \
+                   evidence): they were never acknowledged and now fail";
+        self.link.set_open(false, Some(why.into()));
+        self.note(why.into());
+    }
+
     fn drive(&mut self) {
         let now = Instant::now();
+        self.check_alone(now);
+        self.release_suspended_writes();
         let mut lost = false;
         let mut caught_up = None;
         let mut new_floor = None;
@@ -1169,10 +1329,9 @@ impl Node {
         let deadtime = humantime::format_duration(self.opts.protocol.deadtime);
         match self.role {
             RoleState::Primary { .. } => {
-                if self.opts.protocol.on_peer_loss == OnPeerLoss::Suspend {
-                    self.note(format!(
-                        "peer lost (nothing heard for {deadtime}): writes are SUSPENDED until it is back (on_peer_loss = \"suspend\")"
-                    ));
+                if self.opts.protocol.on_peer_loss != OnPeerLoss::Continue {
+                    // Suspended, or alone once evidence comes: `check_alone`
+                    // notes it and starts the new generation then.
                     return;
                 }
                 if self.state.generation == self.state.shared {
@@ -1259,6 +1418,7 @@ impl Node {
                     Response::Error("already demoting or shutting down".into())
                 } else {
                     self.unmounting = Some(Unmounting::Demote(reply));
+                    self.release_suspended_writes();
                     self.start_unmount();
                     return;
                 }
@@ -1353,8 +1513,16 @@ impl Node {
                 ));
             }
             (Some(Unmounting::Demote(reply)), Err(e)) => {
+                // A failed demotion never leaves a node that acknowledges
+                // writes: the mount stays (reads go on), every write fails.
+                let why = format!(
+                    "demotion failed (unmount: {e:#}): this node refuses every write until it \
+                     is demoted"
+                );
+                self.link.set_open(false, Some(why.clone()));
+                self.note(why);
                 let _ = reply.send(Response::Error(format!(
-                    "cannot demote: unmount failed: {e:#}; still primary"
+                    "cannot demote: unmount failed: {e:#}; still primary, refusing all writes"
                 )));
             }
             (Some(Unmounting::Shutdown), r) => {
@@ -1393,6 +1561,46 @@ impl Node {
         } else {
             self.stop = true;
         }
+    }
+
+    fn writes_status(&self) -> crate::status::WritesStatus {
+        let now = Instant::now();
+        let source = self.opts.evidence.source();
+        let mut w = crate::status::WritesStatus {
+            state: "closed".into(),
+            evidence_source: source.describe(),
+            unguarded: *source == crate::evidence::EvidenceSource::Unguarded
+                && self.opts.protocol.on_peer_loss != OnPeerLoss::Suspend,
+            ..Default::default()
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if let RoleState::Primary { primary, .. } = &self.role {
+            if !self.link.lock().open {
+                return w;
+            }
+            match primary.ack_state(now) {
+                AckState::Replicating => w.state = "replicating".into(),
+                AckState::AloneUnguarded => w.state = "alone-unguarded".into(),
+                AckState::AloneUntil(until) => {
+                    w.state = "alone".into();
+                    w.evidence = self.alone_on.as_ref().map(|e| {
+                        format!(
+                            "{} {:.1} s ago",
+                            e.what,
+                            now.saturating_duration_since(e.obtained_at).as_secs_f64()
+                        )
+                    });
+                    w.valid_ms = Some(ms(until.saturating_duration_since(now)));
+                }
+                AckState::Suspended => {
+                    w.state = "suspended".into();
+                    w.suspended_ms = self
+                        .suspended_since
+                        .map(|t| ms(now.saturating_duration_since(t)));
+                }
+            }
+        }
+        w
     }
 
     fn status(&self) -> Status {
@@ -1454,10 +1662,12 @@ impl Node {
             .into(),
             on_peer_loss: match self.opts.protocol.on_peer_loss {
                 OnPeerLoss::Continue => "continue",
+                OnPeerLoss::WithEvidence => "continue-with-evidence",
                 OnPeerLoss::Suspend => "suspend",
             }
             .into(),
             suspended,
+            writes: self.writes_status(),
             generation: format!("{:016x}", self.state.generation),
             shared_generation: format!("{:016x}", self.state.shared),
             applied_seq: ps(self.disk.last_applied()).0,

@@ -18,8 +18,13 @@ pub struct Status {
     pub protocol: String,
     /// What happens to writes while the peer is lost (`continue` or `suspend`).
     pub on_peer_loss: String,
-    /// Whether writes are held back right now (suspend mode, peer lost).
+    /// Whether writes are held back right now (peer lost, no right to
+    /// acknowledge alone).
     pub suspended: bool,
+    /// Whether writes are acknowledged, and on what grounds (the right to
+    /// acknowledge alone while the peer is lost).
+    #[serde(default)]
+    pub writes: WritesStatus,
     /// The current data generation (hex).
     pub generation: String,
     /// The generation last shared with the peer (hex).
@@ -45,6 +50,27 @@ pub struct Status {
     pub counters: Counters,
     /// The last notable events, oldest first ("2026-11-22T07:40:01Z peer lost ...").
     pub recent: Vec<String>,
+}
+
+/// Whether and why writes are acknowledged (see DURABILITY.md, "The right to
+/// acknowledge alone").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WritesStatus {
+    /// `replicating` (the protocol decides), `alone` (peer lost, evidence
+    /// held), `alone-unguarded` (peer lost, no evidence source configured),
+    /// `suspended` (peer lost, no evidence: nothing is acknowledged),
+    /// `closed` (not primary, or demoting).
+    pub state: String,
+    /// Where the evidence comes from, in one line.
+    pub evidence_source: String,
+    /// No witness and no ping target: a cut cable can cause a split brain.
+    pub unguarded: bool,
+    /// The evidence held while acknowledging alone.
+    pub evidence: Option<String>,
+    /// Milliseconds the evidence stays valid.
+    pub valid_ms: Option<u64>,
+    /// Milliseconds writes have been suspended.
+    pub suspended_ms: Option<u64>,
 }
 
 /// The peer as seen from this node.
@@ -134,6 +160,9 @@ pub struct Counters {
     pub connections: u64,
     /// Times the peer was declared lost.
     pub peer_losses: u64,
+    /// Times writes were suspended (peer lost, no right to acknowledge alone).
+    #[serde(default)]
+    pub suspensions: u64,
 }
 
 fn human_bytes(b: u64) -> String {
@@ -195,6 +224,40 @@ impl Status {
             self.committed_seq,
             self.peer.applied_seq
         );
+        match self.writes.state.as_str() {
+            "suspended" => {
+                let _ = writeln!(
+                    o,
+                    "  writes: SUSPENDED for {:.1} s: the peer is lost and this node holds no evidence \
+                     that it is not the isolated one (waiting for {}); nothing is acknowledged",
+                    self.writes.suspended_ms.unwrap_or(0) as f64 / 1000.0,
+                    self.writes.evidence_source
+                );
+            }
+            "alone" => {
+                let _ = writeln!(
+                    o,
+                    "  writes: acknowledged ALONE (peer lost): {} (valid {:.1} s more)",
+                    self.writes.evidence.as_deref().unwrap_or("evidence held"),
+                    self.writes.valid_ms.unwrap_or(0) as f64 / 1000.0
+                );
+            }
+            "alone-unguarded" => {
+                let _ = writeln!(
+                    o,
+                    "  writes: acknowledged ALONE WITHOUT EVIDENCE (peer lost): no witness and no \
+                     ping target, so a cut cable can cause a split brain"
+                );
+            }
+            _ => {}
+        }
+        if self.writes.unguarded && self.writes.state != "alone-unguarded" {
+            let _ = writeln!(
+                o,
+                "  warning: no witness and no ping target: a primary that loses its peer \
+                 continues alone, so a cut cable can cause a split brain"
+            );
+        }
         let _ = writeln!(
             o,
             "  lag: {} mutations ({})",

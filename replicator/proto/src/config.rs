@@ -18,9 +18,18 @@ pub enum Protocol {
 /// What a primary does with writes once its peer is declared lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OnPeerLoss {
-    /// Keep serving: commit on the local store alone (degraded mode) and resync later.
+    /// Keep serving without any evidence: commit on the local store alone
+    /// (degraded mode) and resync later. A node that cannot tell a dead peer
+    /// from its own isolation (no witness, no ping target) has only this; a
+    /// cut cable then makes two primaries.
     #[default]
     Continue,
+    /// Keep serving alone only while the driver holds evidence, obtained after
+    /// the peer went silent, that this node is not the isolated one (a witness
+    /// lease renewed since, a ping target's reply to a probe sent since): see
+    /// [`Primary::grant_alone`](crate::Primary::grant_alone). Without it, writes are
+    /// suspended (applied locally, not acknowledged).
+    WithEvidence,
     /// Block writes (they are applied locally but not acknowledged) until the peer is back.
     Suspend,
 }

@@ -86,7 +86,7 @@ pub use error::{ConfigError, FrameError, ProtocolError};
 pub use frame::{Frame, Hello, FRAME_VERSION, HEADER_LEN, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN};
 pub use generation::{decide, Decision, History, Side, SplitBrainPolicy};
 pub use plan::{plan, LocalView, Plan};
-pub use primary::Primary;
+pub use primary::{AckState, AloneRight, Primary};
 pub use replica::Replica;
 
 #[doc(no_inline)]

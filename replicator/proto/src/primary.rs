@@ -68,7 +68,41 @@ pub struct Primary {
     flush_requested: Seq,
     /// The highest barrier sent on the current connection.
     flush_sent: Seq,
+    /// The right to acknowledge alone (under [`OnPeerLoss::WithEvidence`]),
+    /// granted by the driver after the peer was lost.
+    alone: Option<AloneRight>,
+    /// When the peer was declared lost (`None` while it is not).
+    lost_at: Option<Instant>,
     events: VecDeque<Event>,
+}
+
+/// Evidence, gathered after the peer went silent, that this node is not the
+/// isolated one, and until when it holds: a witness lease renewed since the
+/// peer's last frame, or a ping target's answer to a probe sent since then.
+///
+/// `obtained_at` is when the request that proved it was *sent* (the answer
+/// proves the network worked at some point after that); `valid_until` must be
+/// conservative: for a lease, no later than the witness's own end of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AloneRight {
+    /// When the proving request was sent.
+    pub obtained_at: Instant,
+    /// The right ends here: nothing is acknowledged alone at or after it.
+    pub valid_until: Instant,
+}
+
+/// Whether the primary acknowledges writes now, and on what grounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckState {
+    /// The peer is connected (or not yet declared lost): the protocol decides.
+    Replicating,
+    /// The peer is lost; acknowledging on the local store alone without
+    /// evidence ([`OnPeerLoss::Continue`]).
+    AloneUnguarded,
+    /// The peer is lost; acknowledging alone under a right that ends then.
+    AloneUntil(Instant),
+    /// The peer is lost and no valid right is held: nothing new is acknowledged.
+    Suspended,
 }
 
 #[derive(Debug)]
@@ -130,6 +164,8 @@ impl Primary {
             flushed: last,
             flush_requested: Seq(0),
             flush_sent: Seq(0),
+            alone: None,
+            lost_at: None,
             events: VecDeque::new(),
         }
     }
@@ -261,6 +297,8 @@ impl Primary {
         self.heartbeat_due = false;
         self.retransmit_at = None;
         self.flush_sent = Seq(0);
+        self.alone = None;
+        self.lost_at = None;
         self.events.push_back(Event::PeerConnected {
             last_applied: peer_applied,
         });
@@ -443,10 +481,60 @@ impl Primary {
         self.last_submitted
     }
 
-    /// Whether writes are held back because the peer is lost under
-    /// [`OnPeerLoss::Suspend`].
+    /// Whether writes are held back because the peer is lost and this node
+    /// may not acknowledge alone (now: the time of the latest input).
     pub fn is_suspended(&self) -> bool {
-        self.link == Link::Lost && self.config.on_peer_loss == OnPeerLoss::Suspend
+        self.ack_state(self.last_now) == AckState::Suspended
+    }
+
+    /// Grants the right to acknowledge alone (under [`OnPeerLoss::WithEvidence`])
+    /// until `right.valid_until`. Refused (returns `false`, nothing changes)
+    /// unless the peer is lost, the evidence was obtained at or after the
+    /// moment it was declared lost ([`lost_at`](Self::lost_at)), and it has
+    /// not expired at `now`. Evidence from before proves nothing about who is
+    /// cut off: a probe answered just before a cable was pulled, after the
+    /// peer's last heartbeat, would otherwise count.
+    ///
+    /// The driver must have made its own state ready for writing alone (a new
+    /// generation on disk) before it calls this: commits may follow at once.
+    /// A later grant replaces an earlier one; an expired right simply stops
+    /// further commits (what was acknowledged stays acknowledged).
+    pub fn grant_alone(&mut self, now: Instant, right: AloneRight) -> bool {
+        self.last_now = now;
+        if self.lost_at.is_none_or(|lost| right.obtained_at < lost) || now >= right.valid_until {
+            return false;
+        }
+        if self.alone.is_none_or(|a| a.valid_until < right.valid_until) {
+            self.alone = Some(right);
+        }
+        self.update_commits();
+        true
+    }
+
+    /// When the peer was last heard (a frame, or the handshake).
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
+    /// When the peer was declared lost, while it is: evidence for
+    /// [`grant_alone`](Self::grant_alone) must be obtained at or after it.
+    pub fn lost_at(&self) -> Option<Instant> {
+        self.lost_at
+    }
+
+    /// Whether and why writes are acknowledged at `now`.
+    pub fn ack_state(&self, now: Instant) -> AckState {
+        if self.link != Link::Lost {
+            return AckState::Replicating;
+        }
+        match self.config.on_peer_loss {
+            OnPeerLoss::Continue => AckState::AloneUnguarded,
+            OnPeerLoss::Suspend => AckState::Suspended,
+            OnPeerLoss::WithEvidence => match self.alone {
+                Some(a) if now < a.valid_until => AckState::AloneUntil(a.valid_until),
+                _ => AckState::Suspended,
+            },
+        }
     }
 
     /// What the peer acknowledged as applied on the current connection.
@@ -523,6 +611,8 @@ impl Primary {
     fn lose_peer(&mut self) {
         debug!(resync_from = self.resync_from().0, "peer lost");
         self.link = Link::Lost;
+        self.alone = None;
+        self.lost_at = Some(self.last_now);
         self.heartbeat_due = false;
         self.retransmit_at = None;
         self.events.push_back(Event::PeerLost);
@@ -546,9 +636,12 @@ impl Primary {
     }
 
     fn update_commits(&mut self) {
-        // Suspended: nothing is acknowledged until the peer is back and has it.
-        let local_only =
-            self.link == Link::Lost && self.config.on_peer_loss == OnPeerLoss::Continue;
+        // Suspended: nothing is acknowledged until the peer is back and has it,
+        // or (with evidence) until a right to acknowledge alone is granted.
+        let local_only = matches!(
+            self.ack_state(self.last_now),
+            AckState::AloneUnguarded | AckState::AloneUntil(_)
+        );
         let committed = match self.config.protocol {
             _ if local_only => self.local_applied,
             Protocol::A => self.local_applied,

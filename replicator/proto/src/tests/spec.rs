@@ -449,3 +449,91 @@ fn a_degraded_primary_may_forget_its_backlog_and_then_needs_a_resync() {
         Err(crate::ProtocolError::PeerTooFarBehind { .. })
     ));
 }
+
+/// The right to acknowledge alone: a lost peer without evidence suspends
+/// every write; evidence obtained after the peer went silent lets the primary
+/// acknowledge on its own store until the evidence expires, then it suspends
+/// again.
+#[test]
+fn with_evidence_a_lost_peer_suspends_until_fresh_evidence_and_again_after_it_expires() {
+    use crate::{AckState, AloneRight};
+    let mut c = config(Protocol::C);
+    c.on_peer_loss = crate::OnPeerLoss::WithEvidence;
+    let mut pair = Pair::new(c, 7);
+    pair.drive_for(100 * MS);
+    let silent_from = pair.primary.last_heard();
+    pair.partition = true;
+    let held = pair.submit(b"held", true);
+    pair.drive_for(15 * SEC);
+    assert!(pair.primary.is_degraded() && pair.primary.is_suspended());
+    assert_eq!(pair.primary.ack_state(pair.now), AckState::Suspended);
+    assert!(
+        pair.primary.committed() < held,
+        "no evidence: not acknowledged"
+    );
+
+    // Evidence from before the loss was declared proves nothing (even if
+    // obtained after the peer's last frame).
+    let lost = pair.primary.lost_at().expect("declared lost");
+    assert!(lost > silent_from);
+    let stale = AloneRight {
+        obtained_at: lost - MS,
+        valid_until: pair.now + 10 * SEC,
+    };
+    assert!(!pair.primary.grant_alone(pair.now, stale));
+    // An expired right neither.
+    let expired = AloneRight {
+        obtained_at: lost + MS,
+        valid_until: pair.now,
+    };
+    assert!(!pair.primary.grant_alone(pair.now, expired));
+    assert!(pair.primary.committed() < held);
+
+    // Fresh evidence: everything applied and flushed locally is acknowledged.
+    let right = AloneRight {
+        obtained_at: lost + 100 * MS,
+        valid_until: pair.now + SEC,
+    };
+    assert!(pair.primary.grant_alone(pair.now, right));
+    assert_eq!(pair.primary.committed(), held);
+    assert_eq!(pair.primary.flushed(), held);
+    assert_eq!(
+        pair.primary.ack_state(pair.now),
+        AckState::AloneUntil(right.valid_until)
+    );
+    let during = pair.submit(b"alone", true);
+    assert_eq!(pair.primary.committed(), during);
+
+    // Past the right's end: suspended again, a new write waits.
+    pair.drive_for(2 * SEC);
+    let after = pair.submit(b"after expiry", true);
+    assert_eq!(pair.primary.ack_state(pair.now), AckState::Suspended);
+    assert_eq!(pair.primary.committed(), during);
+    assert!(pair.primary.committed() < after);
+
+    // The peer comes back: the protocol decides again.
+    pair.partition = false;
+    pair.reconnect();
+    assert_eq!(pair.primary.ack_state(pair.now), AckState::Replicating);
+    assert!(pair.drive_until_committed(after, 5 * SEC));
+    assert_eq!(pair.replica_applied(), after);
+}
+
+/// While the peer is connected (or not yet declared lost), a grant changes
+/// nothing: the protocol alone decides what is acknowledged.
+#[test]
+fn a_right_to_acknowledge_alone_is_refused_while_the_peer_is_not_lost() {
+    use crate::AloneRight;
+    let mut c = config(Protocol::C);
+    c.on_peer_loss = crate::OnPeerLoss::WithEvidence;
+    let mut pair = Pair::new(c, 8);
+    pair.partition = true;
+    let seq = pair.submit(b"w", false);
+    pair.drive_for(500 * MS); // silent, but not for deadtime yet
+    let right = AloneRight {
+        obtained_at: pair.now,
+        valid_until: pair.now + 10 * SEC,
+    };
+    assert!(!pair.primary.grant_alone(pair.now + MS, right));
+    assert!(pair.primary.committed() < seq);
+}
