@@ -559,3 +559,68 @@ fn witness_cut_from_the_primary_keeps_writes_while_connected_then_suspends() {
     assert_eq!(primary_samples(&samples, Node::B), 0, "beta promoted");
     wa.assert_all_on(&pair.node(Node::A).mnt(), "alpha");
 }
+
+#[test]
+fn a_demotion_that_cannot_unmount_refuses_every_write_and_escalates() {
+    if !crate::failover::require_all("a_demotion_that_cannot_unmount_refuses_every_write") {
+        return;
+    }
+    let marker_dir = crate::util::tempdir("unmount-escalation");
+    let marker = marker_dir.path().join("escalated");
+    let (mut pair, _confs) =
+        failover_pair_with("iso-busy", PublicOpts::default(), |node, conf, _| {
+            let mut t = conf.services_toml("apache2");
+            if node == Node::A {
+                // Its escalation only leaves a mark (a real one reboots).
+                t = format!(
+                    "escalation = \"reboot\"\n\
+                 escalation_command = [\"/bin/sh\", \"-c\", \"echo escalated > {}\"]\n{t}",
+                    marker.display()
+                );
+            }
+            t
+        });
+    // Alpha does not stop the mount's users: its demotion cannot unmount.
+    let config = pair.node(Node::A).config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[fs]\n", "[fs]\nforce_unmount = false\n", 1),
+    )
+    .unwrap();
+    start_serving(&mut pair);
+    let mut wa = Writer::start(&pair.node(Node::A).mnt(), "busya");
+    wait_progress(&pair, Node::A, &wa, 20, "before the cut");
+    pair.lab.isolate(Node::A);
+    let ok = poll_until(FAILOVER_LIMIT, || {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|t| t.contains("escalated"))
+    });
+    assert!(
+        ok.is_some(),
+        "alpha did not escalate\nstatus: {:#}\nlog:\n{}",
+        pair.status(Node::A),
+        pair.node(Node::A).log_text()
+    );
+    // Still primary and still mounted, but refusing every write.
+    let sa = pair.status(Node::A);
+    assert_eq!(sa["role"], "Primary", "{sa:#}");
+    assert_eq!(sa["writes"]["state"], "closed", "{sa:#}");
+    assert!(
+        wa.running(),
+        "force_unmount = false must leave the writer alone"
+    );
+    let held = wa.acked().len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        wa.acked().len(),
+        held,
+        "a node whose demotion failed acknowledged writes"
+    );
+    let log = pair.node(Node::A).log_text();
+    assert!(log.contains("refuses every write"), "{log}");
+    wait_serving(&pair, Node::B);
+    wa.stop();
+    wa.assert_all_on(&pair.node(Node::B).mnt(), "beta");
+}
