@@ -132,6 +132,24 @@ kill_and_measure() {
     } >>"$RUN_OUT"
 }
 
+# write_probe MNT OUT SECS: retries every 20 ms until a write and its fsync
+# return on MNT (once it is a twinfs mount), then writes that moment (ms) to
+# OUT. A promoted node acknowledges writes alone only once it declared the
+# old primary lost and holds evidence (DURABILITY.md, "The right to
+# acknowledge alone"), so this comes later than the first HTTP 200.
+write_probe() {
+    local mnt=$1 out=$2 end=$((SECONDS + $3)) f=$1/.failover-write-probe
+    while ((SECONDS < end)); do
+        if grep -q " $mnt fuse.twinfs " /proc/mounts &&
+            printf 'w\n' >"$f" 2>/dev/null && sync "$f" 2>/dev/null; then
+            lab_now_ms >"$out"
+            return 0
+        fi
+        sleep 0.02
+    done
+}
+probe_done() { [[ -s $1 ]]; }
+
 # run_twinfs REPL_EXTRA IDLE_SECS
 run_twinfs() {
     local repl=$1 idle=$2 fo=${3:-} n
@@ -176,7 +194,14 @@ run_twinfs() {
             for n in alpha beta; do lab_decisions "$n" | tail -n 5 | sed "s/^/idle decision on $n: /" >&2; done
         fi
     fi
+    local probe_out=$LAB_WORK/write-probe.ms
+    : >"$probe_out"
+    write_probe "$(lab_mnt beta)" "$probe_out" $((BACK_LIMIT + 30)) &
+    local probe_pid=$!
     kill_and_measure
+    lab_wait "a write and its fsync acknowledged on beta" $((BACK_LIMIT + 30)) probe_done "$probe_out"
+    wait "$probe_pid" 2>/dev/null || true
+    echo "t_write_ms=$(($(cat "$probe_out") - T_KILL))" >>"$RUN_OUT"
     # The client can get its 200 before beta's hook has returned and its
     # status file lists the hook's actions.
     lab_wait "beta's status recording the finished promotion" 15 promotion_recorded beta
@@ -353,7 +378,7 @@ for ((round = 1; round <= RUNS; round++)); do
         if ((rc == 0)); then
             cp "$RUN_OUT" "$f"
             extra=""
-            [[ -n $(kv "$f" t_detect_ms) ]] && extra=" (detected +$(sec "$(kv "$f" t_detect_ms)") s, promoted +$(sec "$(kv "$f" t_promoted_ms)") s, VIP +$(sec "$(kv "$f" t_vip_ms)") s, Apache +$(sec "$(kv "$f" t_apache_ms)") s)"
+            [[ -n $(kv "$f" t_detect_ms) ]] && extra=" (detected +$(sec "$(kv "$f" t_detect_ms)") s, promoted +$(sec "$(kv "$f" t_promoted_ms)") s, VIP +$(sec "$(kv "$f" t_vip_ms)") s, Apache +$(sec "$(kv "$f" t_apache_ms)") s, first write +$(sec "$(kv "$f" t_write_ms)") s)"
             [[ -n $(kv "$f" idle_secs) ]] && extra+="; idle $(kv "$f" idle_secs) s: roles $(kv "$f" idle_roles), $(kv "$f" idle_new_decisions) new decisions, $(kv "$f" idle_failed_requests)/$(kv "$f" idle_requests) failed requests"
             log "round $round $sys: first 200 from beta $(sec "$(kv "$f" back_ms)") s after the kill$extra"
         else
@@ -386,7 +411,7 @@ echo
 for sys in twinfs-default twinfs-fast; do
     [[ -n ${CNT[$sys]:-} && ${CNT[$sys]} != 0 ]] || continue
     line="$sys medians after the kill:"
-    for k in detect promoted vip apache "done"; do
+    for k in detect promoted vip apache "done" write; do
         read -r _ m _ _ < <(cat "$LAB_WORK"/results/"$sys".[0-9]* | sed -n "s/^t_${k}_ms=//p" | stats)
         line+=" $k $(sec "$m") s,"
     done
@@ -428,7 +453,7 @@ verdict "twinfs-fast median <= keepalived-0.1 median (${MED[twinfs-fast]:--} vs 
             "$sys" "$runs" "${MIN[$sys]/-/null}" "${MED[$sys]/-/null}" "${MAX[$sys]/-/null}" "${CNT[$sys]}" \
             "$(find "$LAB_WORK/results" -name "$sys.*.failed.log" | wc -l)"
         if [[ $sys == twinfs-* ]]; then
-            for k in detect promoted vip apache "done"; do
+            for k in detect promoted vip apache "done" write; do
                 read -r _ m _ _ < <(cat "$LAB_WORK"/results/"$sys".[0-9]* 2>/dev/null | sed -n "s/^t_${k}_ms=//p" | stats)
                 printf ', "median_%s_ms": %s' "$k" "${m/-/null}"
             done

@@ -388,4 +388,47 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
     }
+
+    #[test]
+    fn human_form_says_when_writes_are_suspended_alone_or_unguarded() {
+        let mut s = Status {
+            node: "alpha".into(),
+            role: "Primary".into(),
+            writes: WritesStatus {
+                state: "suspended".into(),
+                evidence_source: "an answer from the ping target 10.0.0.1".into(),
+                suspended_ms: Some(1200),
+                ..WritesStatus::default()
+            },
+            ..Status::default()
+        };
+        let h = s.human();
+        assert!(
+            h.contains("writes: SUSPENDED for 1.2 s")
+                && h.contains("waiting for an answer from the ping target 10.0.0.1")
+                && h.contains("nothing is acknowledged"),
+            "{h}"
+        );
+        s.writes = WritesStatus {
+            state: "alone".into(),
+            evidence: Some("the ping target 10.0.0.1 answered a probe sent 0.1 s ago".into()),
+            valid_ms: Some(400),
+            ..WritesStatus::default()
+        };
+        let h = s.human();
+        assert!(
+            h.contains("writes: acknowledged ALONE (peer lost): the ping target 10.0.0.1 answered")
+                && h.contains("valid 0.4 s more"),
+            "{h}"
+        );
+        s.writes = WritesStatus {
+            state: "replicating".into(),
+            unguarded: true,
+            ..WritesStatus::default()
+        };
+        let h = s.human();
+        assert!(h.contains("a cut cable can cause a split brain"), "{h}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+    }
 }
