@@ -134,11 +134,14 @@ kill_and_measure() {
 
 # write_probe MNT OUT SECS: retries every 20 ms until a write and its fsync
 # return on MNT (once it is a twinfs mount), then writes that moment (ms) to
-# OUT. A promoted node acknowledges writes alone only once it declared the
-# old primary lost and holds evidence (DURABILITY.md, "The right to
-# acknowledge alone"), so this comes later than the first HTTP 200.
+# OUT. A promoted node acknowledges writes alone only once it holds evidence
+# obtained after its promotion (DURABILITY.md, "The right to acknowledge
+# alone"): a ping answer or the witness lease, so this may come a little
+# later than the first HTTP 200.
 write_probe() {
-    local mnt=$1 out=$2 end=$((SECONDS + $3)) f=$1/.failover-write-probe
+    # In a directory of its own: a create blocked in the daemon holds its
+    # directory's lock, which would hold up the client's lookups in /.
+    local mnt=$1 out=$2 end=$((SECONDS + $3)) f=$1/probe/w
     while ((SECONDS < end)); do
         if grep -q " $mnt fuse.twinfs " /proc/mounts &&
             printf 'w\n' >"$f" 2>/dev/null && sync "$f" 2>/dev/null; then
@@ -163,7 +166,8 @@ run_twinfs() {
     local site
     site=$(lab_mnt alpha)
     echo "<p>the page, written on alpha</p>" >"$site/index.html"
-    sync "$site/index.html" "$site"
+    mkdir "$site/probe"
+    sync "$site/index.html" "$site/probe" "$site"
     lab_wait "beta applying what alpha committed" 10 peer_has_it alpha beta
     LOOP_LOG=$LAB_WORK/client.log
     lab_client_loop "http://$LAB_VIP/" "$LOOP_LOG" $((idle + BACK_LIMIT + 20)) 50

@@ -139,6 +139,7 @@
 mod api;
 mod check;
 mod recorder;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -153,6 +154,7 @@ use crate::actions::Actuators;
 
 pub use check::{check_script, dry_run, CheckReport};
 pub use recorder::Recorder;
+pub use watchdog::HookRuntime;
 
 use api::{RunState, Undo};
 
@@ -477,8 +479,9 @@ fn undo_summary(report: &HookReport) -> String {
     format!("; undone: {}", steps.join(", "))
 }
 
-/// A loaded script, ready to run hooks. Runs one hook at a time.
-pub struct HookRuntime {
+/// A loaded script on the thread that runs it (see [`HookRuntime`], which
+/// watches it from outside).
+pub(crate) struct Engine {
     lua: Lua,
     path: PathBuf,
     shared: Arc<Mutex<RunState>>,
@@ -488,9 +491,9 @@ pub struct HookRuntime {
     defined: Vec<Hook>,
 }
 
-impl fmt::Debug for HookRuntime {
+impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HookRuntime")
+        f.debug_struct("Engine")
             .field("path", &self.path)
             .field("limits", &self.limits)
             .field("defined", &self.defined)
@@ -506,16 +509,18 @@ pub(crate) fn lock(shared: &Mutex<RunState>) -> MutexGuard<'_, RunState> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl HookRuntime {
+impl Engine {
     /// Reads and compiles the script at `path`, runs its top-level code (under
     /// the time limit; `twinfs.*` actions are refused there) and checks that
-    /// the hook names it sets are functions.
-    pub fn load(
+    /// the hook names it sets are functions. `shared` is the run state the
+    /// watchdog reads.
+    pub(crate) fn load(
         path: &Path,
         ctx: HookContext,
         actuators: Arc<dyn Actuators>,
         limits: HookLimits,
-    ) -> Result<HookRuntime, HookError> {
+        shared: Arc<Mutex<RunState>>,
+    ) -> Result<Engine, HookError> {
         let source = std::fs::read(path).map_err(|source| HookError::Read {
             path: path.to_owned(),
             source,
@@ -529,7 +534,6 @@ impl HookRuntime {
         lua.set_memory_limit(limits.memory).map_err(setup)?;
         restrict_stdlib(&lua).map_err(setup)?;
 
-        let shared = Arc::new(Mutex::new(RunState::new(path, limits.time)));
         let state_table = api::install(&lua, &shared, &actuators, &ctx).map_err(setup)?;
 
         let hook_shared = Arc::clone(&shared);
@@ -548,7 +552,7 @@ impl HookRuntime {
         )
         .map_err(setup)?;
 
-        let rt = HookRuntime {
+        let rt = Engine {
             lua,
             path: path.to_owned(),
             shared,
@@ -559,17 +563,12 @@ impl HookRuntime {
         };
         rt.run_top_level(&source)?;
         let defined = rt.find_hooks()?;
-        Ok(HookRuntime { defined, ..rt })
+        Ok(Engine { defined, ..rt })
     }
 
     /// The hooks the script defines.
-    pub fn defined(&self) -> &[Hook] {
+    pub(crate) fn defined(&self) -> &[Hook] {
         &self.defined
-    }
-
-    /// The script's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn run_top_level(&self, source: &[u8]) -> Result<(), HookError> {
@@ -631,8 +630,8 @@ impl HookRuntime {
     /// noted steps are undone in reverse order before this returns.
     ///
     /// This blocks for as long as the hook runs (up to the time limit, plus
-    /// the undos): from async code call it on a blocking thread.
-    pub fn run(&mut self, hook: Hook, state: &HookState) -> Result<HookReport, HookError> {
+    /// the undos).
+    pub(crate) fn run(&mut self, hook: Hook, state: &HookState) -> Result<HookReport, HookError> {
         let started = Instant::now();
         let mut report = HookReport {
             hook,
@@ -711,23 +710,27 @@ impl HookRuntime {
         Ok(())
     }
 
-    /// Undoes the journal, newest first. Each undo gets its own line in the
-    /// log: an admin reading it must see what was put back and what was not.
     fn undo(&self, journal: Vec<Undo>) -> Vec<UndoRecord> {
+        undo(self.actuators.as_ref(), journal)
+    }
+}
+
+/// Undoes the journal, newest first. Each undo gets its own line in the
+/// log: an admin reading it must see what was put back and what was not.
+pub(crate) fn undo(actuators: &dyn Actuators, journal: Vec<Undo>) -> Vec<UndoRecord> {
+    {
         journal
             .into_iter()
             .rev()
             .map(|step| {
                 let started = Instant::now();
                 let (action, result) = match &step {
-                    Undo::VipRelease(vip) => (
-                        format!("vip.release {vip}"),
-                        self.actuators.vip_release(vip),
-                    ),
-                    Undo::ServiceStop(name) => (
-                        format!("service.stop {name}"),
-                        self.actuators.service_stop(name),
-                    ),
+                    Undo::VipRelease(vip) => {
+                        (format!("vip.release {vip}"), actuators.vip_release(vip))
+                    }
+                    Undo::ServiceStop(name) => {
+                        (format!("service.stop {name}"), actuators.service_stop(name))
+                    }
                 };
                 let error = result.err().map(|e| e.to_string());
                 match &error {

@@ -298,6 +298,56 @@ fn time_limit_stops_an_endless_loop() {
     );
 }
 
+/// A hook stuck inside one C call (a pathological pattern: `string.find`
+/// backtracks for hours on a 30 KB string), where the instruction-count limit
+/// cannot reach: its thread is abandoned past the limit, the failure is
+/// reported as a time limit, its steps are undone, and the next hook runs on a
+/// freshly loaded script.
+#[test]
+fn a_hook_stuck_inside_a_c_function_is_abandoned_undone_and_the_next_hook_runs() {
+    let lab = Lab::new();
+    let path = lab.script(
+        "function on_promote()\n  twinfs.service.start('apache2')\n  \
+         local s = string.rep('a', 30000)\n  \
+         string.find(s, string.rep('a-', 12) .. 'b')\nend\n\
+         function on_demote()\n  twinfs.service.stop('apache2')\nend\n",
+    );
+    let fake = Fake::new();
+    let limits = HookLimits {
+        time: Duration::from_millis(300),
+        ..HookLimits::default()
+    };
+    let mut rt = HookRuntime::load(&path, lab.ctx(VARS), fake.clone(), limits).unwrap();
+    let err = promote(&mut rt).unwrap_err();
+    let HookError::TimeLimit { what, at, .. } = &err else {
+        panic!("expected a time limit error, got {err:?}")
+    };
+    assert_eq!(what, "on_promote");
+    assert!(at.contains("abandoned"), "{at}");
+    let text = err.to_string();
+    assert!(
+        text.ends_with("; undone: service.stop apache2 (ok)"),
+        "{text}"
+    );
+    assert_eq!(
+        fake.calls(),
+        ["service.start apache2", "service.stop apache2"]
+    );
+    // The runtime goes on: the next hook runs on a new interpreter.
+    let report = rt
+        .run(Hook::Demote, &HookState::example(Hook::Demote))
+        .expect("on_demote after an abandoned hook");
+    assert!(report.defined);
+    assert_eq!(
+        fake.calls(),
+        [
+            "service.start apache2",
+            "service.stop apache2",
+            "service.stop apache2"
+        ]
+    );
+}
+
 #[test]
 fn time_limit_cannot_be_caught_by_pcall() {
     let lab = Lab::new();

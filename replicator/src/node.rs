@@ -1363,8 +1363,14 @@ impl Node {
         self.state.primary_since_ms = now_ms();
         self.try_save_state()?;
         let last = ps(self.disk.last_applied());
+        // Promoted without the peer: it is lost already (see `resume_alone`).
+        let primary = if connected {
+            Primary::resume(self.opts.protocol.clone(), last, Instant::now())
+        } else {
+            Primary::resume_alone(self.opts.protocol.clone(), last, Instant::now())
+        };
         self.role = RoleState::Primary {
-            primary: Primary::resume(self.opts.protocol.clone(), last, Instant::now()),
+            primary,
             catch_up: None,
             // Nothing above the floor: the peer's history up to here is ours.
             vouched: self.state.floor >= last.0,

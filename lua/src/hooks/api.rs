@@ -42,6 +42,11 @@ pub(crate) struct RunState {
     pub(crate) actions: Vec<ActionRecord>,
     pub(crate) journal: Vec<Undo>,
     pub(crate) logs: Vec<LogLine>,
+    /// An action (a call into the actuators) is running: it has its own
+    /// timeout, so the watchdog does not count its time.
+    pub(crate) in_action: bool,
+    /// When the last action returned.
+    pub(crate) action_ended: Option<Instant>,
 }
 
 impl RunState {
@@ -56,6 +61,8 @@ impl RunState {
             actions: Vec::new(),
             journal: Vec::new(),
             logs: Vec::new(),
+            in_action: false,
+            action_ended: None,
         }
     }
 
@@ -67,6 +74,8 @@ impl RunState {
         self.actions.clear();
         self.journal.clear();
         self.logs.clear();
+        self.in_action = false;
+        self.action_ended = None;
     }
 
     pub(crate) fn end(&mut self) {
@@ -257,7 +266,13 @@ impl Api {
         self.remaining(lua, fname)?;
         let at = script_location(lua);
         let started = Instant::now();
+        lock(&self.shared).in_action = true;
         let result = f(self.act.as_ref());
+        {
+            let mut st = lock(&self.shared);
+            st.in_action = false;
+            st.action_ended = Some(Instant::now());
+        }
         let duration = started.elapsed();
         let error = result.as_ref().err().cloned();
         match &error {

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use mlua::Value;
 
+use super::api::RunState;
+
 use super::{
-    find_assignment_line, Hook, HookContext, HookError, HookLimits, HookRuntime, HookState,
+    find_assignment_line, Engine, Hook, HookContext, HookError, HookLimits, HookRuntime, HookState,
     Recorder,
 };
 
@@ -27,11 +29,14 @@ pub struct CheckReport {
 /// error, top-level error, a hook name set to a non-function. Warnings:
 /// globals that look like misspelled hook names (`on_promot`, `On_Demote`).
 pub fn check_script(path: &Path) -> Result<CheckReport, HookError> {
-    let rt = HookRuntime::load(
+    // The engine itself, on this thread: the check reads its globals.
+    let limits = HookLimits::default();
+    let rt = Engine::load(
         path,
         HookContext::new("check", BTreeMap::new()),
         Arc::new(Recorder::new()),
-        HookLimits::default(),
+        limits,
+        Arc::new(std::sync::Mutex::new(RunState::new(path, limits.time))),
     )?;
     let mut warnings = Vec::new();
     for pair in rt.lua.globals().pairs::<Value, Value>() {
@@ -60,7 +65,7 @@ pub fn check_script(path: &Path) -> Result<CheckReport, HookError> {
     warnings.sort();
     Ok(CheckReport {
         path: path.to_owned(),
-        defined: rt.defined.clone(),
+        defined: rt.defined().to_vec(),
         warnings,
     })
 }

@@ -170,6 +170,20 @@ impl Primary {
         }
     }
 
+    /// Like [`resume`](Self::resume), for a node promoted while its peer is
+    /// away (declared dead by the supervisor, or not connected): the peer
+    /// counts as lost from `now` on, so the node acknowledges alone as soon as
+    /// [`OnPeerLoss`] allows (with evidence obtained from now on), instead of
+    /// first waiting a whole `deadtime` for a peer it already knows is gone.
+    /// A peer that connects later is handled as after any loss.
+    pub fn resume_alone(config: ProtocolConfig, last: Seq, now: Instant) -> Self {
+        let mut p = Self::resume(config, last, now);
+        p.link = Link::Lost;
+        p.lost_at = Some(now);
+        p.update_commits();
+        p
+    }
+
     /// Numbers a new mutation and queues it for the peer; returns its seq.
     ///
     /// `flush` marks a flush barrier (an fsync): wait for [`Event::Flushed`] with

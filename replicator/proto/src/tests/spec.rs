@@ -537,3 +537,43 @@ fn a_right_to_acknowledge_alone_is_refused_while_the_peer_is_not_lost() {
     assert!(!pair.primary.grant_alone(pair.now + MS, right));
     assert!(pair.primary.committed() < seq);
 }
+
+/// A primary promoted while its peer is away counts the peer as lost from
+/// the promotion: with evidence obtained after it, it acknowledges at once
+/// (no second deadtime); without, it is suspended; a peer that connects
+/// later is caught up as after any loss.
+#[test]
+fn a_primary_resumed_alone_needs_evidence_from_after_its_promotion_only() {
+    use crate::{AckState, AloneRight};
+    let mut c = config(Protocol::C);
+    c.on_peer_loss = crate::OnPeerLoss::WithEvidence;
+    let t0 = super::util::epoch();
+    let mut p = Primary::resume_alone(c, Seq(10), t0);
+    assert_eq!(p.lost_at(), Some(t0));
+    assert_eq!(p.ack_state(t0), AckState::Suspended);
+    let seq = p.submit(t0, b"w".to_vec(), true);
+    p.local_applied(seq).unwrap();
+    p.local_flushed(seq).unwrap();
+    assert_eq!(p.committed(), Seq(10));
+    assert!(!p.grant_alone(
+        t0,
+        AloneRight {
+            obtained_at: t0 - MS,
+            valid_until: t0 + SEC
+        }
+    ));
+    assert!(p.grant_alone(
+        t0 + 5 * MS,
+        AloneRight {
+            obtained_at: t0 + MS,
+            valid_until: t0 + SEC
+        }
+    ));
+    assert_eq!(p.committed(), seq);
+    assert_eq!(p.flushed(), seq);
+    // The peer comes back behind: retransmission from what it has.
+    p.handle_reconnect(t0 + 2 * SEC, secondary_hello(Seq(10)))
+        .unwrap();
+    assert_eq!(p.ack_state(t0 + 2 * SEC), AckState::Replicating);
+    assert!(matches!(p.poll_transmit(), Some(Frame::Mutation { seq: s, .. }) if s == seq));
+}

@@ -114,7 +114,7 @@ struct Packet {
 
 /// The simulation's time origin. The one clock read in this crate: only
 /// differences from it are ever used, so runs do not depend on its value.
-fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     Instant::now()
 }
 
