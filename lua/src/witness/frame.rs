@@ -380,8 +380,8 @@ struct Trusted {
 
 /// Checks incoming frames against pinned keys, the clock and replays.
 ///
-/// Checks, in order: layout, kind, known sender, signature, clock skew,
-/// replay. Replay state changes only when a frame passes every check, so
+/// Checks, in order: layout, kind, known sender, clock skew, stale boot,
+/// replay, and only then the signature (the one expensive check). Replay state changes only when a frame passes every check, so
 /// forged or garbled datagrams cannot disturb it.
 ///
 /// Replay rule: per sender, the counter must increase within a boot id. A
@@ -393,6 +393,9 @@ struct Trusted {
 pub struct Verifier {
     trusted: Vec<Trusted>,
     max_skew: Duration,
+    /// Signatures verified so far (the expensive step), for the tests and
+    /// the flood accounting.
+    signature_checks: u64,
 }
 
 impl Verifier {
@@ -409,7 +412,14 @@ impl Verifier {
                 })
                 .collect(),
             max_skew: DEFAULT_MAX_SKEW,
+            signature_checks: 0,
         }
+    }
+
+    /// How many signatures this verifier has checked: frames refused by the
+    /// cheap checks (kind, sender, clock, boot, counter) never get that far.
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks
     }
 
     /// Sets the allowed clock difference (default [`DEFAULT_MAX_SKEW`]).
@@ -457,12 +467,6 @@ impl Verifier {
                     .join(", "),
             });
         };
-        if !peer.key.verifies(frame.signed, frame.signature) {
-            return Err(FrameError::BadSignature {
-                sender: frame.sender.to_owned(),
-                key: peer.key.to_string(),
-            });
-        }
         let max_ms = u64::try_from(self.max_skew.as_millis()).unwrap_or(u64::MAX);
         let (skew_ms, direction) = if frame.wall_ms >= now_ms {
             (frame.wall_ms - now_ms, "ahead of")
@@ -483,8 +487,8 @@ impl Verifier {
                 boot_id: frame.boot_id,
             });
         }
-        match peer.current {
-            Some((boot, last)) if boot == frame.boot_id && frame.counter <= last => {
+        if let Some((boot, last)) = peer.current {
+            if boot == frame.boot_id && frame.counter <= last {
                 return Err(FrameError::Replay {
                     sender: frame.sender.to_owned(),
                     boot_id: frame.boot_id,
@@ -492,6 +496,17 @@ impl Verifier {
                     last,
                 });
             }
+        }
+        // The expensive check last: a flood of stale, replayed or badly timed
+        // frames costs a comparison each, not an ECDSA verification.
+        self.signature_checks += 1;
+        if !peer.key.verifies(frame.signed, frame.signature) {
+            return Err(FrameError::BadSignature {
+                sender: frame.sender.to_owned(),
+                key: peer.key.to_string(),
+            });
+        }
+        match peer.current {
             Some((boot, _)) if boot == frame.boot_id => {}
             Some((boot, _)) => {
                 if peer.retired.len() == RETIRED_BOOTS {
@@ -663,6 +678,9 @@ mod tests {
                     FrameError::BadSignature { .. }
                         | FrameError::BadSenderName { .. }
                         | FrameError::UnknownSender { .. }
+                        | FrameError::ClockSkew { .. }
+                        | FrameError::Replay { .. }
+                        | FrameError::StaleBoot { .. }
                 ),
                 "byte {i}: {err}"
             );
@@ -688,6 +706,40 @@ mod tests {
         ));
         // None of the refusals above consumed the counter.
         assert!(verifier.open(&good, Kind::Heartbeat, NOW + 30_000).is_ok());
+    }
+
+    /// A flood of forged frames naming the trusted sender costs no signature
+    /// check when its clock or counter gives it away.
+    #[test]
+    fn stale_replayed_or_skewed_frames_are_refused_before_the_signature_check() {
+        let (signer, mut verifier) = pair("alpha", 1);
+        let impostor = Signer::with_boot_id("alpha", SigningKey::generate().unwrap(), 1).unwrap();
+        let first = signer.seal(Kind::Heartbeat, b"", NOW).unwrap();
+        assert!(verifier.open(&first, Kind::Heartbeat, NOW).is_ok());
+        assert_eq!(verifier.signature_checks(), 1);
+        // Replayed, and forged with an old clock: refused for free.
+        for _ in 0..100 {
+            assert!(matches!(
+                verifier.open(&first, Kind::Heartbeat, NOW).unwrap_err(),
+                FrameError::Replay { .. }
+            ));
+            let skewed = impostor.seal(Kind::Heartbeat, b"", NOW - 60_000).unwrap();
+            assert!(matches!(
+                verifier.open(&skewed, Kind::Heartbeat, NOW).unwrap_err(),
+                FrameError::ClockSkew { .. }
+            ));
+        }
+        assert_eq!(verifier.signature_checks(), 1);
+        // A forged frame that passes the cheap checks costs one check, and
+        // does not move the counter: the real sender's next frame passes.
+        let forged = impostor.seal(Kind::Heartbeat, b"", NOW).unwrap();
+        assert!(matches!(
+            verifier.open(&forged, Kind::Heartbeat, NOW).unwrap_err(),
+            FrameError::BadSignature { .. }
+        ));
+        assert_eq!(verifier.signature_checks(), 2);
+        let next = signer.seal(Kind::Heartbeat, b"", NOW).unwrap();
+        assert!(verifier.open(&next, Kind::Heartbeat, NOW).is_ok());
     }
 
     /// Two signing keys with the same key pair: one node, two runs.
