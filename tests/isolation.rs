@@ -101,6 +101,13 @@ impl Writer {
         }
     }
 
+    /// A writer on `node`'s mount that has acknowledged 20 files already.
+    fn started(pair: &Pair, node: Node, tag: &str) -> Writer {
+        let w = Writer::start(&pair.node(node).mnt(), tag);
+        wait_progress(pair, node, &w, 20, "before the cut");
+        w
+    }
+
     /// The numbers of the files acknowledged so far.
     fn acked(&self) -> Vec<u64> {
         std::fs::read_to_string(&self.acks)
@@ -290,9 +297,7 @@ fn wait_healed(pair: &Pair, primary: Node) {
 }
 
 fn cut_cable(pair: &mut Pair, tag: &str) {
-    let a_mnt = pair.node(Node::A).mnt();
-    let mut wa = Writer::start(&a_mnt, &format!("{tag}a"));
-    wait_progress(pair, Node::A, &wa, 20, "before the cut");
+    let mut wa = Writer::started(pair, Node::A, &format!("{tag}a"));
     let sampler = Sampler::start(pair);
     pair.lab.isolate(Node::A);
     // Alpha stays alive but reaches nobody: it suspends, demotes (stopping
@@ -368,18 +373,39 @@ fn cut_cable_isolated_primary_with_a_witness_suspends_demotes_and_rejoins() {
     if !crate::failover::require_all("cut_cable_isolated_primary_with_a_witness") {
         return;
     }
-    let w = WitnessFiles::new();
-    let (mut pair, _confs) =
-        failover_pair_with("iso-wit", PublicOpts { witness: true }, |_, conf, addr| {
-            format!(
-                "{}{}",
-                witness_lines(&w, addr),
-                conf.services_toml("apache2")
-            )
-        });
-    let _witness = start_witness(&pair, &w);
-    start_serving(&mut pair);
-    cut_cable(&mut pair, "wit");
+    let mut w = WitnessPair::start("iso-wit");
+    cut_cable(&mut w.pair, "wit");
+}
+
+/// A serving pair (alpha primary) with a witness, and the witness running.
+struct WitnessPair {
+    // Dropped in this order: the pair (its nodes), then the witness.
+    pair: Pair,
+    _confs: Vec<crate::web::ApacheConf>,
+    _witness: crate::lab::LabChild,
+    _files: WitnessFiles,
+}
+
+impl WitnessPair {
+    fn start(tag: &str) -> WitnessPair {
+        let files = WitnessFiles::new();
+        let (mut pair, confs) =
+            failover_pair_with(tag, PublicOpts { witness: true }, |_, conf, addr| {
+                format!(
+                    "{}{}",
+                    witness_lines(&files, addr),
+                    conf.services_toml("apache2")
+                )
+            });
+        let witness = start_witness(&pair, &files);
+        start_serving(&mut pair);
+        WitnessPair {
+            pair,
+            _confs: confs,
+            _witness: witness,
+            _files: files,
+        }
+    }
 }
 
 /// Samples where `node` was Primary.
@@ -398,8 +424,7 @@ fn replication_link_cut_the_primary_acknowledges_alone_and_nobody_promotes() {
     }
     let (mut pair, _confs) = failover_pair("iso-link", PublicOpts::default(), "");
     start_serving(&mut pair);
-    let mut wa = Writer::start(&pair.node(Node::A).mnt(), "linka");
-    wait_progress(&pair, Node::A, &wa, 20, "before the cut");
+    let mut wa = Writer::started(&pair, Node::A, "linka");
     let sampler = Sampler::start(&pair);
     pair.lab.partition();
     // The ping target answers: alpha acknowledges alone after deadtime.
@@ -434,8 +459,7 @@ fn public_network_cut_nobody_promotes_and_writes_go_on() {
     }
     let (mut pair, _confs) = failover_pair("iso-pub", PublicOpts::default(), "");
     start_serving(&mut pair);
-    let mut wa = Writer::start(&pair.node(Node::A).mnt(), "puba");
-    wait_progress(&pair, Node::A, &wa, 20, "before the cut");
+    let mut wa = Writer::started(&pair, Node::A, "puba");
     let sampler = Sampler::start(&pair);
     pair.lab.cut_public(Node::A);
     pair.lab.cut_public(Node::B);
@@ -461,8 +485,7 @@ fn isolated_secondary_does_not_promote_and_the_primary_goes_on_alone() {
     }
     let (mut pair, _confs) = failover_pair("iso-sec", PublicOpts::default(), "");
     start_serving(&mut pair);
-    let mut wa = Writer::start(&pair.node(Node::A).mnt(), "seca");
-    wait_progress(&pair, Node::A, &wa, 20, "before the cut");
+    let mut wa = Writer::started(&pair, Node::A, "seca");
     let sampler = Sampler::start(&pair);
     pair.lab.isolate(Node::B);
     pair.wait_status(Node::A, "acknowledging alone", FAILOVER_LIMIT, |s| {
@@ -511,21 +534,11 @@ fn witness_cut_from_the_primary_keeps_writes_while_connected_then_suspends() {
     if !crate::failover::require_all("witness_cut_from_the_primary") {
         return;
     }
-    let w = WitnessFiles::new();
-    let (mut pair, _confs) =
-        failover_pair_with("iso-wcut", PublicOpts { witness: true }, |_, conf, addr| {
-            format!(
-                "{}{}",
-                witness_lines(&w, addr),
-                conf.services_toml("apache2")
-            )
-        });
-    let _witness = start_witness(&pair, &w);
-    start_serving(&mut pair);
-    let mut wa = Writer::start(&pair.node(Node::A).mnt(), "wcuta");
-    wait_progress(&pair, Node::A, &wa, 20, "before the cut");
-    let sampler = Sampler::start(&pair);
-    cut_witness_from(&pair, Node::A);
+    let w = WitnessPair::start("iso-wcut");
+    let pair = &w.pair;
+    let mut wa = Writer::started(pair, Node::A, "wcuta");
+    let sampler = Sampler::start(pair);
+    cut_witness_from(pair, Node::A);
     // Connected to the peer: the right holds, writes go on.
     std::thread::sleep(Duration::from_secs(5));
     wait_progress(
@@ -552,8 +565,8 @@ fn witness_cut_from_the_primary_keeps_writes_while_connected_then_suspends() {
     assert_eq!(pair.status(Node::B)["role"], "Secondary");
     // The link returns: the held writes reach the peer and complete.
     pair.lab.heal();
-    wait_progress(&pair, Node::A, &wa, 10, "after the link returned");
-    wait_healed(&pair, Node::A);
+    wait_progress(pair, Node::A, &wa, 10, "after the link returned");
+    wait_healed(pair, Node::A);
     wa.stop();
     let samples = sampler.finish();
     assert_eq!(primary_samples(&samples, Node::B), 0, "beta promoted");
@@ -589,8 +602,7 @@ fn a_demotion_that_cannot_unmount_refuses_every_write_and_escalates() {
     )
     .unwrap();
     start_serving(&mut pair);
-    let mut wa = Writer::start(&pair.node(Node::A).mnt(), "busya");
-    wait_progress(&pair, Node::A, &wa, 20, "before the cut");
+    let mut wa = Writer::started(&pair, Node::A, "busya");
     pair.lab.isolate(Node::A);
     let ok = poll_until(FAILOVER_LIMIT, || {
         std::fs::read_to_string(&marker)
