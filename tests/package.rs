@@ -56,7 +56,7 @@ fn require(test: &str, tools: &[&str]) -> bool {
         return true;
     }
     let reason = format!(
-        "needs {} (scripts/setup-deps.sh installs them)",
+        "needs {} (scripts/setup-deps.sh test installs them)",
         missing.join(", ")
     );
     if std::env::var("CI").as_deref() == Ok("true") {

@@ -23,6 +23,7 @@ mod posix;
 mod apache;
 mod badinput;
 mod crash;
+mod deps;
 mod durability;
 mod enospc;
 mod failover;

@@ -36,7 +36,8 @@
 # that live in those namespaces, killed by pid; every wait is bounded; the
 # cleanup runs on every exit path and undoes what was made, in reverse.
 #
-# Needs: bash >= 4.3, root, iproute2 (ip), util-linux (nsenter, timeout).
+# Needs: bash >= 4.3, root, iproute2 (ip), util-linux (nsenter), coreutils
+# (timeout), iputils-ping (ping): `scripts/setup-deps.sh demo` installs them.
 
 # ---------------------------------------------------------------------------
 # Settings (may be set before lab_init)
@@ -126,7 +127,7 @@ lab_init() {
     LAB_WORK=$2
     [[ $(id -u) -eq 0 ]] || lab_fail "must run as root (network namespaces, FUSE, Apache on port $LAB_HTTP_PORT)"
     local tool
-    for tool in ip nsenter timeout awk; do
+    for tool in ip nsenter timeout awk ping; do
         command -v "$tool" >/dev/null 2>&1 || lab_fail "$tool not found on PATH"
     done
     trap lab_cleanup EXIT
