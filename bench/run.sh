@@ -312,7 +312,8 @@ EOF
 }
 
 setup() {
-    mkdir -p "$S/apache/run" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs" "$S/twinfs-data"
+    mkdir -p "$S/apache/run" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs"
+    install -d -m 700 "$S/twinfs-data"  # twinfs refuses a data dir others can read
     : >"$RESULTS"
     log "scratch dir $S ($MODE mode)"
 

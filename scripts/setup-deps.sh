@@ -54,6 +54,7 @@ dirname         coreutils       demo
 du              coreutils       demo
 head            coreutils       demo
 id              coreutils       demo
+install         coreutils       demo
 ls              coreutils       demo
 mkdir           coreutils       demo
 mktemp          coreutils       demo

@@ -82,7 +82,7 @@ impl Pair {
         let names = ["alpha", "beta"];
         let nodes = [Node::A, Node::B].map(|node| {
             let dir = crate::util::tempdir(&format!("pair-{tag}-{}", names[node_index(node)]));
-            std::fs::create_dir(dir.path().join("data")).unwrap();
+            crate::util::private_dir(&dir.path().join("data"));
             std::fs::create_dir(dir.path().join("mnt")).unwrap();
             PairNode {
                 node,
