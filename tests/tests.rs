@@ -27,6 +27,7 @@ mod deps;
 mod durability;
 mod enospc;
 mod failover;
+mod fault;
 mod lab_selftest;
 mod online_verify;
 mod package;

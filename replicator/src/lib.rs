@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+mod fault;
 pub mod node;
 pub mod state;
 pub mod status;
