@@ -69,8 +69,8 @@ command -v keepalived >/dev/null 2>&1 || need+=(keepalived)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]} > 0)); then
-    log "installing ${need[*]} (scripts/setup-deps.sh)"
-    bash "$REPO/scripts/setup-deps.sh" >/dev/null || { echo "failover.sh: setup-deps failed" >&2; exit 1; }
+    log "installing ${need[*]} (scripts/setup-deps.sh bench)"
+    bash "$REPO/scripts/setup-deps.sh" bench >/dev/null || { echo "failover.sh: setup-deps failed" >&2; exit 1; }
 fi
 if [[ -z ${TWINFS_BIN:-} ]]; then
     if [[ -x $REPO/target/release/twinfs ]]; then

@@ -97,7 +97,8 @@ ip -n "$NS_A" addr add "$IP_A/24" dev priv; ip -n "$NS_B" addr add "$IP_B/24" de
 ip -n "$NS_A" link set priv mtu "$MTU" up; ip -n "$NS_B" link set priv mtu "$MTU" up
 for n in a b; do
     name=alpha; [ $n = b ] && name=beta
-    mkdir -p "$S/$n/data" "$S/$n/mnt"
+    mkdir -p "$S/$n/mnt"
+    install -d -m 700 "$S/$n/data"  # twinfs refuses a data dir others can read
     "$BIN" keygen --name "$name" --cert "$S/$n/node.crt" --key "$S/$n/node.key" >>"$S/logs/keygen.log" 2>&1 || exit 1
 done
 for n in a b; do

@@ -445,7 +445,8 @@ EOF
 }
 
 setup_local() {
-    mkdir -p "$S/native" "$S/native2" "$S/bindfs" "$S/single" "$S/single-data"
+    mkdir -p "$S/native" "$S/native2" "$S/bindfs" "$S/single"
+    install -d -m 700 "$S/single-data"  # twinfs refuses a data dir others can read
     bindfs -f "$S/native2" "$S/bindfs" >"$LOGS/bindfs.log" 2>&1 &
     BINDFS_PID=$!
     if ! wait_mount "$S/bindfs" fuse 20 "$BINDFS_PID"; then
@@ -522,7 +523,8 @@ pair_fail() {  # pair_fail TARGET REASON
 setup_pair() {  # setup_pair PROTOCOL PORT
     local p=$1 port=$2 t=pair$1 n name peer me them
     for n in a b; do
-        mkdir -p "$S/$t-$n/data" "$S/$t-$n/mnt"
+        mkdir -p "$S/$t-$n/mnt"
+        install -d -m 700 "$S/$t-$n/data"  # twinfs refuses a data dir others can read
         name=alpha; [ $n = b ] && name=beta
         if ! "$TWINFS_BIN" keygen --name "$name" --cert "$S/$t-$n/node.crt" --key "$S/$t-$n/node.key" \
             >>"$LOGS/$t-keygen.log" 2>&1; then

@@ -224,8 +224,8 @@ deps_ok() {
 ensure_deps() {
     deps_ok && return 0
     if [ -f "$REPO/scripts/setup-deps.sh" ]; then
-        log "installing dependencies with scripts/setup-deps.sh"
-        timeout 1200 bash "$REPO/scripts/setup-deps.sh" >&2 || true
+        log "installing dependencies with scripts/setup-deps.sh bench"
+        timeout 1200 bash "$REPO/scripts/setup-deps.sh" bench >&2 || true
         deps_ok && return 0
     fi
     log "installing dependencies with apt-get (bindfs wrk apache2 fuse3)"
@@ -312,7 +312,8 @@ EOF
 }
 
 setup() {
-    mkdir -p "$S/apache/run" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs" "$S/twinfs-data"
+    mkdir -p "$S/apache/run" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs"
+    install -d -m 700 "$S/twinfs-data"  # twinfs refuses a data dir others can read
     : >"$RESULTS"
     log "scratch dir $S ($MODE mode)"
 

@@ -18,7 +18,7 @@
 # demo prints the timeline, restarts alpha (it rejoins as Secondary and
 # resyncs, without taking the role back) and shows both nodes' status.
 #
-# Usage: sudo bash scripts/demo.sh      (or: twinfs demo)
+# Usage: ./scripts/demo.sh as root     (or: twinfs demo)
 # Environment:
 #   TWINFS_BIN      the twinfs binary (default: cargo build, target/debug/twinfs)
 #   TWINFS_SCRIPTS  the directory with failover.lua (default: this scripts/ dir)
@@ -58,21 +58,23 @@ fmt_rel() { # fmt_rel MS: "+1.234s" relative to the kill
 # --------------------------------------------------------------------------
 # What the demo needs
 
+if [[ -f $HERE/setup-deps.sh ]]; then
+    # From a checkout: install what the demo needs (the README's first command
+    # must work on a fresh Debian 12 machine). Only the demo's packages: the
+    # package builders and the test tools are `setup-deps.sh test`'s.
+    lab_step "checking the demo's packages (scripts/setup-deps.sh demo)"
+    bash "$HERE/setup-deps.sh" demo || lab_fail "scripts/setup-deps.sh demo failed"
+fi
+# `twinfs demo` from an installed package has no setup-deps.sh: name what is missing.
 missing=()
 [[ -x /usr/sbin/apache2 && -f /usr/lib/apache2/modules/mod_mpm_event.so ]] || missing+=(apache2)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-[[ -e /dev/fuse ]] || lab_fail "/dev/fuse is missing (modprobe fuse)"
-if ((${#missing[@]} > 0)) && [[ -f $HERE/setup-deps.sh ]]; then
-    # From a checkout, install what is missing (the README's first command
-    # must work on a fresh Debian 12 machine).
-    lab_step "installing ${missing[*]} (scripts/setup-deps.sh)"
-    bash "$HERE/setup-deps.sh" || lab_fail "scripts/setup-deps.sh failed"
-    missing=()
-fi
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 if ((${#missing[@]} > 0)); then
     lab_fail "missing packages: ${missing[*]} (apt-get install ${missing[*]})"
 fi
+[[ -e /dev/fuse ]] || lab_fail "/dev/fuse is missing (modprobe fuse)"
 
 if [[ -z ${TWINFS_BIN:-} ]]; then
     [[ -f $HERE/../Cargo.toml ]] || lab_fail "set TWINFS_BIN to the twinfs binary"

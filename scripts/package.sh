@@ -14,7 +14,7 @@
 #   --no-build       package the binary already built for that profile (the
 #                    tests use the one `cargo test` built) instead of building.
 #
-# Needs cargo-deb and cargo-generate-rpm (scripts/setup-deps.sh installs them).
+# Needs cargo-deb and cargo-generate-rpm (scripts/setup-deps.sh test installs them).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,7 +41,7 @@ done
 
 for tool in cargo cargo-deb cargo-generate-rpm gzip strip; do
     command -v "$tool" >/dev/null 2>&1 ||
-        die "$tool not found; scripts/setup-deps.sh installs it"
+        die "$tool not found; scripts/setup-deps.sh test installs it"
 done
 
 started=$SECONDS

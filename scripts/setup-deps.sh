@@ -1,24 +1,132 @@
 #!/usr/bin/env bash
-# Installs what building and testing twinfs needs on a fresh Debian 12 machine.
+# Installs what twinfs needs on a fresh Debian 12 machine, for one purpose:
+#
+#   setup-deps.sh demo    what ./scripts/demo.sh needs: a C linker for cargo,
+#                         FUSE, iproute2, ping, curl, Apache
+#   setup-deps.sh test    (the default) the demo's, plus what ./scripts/test.sh
+#                         needs: the end-to-end tests' tools (bindfs, wrk, strace,
+#                         fio, keepalived, nftables, rpm, ...), rustfmt and clippy,
+#                         and the package builders cargo-deb and cargo-generate-rpm
+#   setup-deps.sh bench   the test set, plus what bench/*.sh need (python3, iperf3)
 #
 # Idempotent: packages already present are not reinstalled, and apt's package
 # lists are refreshed only when something is missing. Runs as root, or re-runs
 # itself through sudo. Rust itself is expected from rustup; this script only
 # checks for it.
 #
-# Apache is installed for the end-to-end tests, which start their own instances on
-# loopback ports, so the distribution's apache2 service is kept from starting.
+# Apache is installed for the demo and the end-to-end tests, which start their own
+# instances in namespaces or on loopback ports, so the distribution's apache2
+# service is kept from starting.
 set -euo pipefail
 
-PACKAGES=(
-    build-essential pkg-config ca-certificates curl
-    fuse3
-    apache2
-    iproute2 nftables
-    bindfs wrk strace fio
-    keepalived
-    rpm systemd man-db
-)
+MODE=${1:-test}
+case $MODE in
+demo | test | bench) ;;
+*)
+    printf 'usage: setup-deps.sh [demo|test|bench]\n' >&2
+    exit 2
+    ;;
+esac
+
+# Every external command that scripts/, bench/ and the tests call, the Debian
+# package that provides it, and the first mode that needs it (demo < test <
+# bench). tests/deps.rs scans the scripts and the tests and fails on a command
+# that is missing here, so a new tool cannot slip in uninstalled again (issue 13:
+# lab.sh called ping and nothing installed iputils-ping). Commands of Debian's
+# minimal base (coreutils, util-linux, ...) are listed as well; installing them is
+# a no-op, and listing them is what lets the test tell them from a typo.
+# Format: command package mode (one per line; # starts a comment); mode "none"
+# lists a command that this script does not install, with the reason above it.
+COMMANDS='
+# Debian minimal base (debootstrap --variant=minbase): already there
+apt-get         apt             demo
+awk             mawk            demo
+bash            bash            demo
+sh              dash            demo
+cat             coreutils       demo
+chmod           coreutils       demo
+chown           coreutils       demo
+cp              coreutils       demo
+cut             coreutils       demo
+date            coreutils       demo
+df              coreutils       demo
+dirname         coreutils       demo
+du              coreutils       demo
+head            coreutils       demo
+id              coreutils       demo
+install         coreutils       demo
+ls              coreutils       demo
+mkdir           coreutils       demo
+mktemp          coreutils       demo
+mv              coreutils       demo
+nproc           coreutils       demo
+paste           coreutils       demo
+rm              coreutils       demo
+sleep           coreutils       demo
+sort            coreutils       demo
+sync            coreutils       demo
+tail            coreutils       demo
+tee             coreutils       demo
+timeout         coreutils       demo
+tr              coreutils       demo
+uname           coreutils       demo
+wc              coreutils       demo
+cmp             diffutils       demo
+dpkg            dpkg            demo
+dpkg-deb        dpkg            demo
+dpkg-query      dpkg            demo
+find            findutils       demo
+grep            grep            demo
+gzip            gzip            demo
+zcat            gzip            demo
+hostname        hostname        demo
+mount           mount           demo
+umount          mount           demo
+sed             sed             demo
+lsblk           util-linux      demo
+nsenter         util-linux      demo
+runuser         util-linux      demo
+unshare         util-linux      demo
+# the demo: build twinfs (cargo needs a C linker), the lab (namespaces, veths,
+# a bridge, ping), FUSE, Apache and a client
+cc              build-essential demo
+fusermount3     fuse3           demo
+ip              iproute2        demo
+ping            iputils-ping    demo
+curl            curl            demo
+apache2ctl      apache2         demo
+# the tests (./scripts/test.sh): the lab firewall, strace, the package build
+# and checks (strip: scripts/package.sh)
+nft             nftables        test
+strace          strace          test
+strip           binutils        test
+rpm             rpm             test
+systemctl       systemd         test
+systemd-analyze systemd         test
+man             man-db          test
+# the benchmarks (bench/*.sh)
+python3         python3         bench
+bindfs          bindfs          bench
+wrk             wrk             bench
+fio             fio             bench
+keepalived      keepalived      bench
+pgrep           procps          bench
+uptime          procps          bench
+# never installed here: cargo comes from rustup; sudo is used only when not
+# root; bench/pair.sh installs iperf3 and glusterfs itself; perf and git are
+# optional in the benches
+cargo           rustup          none
+sudo            sudo            none
+iperf3          iperf3          none
+gluster         glusterfs-server none
+glusterfs       glusterfs-client none
+perf            linux-perf      none
+git             git             none
+'
+
+# Packages with no command of their own in the table, per mode.
+EXTRA_DEMO=(pkg-config ca-certificates)
+EXTRA_TEST=()
 
 say() { printf 'setup-deps: %s\n' "$*"; }
 die() { printf 'setup-deps: error: %s\n' "$*" >&2; exit 1; }
@@ -31,6 +139,22 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: this script supports Debian 12 (bookworm)"
+
+# The packages and commands of MODE: every table line of MODE or an earlier mode.
+rank() { case $1 in demo) echo 0 ;; test) echo 1 ;; bench) echo 2 ;; *) echo 9 ;; esac; }
+want=$(rank "$MODE")
+PACKAGES=()
+TOOLS=()
+declare -A seen=()
+while read -r cmd pkg mode _; do
+    [[ -z $cmd || $cmd == \#* ]] && continue
+    (($(rank "$mode") <= want)) || continue
+    TOOLS+=("$cmd")
+    [[ -n ${seen[$pkg]:-} ]] || PACKAGES+=("$pkg")
+    seen[$pkg]=1
+done <<<"$COMMANDS"
+PACKAGES+=("${EXTRA_DEMO[@]}")
+[[ $MODE == demo ]] || PACKAGES+=("${EXTRA_TEST[@]}")
 
 # A package counts as present only when dpkg says it is fully installed.
 missing=()
@@ -83,7 +207,7 @@ if ((${#missing[@]} > 0)); then
     restore_policy
     trap - EXIT
 else
-    say "all packages present"
+    say "all packages for '$MODE' present"
 fi
 
 # On a systemd machine the units may still be enabled for the next boot (and may
@@ -99,8 +223,8 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
     done
 fi
 
-# Every tool the tests call must now be on PATH.
-for tool in fusermount3 pkg-config apache2ctl bindfs wrk strace nft ip fio curl cc keepalived rpm systemd-analyze man; do
+# Every command of the table must now be on PATH.
+for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 ||
         die "$tool is still missing after installing packages"
 done
@@ -119,12 +243,16 @@ setup-deps: error: cargo not found. Install Rust with rustup, then re-run:
 EOF
     exit 1
 fi
+if [[ $MODE == demo ]]; then
+    say "ok for the demo ($(cargo --version))"
+    exit 0
+fi
 for component in fmt clippy; do
     cargo "$component" --version >/dev/null 2>&1 ||
         die "cargo $component is missing: rustup component add ${component/fmt/rustfmt}"
 done
 
-# The package builders (scripts/package.sh), pinned: cargo-deb's support for
+# The package builders (scripts/package.sh and the package test), pinned: cargo-deb's support for
 # packaging a dev-profile build (what the package test uses) is deprecated.
 CARGO_TOOLS=(cargo-deb@3.8.0 cargo-generate-rpm@0.21.1)
 cargo_bin=${CARGO_HOME:-${HOME:-/root}/.cargo}/bin

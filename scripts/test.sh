@@ -10,7 +10,7 @@
 # and /dev/fuse, and with CI=true they fail instead of skipping without them.
 #
 # Environment:
-#   TWINFS_SKIP_SETUP=1     do not run scripts/setup-deps.sh (packages already there)
+#   TWINFS_SKIP_SETUP=1     do not run scripts/setup-deps.sh test (packages already there)
 #   TWINFS_E2E_TIMEOUT=40m  time limit for the end-to-end test binary
 set -euo pipefail
 
@@ -123,7 +123,7 @@ e2e_tests() {
 if [[ ${TWINFS_SKIP_SETUP:-} == 1 ]]; then
     echo "==> setup: skipped (TWINFS_SKIP_SETUP=1)"
 else
-    step setup bash scripts/setup-deps.sh || give_up
+    step setup bash scripts/setup-deps.sh test || give_up
 fi
 
 step fmt cargo fmt --all --check || true

@@ -6,6 +6,7 @@
 //! written to a scratch directory, and run with this binary as `TWINFS_BIN`.
 
 use anyhow::Context as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -22,6 +23,11 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         std::fs::write(dir.join("demo.sh"), DEMO)?;
         std::fs::write(dir.join("lib/lab.sh"), LAB)?;
         std::fs::write(dir.join("failover.lua"), FAILOVER_LUA)?;
+        // `twinfs run` refuses a hook script that others can write (issue 13):
+        // not group- or world-writable, whatever the umask.
+        for f in ["demo.sh", "lib/lab.sh", "failover.lua"] {
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644))?;
+        }
         // Ctrl-C goes to the whole foreground group: the script cleans up
         // its lab; this process waits for it instead of dying first.
         let interrupted = Arc::new(AtomicBool::new(false));

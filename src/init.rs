@@ -79,6 +79,11 @@ pub(crate) struct InitArgs {
     /// Replace an existing config file. An existing key and certificate are kept.
     #[arg(long)]
     pub(crate) force: bool,
+    /// The data directory (the block store), written to the config as
+    /// node.data_dir; default /var/lib/twinfs. It is created, or made private,
+    /// mode 0700: the store holds every file's data.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 /// What went wrong in `twinfs init`.
@@ -158,6 +163,8 @@ struct Plan {
     key: PathBuf,
     peer_cert: PathBuf,
     script: PathBuf,
+    /// `--data-dir`, absolute.
+    data_dir: Option<PathBuf>,
 }
 
 fn flag_err(flag: &'static str, value: &str, message: impl Into<String>) -> InitError {
@@ -348,6 +355,7 @@ fn plan(args: &InitArgs, cwd: &Path) -> Result<Plan, InitError> {
         peer_cert: dir.join("peer.crt"),
         script: dir.join("failover.lua"),
         config,
+        data_dir: args.data_dir.as_ref().map(|d| cwd.join(d)),
     })
 }
 
@@ -378,6 +386,9 @@ fn render(plan: &Plan) -> Result<String, InitError> {
         ),
         ("failover", "interface", toml_str(&plan.interface)),
     ];
+    if let Some(d) = &plan.data_dir {
+        wanted.push(("node", "data_dir", path(d)));
+    }
     if let Some((l, p)) = plan.beacon {
         wanted.push(("failover", "public", toml_str(&l.to_string())));
         wanted.push(("failover", "peer_public", toml_str(&p.to_string())));
@@ -534,6 +545,8 @@ pub(crate) struct Outcome {
     pub(crate) fingerprint: String,
     /// False when an existing key and certificate were kept.
     pub(crate) new_identity: bool,
+    /// The data directory, now existing with mode 0700.
+    pub(crate) data_dir: PathBuf,
 }
 
 /// Does the work of `twinfs init`: checks the flags, builds and checks the
@@ -549,7 +562,7 @@ pub(crate) fn run(args: &InitArgs) -> Result<Outcome, InitError> {
         return Err(InitError::ConfigExists { path: plan.config });
     }
     let text = render(&plan)?;
-    check(&plan, &text)?;
+    let cfg = check(&plan, &text)?;
 
     let dir = plan.config.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(|error| InitError::Write {
@@ -580,7 +593,13 @@ pub(crate) fn run(args: &InitArgs) -> Result<Outcome, InitError> {
         }
     };
     write_atomic(&plan.config, &text)?;
+    let data_dir = cfg.node.data_dir;
+    crate::perms::make_private_dir(&data_dir).map_err(|error| InitError::Write {
+        path: data_dir.clone(),
+        error,
+    })?;
     Ok(Outcome {
+        data_dir,
         config: plan.config,
         cert: plan.cert,
         key: plan.key,
@@ -656,6 +675,7 @@ pub(crate) fn main(args: &InitArgs) -> anyhow::Result<ExitCode> {
         o.key.display()
     );
     println!("fingerprint: {}", o.fingerprint);
+    println!("data dir:    {} (mode 0700)", o.data_dir.display());
     if let Some(n) = ping_note {
         println!("{n}");
     }
@@ -719,6 +739,7 @@ mod tests {
             home: Some("www1".into()),
             config: PathBuf::from("/etc/twinfs/twinfs.toml"),
             force: false,
+            data_dir: None,
         }
     }
 
@@ -958,12 +979,22 @@ mod tests {
     #[test]
     fn writes_key_cert_config_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
+        // An existing data dir that others can read is made private (issue 13).
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
         let args = InitArgs {
             config: dir.path().join("etc/twinfs.toml"),
+            data_dir: Some(data.clone()),
             ..good()
         };
         let o = run(&args).unwrap();
         assert!(o.new_identity);
+        assert_eq!(o.data_dir, data);
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
         assert!(o.fingerprint.starts_with("sha256:"), "{}", o.fingerprint);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&o.key), 0o600);
@@ -971,6 +1002,7 @@ mod tests {
         assert_eq!(mode(&o.config), 0o644);
         let cfg = Config::load(&o.config).unwrap();
         assert_eq!(cfg.node.name.as_str(), "www1");
+        assert_eq!(cfg.node.data_dir, data);
 
         let e = run(&args).unwrap_err();
         assert!(matches!(e, InitError::ConfigExists { .. }), "{e}");

@@ -13,6 +13,8 @@ mod gen;
 mod init;
 mod metrics;
 mod mount;
+mod panic;
+mod perms;
 mod supervisor;
 mod unmount;
 
@@ -265,6 +267,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mountpoint,
         } => {
             let cfg = load_config(config.as_ref())?;
+            if let Some(path) = &config {
+                perms::check_not_world_writable(path).map_err(|e| UsageError(e.to_string()))?;
+            }
             init_tracing(cfg.log.level.as_str());
             let data_dir = data_dir.unwrap_or_else(|| cfg.node.data_dir.clone());
             let mountpoint = mountpoint.unwrap_or_else(|| cfg.node.mountpoint.clone());
@@ -273,7 +278,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { config } => {
             let cfg = load_config(Some(&config))?;
+            // The config, the key, the certificates and the hook script: nobody
+            // but root may change them (issue 13). config.rs only parses.
+            perms::check_config_files(&config, &cfg).map_err(|e| UsageError(e.to_string()))?;
             init_tracing(cfg.log.level.as_str());
+            // A panic in any thread ends the process (issue 13): logged, then abort.
+            panic::install_hook();
             daemon::run(&cfg, Some(&config))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -366,6 +376,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node_certs,
             lease,
         } => {
+            if key.symlink_metadata().is_ok() {
+                perms::check_private_key(&key).map_err(|e| UsageError(e.to_string()))?;
+            }
             init_tracing("info");
             failover_cmd::witness(listen, &cert, &key, &node_certs, lease)
         }

@@ -81,6 +81,8 @@ pub(crate) fn preflight_data_dir(data_dir: &Path) -> anyhow::Result<()> {
             data_dir.display()
         ))),
     }
+    // The store holds every file's data, whatever the files' modes on the mount.
+    crate::perms::check_data_dir(data_dir).map_err(|e| UsageError(e.to_string()))?;
     if let Err(e) = nix::unistd::access(data_dir, nix::unistd::AccessFlags::W_OK) {
         bail!(UsageError(format!(
             "data dir {} is not writable: {}",

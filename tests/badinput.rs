@@ -178,9 +178,10 @@ impl Scratch {
         self.dir.path().join(name)
     }
 
+    /// A directory of mode 0700 (a data dir must be; a mount point may be).
     fn mkdir(&self, name: &str) -> PathBuf {
         let p = self.path(name);
-        std::fs::create_dir_all(&p).expect("mkdir");
+        util::private_dir(&p);
         p
     }
 
@@ -310,6 +311,30 @@ fn badinput_missing_data_dir_names_the_path() {
     assert_one_error("missing data dir", &out, None, &[s(&data)]);
     assert_unchanged("missing data dir", &before, sc.dir.path());
     assert!(!data.exists(), "a missing data dir must not be created");
+}
+
+/// Issue 13: a data dir that other users can read or write is refused with one
+/// line naming the path and the mode, exit code 2, and nothing is written.
+#[test]
+fn badinput_data_dir_others_can_read_is_refused_with_its_mode() {
+    if !util::require_fuse("badinput_data_dir_others_can_read_is_refused_with_its_mode") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let sc = Scratch::new();
+    let mnt = sc.mkdir("mnt");
+    let data = sc.mkdir("data");
+    for mode in [0o755, 0o750, 0o707] {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let case = format!("data dir of mode {mode:04o}");
+        let before = snapshot(sc.dir.path());
+        let out = run_mount(&["--data-dir", s(&data), s(&mnt)], &mnt);
+        let want_mode = format!("is mode {mode:04o}");
+        let line = assert_one_error(&case, &out, Some(2), &[s(&data), &want_mode, "chmod 700"]);
+        assert!(line.contains("other users"), "{case}: {line}");
+        assert_unchanged(&case, &before, sc.dir.path());
+        assert_eq!(mounts_at(&mnt), 0, "{case}: nothing may be mounted");
+    }
 }
 
 /// A read-only bind mount of `src` at `dst` (root ignores modes, not EROFS);

@@ -312,7 +312,7 @@ fn crash_kill9_keeps_every_fsynced_file_and_verify_is_clean() {
     let root = util::tempdir("twinfs-crash-");
     let data = root.path().join("data");
     let mnt = root.path().join("mnt");
-    std::fs::create_dir(&data).expect("mkdir data");
+    util::private_dir(&data);
     std::fs::create_dir(&mnt).expect("mkdir mnt");
 
     let synced: Synced = Arc::new(Mutex::new(BTreeMap::new()));

@@ -213,7 +213,7 @@ fn durability_fsync_reaches_log_with_fsync_or_fdatasync() {
         root.path().join("mnt"),
         root.path().join("twinfs.toml"),
     );
-    std::fs::create_dir(&data).expect("mkdir data");
+    util::private_dir(&data);
     std::fs::create_dir(&mnt).expect("mkdir mnt");
     std::fs::write(&cfg, "[fs]\ncheckpoint_interval = \"10min\"\n").expect("write config");
     let m = util::Mounted::start_at(

@@ -17,7 +17,8 @@ impl<'a> SmallDisk<'a> {
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size}"),
+                // A data dir is private (issue 13); tmpfs's root is 1777 otherwise.
+                &format!("size={size},mode=0700"),
                 "twinfs-test-enospc",
             ])
             .arg(dir)

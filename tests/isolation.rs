@@ -542,7 +542,7 @@ fn witness_cut_from_the_primary_keeps_writes_while_connected_then_suspends() {
     // Connected to the peer: the right holds, writes go on.
     std::thread::sleep(Duration::from_secs(5));
     wait_progress(
-        &pair,
+        pair,
         Node::A,
         &wa,
         20,

@@ -56,7 +56,7 @@ fn require(test: &str, tools: &[&str]) -> bool {
         return true;
     }
     let reason = format!(
-        "needs {} (scripts/setup-deps.sh installs them)",
+        "needs {} (scripts/setup-deps.sh test installs them)",
         missing.join(", ")
     );
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -475,6 +475,8 @@ fn rpm_metadata_and_scratch_root_install() {
 fn init_writes_a_config_that_loads() {
     let dir = crate::util::tempdir("twinfs-init-");
     let config = dir.path().join("etc/twinfs.toml");
+    // The data dir: made private by init (issue 13); never the host's /var/lib/twinfs.
+    let data = dir.path().join("data");
     let init = |extra: &[&str]| {
         run(
             Command::new(twinfs_bin())
@@ -494,8 +496,10 @@ fn init_writes_a_config_that_loads() {
                     "192.168.0.2",
                     "--ping",
                     "192.168.0.254",
-                    "--config",
+                    "--data-dir",
                 ])
+                .arg(&data)
+                .arg("--config")
                 .arg(&config)
                 .args(extra),
             TOOL_TIMEOUT,
@@ -515,6 +519,8 @@ fn init_writes_a_config_that_loads() {
         );
     }
     let etc = dir.path().join("etc");
+    assert_eq!(mode(&data), 0o700, "twinfs init makes the data dir private");
+    assert!(ran.stdout.contains("data dir:"), "{}", ran.stdout);
     assert_eq!(mode(&etc.join("node.key")), 0o600);
     assert_eq!(mode(&etc.join("node.crt")), 0o644);
     // The fingerprint printed is the certificate's.

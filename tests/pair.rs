@@ -82,7 +82,7 @@ impl Pair {
         let names = ["alpha", "beta"];
         let nodes = [Node::A, Node::B].map(|node| {
             let dir = crate::util::tempdir(&format!("pair-{tag}-{}", names[node_index(node)]));
-            std::fs::create_dir(dir.path().join("data")).unwrap();
+            crate::util::private_dir(&dir.path().join("data"));
             std::fs::create_dir(dir.path().join("mnt")).unwrap();
             PairNode {
                 node,
@@ -142,6 +142,12 @@ impl Pair {
 
     /// Starts `twinfs run` for `node` in its namespace, stderr to its log file.
     pub(crate) fn start(&mut self, node: Node) {
+        self.start_with_env(node, &[]);
+    }
+
+    /// [`Pair::start`] with extra environment variables for the daemon (e.g.
+    /// `TWINFS_FAULT`).
+    pub(crate) fn start_with_env(&mut self, node: Node, env: &[(&str, &str)]) {
         let n = &self.nodes[node_index(node)];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -153,6 +159,7 @@ impl Pair {
         let mut cmd = self.lab.command(node, twinfs_bin());
         cmd.args(["run", "--config", n.config().to_str().unwrap()])
             .env("RUST_LOG", "info,twinfs_replicator=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -175,6 +182,17 @@ impl Pair {
             .as_ref()
             .expect("the node is running")
             .pid()
+    }
+
+    /// Waits at most `timeout` for `node`'s daemon to exit by itself; its exit
+    /// status (the node then counts as stopped), or `None` if it still runs.
+    pub(crate) fn wait_exit(&mut self, node: Node, timeout: Duration) -> Option<ExitStatus> {
+        let status = self.nodes[node_index(node)]
+            .child
+            .as_ref()?
+            .wait_timeout(timeout)?;
+        self.nodes[node_index(node)].child = None;
+        Some(status)
     }
 
     /// SIGTERM, then wait for a clean exit.

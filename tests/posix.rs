@@ -1625,6 +1625,33 @@ fn posix_names_types_and_dots() {
     m.stop();
 }
 
+/// Issue 13: the mount is `nosuid,nodev` by default (a setuid binary or a
+/// device node written to the web root, or replicated from the peer, is no way
+/// to root on this node), while the mode bits themselves are kept.
+#[test]
+fn posix_mount_is_nosuid_nodev_by_default() {
+    if !util::require_fuse("posix_mount_is_nosuid_nodev_by_default") {
+        return;
+    }
+    let m = Mounted::start();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = m.mnt.canonicalize().unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} not in /proc/self/mountinfo", mnt.display()));
+    let opts: Vec<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+    assert!(opts.contains(&"nosuid"), "mount options {opts:?}");
+    assert!(opts.contains(&"nodev"), "mount options {opts:?}");
+    let f = m.mnt.join("setuid");
+    write_file(&f, b"#!/bin/sh\n");
+    chmod(&f, 0o4755).unwrap();
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+        0o4755
+    );
+}
+
 /// What writes, truncates and chowns take away: the kernel leaves it to the
 /// filesystem (FUSE_HANDLE_KILLPRIV_V2, which saves a GETXATTR round trip per
 /// write), so each case runs on the mount and on a native directory of the

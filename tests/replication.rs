@@ -17,15 +17,16 @@ fn require(test: &str) -> bool {
 
 /// Writes `n` files of random sizes under `root` (some in subdirectories),
 /// fsyncing each, and returns name → contents.
-fn write_fsynced_files(root: &Path, n: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn write_fsynced_files(root: &Path, n: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
     let mut rng = TestRng::new(seed);
     let mut files = BTreeMap::new();
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
     for i in 0..n {
+        // Distinct names per seed, so that two batches can share a tree.
         let name = match i % 3 {
-            0 => format!("file-{i}.html"),
-            1 => format!("sub/file-{i}.bin"),
-            _ => format!("sub/deeper/file-{i}.txt"),
+            0 => format!("file-{seed:x}-{i}.html"),
+            1 => format!("sub/file-{seed:x}-{i}.bin"),
+            _ => format!("sub/deeper/file-{seed:x}-{i}.txt"),
         };
         let len = match rng.below(4) {
             0 => rng.below(64) as usize,
@@ -49,7 +50,7 @@ fn write_fsynced_files(root: &Path, n: usize, seed: u64) -> BTreeMap<String, Vec
     files
 }
 
-fn assert_files(root: &Path, files: &BTreeMap<String, Vec<u8>>, who: &str) {
+pub(crate) fn assert_files(root: &Path, files: &BTreeMap<String, Vec<u8>>, who: &str) {
     for (name, want) in files {
         let got = std::fs::read(root.join(name))
             .unwrap_or_else(|e| panic!("{who}: {name} is missing after failover: {e}"));

@@ -44,6 +44,15 @@ const POLL: Duration = Duration::from_millis(10);
 /// How long the mount may linger after the daemon exited 0.
 const UNMOUNTED_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Creates the directory `path` (and its parents) with mode 0700, as a data
+/// dir must be: `twinfs` refuses one that other users can read (issue 13).
+pub(crate) fn private_dir(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .unwrap_or_else(|e| panic!("chmod 700 {}: {e}", path.display()));
+}
+
 /// Path of the `twinfs` binary built by cargo for this test run.
 pub(crate) fn twinfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_twinfs"))
@@ -405,7 +414,7 @@ impl Mounted {
         .expect("chmod tempdir");
         let data = root.path().join("data");
         let mnt = root.path().join("mnt");
-        std::fs::create_dir(&data).expect("mkdir data");
+        private_dir(&data);
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         Self::spawn(&data, &mnt, &[], Some(root))
     }

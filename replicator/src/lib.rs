@@ -13,6 +13,7 @@
 
 pub mod control;
 pub mod evidence;
+mod fault;
 pub mod node;
 pub mod state;
 pub mod status;

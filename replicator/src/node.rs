@@ -1783,6 +1783,8 @@ fn do_job(
     job: Job,
     early: Option<&mpsc::UnboundedSender<Input>>,
 ) -> Option<Input> {
+    // Issue 13: fault injection for tests, debug builds only (see fault.rs).
+    crate::fault::before_apply(matches!(job, Job::Apply(..)));
     Some(match job {
         Job::Apply(seq, bytes) => {
             if seq <= ps(disk.last_applied()) {

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use twinfs_replicator_proto::{DiskState, Generation, History, Role};
 
@@ -134,7 +135,14 @@ impl NodeState {
         let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
         let text = toml::to_string(self).expect("the node state serialises");
         let io = |e: std::io::Error| anyhow::anyhow!("{}: {e}", tmp.display());
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        // Private like every file of the data dir (0600; issue 13).
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(b"# twinfs replication state: written by twinfs, do not edit\n")
             .map_err(io)?;
         f.write_all(text.as_bytes()).map_err(io)?;
@@ -235,6 +243,10 @@ mod tests {
         };
         s.save(dir.path()).unwrap();
         assert_eq!(NodeState::load(dir.path()).unwrap(), s);
+        // Private to root, like the store (issue 13).
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -36,7 +36,8 @@
 # that live in those namespaces, killed by pid; every wait is bounded; the
 # cleanup runs on every exit path and undoes what was made, in reverse.
 #
-# Needs: bash >= 4.3, root, iproute2 (ip), util-linux (nsenter, timeout).
+# Needs: bash >= 4.3, root, iproute2 (ip), util-linux (nsenter), coreutils
+# (timeout), iputils-ping (ping): `scripts/setup-deps.sh demo` installs them.
 
 # ---------------------------------------------------------------------------
 # Settings (may be set before lab_init)
@@ -125,8 +126,11 @@ lab_init() {
     LAB_PREFIX=$1
     LAB_WORK=$2
     [[ $(id -u) -eq 0 ]] || lab_fail "must run as root (network namespaces, FUSE, Apache on port $LAB_HTTP_PORT)"
+    # twinfs refuses configs and hooks that others can write: whatever umask
+    # the caller has, the lab's files are not group- or world-writable.
+    umask 022
     local tool
-    for tool in ip nsenter timeout awk; do
+    for tool in ip nsenter timeout awk ping; do
         command -v "$tool" >/dev/null 2>&1 || lab_fail "$tool not found on PATH"
     done
     trap lab_cleanup EXIT
@@ -435,7 +439,8 @@ lab_nodes() {
     local repl_extra=${1:-} fo_extra=${2:-} n d p out
     for n in "${LAB_NODES[@]}"; do
         d=$(lab_dir "$n")
-        mkdir -p "$d/data" "$d/mnt"
+        mkdir -p "$d/mnt"
+        install -d -m 700 "$d/data" # a data dir is private (twinfs refuses others)
         chmod 755 "$d" "$d/mnt"
         out=$(timeout 30 "$TWINFS_BIN" keygen --name "$n" --cert "$d/node.crt" --key "$d/node.key" 2>&1) ||
             lab_fail "twinfs keygen --name $n: $out"

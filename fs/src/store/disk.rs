@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -294,6 +294,51 @@ fn check_format(dir: &Path) -> Result<bool, StoreError> {
     Ok(true)
 }
 
+/// Mode of every file the store creates: the store holds every file's data,
+/// whatever the files' own modes on the mount say (issue 13: private to root).
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the store creates.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// `OpenOptions` for a store file: created [`FILE_MODE`] (before the umask,
+/// which can only take bits away).
+fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(FILE_MODE);
+    o
+}
+
+/// Creates `path` (and missing parents) [`DIR_MODE`].
+fn private_dir(path: &Path) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+        .map_err(|e| StoreError::io(path, e))
+}
+
+/// Takes group and other bits off `path` and everything under it. For sled's
+/// index directory: sled creates its files with the default mode (0644 under a
+/// umask of 022), and it is not told otherwise.
+fn restrict_tree(path: &Path) -> Result<(), StoreError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| StoreError::io(path, e))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))
+            .map_err(|e| StoreError::io(path, e))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| StoreError::io(path, e))? {
+            let entry = entry.map_err(|e| StoreError::io(path, e))?;
+            restrict_tree(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
     File::open(path)
         .and_then(|d| d.sync_all())
@@ -330,7 +375,7 @@ impl DiskStore {
         }
         // Take the lock before creating anything, so two processes never initialise together.
         let lock_path = dir.join("LOCK");
-        let lock_file = OpenOptions::new()
+        let lock_file = private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -343,21 +388,31 @@ impl DiskStore {
             })?;
         let log_dir = dir.join("log");
         if !exists {
-            std::fs::create_dir_all(&log_dir).map_err(|e| StoreError::io(&log_dir, e))?;
+            private_dir(&log_dir)?;
             let marker = dir.join("store.toml");
             let text = format!(
                 "# twinfs store marker: do not edit\nformat = {STORE_FORMAT}\nblock_size = {}\n",
                 crate::BLOCK_SIZE
             );
             let tmp = dir.join("store.toml.tmp");
-            std::fs::write(&tmp, text).map_err(|e| StoreError::io(&tmp, e))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
+            private_file()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, text.as_bytes())?;
+                    f.sync_all()
+                })
                 .map_err(|e| StoreError::io(&tmp, e))?;
             std::fs::rename(&tmp, &marker).map_err(|e| StoreError::io(&marker, e))?;
             fsync_dir(dir)?;
         }
-        let db = open_index(&dir.join("meta"))?;
+        // sled creates its directory with the default mode: make it first, private.
+        let index_dir = dir.join("meta");
+        private_dir(&index_dir)?;
+        let db = open_index(&index_dir)?;
+        restrict_tree(&index_dir)?;
         let applied: Applied = match db.get(META_APPLIED)? {
             Some(v) => decode(META_APPLIED, &v)?,
             None => Applied {
@@ -403,7 +458,7 @@ impl DiskStore {
 
     fn open_segment_file(log_dir: &Path, id: u32, create: bool) -> Result<File, StoreError> {
         let path = log_dir.join(segment_name(id));
-        let f = OpenOptions::new()
+        let f = private_file()
             .read(true)
             .write(true)
             .create(create)

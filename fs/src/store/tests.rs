@@ -129,6 +129,69 @@ fn disk_store_survives_reopen() {
     assert_eq!(s.block(Ino(7), 3).unwrap().unwrap(), vec![9; 1000]);
 }
 
+/// Every file and directory under `dir` (not `dir` itself), with its mode.
+fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        out.push((p.clone(), m.is_dir(), m.permissions().mode() & 0o7777));
+        if m.is_dir() {
+            out.extend(modes(&p));
+        }
+    }
+    out
+}
+
+/// Issue 13: the store holds every file's data, so its files are 0600 and its
+/// directories 0700 whatever the umask (sled's index included).
+#[test]
+fn store_files_are_private_to_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = DiskStore::open(dir.path()).unwrap();
+        s.apply(&m(
+            1,
+            vec![Op::PutBlock {
+                ino: Ino(7),
+                idx: 0,
+                data: vec![1; 5000],
+            }],
+        ))
+        .unwrap();
+        s.sync().unwrap();
+    }
+    let s = DiskStore::open(dir.path()).unwrap();
+    let all = modes(dir.path());
+    let names: Vec<String> = all
+        .iter()
+        .map(|(p, _, _)| p.strip_prefix(dir.path()).unwrap().display().to_string())
+        .collect();
+    for must in ["LOCK", "store.toml", "log", "meta"] {
+        assert!(names.iter().any(|n| n == must), "{must} not in {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("log/seg-")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("meta/")), "{names:?}");
+    for (p, is_dir, mode) in &all {
+        if *is_dir {
+            assert_eq!(
+                *mode,
+                disk::DIR_MODE,
+                "{} is a directory of mode {mode:o}",
+                p.display()
+            );
+        } else {
+            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
+        }
+    }
+    for name in ["LOCK", "store.toml"] {
+        let (_, _, mode) = all.iter().find(|(p, _, _)| p.ends_with(name)).unwrap();
+        assert_eq!(*mode, disk::FILE_MODE, "{name} is mode {mode:o}");
+    }
+    drop(s);
+}
+
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
