@@ -194,6 +194,9 @@ pub struct FsConfig {
     /// `fs.force_unmount_grace`: how long the users get between SIGTERM and
     /// SIGKILL, `0s..=10min`. Default: 5s.
     pub force_unmount_grace: Duration,
+    /// `fs.suid_dev`: let setuid/setgid bits and device nodes on the mount take
+    /// effect. Default: `false` (the mount is `nosuid,nodev`).
+    pub suid_dev: bool,
 }
 
 /// `[log]`: logging.
@@ -418,6 +421,7 @@ impl Config {
             CHECKPOINT_INTERVAL_RANGE,
         )?;
         let force_unmount = fs.force_unmount.unwrap_or(true);
+        let suid_dev = fs.suid_dev.unwrap_or(false);
         let force_unmount_grace = duration_in(
             cx,
             "fs.force_unmount_grace",
@@ -454,6 +458,7 @@ impl Config {
                 checkpoint_interval,
                 force_unmount,
                 force_unmount_grace,
+                suid_dev,
             },
             log: LogConfig { level },
             replication: replication
@@ -677,6 +682,7 @@ impl Default for FsConfig {
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             force_unmount: true,
             force_unmount_grace: Duration::from_secs(5),
+            suid_dev: false,
         }
     }
 }
@@ -845,6 +851,7 @@ struct RawFs {
     checkpoint_interval: Option<Spanned<RawDuration>>,
     force_unmount: Option<bool>,
     force_unmount_grace: Option<Spanned<RawDuration>>,
+    suid_dev: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1359,6 +1366,7 @@ level = "TRACE"
                     checkpoint_interval: Duration::from_secs(600),
                     force_unmount: true,
                     force_unmount_grace: Duration::from_secs(5),
+                    suid_dev: false,
                 },
                 log: LogConfig {
                     level: LogLevel::Trace
@@ -1710,7 +1718,8 @@ level = "TRACE"
         assert_eq!(
             e.to_string(),
             "t.toml:3: unknown field fs.bogus, expected one of writeback_cache, \
-             attr_timeout, threads, checkpoint_interval"
+             attr_timeout, threads, checkpoint_interval, force_unmount, \
+             force_unmount_grace, suid_dev"
         );
     }
 

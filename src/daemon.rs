@@ -122,6 +122,7 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
             attr_timeout: cfg.fs.attr_timeout,
             writeback_cache: cfg.fs.writeback_cache,
             threads: cfg.fs.threads,
+            suid_dev: cfg.fs.suid_dev,
         },
         force: crate::unmount::ForceUnmount {
             enabled: cfg.fs.force_unmount,

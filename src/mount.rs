@@ -128,6 +128,7 @@ pub(crate) fn run(cfg: &Config, data_dir: &Path, mountpoint: &Path) -> anyhow::R
         attr_timeout: cfg.fs.attr_timeout,
         writeback_cache: cfg.fs.writeback_cache,
         threads: cfg.fs.threads,
+        suid_dev: cfg.fs.suid_dev,
     };
     let fuse = FuseFs::new(fs.clone(), opts);
     let mount_cfg = fuse.mount_config();

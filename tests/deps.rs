@@ -869,7 +869,7 @@ fn deps_every_command_the_scripts_and_tests_call_is_installed_by_setup_deps() {
         let missing: Vec<String> = table
             .iter()
             .filter(|(_, e)| e.mode == "demo" || e.mode == "test")
-            .filter(|(c, _)| which(c).is_none())
+            .filter(|(c, _)| crate::lab::find_executable(c).is_none())
             .map(|(c, e)| format!("{c} ({})", e.package))
             .collect();
         assert!(
@@ -877,17 +877,4 @@ fn deps_every_command_the_scripts_and_tests_call_is_installed_by_setup_deps() {
             "not on PATH after setup-deps.sh: {missing:?}"
         );
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
-    std::env::split_paths(&path)
-        .chain(extra)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }

@@ -434,6 +434,21 @@ fn startup_releases_leftover_vip_and_service() {
 
 pub(crate) const WITNESS_PORT: u16 = 7791;
 
+/// Waits until alpha's escalation command left its mark in `marker`.
+pub(crate) fn wait_escalated(pair: &Pair, marker: &std::path::Path) {
+    let ok = poll_until(FAILOVER_LIMIT, || {
+        std::fs::read_to_string(marker)
+            .ok()
+            .filter(|t| t.contains("escalated"))
+    });
+    assert!(
+        ok.is_some(),
+        "alpha did not escalate\nstatus: {:#}\nlog:\n{}",
+        pair.status(Node::A),
+        pair.node(Node::A).log_text()
+    );
+}
+
 /// The witness's key pair, made as an admin would (`twinfs keygen`).
 pub(crate) struct WitnessFiles {
     dir: tempfile::TempDir,
@@ -613,17 +628,7 @@ fn isolated_primary_with_witness_escalates_when_demotion_fails() {
     pair.lab.isolate(Node::A);
     // Alpha lost the peer and the witness: it tries to demote, cannot stop
     // Apache, and escalates.
-    let ok = poll_until(FAILOVER_LIMIT, || {
-        std::fs::read_to_string(&marker)
-            .ok()
-            .filter(|t| t.contains("escalated"))
-    });
-    assert!(
-        ok.is_some(),
-        "alpha did not escalate\nstatus: {:#}\nlog:\n{}",
-        pair.status(Node::A),
-        pair.node(Node::A).log_text()
-    );
+    wait_escalated(&pair, &marker);
     let sa = pair.status(Node::A);
     let da = decisions(&sa);
     assert!(da.contains("isolated"), "{da}");

@@ -604,17 +604,7 @@ fn a_demotion_that_cannot_unmount_refuses_every_write_and_escalates() {
     start_serving(&mut pair);
     let mut wa = Writer::started(&pair, Node::A, "busya");
     pair.lab.isolate(Node::A);
-    let ok = poll_until(FAILOVER_LIMIT, || {
-        std::fs::read_to_string(&marker)
-            .ok()
-            .filter(|t| t.contains("escalated"))
-    });
-    assert!(
-        ok.is_some(),
-        "alpha did not escalate\nstatus: {:#}\nlog:\n{}",
-        pair.status(Node::A),
-        pair.node(Node::A).log_text()
-    );
+    crate::failover::wait_escalated(&pair, &marker);
     // Still primary and still mounted, but refusing every write.
     let sa = pair.status(Node::A);
     assert_eq!(sa["role"], "Primary", "{sa:#}");

@@ -142,7 +142,8 @@ fn tools() -> Result<&'static Tools, String> {
         .map_err(Clone::clone)
 }
 
-fn find_executable(name: &str) -> Option<PathBuf> {
+/// `name` on PATH (or in the usual sbin and bin directories), if executable.
+pub(crate) fn find_executable(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
     std::env::split_paths(&path)

@@ -31,6 +31,12 @@ pub struct FuseOptions {
     pub writeback_cache: bool,
     /// Number of threads serving FUSE requests.
     pub threads: usize,
+    /// Whether setuid/setgid bits take effect and device nodes open on the
+    /// mount. Off by default (the mount is `nosuid,nodev`, issue 13): the mount
+    /// is a web root, and the store's content comes from the peer too, so a
+    /// setuid binary or a device node written there must not become a way to
+    /// root on this node. Mode bits are stored and shown either way.
+    pub suid_dev: bool,
 }
 
 impl Default for FuseOptions {
@@ -39,6 +45,7 @@ impl Default for FuseOptions {
             attr_timeout: Duration::from_secs(60),
             writeback_cache: false,
             threads: 4,
+            suid_dev: false,
         }
     }
 }
@@ -48,29 +55,12 @@ impl Default for FuseOptions {
 pub struct FuseFs<S: Store> {
     fs: Arc<Fs<S>>,
     opts: FuseOptions,
-    /// See [`FuseFs::allow_suid_dev`]. Kept out of [`FuseOptions`] for now so
-    /// that the callers building `FuseOptions` field by field keep compiling.
-    suid_dev: bool,
 }
 
 impl<S: Store> FuseFs<S> {
     /// Wraps `fs`.
     pub fn new(fs: Arc<Fs<S>>, opts: FuseOptions) -> Self {
-        FuseFs {
-            fs,
-            opts,
-            suid_dev: false,
-        }
-    }
-
-    /// Whether setuid/setgid bits take effect and device nodes open on the
-    /// mount. Off by default (the mount is `nosuid,nodev`, issue 13): the mount
-    /// is a web root, and the store's content comes from the peer too, so a
-    /// setuid binary or a device node written there must not become a way to
-    /// root on this node. Mode bits are stored and shown either way.
-    pub fn allow_suid_dev(mut self, on: bool) -> Self {
-        self.suid_dev = on;
-        self
+        FuseFs { fs, opts }
     }
 
     /// The fuser mount configuration for these options.
@@ -84,12 +74,12 @@ impl<S: Store> FuseFs<S> {
             fuser::MountOption::CUSTOM("subtype=twinfs".into()),
             fuser::MountOption::DefaultPermissions,
             fuser::MountOption::RW,
-            if self.suid_dev {
+            if self.opts.suid_dev {
                 fuser::MountOption::Suid
             } else {
                 fuser::MountOption::NoSuid
             },
-            if self.suid_dev {
+            if self.opts.suid_dev {
                 fuser::MountOption::Dev
             } else {
                 fuser::MountOption::NoDev

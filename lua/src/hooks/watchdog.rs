@@ -99,7 +99,7 @@ impl HookRuntime {
     /// noted steps are undone in reverse order before this returns.
     ///
     /// This blocks for as long as the hook runs: up to the time limit plus
-    /// the time of the actions it is in, plus [`GRACE`] for a hook stuck in a
+    /// the time of the actions it is in, plus a grace of 2 s for a hook stuck in a
     /// C function, plus the undos. From async code call it on a blocking thread.
     pub fn run(&mut self, hook: Hook, state: &HookState) -> Result<HookReport, HookError> {
         if !self.defined.contains(&hook) {
