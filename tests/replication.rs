@@ -315,6 +315,61 @@ fn garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_o
     pair.wait_connected();
 }
 
+/// A peer with a valid certificate is still held to the protocol's order: a
+/// report (a split brain's file list) before its hello is refused, and the
+/// node lives on for the real peer.
+#[test]
+fn a_report_before_the_hello_is_refused() {
+    if !require("a_report_before_the_hello_is_refused") {
+        return;
+    }
+    use twinfs_replicator::tls::{Identity, PeerTrust};
+    use twinfs_replicator::transport::{self, FrameStream, TransportOptions};
+    let mut pair = Pair::new("report-first", "");
+    pair.start(Node::B);
+    let a = pair.node(Node::A);
+    let identity = Identity::load(&a.cert(), &a.key()).unwrap();
+    let trust = PeerTrust::from_cert_file(&pair.node(Node::B).cert()).unwrap();
+    let a_ip = pair.lab.node(Node::A).addr();
+    let b_addr = std::net::SocketAddr::new(pair.lab.node(Node::B).addr(), crate::pair::PORT);
+    crate::lab::in_netns(pair.lab.node(Node::A).netns_path(), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let listen = std::net::SocketAddr::new(a_ip, 0);
+            let ep = transport::endpoint(listen, &identity, &trust, &TransportOptions::default())
+                .map_err(std::io::Error::other)?;
+            let conn = transport::connect(&ep, b_addr)
+                .await
+                .map_err(std::io::Error::other)?;
+            let mut s = FrameStream::open(&conn)
+                .await
+                .map_err(std::io::Error::other)?;
+            let report = br#"{"node":"alpha","changed_files":["/forged"]}"#.to_vec();
+            s.send(&twinfs_replicator_proto::Frame::Report { payload: report })
+                .await
+                .map_err(std::io::Error::other)?;
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+            ep.close(0u32.into(), b"done");
+            Ok::<(), std::io::Error>(())
+        })
+    })
+    .unwrap();
+    let log = pair.node(Node::B).log_text();
+    assert!(
+        log.contains("the peer sent a report frame before its hello"),
+        "beta's log does not show the refusal:\n{log}"
+    );
+    let sb = pair.status(Node::B);
+    assert!(
+        sb["split_brain"].is_null(),
+        "a forged report was taken: {sb:#}"
+    );
+    pair.start(Node::A);
+    pair.wait_connected();
+}
+
 /// A promotion whose mount cannot come up is undone: the command fails with the
 /// reason and the node stays secondary.
 #[test]

@@ -209,6 +209,14 @@ struct Conn {
     refused: bool,
     /// The peer's handshake, once it arrived and was accepted.
     peer: Option<Hello>,
+    /// A hello arrived on this connection (accepted or not): only then may a
+    /// report (a split brain's file list) follow.
+    hello_seen: bool,
+    /// (Secondary) online verify requests answered on this connection: the
+    /// primary may send repairs only after one.
+    verifies_answered: u64,
+    /// (Secondary) a verify request is being answered (one at a time).
+    verify_answering: bool,
 }
 
 enum RoleState {
@@ -624,6 +632,9 @@ impl Node {
                     queued,
                     refused: false,
                     peer: None,
+                    hello_seen: false,
+                    verifies_answered: 0,
+                    verify_answering: false,
                 });
             }
             Input::ConnFrame { id, frame } => {
@@ -696,6 +707,9 @@ impl Node {
             Input::Unmounted(result) => self.unmounted(result),
             Input::Frames(frames) => {
                 for f in frames {
+                    if matches!(f, Frame::VerifyResponse { .. }) {
+                        self.verify_answer_sent();
+                    }
                     self.send(f);
                 }
             }
@@ -776,7 +790,16 @@ impl Node {
     fn on_frame(&mut self, frame: Frame) {
         let now = Instant::now();
         self.last_frame_at = Some(now);
+        if matches!(frame, Frame::Hello(_)) {
+            if let Some(c) = &mut self.conn {
+                c.hello_seen = true;
+            }
+        }
         if let Frame::Report { payload } = &frame {
+            if !self.conn.as_ref().is_some_and(|c| c.hello_seen) {
+                self.refuse("the peer sent a report frame before its hello".into());
+                return;
+            }
             self.peer_report(payload);
             return;
         }

@@ -59,6 +59,8 @@ pub const CLOSE_ERROR: VarInt = VarInt::from_u32(2);
 
 /// Longest close reason sent: it must fit in one packet with room to spare.
 const MAX_CLOSE_REASON: usize = 200;
+/// The most a frame receiver reserves ahead of the bytes that arrived.
+const RESERVE_STEP: usize = 1 << 20;
 
 /// QUIC liveness settings, the same on both nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -511,6 +513,11 @@ impl FrameStream {
         self.receiver.recv().await
     }
 
+    /// See [`FrameReceiver::buffer_capacity`].
+    pub fn buffer_capacity(&self) -> usize {
+        self.receiver.buffer_capacity()
+    }
+
     /// Splits the stream into its sending and receiving halves.
     pub fn into_split(self) -> (FrameSender, FrameReceiver) {
         (self.sender, self.receiver)
@@ -645,6 +652,12 @@ impl FrameReceiver {
         self.peer
     }
 
+    /// Bytes of memory held for the frame being received: it follows what
+    /// arrived (at most twice that, or 1 MiB), never the length a header claims.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Receives the next frame.
     ///
     /// `Ok(None)` means the peer finished the stream cleanly, between frames.
@@ -666,8 +679,14 @@ impl FrameReceiver {
                             Err(error) => Err(bad(self.peer, error)),
                         };
                     }
-                    // A large frame: room for all of it at once, not by doubling.
-                    Some(len) => self.buf.reserve(len - self.buf.len()),
+                    // A large frame: memory follows the bytes that arrived,
+                    // not the header's claim (a peer announcing 64 MiB and
+                    // sending 10 bytes gets no 64 MiB buffer): room for at
+                    // most as much again as is here, and at least 1 MiB.
+                    Some(len) => {
+                        let have = self.buf.len();
+                        self.buf.reserve((len - have).min(have.max(RESERVE_STEP)));
+                    }
                     None => {}
                 }
             }

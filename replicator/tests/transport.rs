@@ -619,6 +619,35 @@ async fn bad_frames_close_the_connection_and_the_endpoint_goes_on() {
     .await;
 }
 
+/// A peer with a valid certificate that announces a 32 MiB frame and sends
+/// ten bytes of it gets no 32 MiB buffer: memory follows what arrived.
+#[tokio::test]
+async fn a_frame_header_s_claim_reserves_no_memory_before_the_bytes_arrive() {
+    let mut claim = MAGIC.to_vec();
+    claim.extend_from_slice(&[FRAME_VERSION, 2]);
+    claim.extend_from_slice(&(32u32 << 20).to_be_bytes());
+    claim.extend_from_slice(&[7; 10]);
+    bounded(async {
+        let (a, b) = (Node::new("alpha"), Node::new("beta"));
+        let ep_a = a.endpoint(&b.pin());
+        let ep_b = b.endpoint(&a.pin());
+        let (client, server) = pair(&ep_a, &ep_b).await;
+        let (mut send, _recv) = client.open_bi().await.unwrap();
+        send.write_all(&claim).await.unwrap();
+        let mut s = FrameStream::accept(&server).await.unwrap();
+        // The rest never comes: recv waits (cancel-safe), holding what came.
+        let pending = tokio::time::timeout(Duration::from_millis(300), s.recv()).await;
+        assert!(pending.is_err(), "a frame was returned: {pending:?}");
+        assert!(
+            s.buffer_capacity() <= 2 << 20,
+            "{} bytes reserved for {} received",
+            s.buffer_capacity(),
+            claim.len()
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn closed_connection_surfaces_in_stream_ops_with_the_reason() {
     bounded(async {

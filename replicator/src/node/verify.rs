@@ -212,13 +212,40 @@ impl Node {
             self.refuse("the peer sent a verify request to the primary".into());
             return;
         }
+        // One at a time: a peer may not queue unbounded digest work here.
+        if self.conn.as_ref().is_some_and(|c| c.verify_answering) {
+            self.refuse(
+                "the peer sent a verify request while the previous one is still being answered"
+                    .into(),
+            );
+            return;
+        }
+        if let Some(c) = &mut self.conn {
+            c.verify_answering = true;
+        }
         let _ = self.jobs.send(Job::Verify(payload));
+    }
+
+    /// (Secondary) the answer to a verify request is on its way to the peer.
+    pub(super) fn verify_answer_sent(&mut self) {
+        if let Some(c) = &mut self.conn {
+            if c.verify_answering {
+                c.verify_answering = false;
+                c.verifies_answered += 1;
+            }
+        }
     }
 
     /// (Secondary) the primary's repair values.
     pub(super) fn repair_received(&mut self, payload: Vec<u8>) {
         if matches!(self.role, RoleState::Primary { .. }) {
             self.refuse("the peer sent repair data to the primary".into());
+            return;
+        }
+        // Repairs answer a verify: without one on this connection they are
+        // not the primary's to send.
+        if !self.conn.as_ref().is_some_and(|c| c.verifies_answered > 0) {
+            self.refuse("the peer sent repair data without a running online verify".into());
             return;
         }
         self.note(format!(
