@@ -796,7 +796,7 @@ impl Node {
             }
         }
         if let Frame::Report { payload } = &frame {
-            if !self.conn.as_ref().is_some_and(|c| c.hello_seen) {
+            if self.conn.as_ref().is_none_or(|c| !c.hello_seen) {
                 self.refuse("the peer sent a report frame before its hello".into());
                 return;
             }

@@ -244,7 +244,7 @@ impl Node {
         }
         // Repairs answer a verify: without one on this connection they are
         // not the primary's to send.
-        if !self.conn.as_ref().is_some_and(|c| c.verifies_answered > 0) {
+        if self.conn.as_ref().is_none_or(|c| c.verifies_answered == 0) {
             self.refuse("the peer sent repair data without a running online verify".into());
             return;
         }
