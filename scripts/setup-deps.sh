@@ -85,6 +85,7 @@ umount          mount           demo
 sed             sed             demo
 lsblk           util-linux      demo
 nsenter         util-linux      demo
+setpriv         util-linux      test
 runuser         util-linux      demo
 unshare         util-linux      demo
 # the demo: build twinfs (cargo needs a C linker), the lab (namespaces, veths,

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin_socket;
 pub mod config;
 mod daemon;
 mod demo;

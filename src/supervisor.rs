@@ -406,7 +406,8 @@ pub(crate) fn start(
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| UsageError(format!("cannot listen on {}: {e}", socket.display())))?;
-    listener.set_nonblocking(true)?;
+    let (admin_rx, admin_thread) = crate::admin_socket::serve(listener, stop.clone())?;
+    threads.push(admin_thread);
 
     let machine_cfg = MachineConfig {
         deadtime_ms: millis(r.deadtime),
@@ -453,7 +454,7 @@ pub(crate) fn start(
         witness_tx,
         want_lease,
         stop: stop.clone(),
-        listener,
+        admin_rx,
         handover_until: None,
         handover_seen: false,
         takeover_until: None,
@@ -691,7 +692,8 @@ struct Driver {
     witness_tx: Option<mpsc::Sender<WitnessCmd>>,
     want_lease: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    listener: UnixListener,
+    /// Requests from `failover.sock`, read on their own thread.
+    admin_rx: mpsc::Receiver<crate::admin_socket::Pending>,
     /// Announce the hand-over flag until then.
     handover_until: Option<Instant>,
     /// The peer's hand-over flag was already acted on (until it clears).
@@ -1176,26 +1178,11 @@ impl Driver {
     fn serve_admin(&mut self) {
         // Bounded: at most a few requests per tick.
         for _ in 0..4 {
-            let Ok((stream, _)) = self.listener.accept() else {
+            let Ok((req, reply)) = self.admin_rx.try_recv() else {
                 return;
             };
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut line = String::new();
-            let mut reader = BufReader::new(&stream);
-            let answer = match reader.read_line(&mut line) {
-                Err(e) => AdminResponse::Error(format!("reading the request: {e}")),
-                Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
-                    Err(e) => AdminResponse::Error(format!("bad request {line:?}: {e}")),
-                    Ok(req) => self.admin(req),
-                },
-            };
-            let mut w = &stream;
-            let _ = writeln!(
-                w,
-                "{}",
-                serde_json::to_string(&answer).unwrap_or_else(|_| "{}".into())
-            );
+            let answer = self.admin(req);
+            let _ = reply.send(answer);
         }
     }
 

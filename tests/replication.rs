@@ -370,6 +370,56 @@ fn a_report_before_the_hello_is_refused() {
     pair.wait_connected();
 }
 
+/// Local users cannot command the node: the data dir is private (0700), and
+/// even with it and the socket opened up by hand, the control socket serves
+/// only root (peer credentials).
+#[test]
+fn a_non_root_user_cannot_use_the_control_socket() {
+    if !require("a_non_root_user_cannot_use_the_control_socket") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut pair = Pair::new("nonroot", "");
+    pair.start(Node::B);
+    let b = pair.node(Node::B);
+    let data = b.data();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data dir must be private");
+    // Open the way by hand: only the credential check stands.
+    let top = data.parent().unwrap();
+    let old_top = mode(top);
+    for (p, m) in [(top, 0o711), (data.as_path(), 0o711)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let sock = data.join("control.sock");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = crate::util::run_bounded(
+        {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(crate::util::twinfs_bin())
+                .args(["status", "--json", "--data-dir"])
+                .arg(&data);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(old_top)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = out.expect("setpriv twinfs status");
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "uid 65534 got an answer: {out:?}"
+    );
+    let log = pair.node(Node::B).log_text();
+    assert!(
+        log.contains("refused a client running as uid 65534"),
+        "beta's log does not show the refusal:\n{log}"
+    );
+    // Root still gets its answer.
+    assert_eq!(pair.status(Node::B)["role"], "Secondary");
+}
+
 /// A promotion whose mount cannot come up is undone: the command fails with the
 /// reason and the node stays secondary.
 #[test]

@@ -355,7 +355,7 @@ impl Captured {
 }
 
 /// Run `cmd` with stdout/stderr captured, killing it (by pid) after `timeout`.
-fn run_bounded(mut cmd: Command, timeout: Duration) -> std::io::Result<Output> {
+pub(crate) fn run_bounded(mut cmd: Command, timeout: Duration) -> std::io::Result<Output> {
     let mut cap = spawn_captured(&mut cmd)?;
     match wait_bounded(&mut cap.child, timeout) {
         Some(status) => Ok(cap.output(status)),

@@ -1991,6 +1991,11 @@ async fn accept_loop(
     }
 }
 
+/// The effective user id of this process.
+fn effective_uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
+}
+
 async fn control_loop(path: PathBuf, node: mpsc::UnboundedSender<Input>) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let _ = std::fs::remove_file(&path);
@@ -2009,11 +2014,27 @@ async fn control_loop(path: PathBuf, node: mpsc::UnboundedSender<Input>) {
         let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
+        // Root (or the daemon's own user) only: the data dir is private
+        // already; this holds even if someone loosens it.
+        let me = effective_uid();
+        match sock.peer_cred() {
+            Ok(c) if c.uid() == 0 || c.uid() == me => {}
+            Ok(c) => {
+                warn!(
+                    "control socket: refused a client running as uid {} (root only)",
+                    c.uid()
+                );
+                continue;
+            }
+            Err(_) => continue,
+        }
         let node = node.clone();
         tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
             let (r, mut w) = sock.into_split();
             let mut line = String::new();
-            let mut r = BufReader::new(r);
+            // One request line of at most 64 KiB.
+            let mut r = BufReader::new(r.take(64 << 10));
             let read = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
             let answer = match read {
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
