@@ -1500,6 +1500,13 @@ level = "TRACE"
             (None, None, None, None)
         );
         assert!(!c.auto_failback && !c.manual && c.ping.is_empty());
+        // Absent (twinfs run uses the default gateway) vs. explicitly none.
+        assert!(c.ping_unset);
+        let none = parse(&format!("{REPL}[failover]\nping = []\n"))
+            .unwrap()
+            .failover
+            .unwrap();
+        assert!(!none.ping_unset && none.ping.is_empty());
         assert_eq!(c.stabilize, Duration::from_secs(5));
         assert_eq!(c.escalation, EscalationName::None);
         let full = format!(

@@ -37,6 +37,7 @@ fn replication(cfg: &Config, path: Option<&Path>) -> anyhow::Result<ReplicationC
 
 /// `twinfs run`: the replicated node, in the foreground until SIGTERM/SIGINT.
 pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = &with_default_ping(cfg);
     let r = replication(cfg, config_path)?;
     let data_dir = &cfg.node.data_dir;
     crate::mount::preflight_data_dir(data_dir)?;
@@ -153,6 +154,26 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
     result?;
     disk.checkpoint().context("final checkpoint")?;
     Ok(())
+}
+
+/// A `[failover]` table without a `ping` key and without a witness gets the
+/// default gateway as its ping target (`ping = []` says "none"): without one,
+/// a primary that loses its peer cannot tell a dead peer from its own
+/// isolation (DURABILITY.md, "The right to acknowledge alone").
+fn with_default_ping(cfg: &Config) -> Config {
+    let mut cfg = cfg.clone();
+    if let Some(f) = &mut cfg.failover {
+        if f.ping_unset && f.ping.is_empty() && f.witness.is_none() {
+            if let Some(gw) = crate::init::default_gateway() {
+                tracing::info!(
+                    "failover.ping is not set: using the default gateway {gw} as the ping target \
+                     (ping = [] for none)"
+                );
+                f.ping = vec![gw.into()];
+            }
+        }
+    }
+    cfg
 }
 
 /// A running FUSE session: its thread and the handle that unmounts it.

@@ -612,7 +612,7 @@ pub(crate) fn run(args: &InitArgs) -> Result<Outcome, InitError> {
 
 /// `twinfs init`: [`run`], then the summary and the next steps on stdout.
 /// This machine's default IPv4 gateway, from `/proc/net/route`.
-fn default_gateway() -> Option<std::net::Ipv4Addr> {
+pub(crate) fn default_gateway() -> Option<std::net::Ipv4Addr> {
     parse_default_gateway(&std::fs::read_to_string("/proc/net/route").ok()?)
 }
 

@@ -41,6 +41,10 @@ pub struct FailoverConfig {
     /// `failover.ping`: addresses that tell a live network from an isolated
     /// node (Heartbeat's `ping` nodes, usually the gateway).
     pub ping: Vec<IpAddr>,
+    /// `failover.ping` is absent from the file (as opposed to `ping = []`):
+    /// `twinfs run` then uses the default gateway, when there is one and no
+    /// witness is configured.
+    pub ping_unset: bool,
     /// `failover.witness` and its certificate: the tie-breaker.
     pub witness: Option<WitnessConfig>,
     /// `failover.home`: the node that should hold the role when both are
@@ -287,6 +291,7 @@ impl FailoverConfig {
             }
         };
         let mut ping = Vec::new();
+        let ping_unset = r.ping.is_none();
         if let Some(list) = r.ping {
             for t in list.into_inner() {
                 let ip: IpAddr = t.get_ref().parse().map_err(|_| {
@@ -445,6 +450,7 @@ impl FailoverConfig {
             check_url,
             beacon,
             ping,
+            ping_unset,
             witness,
             home,
             auto_failback: r.auto_failback.unwrap_or(false),
