@@ -236,15 +236,10 @@ fn garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_o
     if !require("garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_on") {
         return;
     }
-    use twinfs_replicator::tls::{Identity, PeerTrust};
-    use twinfs_replicator::transport::{self, TransportOptions};
     let mut pair = Pair::new("garbage", "");
     pair.start(Node::B);
-    let a = pair.node(Node::A);
-    let identity = Identity::load(&a.cert(), &a.key()).unwrap();
-    let trust = PeerTrust::from_cert_file(&pair.node(Node::B).cert()).unwrap();
+    let rogue = RogueAlpha::new(&pair);
     let a_ip = pair.lab.node(Node::A).addr();
-    let b_addr = std::net::SocketAddr::new(pair.lab.node(Node::B).addr(), crate::pair::PORT);
     let mut wrong_version = Vec::new();
     twinfs_replicator_proto::Frame::Heartbeat { now_ms: 1 }.encode(&mut wrong_version);
     let mut unknown_type = wrong_version.clone();
@@ -260,32 +255,20 @@ fn garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_o
         ("unknown type", unknown_type),
         ("oversized length", huge),
     ];
-    let reasons = crate::lab::in_netns(pair.lab.node(Node::A).netns_path(), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let mut reasons = Vec::new();
-            for (what, garbage) in &cases {
-                let listen = std::net::SocketAddr::new(a_ip, 0);
-                let ep =
-                    transport::endpoint(listen, &identity, &trust, &TransportOptions::default())
-                        .map_err(std::io::Error::other)?;
-                let conn = transport::connect(&ep, b_addr)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                let (mut send, _recv) = conn.open_bi().await.map_err(std::io::Error::other)?;
-                send.write_all(garbage)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
-                reasons.push(format!("{what}: {closed:?}"));
-                ep.close(0u32.into(), b"done");
-            }
-            Ok(reasons)
-        })
-    })
-    .unwrap();
+    let reasons = in_alpha(&pair, async {
+        let mut reasons = Vec::new();
+        for (what, garbage) in &cases {
+            let (ep, conn) = rogue.connect().await?;
+            let (mut send, _recv) = conn.open_bi().await.map_err(std::io::Error::other)?;
+            send.write_all(garbage)
+                .await
+                .map_err(std::io::Error::other)?;
+            let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+            reasons.push(format!("{what}: {closed:?}"));
+            ep.close(0u32.into(), b"done");
+        }
+        Ok(reasons)
+    });
     for r in &reasons {
         eprintln!("{r}");
         assert!(
@@ -315,6 +298,59 @@ fn garbage_from_an_authenticated_peer_closes_the_connection_and_the_node_lives_o
     pair.wait_connected();
 }
 
+/// Alpha's identity and addresses, for a test that plays a rogue alpha (a
+/// peer with a valid certificate) against beta, and the runtime to do it in,
+/// inside alpha's namespace.
+struct RogueAlpha {
+    identity: twinfs_replicator::tls::Identity,
+    trust: twinfs_replicator::tls::PeerTrust,
+    listen: std::net::SocketAddr,
+    beta: std::net::SocketAddr,
+}
+
+impl RogueAlpha {
+    fn new(pair: &Pair) -> RogueAlpha {
+        let a = pair.node(Node::A);
+        RogueAlpha {
+            identity: twinfs_replicator::tls::Identity::load(&a.cert(), &a.key()).unwrap(),
+            trust: twinfs_replicator::tls::PeerTrust::from_cert_file(&pair.node(Node::B).cert())
+                .unwrap(),
+            listen: std::net::SocketAddr::new(pair.lab.node(Node::A).addr(), 0),
+            beta: std::net::SocketAddr::new(pair.lab.node(Node::B).addr(), crate::pair::PORT),
+        }
+    }
+
+    /// A connection to beta with alpha's certificate.
+    async fn connect(&self) -> std::io::Result<(quinn::Endpoint, quinn::Connection)> {
+        use twinfs_replicator::transport::{self, TransportOptions};
+        let ep = transport::endpoint(
+            self.listen,
+            &self.identity,
+            &self.trust,
+            &TransportOptions::default(),
+        )
+        .map_err(std::io::Error::other)?;
+        let conn = transport::connect(&ep, self.beta)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok((ep, conn))
+    }
+}
+
+/// Runs `f` on a current-thread runtime inside alpha's namespace.
+fn in_alpha<T: Send>(
+    pair: &Pair,
+    f: impl std::future::Future<Output = std::io::Result<T>> + Send,
+) -> T {
+    crate::lab::in_netns(pair.lab.node(Node::A).netns_path(), || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(f)
+    })
+    .unwrap()
+}
+
 /// A peer with a valid certificate is still held to the protocol's order: a
 /// report (a split brain's file list) before its hello is refused, and the
 /// node lives on for the real peer.
@@ -323,39 +359,23 @@ fn a_report_before_the_hello_is_refused() {
     if !require("a_report_before_the_hello_is_refused") {
         return;
     }
-    use twinfs_replicator::tls::{Identity, PeerTrust};
-    use twinfs_replicator::transport::{self, FrameStream, TransportOptions};
+    use twinfs_replicator::transport::FrameStream;
     let mut pair = Pair::new("report-first", "");
     pair.start(Node::B);
-    let a = pair.node(Node::A);
-    let identity = Identity::load(&a.cert(), &a.key()).unwrap();
-    let trust = PeerTrust::from_cert_file(&pair.node(Node::B).cert()).unwrap();
-    let a_ip = pair.lab.node(Node::A).addr();
-    let b_addr = std::net::SocketAddr::new(pair.lab.node(Node::B).addr(), crate::pair::PORT);
-    crate::lab::in_netns(pair.lab.node(Node::A).netns_path(), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let listen = std::net::SocketAddr::new(a_ip, 0);
-            let ep = transport::endpoint(listen, &identity, &trust, &TransportOptions::default())
-                .map_err(std::io::Error::other)?;
-            let conn = transport::connect(&ep, b_addr)
-                .await
-                .map_err(std::io::Error::other)?;
-            let mut s = FrameStream::open(&conn)
-                .await
-                .map_err(std::io::Error::other)?;
-            let report = br#"{"node":"alpha","changed_files":["/forged"]}"#.to_vec();
-            s.send(&twinfs_replicator_proto::Frame::Report { payload: report })
-                .await
-                .map_err(std::io::Error::other)?;
-            let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
-            ep.close(0u32.into(), b"done");
-            Ok::<(), std::io::Error>(())
-        })
-    })
-    .unwrap();
+    let rogue = RogueAlpha::new(&pair);
+    in_alpha(&pair, async {
+        let (ep, conn) = rogue.connect().await?;
+        let mut s = FrameStream::open(&conn)
+            .await
+            .map_err(std::io::Error::other)?;
+        let report = br#"{"node":"alpha","changed_files":["/forged"]}"#.to_vec();
+        s.send(&twinfs_replicator_proto::Frame::Report { payload: report })
+            .await
+            .map_err(std::io::Error::other)?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        ep.close(0u32.into(), b"done");
+        Ok(())
+    });
     let log = pair.node(Node::B).log_text();
     assert!(
         log.contains("the peer sent a report frame before its hello"),
