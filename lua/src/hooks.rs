@@ -718,33 +718,29 @@ impl Engine {
 /// Undoes the journal, newest first. Each undo gets its own line in the
 /// log: an admin reading it must see what was put back and what was not.
 pub(crate) fn undo(actuators: &dyn Actuators, journal: Vec<Undo>) -> Vec<UndoRecord> {
-    {
-        journal
-            .into_iter()
-            .rev()
-            .map(|step| {
-                let started = Instant::now();
-                let (action, result) = match &step {
-                    Undo::VipRelease(vip) => {
-                        (format!("vip.release {vip}"), actuators.vip_release(vip))
-                    }
-                    Undo::ServiceStop(name) => {
-                        (format!("service.stop {name}"), actuators.service_stop(name))
-                    }
-                };
-                let error = result.err().map(|e| e.to_string());
-                match &error {
-                    None => tracing::warn!(undo = %action, "undone after hook failure"),
-                    Some(e) => tracing::error!(undo = %action, error = %e, "undo failed"),
+    journal
+        .into_iter()
+        .rev()
+        .map(|step| {
+            let started = Instant::now();
+            let (action, result) = match &step {
+                Undo::VipRelease(vip) => (format!("vip.release {vip}"), actuators.vip_release(vip)),
+                Undo::ServiceStop(name) => {
+                    (format!("service.stop {name}"), actuators.service_stop(name))
                 }
-                UndoRecord {
-                    action,
-                    duration: started.elapsed(),
-                    error,
-                }
-            })
-            .collect()
-    }
+            };
+            let error = result.err().map(|e| e.to_string());
+            match &error {
+                None => tracing::warn!(undo = %action, "undone after hook failure"),
+                Some(e) => tracing::error!(undo = %action, error = %e, "undo failed"),
+            }
+            UndoRecord {
+                action,
+                duration: started.elapsed(),
+                error,
+            }
+        })
+        .collect()
 }
 
 /// Removes what a failover script must not reach (see the module docs).
