@@ -74,6 +74,7 @@ mod config;
 mod error;
 mod frame;
 mod generation;
+pub mod limit;
 mod plan;
 mod primary;
 mod replica;
