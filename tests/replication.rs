@@ -11,7 +11,7 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn require(test: &str) -> bool {
+pub(crate) fn require(test: &str) -> bool {
     require_fuse(test) && require_lab(test)
 }
 

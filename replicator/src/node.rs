@@ -446,15 +446,24 @@ impl Node {
         let dials = self.opts.listen < self.opts.peer;
         let ids = Arc::new(AtomicU64::new(1));
         let connector = if dials {
+            // The dialing node serves nothing: an unsolicited attempt gets a
+            // stateless reset from quinn, not a queue slot.
+            endpoint.set_server_config(None);
             tokio::spawn(dial_loop(
                 endpoint.clone(),
                 self.opts.peer,
+                topts.handshake_timeout(),
                 self.input_tx.clone(),
                 ids,
                 self.refusing.clone(),
             ))
         } else {
-            tokio::spawn(accept_loop(endpoint.clone(), self.input_tx.clone(), ids))
+            let policy = transport::AcceptPolicy {
+                peer: Some(self.opts.peer.ip()),
+                handshake_timeout: topts.handshake_timeout(),
+            };
+            let acceptor = transport::Acceptor::new(endpoint.clone(), policy);
+            tokio::spawn(accept_loop(acceptor, self.input_tx.clone(), ids))
         };
         let control = tokio::spawn(control_loop(
             control::socket_path(&self.opts.data_dir),
@@ -1918,6 +1927,7 @@ fn attach(
 async fn dial_loop(
     endpoint: quinn::Endpoint,
     peer: SocketAddr,
+    handshake_timeout: Duration,
     node: mpsc::UnboundedSender<Input>,
     ids: Arc<AtomicU64>,
     refusing: Arc<std::sync::atomic::AtomicBool>,
@@ -1925,7 +1935,15 @@ async fn dial_loop(
     let mut failures = 0u64;
     loop {
         let mut was_up = false;
-        match transport::connect(&endpoint, peer).await {
+        let started = tokio::time::Instant::now();
+        let attempt = tokio::time::timeout(handshake_timeout, transport::connect(&endpoint, peer));
+        let attempt = attempt.await.unwrap_or_else(|_| {
+            Err(transport::TransportError::HandshakeTimeout {
+                peer,
+                after: handshake_timeout,
+            })
+        });
+        match attempt {
             Ok(quic) => match FrameStream::open(&quic).await {
                 Ok(stream) => {
                     failures = 0;
@@ -1958,21 +1976,25 @@ async fn dial_loop(
             // A connection that worked ended (a role change, say): at once.
             Duration::from_millis(20)
         } else {
+            // At most two attempts a second; one that waited out its
+            // deadline (a cut link) has waited enough.
             Duration::from_millis(500)
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(20))
         };
         tokio::time::sleep(pause).await;
     }
 }
 
 async fn accept_loop(
-    endpoint: quinn::Endpoint,
+    mut acceptor: transport::Acceptor,
     node: mpsc::UnboundedSender<Input>,
     ids: Arc<AtomicU64>,
 ) {
-    while let Some(result) = transport::accept(&endpoint).await {
+    while let Some(result) = acceptor.next().await {
         let quic = match result {
             Ok(q) => q,
-            // The transport already logged the refusal with the address and reason.
+            // The acceptor already logged the refusal with the address and reason.
             Err(_) => continue,
         };
         let addr = quic.remote_address();

@@ -26,6 +26,12 @@ use twinfs_replicator_proto::{Frame, FrameError, HEADER_LEN, MAX_BODY_LEN, MAX_P
 
 use crate::tls::{self, Identity, PeerTrust, TlsError};
 
+mod acceptor;
+pub use acceptor::{
+    AcceptPolicy, AcceptStats, Acceptor, INCOMING_BUFFER, LOG_PER_SECOND, MAX_HANDSHAKES,
+    MAX_INCOMING,
+};
+
 /// UDP socket send and receive buffer size. The OS defaults lost packets under
 /// replication load in a measurement here; QUIC recovers them, at a cost.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -81,7 +87,19 @@ impl Default for TransportOptions {
     }
 }
 
+/// The longest a handshake may take whatever the idle timeout.
+const MAX_HANDSHAKE_TIME: Duration = Duration::from_secs(3);
+
 impl TransportOptions {
+    /// How long one handshake may take, dialing or accepting: half the idle
+    /// timeout, at most 3 s. The real peer's takes a few milliseconds on a
+    /// LAN; a silent stranger holds a slot no longer than this, and a dial
+    /// sent into a cut link is given up soon enough to try again within one
+    /// deadtime of the link's return.
+    pub fn handshake_timeout(&self) -> Duration {
+        (self.idle_timeout / 2).min(MAX_HANDSHAKE_TIME)
+    }
+
     /// Checks that the keep-alive is non-zero and shorter than the idle timeout.
     ///
     /// Otherwise an idle but healthy connection would time out (and a zero idle
@@ -182,6 +200,14 @@ pub enum TransportError {
         /// Why, as quinn reports it.
         error: ConnectionError,
     },
+    /// An incoming handshake did not finish in time and was abandoned.
+    #[error("replication handshake with {peer} did not finish within {after:?}; abandoned")]
+    HandshakeTimeout {
+        /// The remote address.
+        peer: SocketAddr,
+        /// The deadline it missed.
+        after: Duration,
+    },
     /// An established connection ended.
     #[error("connection to {peer} lost: {}", describe(.error))]
     ConnectionLost {
@@ -252,6 +278,7 @@ impl TransportError {
             Connect { peer, .. }
             | Refused { peer, .. }
             | Handshake { peer, .. }
+            | HandshakeTimeout { peer, .. }
             | ConnectionLost { peer, .. }
             | StreamReset { peer, .. }
             | StreamStopped { peer, .. }
@@ -327,7 +354,8 @@ pub fn endpoint(
     opts: &TransportOptions,
 ) -> Result<Endpoint, TransportError> {
     opts.validate()?;
-    let server = tls::server_config(identity, trust, opts)?;
+    let mut server = tls::server_config(identity, trust, opts)?;
+    acceptor::limit_incoming(&mut server);
     let client = tls::client_config(identity, trust, opts)?;
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(TransportError::NoRuntime);
@@ -389,30 +417,18 @@ pub async fn connect(endpoint: &Endpoint, peer: SocketAddr) -> Result<Connection
     Ok(conn)
 }
 
-/// Waits for the next incoming connection and its handshake.
+/// Waits for the next incoming connection and its handshake, from any address.
 ///
 /// Returns `None` once the endpoint is closed. A failed handshake is logged as
-/// one warning, with the same text as the returned error; keep calling to
-/// accept the next connection.
+/// one warning, with the same text as the returned error. A node accepts with
+/// one long-lived [`Acceptor`] instead, which runs handshakes concurrently and
+/// accepts only the peer's address.
 pub async fn accept(endpoint: &Endpoint) -> Option<Result<Connection, TransportError>> {
-    let incoming = endpoint.accept().await?;
-    let peer = incoming.remote_address();
-    let result = match incoming.await {
-        Ok(conn) => {
-            tracing::debug!(%peer, "replication connection accepted");
-            Ok(conn)
-        }
-        // A local transport error: this node's TLS stack or QUIC stack refused it.
-        Err(error @ ConnectionError::TransportError(_)) => {
-            Err(TransportError::Refused { peer, error })
-        }
-        Err(error) => Err(TransportError::Handshake { peer, error }),
+    let policy = AcceptPolicy {
+        peer: None,
+        handshake_timeout: Duration::from_secs(10),
     };
-    if let Err(e) = &result {
-        // The message is the error's text so the log line and the caller agree.
-        tracing::warn!("{e}");
-    }
-    Some(result)
+    Acceptor::new(endpoint.clone(), policy).next().await
 }
 
 /// Closes `conn` because of `err`, with an application error code and a short reason.

@@ -72,7 +72,11 @@ impl Node {
     }
 
     fn endpoint_with(&self, peer: &PeerTrust, opts: &TransportOptions) -> Endpoint {
-        transport::endpoint(LOCALHOST.parse().unwrap(), &self.identity(), peer, opts).unwrap()
+        self.endpoint_at(LOCALHOST, peer, opts)
+    }
+
+    fn endpoint_at(&self, at: &str, peer: &PeerTrust, opts: &TransportOptions) -> Endpoint {
+        transport::endpoint(at.parse().unwrap(), &self.identity(), peer, opts).unwrap()
     }
 
     fn cert_chain(&self) -> Vec<CertificateDer<'static>> {
@@ -674,6 +678,48 @@ async fn closed_connection_surfaces_in_stream_ops_with_the_reason() {
             )
         );
         assert_eq!(err.peer(), Some(addr(&ep_b)));
+    })
+    .await;
+}
+
+/// A node's acceptor drops an attempt from any address but the peer's
+/// without a handshake (even one with the right certificate), makes the
+/// peer's address prove itself with a stateless Retry, and accepts it.
+#[tokio::test]
+async fn the_acceptor_ignores_other_addresses_and_accepts_the_peer() {
+    bounded(async {
+        let (a, b) = (Node::new("alpha"), Node::new("beta"));
+        let ep_b = b.endpoint(&a.pin());
+        let policy = transport::AcceptPolicy {
+            peer: Some("127.0.0.2".parse().unwrap()),
+            handshake_timeout: Duration::from_secs(2),
+        };
+        let mut acceptor = transport::Acceptor::new(ep_b.clone(), policy);
+        let accepting = tokio::spawn(async move {
+            let accepted = acceptor.next().await;
+            (acceptor, accepted)
+        });
+        let short = TransportOptions {
+            keepalive: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(500),
+        };
+        let stranger = a.endpoint_at("127.0.0.1:0", &b.pin(), &short);
+        let unanswered = Duration::from_secs(1);
+        let attempt = tokio::time::timeout(unanswered, transport::connect(&stranger, addr(&ep_b)));
+        assert!(
+            !matches!(attempt.await, Ok(Ok(_))),
+            "a connection from another address was accepted"
+        );
+        let peer = a.endpoint_at("127.0.0.2:0", &b.pin(), &short);
+        let conn = transport::connect(&peer, addr(&ep_b)).await.unwrap();
+        let (acceptor, accepted) = accepting.await.unwrap();
+        let accepted = accepted.unwrap().unwrap();
+        assert_eq!(accepted.remote_address(), addr(&peer));
+        drop(conn);
+        let stats = acceptor.stats();
+        assert!(stats.not_peer >= 1, "{stats:?}");
+        assert!(stats.retried >= 1, "{stats:?}");
+        assert_eq!((stats.failed, stats.timed_out, stats.evicted), (0, 0, 0));
     })
     .await;
 }
