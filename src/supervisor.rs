@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, UdpSocket};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -403,8 +403,7 @@ pub(crate) fn start(
 
     // The admin socket.
     let socket = socket_path(&data_dir);
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
+    let listener = twinfs_replicator::control::bind_private(&socket)
         .map_err(|e| UsageError(format!("cannot listen on {}: {e}", socket.display())))?;
     let (admin_rx, admin_thread) = crate::admin_socket::serve(listener, stop.clone())?;
     threads.push(admin_thread);

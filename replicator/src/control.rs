@@ -78,9 +78,53 @@ pub fn call(data_dir: &Path, req: &Request, timeout: Duration) -> anyhow::Result
     })
 }
 
+/// Binds a Unix socket at `path` that only root (the owner) can connect to,
+/// replacing a stale one, with no moment at which others could.
+///
+/// The socket is bound inside a fresh 0700 directory next to `path`, made
+/// 0600 there, then renamed into place (atomically replacing a socket a
+/// killed daemon left); the directory is removed. Binding at `path` and
+/// chmod-ing afterwards would leave a window with the umask's mode.
+pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staging = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let result = (|| {
+        let inner = staging.join(SOCKET_FILE);
+        let listener = std::os::unix::net::UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_socket_is_0600_replaces_a_stale_one_and_leaves_nothing_else() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.sock");
+        std::fs::write(&path, b"stale").unwrap();
+        let listener = bind_private(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x.sock"]);
+        let _client = UnixStream::connect(&path).unwrap();
+        assert!(listener.accept().is_ok());
+    }
 
     #[test]
     fn wire_forms() {

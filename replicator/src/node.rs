@@ -2020,18 +2020,17 @@ fn effective_uid() -> u32 {
 
 async fn control_loop(path: PathBuf, node: mpsc::UnboundedSender<Input>) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let _ = std::fs::remove_file(&path);
-    let listener = match tokio::net::UnixListener::bind(&path) {
+    let listener = control::bind_private(&path).and_then(|l| {
+        l.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(l)
+    });
+    let listener = match listener {
         Ok(l) => l,
         Err(e) => {
             error!("cannot create the control socket {}: {e}", path.display());
             return;
         }
     };
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
     loop {
         let Ok((sock, _)) = listener.accept().await else {
             continue;
