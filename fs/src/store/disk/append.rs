@@ -1,8 +1,7 @@
 //! The append path: sealing segments, pre-writing the tail, the free-space
 //! reserve, appending records (replicated, prepared or local), checkpoints.
 
-#[allow(clippy::wildcard_imports)] // a part of `disk`: its types, helpers and imports
-use super::*;
+use super::*; // a part of `disk`: its types, helpers and imports
 
 impl DiskStore {
     /// Closes the active segment and starts the next one. The closed segment is

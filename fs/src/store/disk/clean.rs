@@ -1,8 +1,7 @@
 //! The segment cleaner and the background checkpointer: space used by the
 //! log, relocating live blocks out of mostly dead segments, dropping segments.
 
-#[allow(clippy::wildcard_imports)] // a part of `disk`: its types, helpers and imports
-use super::*;
+use super::*; // a part of `disk`: its types, helpers and imports
 
 impl DiskStore {
     /// Space used by the log.

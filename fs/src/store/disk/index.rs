@@ -1,8 +1,7 @@
 //! The index write of one record: its changes go into sled key by key, in an
 //! order that keeps every crash point consistent, the "applied" position last.
 
-#[allow(clippy::wildcard_imports)] // a part of `disk`: its types, helpers and imports
-use super::*;
+use super::*; // a part of `disk`: its types, helpers and imports
 
 impl DiskStore {
     /// Writes the index changes of one record into sled ("applied" last).

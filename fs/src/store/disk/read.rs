@@ -1,8 +1,7 @@
 //! Reading the store: the [`Store`] trait's lookups and the iterators that
 //! offline verification uses.
 
-#[allow(clippy::wildcard_imports)] // a part of `disk`: its types, helpers and imports
-use super::*;
+use super::*; // a part of `disk`: its types, helpers and imports
 
 impl DiskStore {
     /// Iterates over the block index: `(ino, idx, where)`, for offline verification.

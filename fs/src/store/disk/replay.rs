@@ -2,8 +2,7 @@
 //! after the position the index recovered, cutting a torn tail, and counting
 //! the live bytes of each segment.
 
-#[allow(clippy::wildcard_imports)] // a part of `disk`: its types, helpers and imports
-use super::*;
+use super::*; // a part of `disk`: its types, helpers and imports
 
 impl DiskStore {
     /// Reads one complete, valid record at `off`, or `None` if there is none (end of log or torn).
