@@ -1272,7 +1272,18 @@ impl Driver {
         };
         let beacon = self.beacon.as_ref().map(|b| {
             let st = b.status();
-            match st.heard {
+            // Under a flood: how much was refused, and how much of it dropped
+            // unverified by the rate limits.
+            let refused = if st.rejected > 0 {
+                format!(
+                    "; {} datagrams refused ({} dropped unverified)",
+                    st.rejected,
+                    st.intake.over_rate + st.intake.queue_full
+                )
+            } else {
+                String::new()
+            };
+            let text = match st.heard {
                 Some(h) => format!(
                     "peer heard {:.1} s ago from {} ({:?}, disk {:?}, replication link {}){}",
                     h.at.elapsed().as_secs_f64(),
@@ -1291,7 +1302,8 @@ impl Driver {
                         .map(|r| format!("; last refused datagram: {r}"))
                         .unwrap_or_default()
                 ),
-            }
+            };
+            text + &refused
         });
         let st = FailoverStatus {
             pid: std::process::id(),

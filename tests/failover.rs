@@ -26,7 +26,7 @@ use serde_json::Value;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-const BEACON_PORT: u16 = 7790;
+pub(crate) const BEACON_PORT: u16 = 7790;
 /// How long a failover may take in this test before it counts as failed
 /// (generous: CI machines are slow; the benchmark measures the real time).
 pub(crate) const FAILOVER_LIMIT: Duration = Duration::from_secs(60);

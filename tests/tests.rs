@@ -28,6 +28,7 @@ mod durability;
 mod enospc;
 mod failover;
 mod fault;
+mod flood;
 mod handshakes;
 mod isolation;
 mod lab_selftest;

@@ -106,6 +106,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod beacon;
 mod client;
 mod frame;
+mod intake;
 mod keys;
 mod lease;
 mod message;
@@ -114,8 +115,11 @@ mod server;
 pub use beacon::{Beacon, BeaconConfig, BeaconError, BeaconStatus, PeerHeard};
 pub use client::{LeaseHolder, LeaseStatus, WitnessAnswer, WitnessClient, WitnessClientConfig};
 pub use frame::{
-    Frame, FrameError, Kind, Opened, Signer, Verifier, DEFAULT_MAX_SKEW, MAGIC, MAX_BODY_LEN,
-    MAX_FRAME_LEN, MAX_NAME_LEN, MIN_FRAME_LEN, VERSION,
+    Authentic, Frame, FrameError, Kind, Opened, Signer, Verifier, DEFAULT_MAX_SKEW, MAGIC,
+    MAX_BODY_LEN, MAX_FRAME_LEN, MAX_NAME_LEN, MIN_FRAME_LEN, VERSION,
+};
+pub use intake::{
+    IntakeCounters, IntakeStats, LOG_LINES_PER_SEC, RATE_PER_SOURCE, REFUSAL_CLASSES,
 };
 pub use keys::{KeyError, PublicKey, SigningKey, SIGNATURE_LEN};
 pub use message::{Announce, DiskState, Op, Role};

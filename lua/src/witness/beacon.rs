@@ -2,13 +2,15 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::frame::{FrameError, Kind, Signer, Verifier, DEFAULT_MAX_SKEW, MAX_FRAME_LEN};
+use super::frame::{Kind, Signer, Verifier, DEFAULT_MAX_SKEW, MAX_FRAME_LEN};
+use super::intake::{Checks, Datagram, Gate, IntakeCounters, IntakeStats, Refusal, Refusals, Site};
 use super::keys::PublicKey;
 use super::message::Announce;
 use super::wall_ms;
@@ -92,8 +94,11 @@ pub struct BeaconStatus {
     pub heard: Option<PeerHeard>,
     /// Heartbeats sent.
     pub sent: u64,
-    /// Datagrams refused (bad signature, replay, clock skew, garbage).
+    /// Datagrams refused (bad signature, replay, clock skew, garbage) or
+    /// dropped unverified (over their source's rate, verifier behind).
     pub rejected: u64,
+    /// What the receiving side did, in detail (see [`IntakeStats`]).
+    pub intake: IntakeStats,
     /// Why the last refused datagram was refused, with its source.
     pub last_rejection: Option<String>,
     /// The last error sending, if the last send failed (say, network unreachable).
@@ -105,6 +110,17 @@ struct Shared {
     stop: AtomicBool,
     announce: Mutex<Announce>,
     status: Mutex<BeaconStatus>,
+    refusals: Refusals,
+}
+
+impl Shared {
+    /// Counts, logs (within the log limit) and remembers a refusal.
+    fn refused(&self, from: SocketAddr, refusal: &Refusal, early: bool, now: Instant) {
+        self.refusals.note(from, refusal, early, now);
+        let mut st = lock(&self.status);
+        st.rejected += 1;
+        st.last_rejection = Some(format!("from {from}: {refusal}"));
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,17 +129,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Sends a signed heartbeat to the peer every interval and listens for the
-/// peer's, on one UDP socket, in one thread.
+/// peer's, on one UDP socket.
 ///
 /// This is the second heartbeat path, over the public network, next to the
 /// replication link's own: when the replication link is cut but the beacon
 /// still hears the peer, the peer is alive and must not be taken over.
-/// Dropping the beacon stops its thread (within about 50 ms).
+///
+/// Two threads: one sends and receives, refusing hostile datagrams with
+/// O(1) checks and a rate limit per source address (the configured peer's
+/// address has a budget of its own); the other verifies signatures. A flood
+/// of forged heartbeats naming the peer therefore cannot hold up the
+/// receiving of the real ones (see the `intake` module). Dropping the beacon
+/// stops both threads (within about 50 ms).
 #[derive(Debug)]
 pub struct Beacon {
     shared: Arc<Shared>,
     local: SocketAddr,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Beacon {
@@ -155,28 +177,50 @@ impl Beacon {
             stop: AtomicBool::new(false),
             announce: Mutex::new(announce),
             status: Mutex::new(BeaconStatus::default()),
+            refusals: Refusals::new(Site::Beacon, IntakeCounters::default()),
         });
-        let verifier = Verifier::new([(config.peer_name.clone(), config.peer_key)])
-            .with_max_skew(config.max_skew);
+        let checks = Arc::new(Checks::new(
+            Verifier::new([(config.peer_name.clone(), config.peer_key)])
+                .with_max_skew(config.max_skew),
+            Kind::Heartbeat,
+            shared.refusals.counters().clone(),
+        ));
+        let (gate, queue) = Gate::new(checks.clone(), &[config.peer_addr.ip()], Instant::now());
+        let checker = Checker {
+            queue,
+            checks,
+            shared: shared.clone(),
+        };
         let worker = Worker {
             socket,
             signer,
-            verifier,
+            gate,
             peer_addr: config.peer_addr,
             interval: config.interval,
             shared: shared.clone(),
-            last_refusal: None,
         };
         info!(%local, peer = %config.peer_addr, interval = ?config.interval, "beacon started");
-        let thread = std::thread::Builder::new()
-            .name("twinfs-beacon".to_owned())
-            .spawn(move || worker.run())
-            .map_err(BeaconError::Thread)?;
-        Ok(Beacon {
+        let mut beacon = Beacon {
             shared,
             local,
-            thread: Some(thread),
-        })
+            threads: Vec::with_capacity(2),
+        };
+        // Started first, so that the worker always has someone to hand to;
+        // on an error the drop of `beacon` stops what was started.
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(f)
+                .map_err(BeaconError::Thread)
+        };
+        beacon.threads.push(spawn(
+            "twinfs-beacon-verify",
+            Box::new(move || checker.run()),
+        )?);
+        beacon
+            .threads
+            .push(spawn("twinfs-beacon", Box::new(move || worker.run()))?);
+        Ok(beacon)
     }
 
     /// What the next heartbeats announce.
@@ -196,7 +240,9 @@ impl Beacon {
 
     /// Counters and the last problems.
     pub fn status(&self) -> BeaconStatus {
-        lock(&self.shared.status).clone()
+        let mut st = lock(&self.shared.status).clone();
+        st.intake = self.shared.refusals.counters().snapshot();
+        st
     }
 
     /// The local address heartbeats are sent from and received on.
@@ -208,23 +254,21 @@ impl Beacon {
 impl Drop for Beacon {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            // The thread wakes at least every STOP_POLL, so this is bounded.
+        // Both threads wake at least every STOP_POLL, so this is bounded.
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
+/// The receive thread: sends the heartbeats, receives, refuses cheaply.
 struct Worker {
     socket: UdpSocket,
     signer: Arc<Signer>,
-    verifier: Verifier,
+    gate: Gate,
     peer_addr: SocketAddr,
     interval: Duration,
     shared: Arc<Shared>,
-    /// The kind of the last refusal, so that a stream of the same refusal
-    /// (replays carry a new counter each time) logs one warning.
-    last_refusal: Option<std::mem::Discriminant<FrameError>>,
 }
 
 impl Worker {
@@ -249,10 +293,14 @@ impl Worker {
             }
             // Errors are timeouts, and ICMP errors reported for earlier sends.
             if let Ok((n, from)) = self.socket.recv_from(&mut buf) {
-                self.receive(&buf[..n], from);
+                let at = Instant::now();
+                if let Err(refusal) = self.gate.admit(&buf[..n], from, at, wall_ms()) {
+                    self.shared.refused(from, &refusal, true, at);
+                }
             }
         }
         debug!("beacon stopped");
+        // Dropping the gate (with self) ends the verifier thread's loop.
     }
 
     fn send(&self) {
@@ -285,33 +333,45 @@ impl Worker {
         }
         st.send_error = Some(e);
     }
+}
 
-    fn receive(&mut self, bytes: &[u8], from: SocketAddr) {
-        let now = Instant::now();
+/// The verifier thread: checks the signatures of what the worker queued.
+struct Checker {
+    queue: Receiver<Datagram>,
+    checks: Arc<Checks>,
+    shared: Arc<Shared>,
+}
+
+impl Checker {
+    fn run(self) {
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            match self.queue.recv_timeout(STOP_POLL) {
+                Ok(d) => self.check(&d),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    fn check(&self, d: &Datagram) {
         let result = self
-            .verifier
-            .open(bytes, Kind::Heartbeat, wall_ms())
+            .checks
+            .verify(d)
             .and_then(|o| Announce::decode(o.body, o.sender));
-        let mut st = lock(&self.shared.status);
         match result {
             Ok(announce) => {
-                self.last_refusal = None;
-                st.heard = Some(PeerHeard {
-                    at: now,
-                    from,
+                self.shared.refusals.accepted();
+                // When it arrived, not when it was verified: the time spent
+                // in the queue does not make the peer look fresher.
+                lock(&self.shared.status).heard = Some(PeerHeard {
+                    at: d.at,
+                    from: d.from,
                     announce,
-                })
+                });
             }
-            Err(e) => {
-                // Warn once per kind of problem, not ten times a second.
-                let kind = std::mem::discriminant(&e);
-                if self.last_refusal != Some(kind) {
-                    warn!(%from, error = %e, "beacon datagram refused");
-                    self.last_refusal = Some(kind);
-                }
-                st.rejected += 1;
-                st.last_rejection = Some(format!("from {from}: {e}"));
-            }
+            Err(e) => self
+                .shared
+                .refused(d.from, &Refusal::Invalid(e), false, Instant::now()),
         }
     }
 }

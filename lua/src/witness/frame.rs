@@ -418,6 +418,8 @@ impl Verifier {
 
     /// How many signatures this verifier has checked: frames refused by the
     /// cheap checks (kind, sender, clock, boot, counter) never get that far.
+    /// Counts the checks of [`Verifier::check`] and [`Verifier::open`]; a
+    /// caller of [`Frame::authenticate`] counts its own.
     pub fn signature_checks(&self) -> u64 {
         self.signature_checks
     }
@@ -447,8 +449,42 @@ impl Verifier {
         })
     }
 
-    /// Checks an already decoded frame (see [`Verifier::open`]).
+    /// Checks an already decoded frame (see [`Verifier::open`]): the cheap
+    /// checks, the signature, then records its counter.
     pub fn check(&mut self, frame: &Frame<'_>, kind: Kind, now_ms: u64) -> Result<(), FrameError> {
+        let key = self.precheck(frame, kind, now_ms)?;
+        // The expensive check last: a flood of stale, replayed or badly timed
+        // frames costs a comparison each, not an ECDSA verification.
+        self.signature_checks += 1;
+        let authentic = frame.authenticate(key)?;
+        self.commit(authentic, kind, now_ms)
+    }
+
+    /// The cheap checks only, in O(1) and without changing any state: kind,
+    /// known sender, clock skew, stale boot, replay against the last counter
+    /// accepted. Returns the key pinned for the sender, for
+    /// [`Frame::authenticate`]; then [`Verifier::commit`] records the frame.
+    ///
+    /// Splitting the checks this way lets a receive loop refuse most hostile
+    /// datagrams itself and hand only the survivors to a thread that verifies
+    /// signatures (see the `intake` of the beacon and the witness).
+    pub fn precheck(
+        &self,
+        frame: &Frame<'_>,
+        kind: Kind,
+        now_ms: u64,
+    ) -> Result<PublicKey, FrameError> {
+        let at = self.cheap_checks(frame, kind, now_ms)?;
+        Ok(self.trusted[at].key)
+    }
+
+    /// The checks of [`Verifier::precheck`]; the index of the sender.
+    fn cheap_checks(
+        &self,
+        frame: &Frame<'_>,
+        kind: Kind,
+        now_ms: u64,
+    ) -> Result<usize, FrameError> {
         if frame.kind != kind {
             return Err(FrameError::WrongKind {
                 expected: kind,
@@ -456,17 +492,12 @@ impl Verifier {
                 sender: frame.sender.to_owned(),
             });
         }
-        let Some(peer) = self.trusted.iter_mut().find(|t| t.name == frame.sender) else {
-            return Err(FrameError::UnknownSender {
-                sender: frame.sender.to_owned(),
-                trusted: self
-                    .trusted
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        };
+        let at = self
+            .trusted
+            .iter()
+            .position(|t| t.name == frame.sender)
+            .ok_or_else(|| self.unknown(frame.sender))?;
+        let peer = &self.trusted[at];
         let max_ms = u64::try_from(self.max_skew.as_millis()).unwrap_or(u64::MAX);
         let (skew_ms, direction) = if frame.wall_ms >= now_ms {
             (frame.wall_ms - now_ms, "ahead of")
@@ -497,10 +528,28 @@ impl Verifier {
                 });
             }
         }
-        // The expensive check last: a flood of stale, replayed or badly timed
-        // frames costs a comparison each, not an ECDSA verification.
-        self.signature_checks += 1;
-        if !peer.key.verifies(frame.signed, frame.signature) {
+        Ok(at)
+    }
+
+    /// Records a frame whose signature verified: its counter becomes the last
+    /// accepted one (a new boot id retires the previous one).
+    ///
+    /// Only authentic frames move the replay state, so forged frames naming a
+    /// trusted sender with a fresh counter cannot make that sender's real
+    /// frames look like replays. The cheap checks run again, because the
+    /// state may have moved since [`Verifier::precheck`] (another frame of
+    /// the same sender committed in between); and the key the frame was
+    /// authenticated with must be the one pinned for its sender.
+    pub fn commit(
+        &mut self,
+        frame: Authentic<'_, '_>,
+        kind: Kind,
+        now_ms: u64,
+    ) -> Result<(), FrameError> {
+        let Authentic { frame, key } = frame;
+        let at = self.cheap_checks(frame, kind, now_ms)?;
+        let peer = &mut self.trusted[at];
+        if peer.key != key {
             return Err(FrameError::BadSignature {
                 sender: frame.sender.to_owned(),
                 key: peer.key.to_string(),
@@ -518,6 +567,47 @@ impl Verifier {
         }
         peer.current = Some((frame.boot_id, frame.counter));
         Ok(())
+    }
+
+    /// The last counter accepted from `sender` and its boot id, if any.
+    pub fn last_accepted(&self, sender: &str) -> Option<(u64, u64)> {
+        self.trusted.iter().find(|t| t.name == sender)?.current
+    }
+
+    fn unknown(&self, sender: &str) -> FrameError {
+        FrameError::UnknownSender {
+            sender: sender.to_owned(),
+            trusted: self
+                .trusted
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// A frame whose signature verified with a key (made by
+/// [`Frame::authenticate`]); [`Verifier::commit`] checks that the key is
+/// the one pinned for the sender.
+#[derive(Debug, Clone, Copy)]
+pub struct Authentic<'f, 'a> {
+    frame: &'f Frame<'a>,
+    key: PublicKey,
+}
+
+impl<'a> Frame<'a> {
+    /// Verifies the signature with `key` (an ECDSA verification: the one
+    /// expensive step; pure, so it needs no lock on the [`Verifier`]).
+    pub fn authenticate(&self, key: PublicKey) -> Result<Authentic<'_, 'a>, FrameError> {
+        if key.verifies(self.signed, self.signature) {
+            Ok(Authentic { frame: self, key })
+        } else {
+            Err(FrameError::BadSignature {
+                sender: self.sender.to_owned(),
+                key: key.to_string(),
+            })
+        }
     }
 }
 
@@ -740,6 +830,79 @@ mod tests {
         assert_eq!(verifier.signature_checks(), 2);
         let next = signer.seal(Kind::Heartbeat, b"", NOW).unwrap();
         assert!(verifier.open(&next, Kind::Heartbeat, NOW).is_ok());
+    }
+
+    /// The split path of a receive thread and a verifier thread: forged
+    /// frames with the sender's boot id and a counter far ahead pass the
+    /// cheap checks, fail the signature, and leave the counter alone.
+    #[test]
+    fn only_authentic_frames_move_the_replay_counter() {
+        let (signer, mut verifier) = pair("alpha", 1);
+        let first = signer.seal(Kind::Heartbeat, b"", NOW).unwrap();
+        verifier.open(&first, Kind::Heartbeat, NOW).unwrap();
+        assert_eq!(verifier.last_accepted("alpha"), Some((1, 1)));
+        // Counter field: after magic, version, kind, name length, name, boot id.
+        let counter_at = 7 + 5 + 8;
+        for counter in [1_000, 1_000_000, u64::MAX] {
+            let mut forged = signer.seal(Kind::Heartbeat, b"", NOW).unwrap();
+            forged[counter_at..counter_at + 8].copy_from_slice(&counter.to_be_bytes());
+            let frame = Frame::decode(&forged).unwrap();
+            let key = verifier.precheck(&frame, Kind::Heartbeat, NOW).unwrap();
+            assert!(matches!(
+                frame.authenticate(key).unwrap_err(),
+                FrameError::BadSignature { .. }
+            ));
+        }
+        assert_eq!(verifier.last_accepted("alpha"), Some((1, 1)));
+
+        // A frame authenticated with a key other than the pinned one is not
+        // recorded either (an impostor's own key, say).
+        let impostor = Signer::with_boot_id("alpha", SigningKey::generate().unwrap(), 9).unwrap();
+        let own = impostor.seal(Kind::Heartbeat, b"", NOW).unwrap();
+        let frame = Frame::decode(&own).unwrap();
+        let authentic = frame.authenticate(impostor.public_key()).unwrap();
+        assert!(matches!(
+            verifier
+                .commit(authentic, Kind::Heartbeat, NOW)
+                .unwrap_err(),
+            FrameError::BadSignature { .. }
+        ));
+        assert_eq!(verifier.last_accepted("alpha"), Some((1, 1)));
+
+        // Two real frames prechecked before either is committed (both in the
+        // queue): they commit in order, and a late older one is a replay.
+        let (a, b) = (
+            signer.seal(Kind::Heartbeat, b"", NOW).unwrap(),
+            signer.seal(Kind::Heartbeat, b"", NOW).unwrap(),
+        );
+        let (fa, fb) = (Frame::decode(&a).unwrap(), Frame::decode(&b).unwrap());
+        let ka = verifier.precheck(&fa, Kind::Heartbeat, NOW).unwrap();
+        let kb = verifier.precheck(&fb, Kind::Heartbeat, NOW).unwrap();
+        let (aa, ab) = (fa.authenticate(ka).unwrap(), fb.authenticate(kb).unwrap());
+        verifier.commit(ab, Kind::Heartbeat, NOW).unwrap();
+        assert!(matches!(
+            verifier.commit(aa, Kind::Heartbeat, NOW).unwrap_err(),
+            FrameError::Replay { .. }
+        ));
+        assert_eq!(verifier.last_accepted("alpha"), Some((1, 6)));
+    }
+
+    /// Size, magic, version and the sender's name are refused before any
+    /// signature check, whatever else the datagram holds.
+    #[test]
+    fn layout_and_unknown_senders_cost_no_signature_check() {
+        let (signer, mut verifier) = pair("alpha", 1);
+        let stranger = Signer::with_boot_id("mallory", SigningKey::generate().unwrap(), 1).unwrap();
+        let good = signer.seal(Kind::Heartbeat, b"", NOW).unwrap();
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        let mut bad_version = good.clone();
+        bad_version[4] = 9;
+        let unknown = stranger.seal(Kind::Heartbeat, b"", NOW).unwrap();
+        for bytes in [&good[..3], &bad_magic, &bad_version, &unknown] {
+            assert!(verifier.open(bytes, Kind::Heartbeat, NOW).is_err());
+        }
+        assert_eq!(verifier.signature_checks(), 0);
     }
 
     /// Two signing keys with the same key pair: one node, two runs.

@@ -2,11 +2,15 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
+use twinfs_replicator_proto::limit::TokenBucket;
 
 use super::frame::{Frame, FrameError, Kind, Signer, Verifier, DEFAULT_MAX_SKEW, MAX_FRAME_LEN};
+use super::intake::{Checks, Datagram, Gate, IntakeCounters, Refusal, Refusals, Site};
 use super::keys::PublicKey;
 use super::lease::LeaseTable;
 use super::message::{Answer, Outcome, Request};
@@ -17,6 +21,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// At most this many refusals are answered per second; the rest are only
 /// counted, so the witness cannot be used to flood someone.
 const REJECTIONS_PER_SEC: u32 = 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// What the witness serves.
 #[derive(Debug, Clone)]
@@ -90,8 +98,12 @@ impl WitnessConfig {
 /// The witness: answers lease requests of the two nodes over UDP.
 ///
 /// Bind with [`WitnessServer::bind`] (port 0 in tests), then
-/// [`WitnessServer::run`] until the shutdown flag is set. Single-threaded: a
-/// request costs one verification and one signature (~0.1 ms).
+/// [`WitnessServer::run`] until the shutdown flag is set. Two threads: the
+/// receiving one refuses hostile datagrams with O(1) checks and a rate limit
+/// per source address and answers those refusals (within a budget); the
+/// other verifies signatures, keeps the lease table and answers the rest. A
+/// flood of forged requests therefore cannot hold up the receiving of the
+/// nodes' renewals (see the `intake` module).
 #[derive(Debug)]
 pub struct WitnessServer {
     socket: UdpSocket,
@@ -100,10 +112,18 @@ pub struct WitnessServer {
     verifier: Verifier,
     table: LeaseTable,
     lease_ms: u32,
-    rejections: (Instant, u32),
-    /// Source and kind of the last refusal: a node that keeps sending the
-    /// same refused request logs one warning, not one per request.
-    last_refusal: Option<(SocketAddr, std::mem::Discriminant<FrameError>)>,
+    counters: IntakeCounters,
+}
+
+/// What both threads of a running witness share.
+#[derive(Debug)]
+struct Shared<'a> {
+    socket: &'a UdpSocket,
+    signer: &'a Signer,
+    lease_ms: u32,
+    refusals: Refusals,
+    /// Signed refusal answers left this second, for both threads together.
+    rejections: Mutex<TokenBucket>,
 }
 
 impl WitnessServer {
@@ -146,8 +166,7 @@ impl WitnessServer {
             table: LeaseTable::new(now, &names, config.lease, config.startup_grace),
             lease_ms: u32::try_from(config.lease.as_millis()).unwrap_or(u32::MAX),
             signer,
-            rejections: (now, 0),
-            last_refusal: None,
+            counters: IntakeCounters::default(),
         })
     }
 
@@ -166,111 +185,183 @@ impl WitnessServer {
         self.local
     }
 
-    /// Answers requests until `shutdown` is set (checked at least every 100 ms).
-    pub fn run(mut self, shutdown: &AtomicBool) -> Result<(), WitnessError> {
-        let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
-        while !shutdown.load(Ordering::Relaxed) {
-            let (n, from) = match self.socket.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::Interrupted
-                            | std::io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
-                    continue
-                }
-                Err(error) => {
-                    return Err(WitnessError::Socket {
-                        addr: self.local,
-                        what: "receive on",
-                        error,
-                    })
-                }
-            };
-            if let Some(reply) = self.handle(&buf[..n], from, Instant::now(), wall_ms()) {
-                if let Err(error) = self.socket.send_to(&reply, from) {
-                    debug!(%from, %error, "cannot answer");
-                }
-            }
-        }
-        info!(listen = %self.local, "witness stopped");
-        Ok(())
+    /// A handle on the counters of refused, dropped and accepted requests,
+    /// valid while and after the server runs.
+    pub fn counters(&self) -> IntakeCounters {
+        self.counters.clone()
     }
 
-    /// One datagram in, at most one signed answer out.
-    fn handle(
-        &mut self,
-        bytes: &[u8],
-        from: SocketAddr,
-        now: Instant,
-        now_ms: u64,
-    ) -> Option<Vec<u8>> {
-        let opened = self
-            .verifier
-            .open(bytes, Kind::WitnessRequest, now_ms)
-            .and_then(|o| Ok((o.sender.to_owned(), Request::decode(o.body, o.sender)?)));
-        let answer = match opened {
-            Ok((sender, request)) => {
-                let d = self.table.handle(now, &sender, request.op);
-                debug!(%from, node = %sender, op = ?request.op, outcome = ?d.outcome, "witness request");
-                Answer {
-                    req_id: request.req_id,
-                    outcome: d.outcome,
-                    lease_ms: self.lease_ms,
-                    peer_heard_ms: d.peer_heard_ago.map(ms_u32),
-                    to: sender,
-                    holder: d.holder.map(|(n, left)| (n, ms_u32(left))),
-                    reason: String::new(),
-                }
+    /// Answers requests until `shutdown` is set (checked at least every 100 ms).
+    pub fn run(self, shutdown: &AtomicBool) -> Result<(), WitnessError> {
+        let WitnessServer {
+            socket,
+            local,
+            signer,
+            verifier,
+            table,
+            lease_ms,
+            counters,
+        } = self;
+        let now = Instant::now();
+        let shared = Shared {
+            socket: &socket,
+            signer: &signer,
+            lease_ms,
+            refusals: Refusals::new(Site::Witness, counters.clone()),
+            rejections: Mutex::new(TokenBucket::new(
+                REJECTIONS_PER_SEC,
+                REJECTIONS_PER_SEC,
+                now,
+            )),
+        };
+        let checks = Arc::new(Checks::new(verifier, Kind::WitnessRequest, counters));
+        let (gate, queue) = Gate::new(checks.clone(), &[], now);
+        let result = std::thread::scope(|s| {
+            let shared = &shared;
+            let checks = &checks;
+            let checker = std::thread::Builder::new()
+                .name("twinfs-witness-verify".to_owned())
+                .spawn_scoped(s, move || check_loop(shared, checks, table, queue))
+                .map_err(|error| WitnessError::Socket {
+                    addr: local,
+                    what: "start the verifier thread for",
+                    error,
+                })?;
+            let result = receive_loop(shared, local, gate, shutdown);
+            // The gate is gone with receive_loop: the checker's queue is
+            // disconnected, and it stops once it has drained it.
+            let _ = checker.join();
+            result
+        });
+        info!(listen = %local, "witness stopped");
+        result
+    }
+}
+
+/// The receiving thread: cheap checks, rate limits, refusal answers.
+fn receive_loop(
+    shared: &Shared<'_>,
+    local: SocketAddr,
+    mut gate: Gate,
+    shutdown: &AtomicBool,
+) -> Result<(), WitnessError> {
+    let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
+    while !shutdown.load(Ordering::Relaxed) {
+        let (n, from) = match shared.socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue
             }
             Err(error) => {
-                let refusal = Some((from, std::mem::discriminant(&error)));
-                if self.last_refusal != refusal {
-                    warn!(%from, %error, "witness request refused");
-                    self.last_refusal = refusal;
-                } else {
-                    debug!(%from, %error, "witness request refused");
-                }
-                // Answer only what parses as a frame, within the rate limit.
-                let frame = Frame::decode(bytes).ok()?;
-                if !self.rejection_allowed(now) {
-                    return None;
-                }
-                Answer {
-                    req_id: Request::peek_id(frame.body),
-                    outcome: Outcome::Rejected,
-                    lease_ms: self.lease_ms,
-                    peer_heard_ms: None,
-                    to: frame.sender.to_owned(),
-                    holder: None,
-                    reason: error.to_string(),
-                }
+                return Err(WitnessError::Socket {
+                    addr: local,
+                    what: "receive on",
+                    error,
+                })
             }
         };
+        let (at, now_ms) = (Instant::now(), wall_ms());
+        if let Err(refusal) = gate.admit(&buf[..n], from, at, now_ms) {
+            shared.refusals.note(from, &refusal, true, at);
+            if let Refusal::Invalid(error) = refusal {
+                shared.answer_refusal(&buf[..n], from, &error, at, now_ms);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The verifier thread: signatures, the lease table, the answers.
+fn check_loop(
+    shared: &Shared<'_>,
+    checks: &Checks,
+    mut table: LeaseTable,
+    queue: Receiver<Datagram>,
+) {
+    // Ends when the receiving thread drops the gate (the sending end).
+    for d in queue {
+        let opened = checks
+            .verify(&d)
+            .and_then(|o| Ok((o.sender.to_owned(), Request::decode(o.body, o.sender)?)));
+        let (sender, request) = match opened {
+            Ok(x) => x,
+            Err(error) => {
+                let now = Instant::now();
+                shared
+                    .refusals
+                    .note(d.from, &Refusal::Invalid(error.clone()), false, now);
+                shared.answer_refusal(&d.bytes, d.from, &error, now, d.wall_ms);
+                continue;
+            }
+        };
+        shared.refusals.accepted();
+        // The time of receipt: a lease runs from when the witness received
+        // the request, and the queue's delay must not lengthen it.
+        let decision = table.handle(d.at, &sender, request.op);
+        debug!(from = %d.from, node = %sender, op = ?request.op, outcome = ?decision.outcome, "witness request");
+        let answer = Answer {
+            req_id: request.req_id,
+            outcome: decision.outcome,
+            lease_ms: shared.lease_ms,
+            peer_heard_ms: decision.peer_heard_ago.map(ms_u32),
+            to: sender,
+            holder: decision.holder.map(|(n, left)| (n, ms_u32(left))),
+            reason: String::new(),
+        };
+        shared.send(&answer, d.from, d.wall_ms);
+    }
+}
+
+impl Shared<'_> {
+    /// Tells the sender why its request was refused, if the datagram parses
+    /// as a frame and the budget of signed refusals allows.
+    fn answer_refusal(
+        &self,
+        bytes: &[u8],
+        from: SocketAddr,
+        error: &FrameError,
+        now: Instant,
+        now_ms: u64,
+    ) {
+        let Ok(frame) = Frame::decode(bytes) else {
+            return;
+        };
+        if !lock(&self.rejections).take(now) {
+            return;
+        }
+        let answer = Answer {
+            req_id: Request::peek_id(frame.body),
+            outcome: Outcome::Rejected,
+            lease_ms: self.lease_ms,
+            peer_heard_ms: None,
+            to: frame.sender.to_owned(),
+            holder: None,
+            reason: error.to_string(),
+        };
+        self.send(&answer, from, now_ms);
+    }
+
+    /// Signs and sends one answer.
+    fn send(&self, answer: &Answer, to: SocketAddr, now_ms: u64) {
         match self
             .signer
             .seal(Kind::WitnessAnswer, &answer.encode(), now_ms)
         {
-            Ok(reply) => Some(reply),
-            Err(error) => {
-                warn!(%error, "witness cannot sign its answer");
-                None
+            Ok(reply) => {
+                if let Err(error) = self.socket.send_to(&reply, to) {
+                    debug!(%to, %error, "cannot answer");
+                }
             }
+            Err(error) => warn!(%error, "witness cannot sign its answer"),
         }
-    }
-
-    fn rejection_allowed(&mut self, now: Instant) -> bool {
-        let (window, count) = &mut self.rejections;
-        if now.saturating_duration_since(*window) >= Duration::from_secs(1) {
-            *window = now;
-            *count = 0;
-        }
-        *count += 1;
-        *count <= REJECTIONS_PER_SEC
     }
 }
 
