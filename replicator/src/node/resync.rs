@@ -349,7 +349,8 @@ impl Node {
                 "resync: receiving; the local disk is Inconsistent until it completes".into(),
             );
         }
-        let _ = self.jobs.send(Job::ApplyLocal(payload));
+        let charge = self.charge.take();
+        let _ = self.jobs.send_charged(Job::ApplyLocal(payload), charge);
     }
 
     /// (Target) the source shipped everything.
@@ -400,7 +401,9 @@ impl Node {
                         now,
                     );
                     r.handle_reconnect(now);
-                    for f in std::mem::take(&mut self.early_frames) {
+                    // Their charges go back as they enter the replica: what
+                    // it hands out next is at most one budget's worth.
+                    for (f, _charge) in std::mem::take(&mut self.early_frames) {
                         if let Err(e) = r.handle_frame(now, f) {
                             warn!("after the resync: {e}");
                         }

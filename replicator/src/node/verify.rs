@@ -223,7 +223,8 @@ impl Node {
         if let Some(c) = &mut self.conn {
             c.verify_answering = true;
         }
-        let _ = self.jobs.send(Job::Verify(payload));
+        let charge = self.charge.take();
+        let _ = self.jobs.send_charged(Job::Verify(payload), charge);
     }
 
     /// (Secondary) the answer to a verify request is on its way to the peer.
@@ -252,7 +253,8 @@ impl Node {
             "online verify: applying {} bytes of repairs",
             payload.len()
         ));
-        let _ = self.jobs.send(Job::ApplyLocal(payload));
+        let charge = self.charge.take();
+        let _ = self.jobs.send_charged(Job::ApplyLocal(payload), charge);
     }
 
     /// (Primary) the peer's answer: compare, report, repair.
