@@ -21,6 +21,8 @@
 //! Which side dials is fixed by the config so the two never race: the node
 //! whose `listen` address sorts first dials, the other accepts.
 
+#[cfg(test)]
+mod fuzz;
 mod resync;
 mod splitbrain;
 mod verify;

@@ -158,7 +158,7 @@ impl Node {
             return;
         };
         if known {
-            match postcard::from_bytes::<Vec<StoreKey>>(payload) {
+            match parse_keys(payload) {
                 Ok(keys) => target_keys.extend(keys),
                 Err(e) => {
                     self.refuse(format!("undecodable resync keys from the peer: {e}"));
@@ -491,6 +491,11 @@ impl Node {
     }
 }
 
-fn postcard_vec(keys: &[StoreKey]) -> Vec<u8> {
+/// Decodes a chunk of the resync target's changed keys.
+pub(super) fn parse_keys(payload: &[u8]) -> Result<Vec<StoreKey>, postcard::Error> {
+    postcard::from_bytes(payload)
+}
+
+pub(super) fn postcard_vec(keys: &[StoreKey]) -> Vec<u8> {
     postcard::to_allocvec(keys).expect("keys serialise")
 }
