@@ -390,6 +390,102 @@ fn a_report_before_the_hello_is_refused() {
     pair.wait_connected();
 }
 
+/// A hello from a rogue alpha that beta accepts: two secondaries, nothing to do.
+fn rogue_hello() -> twinfs_replicator_proto::Frame {
+    use twinfs_replicator_proto::{DiskState, Generation, Hello, Role, Seq, PROTOCOL_VERSION};
+    twinfs_replicator_proto::Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: "alpha".into(),
+        generation: Generation(1),
+        last_applied: Seq(0),
+        role: Role::Secondary,
+        disk: DiskState::UpToDate,
+        shared: Generation(1),
+        changed_blocks: 0,
+        primary_since_ms: 0,
+        floor: Seq(0),
+    })
+}
+
+/// Plays a rogue alpha that says hello and then sends `frames` in one write;
+/// waits (at most 10 s) for beta to close the connection.
+fn rogue_session(pair: &Pair, frames: Vec<twinfs_replicator_proto::Frame>) {
+    use twinfs_replicator::transport::FrameStream;
+    let rogue = RogueAlpha::new(pair);
+    in_alpha(pair, async {
+        let (ep, conn) = rogue.connect().await?;
+        let mut s = FrameStream::open(&conn)
+            .await
+            .map_err(std::io::Error::other)?;
+        s.send(&rogue_hello())
+            .await
+            .map_err(std::io::Error::other)?;
+        // Beta's hello: the handshake is done before the rest goes out.
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.recv()).await;
+        s.send_many(frames).await.map_err(std::io::Error::other)?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        ep.close(0u32.into(), b"done");
+        Ok(())
+    });
+}
+
+/// Issue 13: repair values answer an online verify; a peer with a valid
+/// certificate that sends them without one is refused (nothing applied), and
+/// beta lives on for the real alpha.
+#[test]
+fn a_repair_without_a_running_verify_is_refused() {
+    if !require("a_repair_without_a_running_verify_is_refused") {
+        return;
+    }
+    let mut pair = Pair::new("repair-unasked", "");
+    pair.start(Node::B);
+    let repair = twinfs_replicator_proto::Frame::Repair {
+        payload: b"not asked for".to_vec(),
+    };
+    rogue_session(&pair, vec![repair]);
+    let log = pair.node(Node::B).log_text();
+    assert!(
+        log.contains("the peer sent repair data without a running online verify"),
+        "beta's log does not show the refusal:\n{log}"
+    );
+    assert!(
+        !log.contains("bytes of repairs"),
+        "beta applied the repair:\n{log}"
+    );
+    pair.start(Node::A);
+    pair.wait_connected();
+}
+
+/// Issue 13: a secondary answers one online verify request at a time; a flood
+/// of them from a peer with a valid certificate is refused after the first,
+/// and beta lives on for the real alpha.
+#[test]
+fn a_flood_of_verify_requests_is_refused() {
+    if !require("a_flood_of_verify_requests_is_refused") {
+        return;
+    }
+    let mut pair = Pair::new("verify-flood", "");
+    pair.start(Node::B);
+    // A valid request (postcard): id 1, one range from the empty key, its hash.
+    let mut payload = vec![1, 1, 0, 1];
+    payload.extend_from_slice(&[0; 32]);
+    let flood = (0..20)
+        .map(|_| twinfs_replicator_proto::Frame::VerifyRequest {
+            payload: payload.clone(),
+        })
+        .collect();
+    rogue_session(&pair, flood);
+    let log = pair.node(Node::B).log_text();
+    assert!(
+        log.contains(
+            "the peer sent a verify request while the previous one is still being answered"
+        ),
+        "beta's log does not show the refusal:\n{log}"
+    );
+    pair.start(Node::A);
+    pair.wait_connected();
+}
+
 /// Local users cannot command the node: the data dir is private (0700), and
 /// even with it and the socket opened up by hand, the control socket serves
 /// only root (peer credentials).

@@ -452,6 +452,9 @@ pub(crate) fn placements(hdr: &RecordHeader, ops: &[LogOp]) -> Vec<BlockPlacemen
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::{FileKind, Timestamp};

@@ -14,6 +14,7 @@
 pub mod control;
 pub mod evidence;
 mod fault;
+pub mod inflight;
 pub mod node;
 pub mod state;
 pub mod status;

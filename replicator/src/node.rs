@@ -21,12 +21,15 @@
 //! Which side dials is fixed by the config so the two never race: the node
 //! whose `listen` address sorts first dials, the other accepts.
 
+#[cfg(test)]
+mod fuzz;
 mod resync;
 mod splitbrain;
 mod verify;
 
 use crate::control::{self, Request, Response};
 use crate::evidence::EvidenceBoard;
+use crate::inflight::{self, Charge, InFlight, ReadEnd};
 use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName, StateWriter};
 use crate::status::{Counters, Lag, LinkStatus, PeerStatus, Status};
 use crate::store::{Link, Outgoing, ReplicatedStore};
@@ -116,6 +119,8 @@ enum Input {
     ConnFrame {
         id: u64,
         frame: Frame,
+        /// The frame's part of the connection's budget (see [`crate::inflight`]).
+        charge: Charge,
     },
     ConnDown {
         id: u64,
@@ -156,16 +161,29 @@ enum Input {
 }
 
 /// The applier thread's queue, with a count of the jobs not finished yet.
+///
+/// A job made of a peer's frame carries the frame's [`Charge`], given back
+/// once the job is done: the queue holds at most the connection's budget of
+/// such bytes ([`inflight::MAX_IN_FLIGHT`]).
 struct Jobs {
-    tx: std::sync::mpsc::Sender<Job>,
+    tx: std::sync::mpsc::Sender<(Job, Option<Charge>)>,
     /// Jobs sent and not yet done; zero means the applier is idle.
     queued: Arc<AtomicU64>,
 }
 
 impl Jobs {
-    fn send(&self, job: Job) -> Result<(), std::sync::mpsc::SendError<Job>> {
+    fn send(&self, job: Job) -> Result<(), std::sync::mpsc::SendError<(Job, Option<Charge>)>> {
+        self.send_charged(job, None)
+    }
+
+    /// Sends a job that holds `charge` until it is done.
+    fn send_charged(
+        &self,
+        job: Job,
+        charge: Option<Charge>,
+    ) -> Result<(), std::sync::mpsc::SendError<(Job, Option<Charge>)>> {
         self.queued.fetch_add(1, Ordering::SeqCst);
-        self.tx.send(job)
+        self.tx.send((job, charge))
     }
 
     /// Whether every job sent so far is done: work done on the node task now
@@ -308,8 +326,13 @@ struct Node {
     floor_saving: Arc<std::sync::atomic::AtomicBool>,
     /// The last split brain detected, with the files each side changed.
     split_brain: Option<crate::status::SplitBrain>,
-    /// (Target) frames that arrived after a resync's end, before its jump.
-    early_frames: Vec<Frame>,
+    /// (Target) frames that arrived after a resync's end, before its jump,
+    /// holding their charges (the reader waits while they fill the budget).
+    early_frames: Vec<(Frame, Charge)>,
+    /// The charge of the peer's frame being handled: a job made of the frame
+    /// takes it along; else it is given back once the frame
+    /// is handled and driven.
+    charge: Option<Charge>,
     /// An online verify waiting for the peer's answer.
     verify: Option<verify::Pending>,
     /// The peer's name from its last handshake.
@@ -415,6 +438,7 @@ impl Node {
             floor_saving: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             split_brain: None,
             early_frames: Vec::new(),
+            charge: None,
             verify: None,
             refusing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             peer_name: None,
@@ -505,6 +529,8 @@ impl Node {
                 _ = sigint.recv() => self.begin_shutdown("SIGINT"),
             }
             self.drive();
+            // The frame handled (if any) needs no more of its budget.
+            self.charge = None;
         }
         connector.abort();
         control.abort();
@@ -646,8 +672,9 @@ impl Node {
                     verify_answering: false,
                 });
             }
-            Input::ConnFrame { id, frame } => {
+            Input::ConnFrame { id, frame, charge } => {
                 if self.conn.as_ref().is_some_and(|c| c.id == id) {
+                    self.charge = Some(charge);
                     self.on_frame(frame);
                 }
             }
@@ -871,7 +898,9 @@ impl Node {
             RoleState::Secondary { replica: None, .. } => {
                 // Between a resync's end and its jump: the stream waits here.
                 if self.pending_jump.is_some() {
-                    self.early_frames.push(frame);
+                    if let Some(charge) = self.charge.take() {
+                        self.early_frames.push((frame, charge));
+                    }
                 }
                 Ok(())
             }
@@ -1237,7 +1266,12 @@ impl Node {
                             None => {}
                         }
                     } else {
-                        let _ = self.jobs.send(Job::Apply(seq, payload));
+                        // The first job of the frame just handled holds its
+                        // charge (mutations that were waiting for it were
+                        // charged to the early buffer's own bound).
+                        let _ = self
+                            .jobs
+                            .send_charged(Job::Apply(seq, payload), self.charge.take());
                     }
                 }
                 if self.unsynced_bytes >= BACKGROUND_SYNC_BYTES && !self.background_sync {
@@ -1770,12 +1804,14 @@ fn truncate(s: &str, max: usize) -> &str {
 /// The secondary's applier thread: applies the peer's mutations in order.
 fn applier(
     disk: Arc<DiskStore>,
-    jobs: std::sync::mpsc::Receiver<Job>,
+    jobs: std::sync::mpsc::Receiver<(Job, Option<Charge>)>,
     tx: mpsc::UnboundedSender<Input>,
     queued: Arc<AtomicU64>,
 ) {
-    for job in jobs {
+    for (job, charge) in jobs {
         let report = do_job(&disk, job, Some(&tx));
+        // Done with the frame's bytes: the reader may read more.
+        drop(charge);
         queued.fetch_sub(1, Ordering::SeqCst);
         if let Some(report) = report {
             if tx.send(report).is_err() {
@@ -1903,21 +1939,21 @@ fn attach(
     });
     let node = node.clone();
     tokio::spawn(async move {
-        let reason = loop {
-            match receiver.recv().await {
-                Ok(Some(frame)) => {
-                    if node.send(Input::ConnFrame { id, frame }).is_err() {
-                        return;
-                    }
+        // Bounded: the reader stops reading while the frames it handed on
+        // are not done with (see `crate::inflight`).
+        let budget = InFlight::new(inflight::MAX_IN_FLIGHT);
+        let read = inflight::read_frames(&mut receiver, &budget, |frame, charge| {
+            node.send(Input::ConnFrame { id, frame, charge }).is_ok()
+        });
+        let reason = match read.await {
+            Ok(ReadEnd::Refused) => return,
+            Ok(ReadEnd::Finished) => "the peer closed the stream".to_string(),
+            Err(e) => {
+                if matches!(e, transport::TransportError::BadFrame { .. }) {
+                    error!(peer = %addr, "closing the connection: {e}");
+                    transport::close_for(&quic, &e);
                 }
-                Ok(None) => break "the peer closed the stream".to_string(),
-                Err(e) => {
-                    if matches!(e, transport::TransportError::BadFrame { .. }) {
-                        error!(peer = %addr, "closing the connection: {e}");
-                        transport::close_for(&quic, &e);
-                    }
-                    break e.to_string();
-                }
+                e.to_string()
             }
         };
         let _ = node.send(Input::ConnDown { id, reason });

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -67,6 +67,9 @@ pub const CLOSE_ERROR: VarInt = VarInt::from_u32(2);
 const MAX_CLOSE_REASON: usize = 200;
 /// The most a frame receiver reserves ahead of the bytes that arrived.
 const RESERVE_STEP: usize = 1 << 20;
+/// Frames shorter than this are copied out of the receive buffer; longer ones
+/// get a buffer of their own and go on as a view of it (see [`Received::memory`]).
+const COPY_BELOW: usize = 64 << 10;
 
 /// QUIC liveness settings, the same on both nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -497,6 +500,7 @@ impl FrameStream {
                 peer,
                 recv,
                 buf: BytesMut::new(),
+                own: false,
             },
         }
     }
@@ -647,9 +651,25 @@ impl FrameSender {
 pub struct FrameReceiver {
     peer: SocketAddr,
     recv: RecvStream,
-    /// Received bytes not decoded yet. A whole frame is split off and frozen,
+    /// Received bytes not decoded yet. A large frame is split off and frozen,
     /// so a mutation's payload goes on as a view of it (copied once, from QUIC).
     buf: BytesMut,
+    /// `buf` is an allocation of its own for the large frame at its start
+    /// (nothing before it in the allocation, nothing else holding it).
+    own: bool,
+}
+
+/// A frame from [`FrameReceiver::recv_sized`], with the memory it holds.
+#[derive(Debug)]
+pub struct Received {
+    /// The frame.
+    pub frame: Frame,
+    /// Bytes of memory the frame keeps alive for as long as it (or a mutation
+    /// payload taken from it) lives: its own bytes for a frame copied out of
+    /// the receive buffer, the allocation it was received into for a large
+    /// frame (its own bytes too, as that allocation holds nothing else). What
+    /// a reader charges to a budget of frames in flight.
+    pub memory: usize,
 }
 
 impl fmt::Debug for FrameReceiver {
@@ -683,32 +703,72 @@ impl FrameReceiver {
     /// (`HEADER_LEN + MAX_BODY_LEN`) is buffered. Cancel-safe: dropping the
     /// future loses no bytes.
     pub async fn recv(&mut self) -> Result<Option<Frame>, TransportError> {
+        Ok(self.recv_sized().await?.map(|r| r.frame))
+    }
+
+    /// [`FrameReceiver::recv`], with the memory the frame holds.
+    ///
+    /// A frame shorter than 64 KiB is copied out of the receive buffer, so it
+    /// holds only its own bytes (a small mutation never pins a large buffer
+    /// that the frame before it needed). A longer frame is received into an
+    /// allocation of its own, which holds its bytes and nothing else, and goes
+    /// on as a view of it (no copy); its [`Received::memory`] is that
+    /// allocation's size.
+    pub async fn recv_sized(&mut self) -> Result<Option<Received>, TransportError> {
         let bad = |peer, error| TransportError::BadFrame { peer, error };
         loop {
             if !self.buf.is_empty() {
                 match Frame::peek_len(&self.buf).map_err(|e| bad(self.peer, e))? {
                     Some(len) if self.buf.len() >= len => {
-                        let whole = self.buf.split_to(len).freeze();
+                        let (whole, memory) = if len < COPY_BELOW || !self.own {
+                            let whole = Bytes::copy_from_slice(&self.buf[..len]);
+                            self.buf.advance(len);
+                            (whole, len)
+                        } else {
+                            // The allocation starts at this frame: its
+                            // capacity is all the frame can keep alive.
+                            let memory = self.buf.capacity();
+                            (self.buf.split_to(len).freeze(), memory)
+                        };
+                        self.own = false;
                         return match Frame::decode_shared(&whole) {
-                            Ok(Some((frame, _))) => Ok(Some(frame)),
+                            Ok(Some((frame, _))) => Ok(Some(Received { frame, memory })),
                             Ok(None) => unreachable!("a whole frame was there"),
                             Err(error) => Err(bad(self.peer, error)),
                         };
                     }
-                    // A large frame: memory follows the bytes that arrived,
-                    // not the header's claim (a peer announcing 64 MiB and
-                    // sending 10 bytes gets no 64 MiB buffer): room for at
+                    // An incomplete frame: memory follows the bytes that
+                    // arrived, not the header's claim (a peer announcing 64 MiB
+                    // and sending 10 bytes gets no 64 MiB buffer): room for at
                     // most as much again as is here, and at least 1 MiB.
                     Some(len) => {
                         let have = self.buf.len();
-                        self.buf.reserve((len - have).min(have.max(RESERVE_STEP)));
+                        let more = (len - have).min(have.max(RESERVE_STEP));
+                        if len < COPY_BELOW {
+                            self.buf.reserve(more);
+                        } else if !self.own || self.buf.capacity() == have {
+                            // A large frame gets an allocation of its own,
+                            // holding its bytes and nothing else (the frames
+                            // before it were taken, and no more than its own
+                            // bytes are read into it), grown here and not by
+                            // `reserve`, whose doubling would overshoot.
+                            let mut own = BytesMut::with_capacity(have + more);
+                            own.extend_from_slice(&self.buf);
+                            self.buf = own;
+                            self.own = true;
+                        }
                     }
                     None => {}
                 }
             }
             // The codec rejects a header announcing more than MAX_BODY_LEN, so
-            // an incomplete frame is shorter than this and never more is read.
-            let room = (HEADER_LEN + MAX_BODY_LEN).saturating_sub(self.buf.len());
+            // an incomplete frame is shorter than this and never more is read;
+            // into a large frame's own allocation, only what fits.
+            let room = if self.own {
+                self.buf.capacity() - self.buf.len()
+            } else {
+                (HEADER_LEN + MAX_BODY_LEN).saturating_sub(self.buf.len())
+            };
             match self.recv.read_chunk(room.max(1), true).await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
                 Ok(None) if self.buf.is_empty() => return Ok(None),

@@ -15,6 +15,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, Endpoint};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tempfile::TempDir;
+use twinfs_replicator::inflight::{self, InFlight, ReadEnd};
 use twinfs_replicator::tls::{
     self, GeneratedIdentity, Identity, PeerTrust, PinnedPeerVerifier, TlsError,
 };
@@ -650,6 +651,119 @@ async fn a_frame_header_s_claim_reserves_no_memory_before_the_bytes_arrive() {
         );
     })
     .await;
+}
+
+/// Issue 13: a reader whose frames nobody is done with stops reading once
+/// its budget is spent, and QUIC's flow control then holds the sender back:
+/// what the sender could write is at most the budget, the frame waiting for
+/// its charge and the stream window. Once the frames are done with, the rest
+/// flows, whole and in order.
+#[tokio::test]
+async fn a_reader_with_its_budget_spent_stops_reading_and_flow_control_holds_the_sender() {
+    const FRAMES: u64 = 48;
+    const LEN: usize = 1 << 20;
+    const BUDGET: usize = 4 << 20;
+    // The transport's per-stream flow-control window.
+    const WINDOW: usize = 16 << 20;
+    let run = async {
+        let (a, b) = (Node::new("alpha"), Node::new("beta"));
+        let ep_a = a.endpoint(&b.pin());
+        let ep_b = b.endpoint(&a.pin());
+        let (client, server) = pair(&ep_a, &ep_b).await;
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sender = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut s = FrameStream::open(&client).await.unwrap();
+                s.send(&hello("a")).await.unwrap();
+                for seq in 1..=FRAMES {
+                    s.send(&mutation(seq, LEN)).await.unwrap();
+                    sent.store(seq, std::sync::atomic::Ordering::SeqCst);
+                }
+                s.finish().unwrap();
+                (s, client)
+            })
+        };
+        let (_send, mut receiver) = FrameStream::accept(&server).await.unwrap().into_split();
+        let budget = InFlight::new(BUDGET);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reader = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                inflight::read_frames(&mut receiver, &budget, |frame, charge| {
+                    tx.send((frame, charge)).is_ok()
+                })
+                .await
+            })
+        };
+        // Nobody is done with a frame: wait until the sender stops moving
+        // (one second without progress, at most 30 s in all).
+        let load = || sent.load(std::sync::atomic::Ordering::SeqCst);
+        let (mut last, mut still) = (u64::MAX, 0);
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = load();
+            if now == last {
+                still += 1;
+                if still == 5 {
+                    break;
+                }
+            } else {
+                (last, still) = (now, 0);
+            }
+        }
+        let stalled_at = load();
+        assert!(
+            stalled_at < FRAMES,
+            "the sender wrote all {FRAMES} MiB although nothing was done with: no back-pressure"
+        );
+        let written = stalled_at as usize * LEN;
+        assert!(
+            written <= BUDGET + 2 * LEN + WINDOW,
+            "the sender wrote {written} bytes, beyond the budget ({BUDGET}), one frame and the window"
+        );
+        let mut held = Vec::new();
+        while let Ok(x) = rx.try_recv() {
+            held.push(x);
+        }
+        let handed: usize = held
+            .iter()
+            .map(|(f, _)| match f {
+                Frame::Mutation { payload, .. } => payload.len(),
+                _ => 0,
+            })
+            .sum();
+        eprintln!(
+            "back-pressure: the sender stalled after {stalled_at} MiB; {} frames ({handed} \
+             payload bytes) handed on",
+            held.len()
+        );
+        assert!(
+            handed <= BUDGET,
+            "{handed} bytes handed on, budget {BUDGET}"
+        );
+        assert!(budget.available() < LEN, "the reader waits for budget");
+
+        // Done with them: everything else arrives, in order.
+        drop(held);
+        let mut seen = 0;
+        for _ in 0..=FRAMES {
+            let Some((frame, charge)) = rx.recv().await else {
+                break;
+            };
+            drop(charge);
+            if let Frame::Mutation { seq, .. } = frame {
+                seen = seq.0;
+            }
+        }
+        assert_eq!(seen, FRAMES);
+        let (_stream, _client) = sender.await.unwrap();
+        assert_eq!(reader.await.unwrap().unwrap(), ReadEnd::Finished);
+        assert_eq!(budget.available(), BUDGET, "every charge came back");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("test did not finish in time");
 }
 
 #[tokio::test]

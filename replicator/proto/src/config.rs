@@ -48,6 +48,10 @@ pub struct ProtocolConfig {
     /// Most mutations the primary sends beyond what the peer has applied; also the
     /// replica's bound on buffered out-of-order mutations.
     pub max_in_flight: usize,
+    /// Most payload bytes the replica holds in mutations that arrived after a
+    /// gap ([`crate::MAX_EARLY_BYTES`] by default); beyond it they are dropped
+    /// like lost packets, and the primary sends them again.
+    pub max_early_bytes: usize,
     /// What happens to writes while the peer is lost.
     pub on_peer_loss: OnPeerLoss,
 }
@@ -59,6 +63,7 @@ impl Default for ProtocolConfig {
             keepalive: Duration::from_secs(1),
             deadtime: Duration::from_secs(10),
             max_in_flight: 1024,
+            max_early_bytes: crate::MAX_EARLY_BYTES,
             on_peer_loss: OnPeerLoss::Continue,
         }
     }

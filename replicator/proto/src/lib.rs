@@ -88,7 +88,7 @@ pub use frame::{Frame, Hello, FRAME_VERSION, HEADER_LEN, MAGIC, MAX_BODY_LEN, MA
 pub use generation::{decide, Decision, History, Side, SplitBrainPolicy};
 pub use plan::{plan, LocalView, Plan};
 pub use primary::{AckState, AloneRight, Primary};
-pub use replica::Replica;
+pub use replica::{Replica, MAX_EARLY_BYTES};
 
 #[doc(no_inline)]
 pub use bytes::Bytes;

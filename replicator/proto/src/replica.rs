@@ -11,6 +11,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 use tracing::{debug, trace};
 
+/// Most payload bytes a [`Replica`] holds in out-of-order mutations by default
+/// ([`ProtocolConfig::max_early_bytes`]; 64 MiB, one mutation of the largest
+/// size fits). A mutation that arrives after a gap
+/// and would take the buffer beyond this is dropped, exactly as if the network
+/// had lost it: it is not counted as received, so no ack covers it, and the
+/// primary, which keeps every mutation until it is acknowledged, sends it again
+/// after the gap (its retransmission timer resends the whole unacknowledged
+/// window, in order). With one ordered QUIC stream an honest primary never
+/// leaves a gap; the bound is against one that does.
+pub const MAX_EARLY_BYTES: usize = 64 << 20;
+
 /// The replica's replication state machine. It performs no IO and reads no clock.
 ///
 /// # Calling order
@@ -34,6 +45,9 @@ use tracing::{debug, trace};
 /// - An ack never claims more than the application reported: "applied" and
 ///   "flushed" are only what [`applied`](Self::applied) and [`flushed`](Self::flushed)
 ///   were told (this is what makes protocol C's promise hold).
+/// - Out-of-order mutations take at most
+///   [`max_early_bytes`](ProtocolConfig::max_early_bytes) of payload (and
+///   at most `max_in_flight` seqs beyond the applied one).
 #[derive(Debug)]
 pub struct Replica {
     config: ProtocolConfig,
@@ -49,6 +63,8 @@ pub struct Replica {
     ready: VecDeque<(Seq, Bytes, bool)>,
     /// Received after a gap, waiting for the gap to fill.
     early: BTreeMap<Seq, (Bytes, bool)>,
+    /// Payload bytes in `early`.
+    early_bytes: usize,
     /// The highest flush barrier the primary asked for.
     flush_wanted: Seq,
     lost: bool,
@@ -76,6 +92,7 @@ impl Replica {
             flushed: last_applied,
             ready: VecDeque::new(),
             early: BTreeMap::new(),
+            early_bytes: 0,
             flush_wanted: Seq(0),
             lost: false,
             last_heard: now,
@@ -95,6 +112,7 @@ impl Replica {
         self.last_heard = now;
         self.next_keepalive = now + self.config.keepalive;
         self.early.clear();
+        self.early_bytes = 0;
         self.ack_due = true;
     }
 
@@ -178,10 +196,23 @@ impl Replica {
             });
         }
         if seq != self.received.next() {
+            if self.early.contains_key(&seq) {
+                return Ok(());
+            }
+            if self.early_bytes + payload.len() > self.config.max_early_bytes {
+                // Dropped like a lost packet; the primary resends it.
+                trace!(
+                    seq = seq.0,
+                    early = self.early_bytes,
+                    "out-of-order mutation dropped: early buffer full"
+                );
+                return Ok(());
+            }
             if flush {
                 self.flush_wanted = self.flush_wanted.max(seq);
             }
-            self.early.entry(seq).or_insert((payload, flush));
+            self.early_bytes += payload.len();
+            self.early.insert(seq, (payload, flush));
             return Ok(());
         }
         if flush {
@@ -190,6 +221,7 @@ impl Replica {
         self.ready.push_back((seq, payload, flush));
         self.received = seq;
         while let Some((payload, flush)) = self.early.remove(&self.received.next()) {
+            self.early_bytes -= payload.len();
             self.received = self.received.next();
             self.ready.push_back((self.received, payload, flush));
         }

@@ -158,7 +158,7 @@ impl Node {
             return;
         };
         if known {
-            match postcard::from_bytes::<Vec<StoreKey>>(payload) {
+            match parse_keys(payload) {
                 Ok(keys) => target_keys.extend(keys),
                 Err(e) => {
                     self.refuse(format!("undecodable resync keys from the peer: {e}"));
@@ -349,7 +349,8 @@ impl Node {
                 "resync: receiving; the local disk is Inconsistent until it completes".into(),
             );
         }
-        let _ = self.jobs.send(Job::ApplyLocal(payload));
+        let charge = self.charge.take();
+        let _ = self.jobs.send_charged(Job::ApplyLocal(payload), charge);
     }
 
     /// (Target) the source shipped everything.
@@ -400,7 +401,9 @@ impl Node {
                         now,
                     );
                     r.handle_reconnect(now);
-                    for f in std::mem::take(&mut self.early_frames) {
+                    // Their charges go back as they enter the replica: what
+                    // it hands out next is at most one budget's worth.
+                    for (f, _charge) in std::mem::take(&mut self.early_frames) {
                         if let Err(e) = r.handle_frame(now, f) {
                             warn!("after the resync: {e}");
                         }
@@ -488,6 +491,11 @@ impl Node {
     }
 }
 
-fn postcard_vec(keys: &[StoreKey]) -> Vec<u8> {
+/// Decodes a chunk of the resync target's changed keys.
+pub(super) fn parse_keys(payload: &[u8]) -> Result<Vec<StoreKey>, postcard::Error> {
+    postcard::from_bytes(payload)
+}
+
+pub(super) fn postcard_vec(keys: &[StoreKey]) -> Vec<u8> {
     postcard::to_allocvec(keys).expect("keys serialise")
 }

@@ -19,10 +19,15 @@ use twinfs_replicator_proto::{Frame, Hello};
 const MAX_FILES: usize = 1000;
 
 /// What a node tells its peer about its own changes.
-#[derive(Debug, Serialize, Deserialize)]
-struct Report {
-    node: String,
-    changed_files: Vec<String>,
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct Report {
+    pub(super) node: String,
+    pub(super) changed_files: Vec<String>,
+}
+
+/// Decodes the peer's report of its own changes.
+pub(super) fn parse_report(payload: &[u8]) -> Result<Report, serde_json::Error> {
+    serde_json::from_slice(payload)
 }
 
 impl Node {
@@ -101,7 +106,7 @@ impl Node {
 
     /// The peer's report of its own changes.
     pub(super) fn peer_report(&mut self, payload: &[u8]) {
-        match serde_json::from_slice::<Report>(payload) {
+        match parse_report(payload) {
             Ok(r) => {
                 if let Some(sb) = &mut self.split_brain {
                     if sb.peer_files.is_none() {

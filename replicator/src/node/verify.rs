@@ -30,20 +30,39 @@ const BUCKET: usize = 256;
 /// Most differences listed in a report.
 const MAX_LISTED: usize = 200;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct Request {
-    id: u64,
+    pub(super) id: u64,
     /// The first key of each bucket; the first is empty (the start of the key space).
-    boundaries: Vec<Vec<u8>>,
-    hashes: Vec<[u8; 32]>,
+    pub(super) boundaries: Vec<Vec<u8>>,
+    pub(super) hashes: Vec<[u8; 32]>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Answer {
-    id: u64,
-    records: u64,
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct Answer {
+    pub(super) id: u64,
+    pub(super) records: u64,
     /// For each differing bucket: its index and the secondary's records in it.
-    differing: Vec<(u32, Vec<RecordDigest>)>,
+    pub(super) differing: Vec<(u32, Vec<RecordDigest>)>,
+}
+
+/// Decodes a verify request from the peer and checks its shape: ranges
+/// start with the empty key, are strictly increasing and have one hash each.
+pub(super) fn parse_request(payload: &[u8]) -> Result<Request, String> {
+    let req: Request =
+        postcard::from_bytes(payload).map_err(|e| format!("undecodable verify request: {e}"))?;
+    if req.boundaries.first().is_none_or(|b| !b.is_empty())
+        || req.boundaries.len() != req.hashes.len()
+        || req.boundaries.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err("malformed verify request".into());
+    }
+    Ok(req)
+}
+
+/// Decodes the peer's answer to a verify request.
+pub(super) fn parse_answer(payload: &[u8]) -> Result<Answer, String> {
+    postcard::from_bytes(payload).map_err(|e| format!("undecodable answer from the peer: {e}"))
 }
 
 /// A verify this node started and is waiting on.
@@ -89,16 +108,10 @@ fn bucket_hashes(leaves: &[RecordDigest], boundaries: &[Vec<u8>]) -> Vec<[u8; 32
 
 /// (Secondary, applier thread) answers a verify request.
 pub(super) fn answer(disk: &DiskStore, payload: &[u8]) -> Input {
-    let req: Request = match postcard::from_bytes(payload) {
+    let req = match parse_request(payload) {
         Ok(r) => r,
-        Err(e) => return Input::ApplyFailed(format!("undecodable verify request: {e}")),
+        Err(e) => return Input::ApplyFailed(e),
     };
-    if req.boundaries.first().is_none_or(|b| !b.is_empty())
-        || req.boundaries.len() != req.hashes.len()
-        || req.boundaries.windows(2).any(|w| w[0] >= w[1])
-    {
-        return Input::ApplyFailed("malformed verify request".into());
-    }
     let leaves = match disk.content_digests() {
         Ok(l) => l,
         Err(e) => return Input::ApplyFailed(format!("verify: reading the store: {e}")),
@@ -223,7 +236,8 @@ impl Node {
         if let Some(c) = &mut self.conn {
             c.verify_answering = true;
         }
-        let _ = self.jobs.send(Job::Verify(payload));
+        let charge = self.charge.take();
+        let _ = self.jobs.send_charged(Job::Verify(payload), charge);
     }
 
     /// (Secondary) the answer to a verify request is on its way to the peer.
@@ -252,15 +266,16 @@ impl Node {
             "online verify: applying {} bytes of repairs",
             payload.len()
         ));
-        let _ = self.jobs.send(Job::ApplyLocal(payload));
+        let charge = self.charge.take();
+        let _ = self.jobs.send_charged(Job::ApplyLocal(payload), charge);
     }
 
     /// (Primary) the peer's answer: compare, report, repair.
     pub(super) fn verify_answered(&mut self, payload: &[u8]) {
-        let answer: Answer = match postcard::from_bytes(payload) {
+        let answer = match parse_answer(payload) {
             Ok(a) => a,
             Err(e) => {
-                self.verify_failed(format!("undecodable answer from the peer: {e}"));
+                self.verify_failed(e);
                 return;
             }
         };

@@ -577,3 +577,96 @@ fn a_primary_resumed_alone_needs_evidence_from_after_its_promotion_only() {
     assert_eq!(p.ack_state(t0 + 2 * SEC), AckState::Replicating);
     assert!(matches!(p.poll_transmit(), Some(Frame::Mutation { seq: s, .. }) if s == seq));
 }
+
+/// Issue 13: out-of-order mutations take at most `MAX_EARLY_BYTES` of payload.
+/// One that would take more is dropped like a lost packet: it is not counted
+/// as received (no ack covers it), and when the primary sends it again after
+/// the gap it is taken. Nothing is handed out twice or out of order.
+#[test]
+fn the_early_arrival_buffer_is_bounded_in_bytes_and_a_dropped_mutation_comes_again() {
+    use crate::{Replica, MAX_EARLY_BYTES};
+    let cfg = config(Protocol::C);
+    let now = super::util::epoch();
+    let mut r = Replica::new(cfg.clone(), Seq(0), now);
+    let chunk = MAX_EARLY_BYTES / 4;
+    // One buffer shared by every payload: the test holds 16 MiB, not 80.
+    let big = bytes::Bytes::from(vec![0xa5; chunk]);
+    let mutation = |seq: u64, payload: bytes::Bytes| Frame::Mutation {
+        seq: Seq(seq),
+        flush: false,
+        payload,
+    };
+    let acked = |r: &mut Replica| {
+        let mut last = None;
+        while let Some(f) = r.poll_transmit() {
+            if let Frame::Ack { received, .. } = f {
+                last = Some(received);
+            }
+        }
+        last
+    };
+    // Seq 1 is missing: 2..=5 fill the early buffer to exactly its bound.
+    for seq in 2..=5 {
+        r.handle_frame(now, mutation(seq, big.clone())).unwrap();
+    }
+    // Seq 6 would go beyond it: dropped, not an error (the connection stays).
+    r.handle_frame(now, mutation(6, big.clone())).unwrap();
+    // A small one beyond the bound is dropped as well.
+    r.handle_frame(now, mutation(7, bytes::Bytes::from_static(b"x")))
+        .unwrap();
+    assert_eq!(acked(&mut r), Some(Seq(0)), "nothing after the gap counts");
+    assert_eq!(r.poll_apply(), None);
+
+    // The gap fills: 1..=5 go out in order; 6 and 7 were never received.
+    r.handle_frame(now, mutation(1, bytes::Bytes::from_static(b"one")))
+        .unwrap();
+    assert_eq!(acked(&mut r), Some(Seq(5)));
+    for seq in 1..=5 {
+        let (s, _, _) = r.poll_apply().expect("handed out in order");
+        assert_eq!(s, Seq(seq));
+        r.applied(s).unwrap();
+    }
+    assert_eq!(r.poll_apply(), None);
+
+    // The primary's retransmission brings 6 and 7 again; with the buffer
+    // empty, more out-of-order bytes are taken again.
+    r.handle_frame(now, mutation(9, big.clone())).unwrap();
+    r.handle_frame(now, mutation(6, big.clone())).unwrap();
+    r.handle_frame(now, mutation(7, bytes::Bytes::from_static(b"x")))
+        .unwrap();
+    assert_eq!(acked(&mut r), Some(Seq(7)));
+    for seq in 6..=7 {
+        assert_eq!(r.poll_apply().map(|(s, _, _)| s), Some(Seq(seq)));
+    }
+    assert_eq!(r.poll_apply(), None, "9 waits for 8");
+    r.handle_frame(now, mutation(8, bytes::Bytes::from_static(b"y")))
+        .unwrap();
+    assert_eq!(r.poll_apply().map(|(s, _, _)| s), Some(Seq(8)));
+    assert_eq!(r.poll_apply().map(|(s, _, _)| s), Some(Seq(9)));
+}
+
+/// The bound on early bytes also holds on a simulated network that reorders,
+/// loses and duplicates frames: every write still commits, applied once each,
+/// in order.
+#[test]
+fn writes_commit_in_order_although_early_arrivals_beyond_the_bound_are_dropped() {
+    let mut cfg = config(Protocol::C);
+    // Room for three 4 KiB payloads after a gap.
+    cfg.max_early_bytes = 12 << 10;
+    let mut pair = Pair::new(cfg, 13);
+    pair.latency = 2 * MS;
+    pair.jitter = 40 * MS;
+    pair.reorder = 0.5;
+    pair.loss = 0.05;
+    pair.dup = 0.05;
+    let mut last = Seq(0);
+    for i in 0..40u8 {
+        last = pair.submit(&[i; 4 << 10], false);
+    }
+    assert!(pair.drive_until_committed(last, 60 * SEC));
+    assert_eq!(pair.replica_applied(), last);
+    for (i, (seq, payload)) in pair.replica_log.iter().enumerate() {
+        assert_eq!(*seq, Seq(i as u64 + 1));
+        assert_eq!(payload[0], i as u8);
+    }
+}
