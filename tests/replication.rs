@@ -486,6 +486,106 @@ fn a_flood_of_verify_requests_is_refused() {
     pair.wait_connected();
 }
 
+/// Issue 13: a resync target reports the records it changed in chunks; one
+/// that reports without end (here a rogue alpha with 600,000 keys) makes the
+/// source stop collecting at its bound and ship everything instead, and the
+/// real alpha is resynced afterwards.
+#[test]
+fn a_target_that_lists_changes_without_end_gets_a_full_resync() {
+    if !require("a_target_that_lists_changes_without_end_gets_a_full_resync") {
+        return;
+    }
+    use twinfs_replicator::transport::FrameStream;
+    use twinfs_replicator_proto::{
+        DiskState, Frame, Generation, Hello, Role, Seq, PROTOCOL_VERSION,
+    };
+    let mut pair = Pair::new("keys-flood", "");
+    pair.start(Node::A);
+    pair.start(Node::B);
+    pair.wait_connected();
+    pair.promote(Node::B);
+    pair.wait_in_sync(Node::B);
+    let a = pair.status(Node::A);
+    let generation =
+        |field: &str| Generation(u64::from_str_radix(a[field].as_str().unwrap(), 16).unwrap());
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: "alpha".into(),
+        generation: generation("generation"),
+        last_applied: Seq(a["applied_seq"].as_u64().unwrap()),
+        role: Role::Secondary,
+        disk: DiskState::UpToDate,
+        shared: generation("shared_generation"),
+        changed_blocks: 0,
+        primary_since_ms: 0,
+        floor: Seq(a["floor_seq"].as_u64().unwrap()),
+    });
+    pair.stop(Node::A);
+    write_fsynced_files(&pair.node(Node::B).mnt(), 5, 13);
+    let rogue = RogueAlpha::new(&pair);
+    let chunk = |n: u64| {
+        let keys: Vec<twinfs_fs::StoreKey> = (0..20_000)
+            .map(|i| twinfs_fs::StoreKey::Block(twinfs_fs::Ino(1_000 + n), i))
+            .collect();
+        postcard::to_allocvec(&keys).unwrap()
+    };
+    let asked = in_alpha(&pair, async {
+        let (ep, conn) = rogue.connect().await?;
+        let mut s = FrameStream::open(&conn)
+            .await
+            .map_err(std::io::Error::other)?;
+        s.send(&hello).await.map_err(std::io::Error::other)?;
+        let mut asked = false;
+        for _ in 0..100 {
+            match tokio::time::timeout(Duration::from_secs(10), s.recv()).await {
+                Ok(Ok(Some(Frame::ResyncRequest { .. }))) => {
+                    asked = true;
+                    break;
+                }
+                Ok(Ok(Some(_))) => {}
+                _ => break,
+            }
+        }
+        if asked {
+            let mut frames: Vec<Frame> = (0..30)
+                .map(|n| Frame::ResyncKeys {
+                    last: false,
+                    known: true,
+                    payload: chunk(n),
+                })
+                .collect();
+            frames.push(Frame::ResyncKeys {
+                last: true,
+                known: true,
+                payload: chunk(30),
+            });
+            s.send_many(frames).await.map_err(std::io::Error::other)?;
+            // Beta plans and starts shipping; take a little of it.
+            for _ in 0..1000 {
+                match tokio::time::timeout(Duration::from_secs(10), s.recv()).await {
+                    Ok(Ok(Some(Frame::ResyncData { .. }))) => break,
+                    Ok(Ok(Some(_))) => {}
+                    _ => break,
+                }
+            }
+        }
+        ep.close(0u32.into(), b"done");
+        Ok(asked)
+    });
+    assert!(
+        asked,
+        "beta never asked the rogue alpha for its changes:\n{}",
+        pair.node(Node::B).log_text()
+    );
+    let log = pair.node(Node::B).log_text();
+    assert!(
+        log.contains("shipping everything instead"),
+        "beta did not stop collecting the rogue's keys:\n{log}"
+    );
+    pair.start(Node::A);
+    pair.wait_in_sync(Node::B);
+}
+
 /// Local users cannot command the node: the data dir is private (0700), and
 /// even with it and the socket opened up by hand, the control socket serves
 /// only root (peer credentials).

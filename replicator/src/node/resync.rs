@@ -30,6 +30,12 @@ use twinfs_replicator_proto::{Frame, Generation, Hello, Role, Seq};
 
 /// Keys per `ResyncKeys` chunk.
 const KEYS_PER_CHUNK: usize = 20_000;
+/// Changed keys a source collects from its target at most, and their encoded
+/// bytes: beyond either it stops collecting and ships everything (a full
+/// resync), so a target that reports without end costs bounded memory (about
+/// 50 MB at worst, with 255-byte names).
+const MAX_TARGET_KEYS: usize = 500_000;
+const MAX_TARGET_KEY_BYTES: usize = 16 << 20;
 /// Block bytes per `ResyncData` chunk.
 const DATA_CHUNK: usize = 1 << 20;
 /// The source waits while this much resync data is queued for the link.
@@ -42,8 +48,10 @@ pub(super) enum ResyncState {
         floor: Seq,
         /// Keys the target reported so far.
         target_keys: KeySet,
-        /// False once the target said it cannot tell.
+        /// False once the target said it cannot tell (or said too much).
         target_known: bool,
+        /// Encoded bytes of the target's keys received so far.
+        target_key_bytes: usize,
         /// Set once the values are being shipped.
         total: Option<u64>,
         done: u64,
@@ -67,6 +75,7 @@ impl Node {
             floor,
             target_keys: KeySet::new(),
             target_known: true,
+            target_key_bytes: 0,
             total: None,
             done: 0,
             started: Instant::now(),
@@ -150,6 +159,7 @@ impl Node {
             floor,
             target_keys,
             target_known,
+            target_key_bytes,
             cancel,
             ..
         }) = &mut self.resync
@@ -157,16 +167,32 @@ impl Node {
             self.refuse("the peer sent resync keys, but no resync was asked for".into());
             return;
         };
-        if known {
-            match parse_keys(payload) {
-                Ok(keys) => target_keys.extend(keys),
-                Err(e) => {
-                    self.refuse(format!("undecodable resync keys from the peer: {e}"));
-                    return;
+        *target_key_bytes = target_key_bytes.saturating_add(payload.len());
+        let too_much =
+            |keys: usize, bytes: usize| keys > MAX_TARGET_KEYS || bytes > MAX_TARGET_KEY_BYTES;
+        if !known {
+            *target_known = false;
+            *target_keys = KeySet::new();
+        } else if *target_known {
+            if !too_much(target_keys.len(), *target_key_bytes) {
+                match parse_keys(payload) {
+                    Ok(keys) => target_keys.extend(keys),
+                    Err(e) => {
+                        self.refuse(format!("undecodable resync keys from the peer: {e}"));
+                        return;
+                    }
                 }
             }
-        } else {
-            *target_known = false;
+            if too_much(target_keys.len(), *target_key_bytes) {
+                warn!(
+                    keys = target_keys.len(),
+                    bytes = *target_key_bytes,
+                    "the peer's list of changed records passed {MAX_TARGET_KEYS} keys or {} MiB; shipping everything instead",
+                    MAX_TARGET_KEY_BYTES >> 20
+                );
+                *target_known = false;
+                *target_keys = KeySet::new();
+            }
         }
         if !last {
             return;
@@ -492,8 +518,16 @@ impl Node {
 }
 
 /// Decodes a chunk of the resync target's changed keys.
-pub(super) fn parse_keys(payload: &[u8]) -> Result<Vec<StoreKey>, postcard::Error> {
-    postcard::from_bytes(payload)
+/// Decodes one `ResyncKeys` chunk: at most [`KEYS_PER_CHUNK`] keys (what a
+/// node sends), checked from the length prefix before anything is decoded.
+pub(super) fn parse_keys(payload: &[u8]) -> Result<Vec<StoreKey>, String> {
+    let (count, _) = postcard::take_from_bytes::<u64>(payload).map_err(|e| e.to_string())?;
+    if count > KEYS_PER_CHUNK as u64 {
+        return Err(format!(
+            "a chunk of {count} keys (at most {KEYS_PER_CHUNK})"
+        ));
+    }
+    postcard::from_bytes(payload).map_err(|e| e.to_string())
 }
 
 pub(super) fn postcard_vec(keys: &[StoreKey]) -> Vec<u8> {
