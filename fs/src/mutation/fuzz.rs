@@ -27,28 +27,8 @@
 
 use super::*;
 use crate::types::{FileKind, Timestamp};
-use std::time::{Duration, Instant};
-
-/// splitmix64: small, seeded, good enough to drive mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
-}
+use std::time::Duration;
+use twinfs_replicator_proto::fuzzing::{self, Budget, Rng};
 
 fn corpus() -> Vec<Vec<u8>> {
     let inode = Inode::new(FileKind::File, 0o644, 1, 2, Timestamp::default());
@@ -157,7 +137,6 @@ fn meta_len(buf: &[u8]) -> usize {
     })
 }
 
-const INTERESTING: [u8; 10] = [0, 1, 2, 0x7f, 0x80, 0x81, 0xfe, 0xff, 13, 14];
 /// Varints claiming huge lengths or values (postcard: 7 bits a byte).
 const HUGE_VARINTS: [&[u8]; 4] = [
     &[0xff, 0xff, 0xff, 0xff, 0x0f],
@@ -174,22 +153,8 @@ fn mutate(rng: &mut Rng, buf: &mut Vec<u8>, corpus: &[Vec<u8>]) {
     let meta = meta_len(buf).min(len.saturating_sub(HEADER_LEN));
     let in_meta = |rng: &mut Rng| HEADER_LEN + rng.below(meta.max(1));
     match rng.below(12) {
-        0 if len > 0 => {
-            let at = rng.below(len);
-            buf[at] ^= 1 << rng.below(8);
-        }
-        1 if len > 0 => {
-            let at = rng.below(len);
-            buf[at] = INTERESTING[rng.below(INTERESTING.len())];
-        }
-        2 => buf.truncate(rng.below(len + 1)),
-        3 => buf.extend((0..1 + rng.below(64)).map(|_| rng.next_u64() as u8)),
-        4 => {
-            let other = &corpus[rng.below(corpus.len())];
-            let (a, b) = (rng.below(len + 1), rng.below(other.len() + 1));
-            buf.truncate(a);
-            buf.extend_from_slice(&other[b..]);
-        }
+        // Byte-level changes a broken peer makes anywhere.
+        0..=4 => fuzzing::mutate(rng, buf, corpus, &HUGE_VARINTS),
         5 if len >= HEADER_LEN => {
             // A length field to an extreme value, sealed or not.
             let at = if rng.below(2) == 0 { 16 } else { 20 };
@@ -227,7 +192,7 @@ fn mutate(rng: &mut Rng, buf: &mut Vec<u8>, corpus: &[Vec<u8>]) {
             let at = in_meta(rng);
             if at < len {
                 buf[at] = if rng.below(2) == 0 {
-                    INTERESTING[rng.below(INTERESTING.len())]
+                    fuzzing::INTERESTING[rng.below(fuzzing::INTERESTING.len())]
                 } else {
                     rng.next_u64() as u8
                 };
@@ -312,32 +277,9 @@ fn check(input: &[u8]) -> Result<bool, String> {
     Ok(true)
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|e| panic!("{name}={v:?}: {e}")))
-}
-
 #[test]
 fn fuzz_mutation_from_wire() {
-    let cases = env_u64("TWINFS_FUZZ_CASES");
-    let max_cases = cases.unwrap_or(50_000);
-    let max_time = match (env_u64("TWINFS_FUZZ_SECS"), cases) {
-        (Some(s), _) => Some(Duration::from_secs(s)),
-        (None, None) => Some(Duration::from_secs(5)),
-        (None, Some(_)) => None,
-    };
-    let seed = env_u64("TWINFS_FUZZ_SEED").unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        t.as_nanos() as u64 ^ u64::from(std::process::id())
-    });
-    eprintln!("fuzz from_wire: seed {seed:#x} (TWINFS_FUZZ_SEED={seed:#x} replays this run)");
+    let budget = Budget::from_env(50_000, Duration::from_secs(5));
     let corpus = corpus();
     for (i, r) in corpus.iter().enumerate() {
         assert!(
@@ -345,31 +287,15 @@ fn fuzz_mutation_from_wire() {
             "corpus record {i} refused"
         );
     }
-    let started = Instant::now();
-    let (mut run, mut decoded) = (0u64, 0u64);
-    while run < max_cases {
-        if run % 256 == 0 && max_time.is_some_and(|t| started.elapsed() >= t) {
-            break;
-        }
-        let mut rng = Rng(seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut decoded = 0u64;
+    let run = budget.run("from_wire", "cargo test -p twinfs-fs fuzz", |rng| {
         let mut buf = corpus[rng.below(corpus.len())].clone();
         for _ in 0..1 + rng.below(3) {
-            mutate(&mut rng, &mut buf, &corpus);
+            mutate(rng, &mut buf, &corpus);
         }
-        match check(&buf) {
-            Ok(ok) => decoded += u64::from(ok),
-            Err(why) => panic!(
-                "fuzz case {run} of seed {seed:#x}: {why}\ninput: {buf:02x?}\nreplay: \
-                 TWINFS_FUZZ_SEED={seed:#x} TWINFS_FUZZ_CASES={} cargo test -p twinfs-fs fuzz",
-                run + 1
-            ),
-        }
-        run += 1;
-    }
-    eprintln!(
-        "fuzz from_wire: {run} cases in {:.1?}, {decoded} decoded",
-        started.elapsed()
-    );
+        decoded += u64::from(check(&buf).map_err(|why| format!("{why}\ninput: {buf:02x?}"))?);
+        Ok(())
+    });
     // Re-sealing must take inputs past the hash into the decoder.
     if run >= 10_000 {
         assert!(decoded * 200 >= run, "only {decoded} of {run} decoded");

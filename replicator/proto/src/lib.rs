@@ -73,6 +73,7 @@
 mod config;
 mod error;
 mod frame;
+pub mod fuzzing;
 mod generation;
 pub mod limit;
 mod plan;

@@ -22,30 +22,10 @@
 use super::resync::{parse_keys, postcard_vec};
 use super::splitbrain::{parse_report, Report};
 use super::verify::{parse_answer, parse_request, Answer, Request};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use twinfs_replicator_proto::fuzzing::{mutate, Budget};
 use twinfs_fs::store::RecordDigest;
 use twinfs_fs::{Ino, StoreKey};
-
-/// splitmix64: small, seeded, good enough to drive mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
-}
 
 /// Byte strings a mutation may insert: huge varints, JSON tokens.
 const INSERTS: [&[u8]; 12] = [
@@ -62,41 +42,6 @@ const INSERTS: [&[u8]; 12] = [
     b",\"\"",
     &[0xc3],
 ];
-const INTERESTING: [u8; 9] = [0, 1, 2, 0x7f, 0x80, 0xff, b'"', b'\\', b','];
-
-fn mutate(rng: &mut Rng, buf: &mut Vec<u8>, corpus: &[Vec<u8>]) {
-    let len = buf.len();
-    match rng.below(9) {
-        0 if len > 0 => {
-            let at = rng.below(len);
-            buf[at] ^= 1 << rng.below(8);
-        }
-        1 if len > 0 => {
-            let at = rng.below(len);
-            buf[at] = INTERESTING[rng.below(INTERESTING.len())];
-        }
-        2 => buf.truncate(rng.below(len + 1)),
-        3 => buf.extend((0..1 + rng.below(32)).map(|_| rng.next_u64() as u8)),
-        4 | 5 => {
-            let at = rng.below(len + 1);
-            let v = INSERTS[rng.below(INSERTS.len())];
-            buf.splice(at..at, v.iter().copied());
-        }
-        6 if len > 0 => {
-            buf.remove(rng.below(len));
-        }
-        7 => {
-            let other = &corpus[rng.below(corpus.len())];
-            let (a, b) = (rng.below(len + 1), rng.below(other.len() + 1));
-            buf.truncate(a);
-            buf.extend_from_slice(&other[b..]);
-        }
-        _ => {
-            let at = rng.below(len + 1);
-            buf.insert(at, rng.next_u64() as u8);
-        }
-    }
-}
 
 /// One decoder under test: its corpus, and a check that decodes an input and
 /// returns whether it decoded, or which promise it broke.
@@ -238,64 +183,23 @@ fn targets() -> Vec<Target> {
     ]
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|e| panic!("{name}={v:?}: {e}")))
-}
-
 #[test]
 fn fuzz_peer_payload_decoders() {
-    let cases = env_u64("TWINFS_FUZZ_CASES");
-    let max_cases = cases.unwrap_or(50_000);
-    let max_time = match (env_u64("TWINFS_FUZZ_SECS"), cases) {
-        (Some(s), _) => Some(Duration::from_secs(s)),
-        (None, None) => Some(Duration::from_secs(2)),
-        (None, Some(_)) => None,
-    };
-    let seed = env_u64("TWINFS_FUZZ_SEED").unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        t.as_nanos() as u64 ^ u64::from(std::process::id())
-    });
-    eprintln!("fuzz payloads: seed {seed:#x} (TWINFS_FUZZ_SEED={seed:#x} replays this run)");
+    let budget = Budget::from_env(50_000, Duration::from_secs(2));
     for t in targets() {
         for (i, input) in t.corpus.iter().enumerate() {
             assert_eq!((t.check)(input), Ok(true), "{} corpus entry {i}", t.name);
         }
-        let started = Instant::now();
-        let (mut run, mut decoded) = (0u64, 0u64);
-        while run < max_cases {
-            if run % 256 == 0 && max_time.is_some_and(|m| started.elapsed() >= m) {
-                break;
-            }
-            let mut rng = Rng(seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut decoded = 0u64;
+        let run = budget.run(t.name, "cargo test -p twinfs-replicator fuzz_peer", |rng| {
             let mut buf = t.corpus[rng.below(t.corpus.len())].clone();
             for _ in 0..1 + rng.below(3) {
-                mutate(&mut rng, &mut buf, &t.corpus);
+                mutate(rng, &mut buf, &t.corpus, &INSERTS);
             }
-            match (t.check)(&buf) {
-                Ok(ok) => decoded += u64::from(ok),
-                Err(why) => panic!(
-                    "{}: fuzz case {run} of seed {seed:#x}: {why}\ninput: {buf:02x?}\nreplay: \
-                     TWINFS_FUZZ_SEED={seed:#x} TWINFS_FUZZ_CASES={} \
-                     cargo test -p twinfs-replicator fuzz_peer",
-                    t.name,
-                    run + 1
-                ),
-            }
-            run += 1;
-        }
-        eprintln!(
-            "fuzz payloads: {}: {run} cases in {:.1?}, {decoded} decoded",
-            t.name,
-            started.elapsed()
-        );
+            let ok = (t.check)(&buf).map_err(|why| format!("{why}\ninput: {buf:02x?}"))?;
+            decoded += u64::from(ok);
+            Ok(())
+        });
         // The mutations must leave some inputs decodable, or only the first
         // byte's checks are exercised.
         if run >= 10_000 {

@@ -36,7 +36,7 @@
 //! see the seed, the cases run and the outcome counts.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::util::Rng;
 use crate::{
@@ -644,24 +644,6 @@ fn generate(rng: &mut Rng, corpus: &[Vec<u8>], types: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // Budget and seed
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|e| panic!("{name}={v:?}: {e}")))
-}
-
-/// splitmix64's finaliser: a case's own seed from the run's seed and its index.
-fn mix(seed: u64, case: u64) -> u64 {
-    let mut z = seed ^ case.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn hex(b: &[u8]) -> String {
     const SHOWN: usize = 256;
     let mut s: String = b.iter().take(SHOWN).map(|x| format!("{x:02x}")).collect();
@@ -673,21 +655,7 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn fuzz_frame_decoder() {
-    let cases = env_u64("TWINFS_FUZZ_CASES");
-    let max_cases = cases.unwrap_or(200_000);
-    let max_time = match (env_u64("TWINFS_FUZZ_SECS"), cases) {
-        (Some(s), _) => Some(Duration::from_secs(s)),
-        (None, None) => Some(Duration::from_secs(10)),
-        (None, Some(_)) => None, // a requested count runs in full
-    };
-    let seed = env_u64("TWINFS_FUZZ_SEED").unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        mix(t.as_nanos() as u64, std::process::id().into())
-    });
-    eprintln!("fuzz: seed {seed:#x} (TWINFS_FUZZ_SEED={seed:#x} replays this run)");
-
+    let budget = crate::fuzzing::Budget::from_env(200_000, Duration::from_secs(10));
     let corpus = corpus();
     let types = type_table(&corpus);
     let known = known_type_bytes();
@@ -703,36 +671,15 @@ fn fuzz_frame_decoder() {
     let bytes: Vec<Vec<u8>> = corpus.iter().map(|(_, b)| b.clone()).collect();
     let valid: HashSet<Vec<u8>> = bytes.iter().cloned().collect();
 
-    let started = Instant::now();
     let mut stats = Stats::default();
-    let mut run = 0;
-    while run < max_cases {
-        if run % 256 == 0 && max_time.is_some_and(|t| started.elapsed() >= t) {
-            break;
-        }
-        let mut rng = Rng::new(mix(seed, run));
+    let replay = "cargo test -p twinfs-replicator-proto fuzz";
+    let run = budget.run("frames", replay, |case| {
+        let mut rng = Rng::new(case.next_u64());
         let input = generate(&mut rng, &bytes, &type_bytes);
-        if let Err(why) = check(&input, &types, &valid, &mut rng, &mut stats) {
-            panic!(
-                "fuzz case {run} of seed {seed:#x}: {why}\ninput: {}\n\
-                 replay: TWINFS_FUZZ_SEED={seed:#x} TWINFS_FUZZ_CASES={} \
-                 cargo test -p twinfs-replicator-proto fuzz",
-                hex(&input),
-                run + 1
-            );
-        }
-        run += 1;
-    }
-    let elapsed = started.elapsed();
-    eprintln!(
-        "fuzz: {run} cases in {elapsed:.1?} ({}), outcomes {:?}",
-        if run < max_cases {
-            "time limit"
-        } else {
-            "case limit"
-        },
-        stats.outcomes
-    );
+        check(&input, &types, &valid, &mut rng, &mut stats)
+            .map_err(|why| format!("{why}\ninput: {}", hex(&input)))
+    });
+    eprintln!("fuzz frames: outcomes {:?}", stats.outcomes);
     // The generator must reach every path, not just the first header check.
     if run >= 20_000 {
         for k in [
