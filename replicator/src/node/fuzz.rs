@@ -23,9 +23,9 @@ use super::resync::{parse_keys, postcard_vec};
 use super::splitbrain::{parse_report, Report};
 use super::verify::{parse_answer, parse_request, Answer, Request};
 use std::time::Duration;
-use twinfs_replicator_proto::fuzzing::{mutate, Budget};
 use twinfs_fs::store::RecordDigest;
 use twinfs_fs::{Ino, StoreKey};
+use twinfs_replicator_proto::fuzzing::{mutate, Budget};
 
 /// Byte strings a mutation may insert: huge varints, JSON tokens.
 const INSERTS: [&[u8]; 12] = [
