@@ -27,6 +27,8 @@ use crate::util::twinfs_bin;
 const PACKAGE_TIMEOUT: Duration = Duration::from_secs(600);
 /// dpkg, rpm, systemd-analyze, man: each a few seconds at most.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+/// `twinfs demo` with a built binary: about 10 s here.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The repository root (where Cargo.toml and scripts/ are).
 fn repo() -> &'static Path {
@@ -311,6 +313,21 @@ fn deb_installs_checks_and_purges() {
         version.stdout.trim(),
         format!("twinfs {}", env!("CARGO_PKG_VERSION"))
     );
+
+    // The first command a user of the package types (issue 13): the demo,
+    // with the installed binary and the scripts it carries.
+    let demo = run(Command::new("/usr/bin/twinfs").arg("demo"), DEMO_TIMEOUT).expect_ok();
+    for line in [
+        "==> failover timeline",
+        "on_promote service.start apache2",
+        "==> done in",
+    ] {
+        assert!(
+            demo.stdout.contains(line),
+            "{line:?} missing from the demo:\n{}",
+            demo.stdout
+        );
+    }
 
     let page = run(
         Command::new("zcat").arg("/usr/share/man/man1/twinfs.1.gz"),
