@@ -19,7 +19,7 @@ use twinfs_fs::ops::Fs;
 use twinfs_fs::store::{Checkpointer, DiskStore};
 use twinfs_replicator::control::{self, Request, Response};
 use twinfs_replicator::evidence::{EvidenceBoard, EvidenceSource};
-use twinfs_replicator::node::{self, MountReady, Mounter, NodeOptions};
+use twinfs_replicator::node::{self, MountError, MountReady, Mounter, NodeOptions};
 use twinfs_replicator::store::ReplicatedStore;
 use twinfs_replicator::tls::{self, Identity, PeerTrust};
 use twinfs_replicator_proto::{OnPeerLoss, Protocol, ProtocolConfig, SplitBrainPolicy};
@@ -195,7 +195,22 @@ struct FuseMounter {
 }
 
 impl Mounter for FuseMounter {
-    fn mount(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> anyhow::Result<()> {
+    fn mount(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> Result<(), MountError> {
+        self.mount_fuse(store, ready).map_err(whole)
+    }
+
+    fn unmount(&mut self) -> Result<(), MountError> {
+        self.unmount_fuse().map_err(whole)
+    }
+}
+
+/// An error with its causes on one line, for the node's log and status.
+fn whole(e: anyhow::Error) -> MountError {
+    format!("{e:#}").into()
+}
+
+impl FuseMounter {
+    fn mount_fuse(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> anyhow::Result<()> {
         crate::mount::preflight_mountpoint(&self.mountpoint)?;
         let unmounter = Arc::new(Mutex::new(None));
         let slot = unmounter.clone();
@@ -233,7 +248,7 @@ impl Mounter for FuseMounter {
         Ok(())
     }
 
-    fn unmount(&mut self) -> anyhow::Result<()> {
+    fn unmount_fuse(&mut self) -> anyhow::Result<()> {
         if self.session.is_none() {
             return Ok(());
         }

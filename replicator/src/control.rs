@@ -52,29 +52,62 @@ pub enum Response {
     Error(String),
 }
 
+/// Why [`call`] got no answer; each names the socket.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Nothing listens at the socket.
+    #[error("cannot reach the twinfs daemon at {}: {error} (is `twinfs run` running for this data dir?)", path.display())]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The request could not be sent or the answer read in time.
+    #[error("{}: no answer from the daemon: {error}", path.display())]
+    NoAnswer {
+        /// The socket.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The answer is not one this build understands.
+    #[error("{}: the daemon's answer is not understood ({error}): {answer:?}", path.display())]
+    BadAnswer {
+        /// The socket.
+        path: PathBuf,
+        /// The parser's message.
+        error: serde_json::Error,
+        /// The line received.
+        answer: String,
+    },
+}
+
 /// Sends `req` to the daemon of `data_dir` and waits up to `timeout` for the answer.
-pub fn call(data_dir: &Path, req: &Request, timeout: Duration) -> anyhow::Result<Response> {
+pub fn call(data_dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
     let path = socket_path(data_dir);
-    let mut s = UnixStream::connect(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the twinfs daemon at {}: {e} (is `twinfs run` running for this data dir?)",
-            path.display()
-        )
+    let no_answer = |error| ControlError::NoAnswer {
+        path: path.clone(),
+        error,
+    };
+    let mut s = UnixStream::connect(&path).map_err(|error| ControlError::Unreachable {
+        path: path.clone(),
+        error,
     })?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_string(req)?;
+    s.set_read_timeout(Some(timeout)).map_err(no_answer)?;
+    s.set_write_timeout(Some(timeout)).map_err(no_answer)?;
+    let mut line = serde_json::to_string(req).expect("a request serialises");
     line.push('\n');
-    s.write_all(line.as_bytes())?;
+    s.write_all(line.as_bytes()).map_err(no_answer)?;
     let mut answer = String::new();
     BufReader::new(&s)
         .read_line(&mut answer)
-        .map_err(|e| anyhow::anyhow!("{}: no answer from the daemon: {e}", path.display()))?;
-    serde_json::from_str(&answer).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: the daemon's answer is not understood ({e}): {answer:?}",
-            path.display()
-        )
+        .map_err(no_answer)?;
+    serde_json::from_str(&answer).map_err(|error| ControlError::BadAnswer {
+        path: path.clone(),
+        error,
+        answer,
     })
 }
 

@@ -21,6 +21,7 @@
 //! Which side dials is fixed by the config so the two never race: the node
 //! whose `listen` address sorts first dials, the other accepts.
 
+mod error;
 #[cfg(test)]
 mod fuzz;
 mod resync;
@@ -30,11 +31,14 @@ mod verify;
 use crate::control::{self, Request, Response};
 use crate::evidence::EvidenceBoard;
 use crate::inflight::{self, Charge, InFlight, ReadEnd};
-use crate::state::{new_generation, now_ms, DiskName, NodeState, RoleName, StateWriter};
+use crate::state::{
+    new_generation, now_ms, DiskName, NodeState, RoleName, StateError, StateWriter,
+};
 use crate::status::{Counters, Lag, LinkStatus, PeerStatus, Status};
 use crate::store::{Link, Outgoing, ReplicatedStore};
 use crate::tls::{Identity, PeerTrust};
 use crate::transport::{self, FrameStream, TransportOptions};
+pub use error::{MountError, NodeError};
 use resync::ResyncState;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -83,10 +87,10 @@ pub trait Mounter: Send + 'static {
     /// Starts serving the filesystem read-write over `store`, and calls `ready`
     /// once the mount is in place (or failed). Must not wait for writes to be
     /// acknowledged (they need the node task, which is calling).
-    fn mount(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> anyhow::Result<()>;
+    fn mount(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> Result<(), MountError>;
     /// Stops serving; returns once no more writes can arrive. Runs on a
     /// blocking thread while the node task keeps acknowledging the last writes.
-    fn unmount(&mut self) -> anyhow::Result<()>;
+    fn unmount(&mut self) -> Result<(), MountError>;
 }
 
 /// Told by the [`Mounter`] whether the mount came up (`Err` carries why not).
@@ -97,10 +101,14 @@ pub fn run(
     opts: NodeOptions,
     disk: Arc<DiskStore>,
     mounter: Box<dyn Mounter>,
-) -> anyhow::Result<()> {
+) -> Result<(), NodeError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(|error| NodeError::Start {
+            what: "the node's runtime",
+            error,
+        })?;
     rt.block_on(async move {
         let node = Node::new(opts, disk, mounter)?;
         node.run().await
@@ -135,7 +143,7 @@ enum Input {
     SyncedAhead(Result<Seq, String>),
     ApplyFailed(String),
     Control(Request, oneshot::Sender<Response>),
-    Unmounted(anyhow::Result<()>),
+    Unmounted(Result<(), MountError>),
     /// Frames to send (computed off the node task).
     Frames(Vec<Frame>),
     ResyncPlanned {
@@ -392,7 +400,7 @@ impl Node {
         opts: NodeOptions,
         disk: Arc<DiskStore>,
         mounter: Box<dyn Mounter>,
-    ) -> anyhow::Result<Node> {
+    ) -> Result<Node, NodeError> {
         let state = NodeState::load(&opts.data_dir)?;
         disk.set_retain_floor(twinfs_fs::Seq(state.floor));
         let link = Arc::new(Link::default());
@@ -409,7 +417,11 @@ impl Node {
             let queued = jobs.queued.clone();
             std::thread::Builder::new()
                 .name("twinfs-apply".into())
-                .spawn(move || applier(disk, job_rx, tx, queued))?;
+                .spawn(move || applier(disk, job_rx, tx, queued))
+                .map_err(|error| NodeError::Start {
+                    what: "the applier thread",
+                    error,
+                })?;
         }
         Ok(Node {
             opts,
@@ -456,7 +468,7 @@ impl Node {
         })
     }
 
-    async fn run(mut self) -> anyhow::Result<()> {
+    async fn run(mut self) -> Result<(), NodeError> {
         let topts = TransportOptions {
             keepalive: self.opts.protocol.keepalive,
             idle_timeout: self.opts.protocol.deadtime,
@@ -513,9 +525,14 @@ impl Node {
             self.state.role = RoleName::Secondary;
             self.save_state();
         }
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let signal = |kind| {
+            tokio::signal::unix::signal(kind).map_err(|error| NodeError::Start {
+                what: "the signal handlers",
+                error,
+            })
+        };
+        let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
         let link = self.link.clone();
         while !self.stop {
             let deadline = self
@@ -569,7 +586,7 @@ impl Node {
 
     /// Saves the state now, on the node task (transitions must be on disk
     /// before the node acts on them).
-    fn try_save_state(&mut self) -> anyhow::Result<()> {
+    fn try_save_state(&mut self) -> Result<(), StateError> {
         self.state_version += 1;
         self.state_writer
             .save(&self.opts.data_dir, &self.state, self.state_version)
@@ -1416,7 +1433,7 @@ impl Node {
         }
     }
 
-    fn become_primary(&mut self) -> anyhow::Result<()> {
+    fn become_primary(&mut self) -> Result<(), NodeError> {
         self.disk.sync()?;
         let connected = self.conn.as_ref().is_some_and(|c| c.peer.is_some());
         if !connected && self.state.generation == self.state.shared {
@@ -1459,7 +1476,8 @@ impl Node {
                 Box::new(move |r| {
                     let _ = tx.send(Input::Mounted(r));
                 }),
-            )?;
+            )
+            .map_err(NodeError::Mount)?;
         self.note(format!(
             "promoted to primary (generation {:016x}, seq {})",
             self.state.generation, last.0
@@ -1562,7 +1580,7 @@ impl Node {
         });
     }
 
-    fn unmounted(&mut self, result: anyhow::Result<()>) {
+    fn unmounted(&mut self, result: Result<(), MountError>) {
         let why = self.unmounting.take();
         match (why, result) {
             (Some(Unmounting::Demote(reply)), Ok(())) => {

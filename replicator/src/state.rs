@@ -117,24 +117,43 @@ impl Default for NodeState {
     }
 }
 
+/// A state file that cannot be read or written: the path and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct StateError {
+    /// The file (or directory) concerned.
+    pub path: PathBuf,
+    /// What the OS or the parser said.
+    pub message: String,
+}
+
+impl StateError {
+    fn new(path: &Path, message: impl std::fmt::Display) -> StateError {
+        StateError {
+            path: path.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
 impl NodeState {
     /// Reads the state of the node whose data dir is `dir`; a missing file is a new node.
-    pub fn load(dir: &Path) -> anyhow::Result<NodeState> {
+    pub fn load(dir: &Path) -> Result<NodeState, StateError> {
         let path = dir.join(STATE_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeState::default()),
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+            Err(e) => return Err(StateError::new(&path, e)),
         };
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+        toml::from_str(&text).map_err(|e| StateError::new(&path, e.message()))
     }
 
     /// Writes the state durably (temporary file, fsync, rename, fsync of the directory).
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         let path = dir.join(STATE_FILE);
         let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
         let text = toml::to_string(self).expect("the node state serialises");
-        let io = |e: std::io::Error| anyhow::anyhow!("{}: {e}", tmp.display());
+        let io = |e: std::io::Error| StateError::new(&tmp, e);
         // Private like every file of the data dir (0600; issue 13).
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -147,10 +166,10 @@ impl NodeState {
             .map_err(io)?;
         f.write_all(text.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| StateError::new(&path, e))?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            .map_err(|e| StateError::new(dir, e))?;
         Ok(())
     }
 
@@ -181,7 +200,7 @@ pub struct StateWriter {
 impl StateWriter {
     /// Saves `state` (version `version`) into `dir` unless a newer one is
     /// there already; returns whether it wrote. Blocks while another save runs.
-    pub fn save(&self, dir: &Path, state: &NodeState, version: u64) -> anyhow::Result<bool> {
+    pub fn save(&self, dir: &Path, state: &NodeState, version: u64) -> Result<bool, StateError> {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         if *written >= version {
             return Ok(false);

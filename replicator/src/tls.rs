@@ -32,8 +32,6 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use thiserror::Error;
 
-use crate::transport::TransportOptions;
-
 /// The ALPN protocol both sides must agree on.
 pub const ALPN: &[u8] = b"twinfs/1";
 
@@ -761,11 +759,12 @@ fn config_error(e: impl fmt::Display) -> TlsError {
     }
 }
 
-/// The QUIC server configuration: presents `identity`, requires the pinned client certificate.
+/// The QUIC server configuration: presents `identity`, requires the pinned client
+/// certificate; `transport` carries the QUIC timers and windows (the transport module's).
 pub fn server_config(
     identity: &Identity,
     trust: &PeerTrust,
-    opts: &TransportOptions,
+    transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -776,15 +775,16 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(opts.quinn_transport()));
+    config.transport_config(transport);
     Ok(config)
 }
 
-/// The QUIC client configuration: presents `identity`, accepts only the pinned server certificate.
+/// The QUIC client configuration: presents `identity`, accepts only the pinned server
+/// certificate; `transport` as for [`server_config`].
 pub fn client_config(
     identity: &Identity,
     trust: &PeerTrust,
-    opts: &TransportOptions,
+    transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -796,7 +796,7 @@ pub fn client_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(opts.quinn_transport()));
+    config.transport_config(transport);
     Ok(config)
 }
 

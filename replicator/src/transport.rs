@@ -357,9 +357,10 @@ pub fn endpoint(
     opts: &TransportOptions,
 ) -> Result<Endpoint, TransportError> {
     opts.validate()?;
-    let mut server = tls::server_config(identity, trust, opts)?;
+    let transport = Arc::new(opts.quinn_transport());
+    let mut server = tls::server_config(identity, trust, transport.clone())?;
     acceptor::limit_incoming(&mut server);
-    let client = tls::client_config(identity, trust, opts)?;
+    let client = tls::client_config(identity, trust, transport)?;
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(TransportError::NoRuntime);
     }
