@@ -89,7 +89,8 @@ give_up() {
     exit 1
 }
 
-# Fails if the protocol core depends on an IO runtime, a transport or the store.
+# Fails if the protocol core depends on an IO runtime, a transport or the store,
+# or a library crate on anyhow.
 boundary_check() {
     local tree bad names
     tree=$(cargo tree -p "$PROTO_CRATE" -e normal --prefix none) || return 1
@@ -101,6 +102,15 @@ boundary_check() {
         return 1
     fi
     echo "$PROTO_CRATE: no tokio, quinn or sled"
+    # Library crates return typed errors (thiserror); only the binary uses anyhow.
+    local lib
+    for lib in twinfs-replicator-proto twinfs-fs twinfs-replicator twinfs-lua; do
+        if cargo tree -p "$lib" -e normal --depth 1 --prefix none | awk '{print $1}' | grep -qx anyhow; then
+            echo "$lib is a library crate and must not depend on anyhow (typed errors)" >&2
+            return 1
+        fi
+    done
+    echo "library crates: no anyhow"
 }
 
 # cargo test, with its output kept for the totals in the summary.
