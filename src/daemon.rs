@@ -112,8 +112,15 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
     let checkpointer = Checkpointer::spawn(disk.clone(), cfg.fs.checkpoint_interval);
     // The supervisor starts first: a broken hook script or a port in use stops
     // the node before it joins the pair.
+    let (node_handle, inbox) = node::channel();
     let supervisor = match &cfg.failover {
-        Some(f) => Some(crate::supervisor::start(cfg, &r, f, evidence.clone())?),
+        Some(f) => Some(crate::supervisor::start(
+            cfg,
+            &r,
+            f,
+            evidence.clone(),
+            node_handle.clone(),
+        )?),
         None => None,
     };
     let mounter = FuseMounter {
@@ -146,8 +153,8 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
     let metrics = cfg
         .metrics
         .listen
-        .and_then(|addr| crate::metrics::start(addr, data_dir.clone()));
-    let result = node::run(opts, disk.clone(), Box::new(mounter));
+        .and_then(|addr| crate::metrics::start(addr, data_dir.clone(), node_handle));
+    let result = node::run(opts, disk.clone(), Box::new(mounter), inbox);
     drop(metrics);
     drop(supervisor);
     drop(checkpointer);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use twinfs_replicator::control::{self, Request, Response};
+use twinfs_replicator::node::NodeHandle;
 use twinfs_replicator::status::Status;
 
 /// The running endpoint; dropping it stops it.
@@ -32,7 +32,11 @@ impl Drop for MetricsHandle {
 }
 
 /// Starts serving on `addr`, or logs why it cannot.
-pub(crate) fn start(addr: SocketAddr, data_dir: PathBuf) -> Option<MetricsHandle> {
+pub(crate) fn start(
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    node: NodeHandle,
+) -> Option<MetricsHandle> {
     let server = match tiny_http::Server::http(addr) {
         Ok(s) => s,
         Err(e) => {
@@ -55,7 +59,7 @@ pub(crate) fn start(addr: SocketAddr, data_dir: PathBuf) -> Option<MetricsHandle
                 };
                 let (code, body) = if req.url() == "/metrics" || req.url().starts_with("/metrics?")
                 {
-                    (200, render(&data_dir))
+                    (200, render(&node, &data_dir))
                 } else {
                     (404, "not found: the metrics are at /metrics\n".to_string())
                 };
@@ -119,12 +123,9 @@ impl Out {
     }
 }
 
-/// The exposition text for the node whose control socket is in `data_dir`.
-pub(crate) fn render(data_dir: &Path) -> String {
-    let status = match control::call(data_dir, &Request::Status, Duration::from_secs(2)) {
-        Ok(Response::Status(s)) => Some(*s),
-        _ => None,
-    };
+/// The exposition text for `node`, whose supervisor writes into `data_dir`.
+pub(crate) fn render(node: &NodeHandle, data_dir: &Path) -> String {
+    let status = node.status(Duration::from_secs(2)).ok();
     render_from(status.as_ref(), supervisor::read_status(data_dir).as_ref())
 }
 

@@ -7,7 +7,8 @@
 //! health check), and the reverse on demotion.
 //!
 //! It runs on its own thread next to the replication node and talks to it
-//! through the node's control socket, exactly as `twinfs promote` does, so
+//! through a typed [`NodeHandle`] (status, promote, demote: the requests
+//! `twinfs promote` sends over the control socket, without the socket), so
 //! the node knows nothing about failover. Its own state (the machine's
 //! decisions with their reasons, the last hook's actions, what each path
 //! says) is written to `DATA/failover.json` for `twinfs status`, and admin
@@ -37,8 +38,9 @@ use twinfs_lua::witness::{
     self, Announce, Beacon, BeaconConfig, LeaseStatus, PublicKey, Signer, SigningKey,
     WitnessClient, WitnessClientConfig,
 };
-use twinfs_replicator::control::{self, Request, Response};
+use twinfs_replicator::control::{Request, Response};
 use twinfs_replicator::evidence::{Evidence, EvidenceBoard, EvidenceSource};
+use twinfs_replicator::node::NodeHandle;
 use twinfs_replicator::status::Status;
 
 /// How often the supervisor looks at the world.
@@ -274,6 +276,7 @@ pub(crate) fn start(
     r: &ReplicationConfig,
     f: &FailoverConfig,
     evidence: Arc<EvidenceBoard>,
+    node: NodeHandle,
 ) -> anyhow::Result<SupervisorHandle> {
     let name = cfg.node.name.as_str().to_owned();
     let data_dir = cfg.node.data_dir.clone();
@@ -442,6 +445,7 @@ pub(crate) fn start(
     }
 
     let mut driver = Driver {
+        node,
         data_dir,
         peer_address: r.peer.to_string(),
         t0,
@@ -680,6 +684,8 @@ fn spawn_witness(
 }
 
 struct Driver {
+    /// The replication node of this process.
+    node: NodeHandle,
     data_dir: PathBuf,
     peer_address: String,
     t0: Instant,
@@ -780,13 +786,9 @@ impl Driver {
     }
 
     fn node_status(&mut self) -> Option<Status> {
-        match control::call(&self.data_dir, &Request::Status, STATUS_TIMEOUT) {
-            Ok(Response::Status(s)) => {
-                self.last_status = Some((*s).clone());
-                Some(*s)
-            }
-            _ => None,
-        }
+        let s = self.node.status(STATUS_TIMEOUT).ok()?;
+        self.last_status = Some(s.clone());
+        Some(s)
     }
 
     fn tick(&mut self) {
@@ -1023,7 +1025,7 @@ impl Driver {
     }
 
     fn role_request(&mut self, req: Request) -> Result<(), String> {
-        match control::call(&self.data_dir, &req, ROLE_TIMEOUT) {
+        match self.node.call(req, ROLE_TIMEOUT) {
             Ok(Response::Done(line)) => {
                 self.note(line);
                 // The next observation must see the new role.

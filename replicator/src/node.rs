@@ -24,6 +24,7 @@
 mod error;
 #[cfg(test)]
 mod fuzz;
+mod handle;
 mod resync;
 mod splitbrain;
 mod verify;
@@ -39,6 +40,8 @@ use crate::store::{Link, Outgoing, ReplicatedStore};
 use crate::tls::{Identity, PeerTrust};
 use crate::transport::{self, FrameStream, TransportOptions};
 pub use error::{MountError, NodeError};
+use handle::Reply;
+pub use handle::{channel, HandleError, NodeHandle, NodeInbox};
 use resync::ResyncState;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -96,11 +99,14 @@ pub trait Mounter: Send + 'static {
 /// Told by the [`Mounter`] whether the mount came up (`Err` carries why not).
 pub type MountReady = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-/// Runs the node until SIGTERM/SIGINT. Blocks the calling thread.
+/// Runs the node until SIGTERM/SIGINT. Blocks the calling thread. Requests
+/// come from the CLI's control socket and through `inbox`'s [`NodeHandle`]
+/// (see [`channel`]).
 pub fn run(
     opts: NodeOptions,
     disk: Arc<DiskStore>,
     mounter: Box<dyn Mounter>,
+    inbox: NodeInbox,
 ) -> Result<(), NodeError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,7 +116,7 @@ pub fn run(
             error,
         })?;
     rt.block_on(async move {
-        let node = Node::new(opts, disk, mounter)?;
+        let node = Node::new(opts, disk, mounter, inbox)?;
         node.run().await
     })
 }
@@ -142,7 +148,7 @@ enum Input {
     /// this seq (or failed).
     SyncedAhead(Result<Seq, String>),
     ApplyFailed(String),
-    Control(Request, oneshot::Sender<Response>),
+    Control(Request, Reply),
     Unmounted(Result<(), MountError>),
     /// Frames to send (computed off the node task).
     Frames(Vec<Frame>),
@@ -281,7 +287,7 @@ impl RoleState {
 
 /// Why an unmount is running.
 enum Unmounting {
-    Demote(oneshot::Sender<Response>),
+    Demote(Reply),
     Shutdown,
     /// A split-brain policy chose this node's changes to be discarded.
     Victim,
@@ -346,11 +352,11 @@ struct Node {
     /// The peer's name from its last handshake.
     peer_name: Option<String>,
     /// `twinfs promote` waiting for its mount.
-    promote_reply: Option<oneshot::Sender<Response>>,
+    promote_reply: Option<Reply>,
     /// Set while this node refuses the peer (read by the dialer for its backoff).
     refusing: Arc<std::sync::atomic::AtomicBool>,
     /// An online verify computing its local digests: (id, repair, reply).
-    verify_reply: Option<(u64, bool, oneshot::Sender<Response>)>,
+    verify_reply: Option<(u64, bool, Reply)>,
     verify_seq: u64,
     /// (Secondary) mutation bytes handed to the applier since the last
     /// background sync started.
@@ -400,12 +406,16 @@ impl Node {
         opts: NodeOptions,
         disk: Arc<DiskStore>,
         mounter: Box<dyn Mounter>,
+        inbox: NodeInbox,
     ) -> Result<Node, NodeError> {
         let state = NodeState::load(&opts.data_dir)?;
         disk.set_retain_floor(twinfs_fs::Seq(state.floor));
         let link = Arc::new(Link::default());
         let store = Arc::new(ReplicatedStore::new(disk.clone(), link.clone()));
-        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let NodeInbox {
+            tx: input_tx,
+            rx: input_rx,
+        } = inbox;
         let (jobs, job_rx) = std::sync::mpsc::channel();
         let jobs = Jobs {
             tx: jobs,
@@ -1486,7 +1496,7 @@ impl Node {
         Ok(())
     }
 
-    fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+    fn control(&mut self, req: Request, reply: Reply) {
         let answer = match req {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Promote => match self.promote() {
@@ -2115,7 +2125,7 @@ async fn control_loop(path: PathBuf, node: mpsc::UnboundedSender<Input>) {
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
                     Ok(req) => {
                         let (tx, rx) = oneshot::channel();
-                        let _ = node.send(Input::Control(req, tx));
+                        let _ = node.send(Input::Control(req, Reply::Socket(tx)));
                         rx.await
                             .unwrap_or_else(|_| Response::Error("the node is stopping".into()))
                     }

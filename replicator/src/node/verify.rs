@@ -15,11 +15,10 @@
 //! ships the primary's current values of the differing records on the same
 //! stream, so they land in order with the writes around them.
 
-use super::{Input, Job, Node, RoleState};
+use super::{Input, Job, Node, Reply, RoleState};
 use crate::control::Response;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 use twinfs_fs::store::{store_key_of, DiskStore, KeySet, RecordDigest, DAMAGED};
 use twinfs_fs::{Mutation, StoreKey};
@@ -69,7 +68,7 @@ pub(super) fn parse_answer(payload: &[u8]) -> Result<Answer, String> {
 pub(super) struct Pending {
     id: u64,
     repair: bool,
-    reply: oneshot::Sender<Response>,
+    reply: Reply,
     local: Vec<RecordDigest>,
     boundaries: Vec<Vec<u8>>,
 }
@@ -141,7 +140,7 @@ pub(super) fn answer(disk: &DiskStore, payload: &[u8]) -> Input {
 
 impl Node {
     /// `twinfs verify --online [--repair]`, on the primary.
-    pub(super) fn start_verify(&mut self, repair: bool, reply: oneshot::Sender<Response>) {
+    pub(super) fn start_verify(&mut self, repair: bool, reply: Reply) {
         let refuse = |why: &str| Response::Error(format!("cannot verify online: {why}"));
         let answer = if !matches!(self.role, RoleState::Primary { .. }) {
             Some(refuse("run it on the primary (its data is the reference)"))

@@ -1,0 +1,85 @@
+//! The typed way into a running node for the other parts of its process (the
+//! supervisor, the metrics endpoint): requests and answers over channels, no
+//! socket and no JSON. The control socket is for the CLI only.
+
+use super::Input;
+use crate::control::{Request, Response};
+use crate::status::Status;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where the answer to a request goes.
+pub(crate) enum Reply {
+    /// The control socket's task (async).
+    Socket(oneshot::Sender<Response>),
+    /// A [`NodeHandle`] caller on a thread of its own.
+    Handle(std::sync::mpsc::SyncSender<Response>),
+}
+
+impl Reply {
+    /// Delivers the answer; false if nobody waits for it any more.
+    pub(crate) fn send(self, answer: Response) -> bool {
+        match self {
+            Reply::Socket(tx) => tx.send(answer).is_ok(),
+            Reply::Handle(tx) => tx.try_send(answer).is_ok(),
+        }
+    }
+}
+
+/// Why a [`NodeHandle`] call got no answer.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandleError {
+    /// The node has stopped (or not started yet).
+    #[error("the replication node is not running")]
+    Stopped,
+    /// No answer within the time given.
+    #[error("the replication node did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The node answered with something else than the request calls for.
+    #[error("unexpected answer from the replication node: {0}")]
+    Unexpected(String),
+}
+
+/// A handle on the node: cheap to clone, usable from any thread outside the
+/// node's runtime (calls block up to their timeout).
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+/// The receiving end of a node's requests: made with its [`NodeHandle`]
+/// before the node starts, and given to [`super::run`].
+pub struct NodeInbox {
+    pub(super) tx: mpsc::UnboundedSender<Input>,
+    pub(super) rx: mpsc::UnboundedReceiver<Input>,
+}
+
+/// A node's handle and inbox: hand the inbox to [`super::run`] and the
+/// handle to whatever in the process needs the node.
+pub fn channel() -> (NodeHandle, NodeInbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (NodeHandle { tx: tx.clone() }, NodeInbox { tx, rx })
+}
+
+impl NodeHandle {
+    /// Sends `req` and waits at most `timeout` for the answer.
+    pub fn call(&self, req: Request, timeout: Duration) -> Result<Response, HandleError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .send(Input::Control(req, Reply::Handle(tx)))
+            .map_err(|_| HandleError::Stopped)?;
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            std::sync::mpsc::RecvTimeoutError::Timeout => HandleError::Timeout(timeout),
+            std::sync::mpsc::RecvTimeoutError::Disconnected => HandleError::Stopped,
+        })
+    }
+
+    /// The node's status.
+    pub fn status(&self, timeout: Duration) -> Result<Status, HandleError> {
+        match self.call(Request::Status, timeout)? {
+            Response::Status(s) => Ok(*s),
+            other => Err(HandleError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
