@@ -150,10 +150,10 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         resync_rate: r.resync_rate,
         evidence,
     };
-    let metrics = cfg
-        .metrics
-        .listen
-        .and_then(|addr| crate::metrics::start(addr, data_dir.clone(), node_handle));
+    let metrics = cfg.metrics.listen.and_then(|addr| {
+        let failover = supervisor.as_ref().map(|s| s.status_board());
+        crate::metrics::start(addr, node_handle, failover)
+    });
     let result = node::run(opts, disk.clone(), Box::new(mounter), inbox);
     drop(metrics);
     drop(supervisor);

@@ -5,10 +5,9 @@
 //! default. A port that cannot be bound is logged, not fatal: metrics never
 //! stop a node.
 
-use crate::supervisor::{self, FailoverStatus};
+use crate::supervisor::{FailoverStatus, StatusBoard};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,8 +33,8 @@ impl Drop for MetricsHandle {
 /// Starts serving on `addr`, or logs why it cannot.
 pub(crate) fn start(
     addr: SocketAddr,
-    data_dir: PathBuf,
     node: NodeHandle,
+    failover: Option<StatusBoard>,
 ) -> Option<MetricsHandle> {
     let server = match tiny_http::Server::http(addr) {
         Ok(s) => s,
@@ -59,7 +58,7 @@ pub(crate) fn start(
                 };
                 let (code, body) = if req.url() == "/metrics" || req.url().starts_with("/metrics?")
                 {
-                    (200, render(&node, &data_dir))
+                    (200, render(&node, failover.as_ref()))
                 } else {
                     (404, "not found: the metrics are at /metrics\n".to_string())
                 };
@@ -123,10 +122,13 @@ impl Out {
     }
 }
 
-/// The exposition text for `node`, whose supervisor writes into `data_dir`.
-pub(crate) fn render(node: &NodeHandle, data_dir: &Path) -> String {
+/// The exposition text for `node` and its supervisor (if `[failover]` runs one).
+pub(crate) fn render(node: &NodeHandle, failover: Option<&StatusBoard>) -> String {
     let status = node.status(Duration::from_secs(2)).ok();
-    render_from(status.as_ref(), supervisor::read_status(data_dir).as_ref())
+    render_from(
+        status.as_ref(),
+        failover.and_then(StatusBoard::get).as_ref(),
+    )
 }
 
 fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> String {
@@ -422,7 +424,7 @@ mod tests {
         f.counters.promotions = 2;
         f.counters.hooks.insert(
             "on_promote".into(),
-            supervisor::HookTiming {
+            crate::supervisor::HookTiming {
                 runs: 2,
                 failures: 1,
                 last_seconds: 0.25,

@@ -205,12 +205,35 @@ pub(crate) struct SupervisorHandle {
     thread: Option<JoinHandle<()>>,
     socket: PathBuf,
     pre_unmount: PreUnmount,
+    board: StatusBoard,
 }
 
 impl SupervisorHandle {
     /// What the mounter calls before it unmounts.
     pub(crate) fn pre_unmount(&self) -> PreUnmount {
         self.pre_unmount.clone()
+    }
+
+    /// The supervisor's latest status, for the other parts of this process.
+    pub(crate) fn status_board(&self) -> StatusBoard {
+        self.board.clone()
+    }
+}
+
+/// The supervisor's latest status, as a value shared within the process (the
+/// metrics endpoint reads it); `DATA/failover.json` carries the same for the
+/// CLI's `twinfs status`.
+#[derive(Clone, Default)]
+pub(crate) struct StatusBoard(Arc<Mutex<Option<FailoverStatus>>>);
+
+impl StatusBoard {
+    fn publish(&self, st: &FailoverStatus) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(st.clone());
+    }
+
+    /// The latest status (`None` before the first one).
+    pub(crate) fn get(&self) -> Option<FailoverStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -472,7 +495,9 @@ pub(crate) fn start(
         counters: FailoverCounters::default(),
         demoting: Arc::new(AtomicBool::new(false)),
         pre_unmount_rx: None,
+        board: StatusBoard::default(),
     };
+    let board = driver.board.clone();
     let shutting_down = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutting_down.clone())?;
@@ -497,6 +522,7 @@ pub(crate) fn start(
         thread: Some(thread),
         socket,
         pre_unmount,
+        board,
     })
 }
 
@@ -711,6 +737,8 @@ struct Driver {
     timeline: VecDeque<String>,
     last_hooks: Vec<String>,
     last_written: Option<Instant>,
+    /// Where the latest status is published within the process.
+    board: StatusBoard,
     dirty: bool,
     has_witness: bool,
     escalation_command: Option<Vec<String>>,
@@ -1320,6 +1348,7 @@ impl Driver {
             witness,
             counters: self.counters.clone(),
         };
+        self.board.publish(&st);
         let path = status_path(&self.data_dir);
         let tmp = path.with_extension("json.tmp");
         let ok = serde_json::to_vec_pretty(&st)
