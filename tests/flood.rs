@@ -3,8 +3,8 @@
 //! A pair with a witness serves Apache on the VIP. From the client's
 //! namespace (10.202.N.100, inside the lab), one thread floods the
 //! secondary's beacon port and the witness with forged frames naming the
-//! primary (fresh clock, new boot ids and counters, a signature of random
-//! bytes) and with garbage, from many source ports. While it runs:
+//! primary (fresh clock, new boot ids and counters, signed with another
+//! key) and with garbage, from many source ports. While it runs:
 //!
 //! - for several deadtimes nothing moves: alpha stays Primary, beta
 //!   Secondary (the forged heartbeats neither hide alpha nor pass as it);
@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use twinfs_lua::witness::{
-    Kind, LOG_LINES_PER_SEC, MAGIC, REFUSAL_CLASSES, SIGNATURE_LEN, VERSION,
-};
+use twinfs_lua::witness::{Kind, Signer, SigningKey, LOG_LINES_PER_SEC, MAGIC, REFUSAL_CLASSES};
 
 /// How long the flood runs before the primary is killed: four deadtimes
 /// (`pair::DEADTIME` is 2 s).
@@ -57,28 +55,38 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A frame laid out as the wire format documents it (the `twinfs_lua::witness`
-/// module docs), signed with random bytes.
-fn forged(
-    sender: &str,
-    boot_id: u64,
-    counter: u64,
-    kind: Kind,
-    body: &[u8],
-    rng: &mut Rng,
-) -> Vec<u8> {
-    let mut v = MAGIC.to_vec();
-    v.push(VERSION);
-    v.push(kind as u8);
-    v.push(sender.len() as u8);
-    v.extend_from_slice(sender.as_bytes());
-    v.extend_from_slice(&boot_id.to_be_bytes());
-    v.extend_from_slice(&counter.to_be_bytes());
-    v.extend_from_slice(&now_ms().to_be_bytes());
-    v.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    v.extend_from_slice(body);
-    v.extend((0..SIGNATURE_LEN).map(|_| rng.next() as u8));
-    v
+/// Frames signed with a key nobody pins, as `sender`, each with its own
+/// boot id (counter 1): well formed, fresh, failing only the signature.
+struct Forged {
+    frames: Vec<Vec<u8>>,
+}
+
+impl Forged {
+    /// `n` frames of each (sender, kind) from `key_file` (PKCS#8 PEM).
+    fn new(key_file: &std::path::Path, n: u64, rng: &mut Rng) -> Forged {
+        let heartbeat: &[u8] = &[2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        let renew: &[u8] = &[0, 0, 0, 0, 0, 0, 0, 7, 3];
+        let mut frames = Vec::new();
+        for (sender, kind, body) in [
+            ("alpha", Kind::Heartbeat, heartbeat),
+            ("alpha", Kind::WitnessRequest, renew),
+            ("beta", Kind::WitnessRequest, renew),
+            ("mallory", Kind::Heartbeat, heartbeat),
+        ] {
+            for _ in 0..n {
+                let key = SigningKey::from_pem_file(key_file).unwrap();
+                let signer = Signer::with_boot_id(sender, key, rng.next()).unwrap();
+                frames.push(signer.seal(kind, body, now_ms()).unwrap());
+            }
+        }
+        Forged { frames }
+    }
+
+    /// Frame `i` of (sender, kind) pair `which` (0..4, in the order above).
+    fn get(&self, which: usize, i: u64) -> &[u8] {
+        let n = self.frames.len() / 4;
+        &self.frames[which * n + (i as usize % n)]
+    }
 }
 
 /// What the flood did.
@@ -99,7 +107,12 @@ struct Flood {
 impl Flood {
     /// Floods `beacon` (a node's beacon port) and `witness` from the
     /// client's namespace, `PORTS` source ports.
-    fn start(pair: &crate::pair::Pair, beacon: SocketAddr, witness: SocketAddr) -> Flood {
+    fn start(
+        pair: &crate::pair::Pair,
+        beacon: SocketAddr,
+        witness: SocketAddr,
+        forged: Forged,
+    ) -> Flood {
         let ns = pair.lab.netns_path(Place::Client).to_owned();
         let client = pair.lab.client_addr();
         let stop = Arc::new(AtomicBool::new(false));
@@ -110,7 +123,7 @@ impl Flood {
             let sockets = (0..PORTS)
                 .map(|_| UdpSocket::bind((client, 0)))
                 .collect::<std::io::Result<Vec<_>>>()?;
-            Ok(run(&sockets, beacon, witness, &flag))
+            Ok(run(&sockets, beacon, witness, &forged, &flag))
         });
         Flood {
             stop,
@@ -143,34 +156,30 @@ fn run(
     sockets: &[UdpSocket],
     beacon: SocketAddr,
     witness: SocketAddr,
+    forged: &Forged,
     stop: &AtomicBool,
 ) -> Report {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let heartbeat: &[u8] = &[2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1];
-    let renew: &[u8] = &[0, 0, 0, 0, 0, 0, 0, 7, 3];
     let started = Instant::now();
     let mut sent = 0;
     for i in 0..FLOOD_MAX {
         if i % 64 == 0 && (stop.load(Ordering::Relaxed) || started.elapsed() >= FLOOD_TIME) {
             break;
         }
-        let (to, kind, body) = if i % 2 == 0 {
-            (beacon, Kind::Heartbeat, heartbeat)
-        } else {
-            (witness, Kind::WitnessRequest, renew)
-        };
+        let to = if i % 2 == 0 { beacon } else { witness };
         // Forged as alpha (and beta, at the witness) with a new boot id each
         // time: were one accepted, it would retire the real boot id.
         let bytes = match (i / 2) % 5 {
-            0 | 1 => forged("alpha", rng.next(), 1, kind, body, &mut rng),
-            2 if to == witness => forged("beta", rng.next(), 1, kind, body, &mut rng),
+            0 | 1 if to == beacon => forged.get(0, i).to_vec(),
+            0 | 1 => forged.get(1, i).to_vec(),
+            2 if to == witness => forged.get(2, i).to_vec(),
             2 => (0..rng.next() % 1200).map(|_| rng.next() as u8).collect(),
             3 => {
                 let mut v = MAGIC.to_vec();
                 v.extend((0..rng.next() % 200).map(|_| rng.next() as u8));
                 v
             }
-            _ => forged("mallory", 1, i, kind, body, &mut rng),
+            _ => forged.get(3, i).to_vec(),
         };
         let socket = &sockets[(i as usize / 2) % sockets.len()];
         if socket.send_to(&bytes, to).is_ok() {
@@ -216,7 +225,21 @@ fn flood_causes_no_failover_and_hides_no_death() {
 
     let beacon = SocketAddr::from((pair.lab.public_addr(Node::B), BEACON_PORT));
     let witness = SocketAddr::from((pair.lab.witness_addr(), WITNESS_PORT));
-    let flood = Flood::start(&pair, beacon, witness);
+    // A key nobody pins: made as the nodes' keys are.
+    let mallory = crate::util::tempdir("flood-mallory");
+    let (cert, key) = (mallory.path().join("m.crt"), mallory.path().join("m.key"));
+    let made = crate::util::run_twinfs(&[
+        "keygen",
+        "--name",
+        "mallory",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "keygen: {made:?}");
+    let forged = Forged::new(&key, 100, &mut Rng(0x5eed));
+    let flood = Flood::start(&pair, beacon, witness, forged);
     let flood_start = Instant::now();
 
     // Several deadtimes of flood: nobody moves. Bounded: QUIET_PHASE in
