@@ -4,27 +4,9 @@
 
 use super::frame::{FrameError, MAX_NAME_LEN};
 
-/// A node's role, as its beacon announces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Mounted read-write, owns the VIP.
-    Primary,
-    /// Follows the primary.
-    Secondary,
-}
-
-/// A node's disk state, as its beacon announces it (DRBD's words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskState {
-    /// Has every acknowledged write.
-    UpToDate,
-    /// Known to miss writes the peer made.
-    Outdated,
-    /// A resync target in the middle of a resync.
-    Inconsistent,
-    /// No local data.
-    Diskless,
-}
+/// A node's role and disk state, as its beacon announces them: the
+/// replication protocol's own types (one of each across the crates).
+pub use twinfs_replicator_proto::{DiskState, Role};
 
 /// What a node tells its peer in every heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
