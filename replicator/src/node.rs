@@ -32,9 +32,7 @@ mod verify;
 use crate::control::{self, Request, Response};
 use crate::evidence::EvidenceBoard;
 use crate::inflight::{self, Charge, InFlight, ReadEnd};
-use crate::state::{
-    new_generation, now_ms, DiskName, NodeState, RoleName, StateError, StateWriter,
-};
+use crate::state::{new_generation, now_ms, NodeState, StateError, StateWriter};
 use crate::status::{Counters, Lag, LinkStatus, PeerStatus, Status};
 use crate::store::{Link, Outgoing, ReplicatedStore};
 use crate::tls::{Identity, PeerTrust};
@@ -526,13 +524,13 @@ impl Node {
             "replication node started; {}",
             if dials { "dialing the peer" } else { "waiting for the peer to connect" }
         );
-        if self.state.role == RoleName::Primary {
+        if self.state.role == Role::Primary {
             // Like DRBD, a node always starts as secondary: whoever decides
             // (the admin, or the supervisor) promotes it.
             self.note(
                 "this node was primary when it stopped; it starts as secondary (`twinfs promote` makes it primary again)".into(),
             );
-            self.state.role = RoleName::Secondary;
+            self.state.role = Role::Secondary;
             self.save_state();
         }
         let signal = |kind| {
@@ -799,8 +797,8 @@ impl Node {
             node: self.opts.name.clone(),
             generation: Generation(self.state.generation),
             last_applied: ps(self.disk.last_applied()),
-            role: self.state.role.into(),
-            disk: self.state.disk.into(),
+            role: self.state.role,
+            disk: self.state.disk,
             shared: Generation(self.state.shared),
             changed_blocks: self.changed_blocks(),
             primary_since_ms: self.state.primary_since_ms,
@@ -946,7 +944,7 @@ impl Node {
         };
         LocalView {
             role,
-            disk: self.state.disk.into(),
+            disk: self.state.disk,
             history: self.state.history(self.changed_blocks()),
             last_applied: ps(self.disk.last_applied()),
             floor: Seq(self.state.floor),
@@ -1000,7 +998,7 @@ impl Node {
                 // Two secondaries with the same data: what both hold is common ground.
                 if h.generation.0 == self.state.generation
                     && h.last_applied == local.last_applied
-                    && self.state.disk == DiskName::UpToDate
+                    && self.state.disk == DiskState::UpToDate
                     && h.disk == DiskState::UpToDate
                 {
                     self.raise_floor(local.last_applied, true);
@@ -1078,8 +1076,8 @@ impl Node {
                 *sync_asked = applied;
                 let behind = applied < h.last_applied || h.generation.0 != self.state.generation;
                 *catch_up = behind.then_some((h.last_applied, h.generation));
-                if behind && self.state.disk == DiskName::UpToDate {
-                    self.state.disk = DiskName::Outdated;
+                if behind && self.state.disk == DiskState::UpToDate {
+                    self.state.disk = DiskState::Outdated;
                     self.save_state();
                 }
             }
@@ -1361,7 +1359,7 @@ impl Node {
                         caught_up = Some(g);
                     }
                 }
-                if steady && catch_up.is_none() && self.state.disk == DiskName::UpToDate {
+                if steady && catch_up.is_none() && self.state.disk == DiskState::UpToDate {
                     new_floor = Some(r.last_flushed());
                 }
             }
@@ -1376,7 +1374,7 @@ impl Node {
             }
             self.state.generation = g.0;
             self.state.shared = g.0;
-            self.state.disk = DiskName::UpToDate;
+            self.state.disk = DiskState::UpToDate;
             self.save_state();
             self.note(format!("in sync with the peer (generation {:016x})", g.0));
         }
@@ -1452,7 +1450,7 @@ impl Node {
             self.state.generation = new_generation();
             self.state.generation_start = self.disk.last_applied().0;
         }
-        self.state.role = RoleName::Primary;
+        self.state.role = Role::Primary;
         self.state.primary_since_ms = now_ms();
         self.try_save_state()?;
         let last = ps(self.disk.last_applied());
@@ -1532,7 +1530,7 @@ impl Node {
         if matches!(self.role, RoleState::Primary { .. }) {
             return Some(Response::Error("this node is already primary".into()));
         }
-        let disk: DiskState = self.state.disk.into();
+        let disk = self.state.disk;
         if !disk.promotable() {
             return Some(Response::Error(format!(
                 "refusing to promote: the local disk is {disk} (it may miss acknowledged writes); \
@@ -1645,7 +1643,7 @@ impl Node {
         // Publish what the last writes reached, then forget the state machine.
         self.drive();
         self.role = RoleState::secondary();
-        self.state.role = RoleName::Secondary;
+        self.state.role = Role::Secondary;
         self.save_state();
         self.note(why.into());
         self.reconnect("role change: now secondary");
@@ -1752,7 +1750,7 @@ impl Node {
                 RoleState::Primary { .. } => "Primary".into(),
                 RoleState::Secondary { .. } => "Secondary".into(),
             },
-            disk: DiskState::from(self.state.disk).to_string(),
+            disk: self.state.disk.to_string(),
             connection: connection.into(),
             protocol: match self.opts.protocol.protocol {
                 Protocol::A => "A",

@@ -20,9 +20,10 @@ pub const STATE_FILE: &str = "replication.toml";
 #[serde(deny_unknown_fields)]
 pub struct NodeState {
     /// The role the node had when it last changed; a restarted primary comes back as primary.
-    pub role: RoleName,
-    /// The disk state.
-    pub disk: DiskName,
+    #[serde(with = "role_lowercase")]
+    pub role: Role,
+    /// The disk state (never `Diskless`: a node with a state file has a disk).
+    pub disk: DiskState,
     /// The current data generation (hex in the file: TOML integers are signed).
     #[serde(with = "hex_u64")]
     pub generation: u64,
@@ -41,73 +42,13 @@ pub struct NodeState {
     pub generation_start: u64,
 }
 
-/// [`Role`] as it appears in the state file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleName {
-    /// Primary.
-    Primary,
-    /// Secondary.
-    Secondary,
-}
-
-/// [`DiskState`] as it appears in the state file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DiskName {
-    /// Up to date.
-    UpToDate,
-    /// Outdated.
-    Outdated,
-    /// Inconsistent.
-    Inconsistent,
-}
-
-impl From<RoleName> for Role {
-    fn from(r: RoleName) -> Role {
-        match r {
-            RoleName::Primary => Role::Primary,
-            RoleName::Secondary => Role::Secondary,
-        }
-    }
-}
-
-impl From<Role> for RoleName {
-    fn from(r: Role) -> RoleName {
-        match r {
-            Role::Primary => RoleName::Primary,
-            Role::Secondary => RoleName::Secondary,
-        }
-    }
-}
-
-impl From<DiskName> for DiskState {
-    fn from(d: DiskName) -> DiskState {
-        match d {
-            DiskName::UpToDate => DiskState::UpToDate,
-            DiskName::Outdated => DiskState::Outdated,
-            DiskName::Inconsistent => DiskState::Inconsistent,
-        }
-    }
-}
-
-impl From<DiskState> for DiskName {
-    fn from(d: DiskState) -> DiskName {
-        match d {
-            DiskState::UpToDate => DiskName::UpToDate,
-            DiskState::Outdated => DiskName::Outdated,
-            // A node with a state file has a disk; Diskless never gets written.
-            DiskState::Inconsistent | DiskState::Diskless => DiskName::Inconsistent,
-        }
-    }
-}
-
 impl Default for NodeState {
     /// A brand-new node: secondary, up to date (an empty store is a valid
     /// filesystem of generation 0), never primary.
     fn default() -> Self {
         NodeState {
-            role: RoleName::Secondary,
-            disk: DiskName::UpToDate,
+            role: Role::Secondary,
+            disk: DiskState::UpToDate,
             generation: 0,
             shared: 0,
             primary_since_ms: 0,
@@ -211,6 +152,30 @@ impl StateWriter {
     }
 }
 
+/// The role as the state file has always written it: `primary`, `secondary`.
+mod role_lowercase {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use twinfs_replicator_proto::Role;
+
+    pub(super) fn serialize<S: Serializer>(r: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match r {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        })
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "primary" => Ok(Role::Primary),
+            "secondary" => Ok(Role::Secondary),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["primary", "secondary"],
+            )),
+        }
+    }
+}
+
 /// A `u64` as a 16-digit hex string.
 mod hex_u64 {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -252,8 +217,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(NodeState::load(dir.path()).unwrap(), NodeState::default());
         let s = NodeState {
-            role: RoleName::Primary,
-            disk: DiskName::Outdated,
+            role: Role::Primary,
+            disk: DiskState::Outdated,
             generation: u64::MAX - 5,
             shared: 7,
             primary_since_ms: now_ms(),
@@ -277,7 +242,7 @@ mod tests {
             ..NodeState::default()
         };
         let new = NodeState {
-            role: RoleName::Primary,
+            role: Role::Primary,
             floor: 6,
             ..NodeState::default()
         };

@@ -128,8 +128,9 @@ impl std::fmt::Display for Generation {
     }
 }
 
-/// The role a node announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A node's role: the one type for it in every crate (the state file, the
+/// beacon, the handshake).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// Mounted read-write; the only writer.
     Primary,
@@ -146,8 +147,11 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// The state of a node's disk (DRBD's vocabulary, which admins know).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// The state of a node's disk (DRBD's vocabulary, which admins know): the
+/// one type for it in every crate.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum DiskState {
     /// Holds the latest data of its generation.
     #[default]

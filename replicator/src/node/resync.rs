@@ -18,7 +18,6 @@
 //!    read: before that, it may hold a mix of older and newer values).
 
 use super::{fss, ps, Input, Job, Node, RoleState};
-use crate::state::DiskName;
 use crate::status::Resync as ResyncStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use twinfs_fs::store::KeySet;
 use twinfs_fs::{Mutation, Store as _, StoreKey};
-use twinfs_replicator_proto::{Frame, Generation, Hello, Role, Seq};
+use twinfs_replicator_proto::{DiskState, Frame, Generation, Hello, Role, Seq};
 
 /// Keys per `ResyncKeys` chunk.
 const KEYS_PER_CHUNK: usize = 20_000;
@@ -366,10 +365,10 @@ impl Node {
         };
         let first = *done == 0;
         *done += payload.len() as u64;
-        if first && self.state.disk != DiskName::Inconsistent {
+        if first && self.state.disk != DiskState::Inconsistent {
             // Before the first value lands: from here until the resync is
             // complete the local data is a mix and must never be promoted.
-            self.state.disk = DiskName::Inconsistent;
+            self.state.disk = DiskState::Inconsistent;
             self.save_state();
             self.note(
                 "resync: receiving; the local disk is Inconsistent until it completes".into(),
@@ -395,8 +394,8 @@ impl Node {
             secs = started.elapsed().as_secs_f64(),
             "resync data received"
         );
-        if done == 0 && self.state.disk != DiskName::Inconsistent {
-            self.state.disk = DiskName::Inconsistent;
+        if done == 0 && self.state.disk != DiskState::Inconsistent {
+            self.state.disk = DiskState::Inconsistent;
             self.save_state();
         }
         let _ = self.jobs.send(Job::Jump(position));

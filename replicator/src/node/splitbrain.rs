@@ -7,13 +7,12 @@
 
 use super::{Node, RoleState};
 use crate::control::Response;
-use crate::state::DiskName;
 use crate::status::SplitBrain;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use tracing::{error, warn};
 use twinfs_fs::Store as _;
-use twinfs_replicator_proto::{Frame, Hello};
+use twinfs_replicator_proto::{DiskState, Frame, Hello};
 
 /// Most file names a report carries.
 const MAX_FILES: usize = 1000;
@@ -146,8 +145,8 @@ impl Node {
         // the resync overwrites everything this node changed after the floor.
         self.state.generation = self.state.shared;
         self.state.generation_start = self.disk.last_applied().0;
-        if self.state.disk == DiskName::UpToDate {
-            self.state.disk = DiskName::Outdated;
+        if self.state.disk == DiskState::UpToDate {
+            self.state.disk = DiskState::Outdated;
         }
         self.save_state();
         self.split_brain = None;
