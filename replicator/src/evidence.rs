@@ -14,13 +14,11 @@
 //! The supervisor posts what it learns on an [`EvidenceBoard`] (shared with
 //! the node in the same process, a typed handle: no socket); the node reads it
 //! while its peer is lost and hands a valid piece to the protocol core as an
-//! [`AloneRight`]. Without evidence writes block (applied locally, never
+//! [`AloneRight`](twinfs_replicator_proto::AloneRight). Without evidence writes block (applied locally, never
 //! acknowledged) until the peer is back, evidence arrives, or the node is
 //! demoted (then they fail).
 
 use std::sync::Mutex;
-use std::time::Instant;
-use twinfs_replicator_proto::AloneRight;
 
 /// Where the evidence must come from (decided by the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,26 +46,8 @@ impl EvidenceSource {
     }
 }
 
-/// One piece of evidence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evidence {
-    /// What it is, for the status: "witness lease renewed", "ping 10.0.0.1 answered".
-    pub what: String,
-    /// When the request that proved it was sent.
-    pub obtained_at: Instant,
-    /// When it stops counting.
-    pub valid_until: Instant,
-}
-
-impl Evidence {
-    /// The protocol core's form.
-    pub fn right(&self) -> AloneRight {
-        AloneRight {
-            obtained_at: self.obtained_at,
-            valid_until: self.valid_until,
-        }
-    }
-}
+/// One piece of evidence (the node core's type).
+pub use twinfs_replicator_proto::node::Evidence;
 
 /// The latest evidence, posted by the supervisor's probes, read by the node.
 #[derive(Debug)]
@@ -117,7 +97,7 @@ impl EvidenceBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn newer_evidence_replaces_older_and_never_the_reverse() {
@@ -135,7 +115,7 @@ mod tests {
         b.post(ev(20, 520, "second"));
         assert_eq!(b.latest().unwrap().what, "second");
         assert_eq!(
-            b.latest().unwrap().right().obtained_at,
+            b.latest().unwrap().obtained_at,
             t + Duration::from_millis(20)
         );
         b.withdraw();

@@ -6,57 +6,14 @@
 //! renamed over the old one, and the directory fsynced. After a crash it holds
 //! either the old or the new state, never a mix.
 
-use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use twinfs_replicator_proto::{DiskState, Generation, History, Role};
 
 /// The file name inside the data dir.
 pub const STATE_FILE: &str = "replication.toml";
 
-/// A node's persistent replication state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeState {
-    /// The role the node had when it last changed; a restarted primary comes back as primary.
-    #[serde(with = "role_lowercase")]
-    pub role: Role,
-    /// The disk state (never `Diskless`: a node with a state file has a disk).
-    pub disk: DiskState,
-    /// The current data generation (hex in the file: TOML integers are signed).
-    #[serde(with = "hex_u64")]
-    pub generation: u64,
-    /// The generation this node last shared with its peer.
-    #[serde(with = "hex_u64")]
-    pub shared: u64,
-    /// When this node last became primary (ms since the Unix epoch), 0 if never.
-    pub primary_since_ms: u64,
-    /// Every mutation up to this seq is known to be identical on the peer: a
-    /// resync ships what changed after it (and the log keeps those records).
-    #[serde(default)]
-    pub floor: u64,
-    /// The seq at which the current generation started: what this node wrote
-    /// on its own since then is what a split brain would discard.
-    #[serde(default)]
-    pub generation_start: u64,
-}
-
-impl Default for NodeState {
-    /// A brand-new node: secondary, up to date (an empty store is a valid
-    /// filesystem of generation 0), never primary.
-    fn default() -> Self {
-        NodeState {
-            role: Role::Secondary,
-            disk: DiskState::UpToDate,
-            generation: 0,
-            shared: 0,
-            primary_since_ms: 0,
-            floor: 0,
-            generation_start: 0,
-        }
-    }
-}
+pub use twinfs_replicator_proto::node::NodeState;
 
 /// A state file that cannot be read or written: the path and what went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -77,52 +34,40 @@ impl StateError {
     }
 }
 
-impl NodeState {
-    /// Reads the state of the node whose data dir is `dir`; a missing file is a new node.
-    pub fn load(dir: &Path) -> Result<NodeState, StateError> {
-        let path = dir.join(STATE_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeState::default()),
-            Err(e) => return Err(StateError::new(&path, e)),
-        };
-        toml::from_str(&text).map_err(|e| StateError::new(&path, e.message()))
-    }
+/// Reads the state of the node whose data dir is `dir`; a missing file is a new node.
+pub fn load(dir: &Path) -> Result<NodeState, StateError> {
+    let path = dir.join(STATE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NodeState::default()),
+        Err(e) => return Err(StateError::new(&path, e)),
+    };
+    toml::from_str(&text).map_err(|e| StateError::new(&path, e.message()))
+}
 
-    /// Writes the state durably (temporary file, fsync, rename, fsync of the directory).
-    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = dir.join(STATE_FILE);
-        let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
-        let text = toml::to_string(self).expect("the node state serialises");
-        let io = |e: std::io::Error| StateError::new(&tmp, e);
-        // Private like every file of the data dir (0600; issue 13).
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(b"# twinfs replication state: written by twinfs, do not edit\n")
-            .map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(|e| StateError::new(&path, e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StateError::new(dir, e))?;
-        Ok(())
-    }
-
-    /// The history for the split-brain decision.
-    pub fn history(&self, changed_blocks: u64) -> History {
-        History {
-            current: Generation(self.generation),
-            shared: Generation(self.shared),
-            changed_blocks,
-            primary_since_ms: (self.primary_since_ms != 0).then_some(self.primary_since_ms),
-        }
-    }
+/// Writes the state durably (temporary file, fsync, rename, fsync of the directory).
+pub fn save(state: &NodeState, dir: &Path) -> Result<(), StateError> {
+    let path = dir.join(STATE_FILE);
+    let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
+    let text = toml::to_string(state).expect("the node state serialises");
+    let io = |e: std::io::Error| StateError::new(&tmp, e);
+    // Private like every file of the data dir (0600; issue 13).
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(b"# twinfs replication state: written by twinfs, do not edit\n")
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(|e| StateError::new(&path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StateError::new(dir, e))?;
+    Ok(())
 }
 
 /// Writes a node's state file in the order the states were made, whether from
@@ -146,48 +91,9 @@ impl StateWriter {
         if *written >= version {
             return Ok(false);
         }
-        state.save(dir)?;
+        save(state, dir)?;
         *written = version;
         Ok(true)
-    }
-}
-
-/// The role as the state file has always written it: `primary`, `secondary`.
-mod role_lowercase {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use twinfs_replicator_proto::Role;
-
-    pub(super) fn serialize<S: Serializer>(r: &Role, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match r {
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-        })
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "primary" => Ok(Role::Primary),
-            "secondary" => Ok(Role::Secondary),
-            other => Err(serde::de::Error::unknown_variant(
-                other,
-                &["primary", "secondary"],
-            )),
-        }
-    }
-}
-
-/// A `u64` as a 16-digit hex string.
-mod hex_u64 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:016x}"))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let text = String::deserialize(d)?;
-        u64::from_str_radix(&text, 16)
-            .map_err(|_| serde::de::Error::custom(format!("not a hex generation: {text:?}")))
     }
 }
 
@@ -211,11 +117,12 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twinfs_replicator_proto::{DiskState, Role};
 
     #[test]
     fn round_trip_and_missing_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(NodeState::load(dir.path()).unwrap(), NodeState::default());
+        assert_eq!(load(dir.path()).unwrap(), NodeState::default());
         let s = NodeState {
             role: Role::Primary,
             disk: DiskState::Outdated,
@@ -225,8 +132,8 @@ mod tests {
             floor: 12,
             generation_start: 10,
         };
-        s.save(dir.path()).unwrap();
-        assert_eq!(NodeState::load(dir.path()).unwrap(), s);
+        save(&s, dir.path()).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), s);
         // Private to root, like the store (issue 13).
         use std::os::unix::fs::PermissionsExt as _;
         let meta = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap();
@@ -249,17 +156,17 @@ mod tests {
         assert!(w.save(dir.path(), &new, 2).unwrap());
         // A background save of the older state finishing late is skipped.
         assert!(!w.save(dir.path(), &old, 1).unwrap());
-        assert_eq!(NodeState::load(dir.path()).unwrap(), new);
+        assert_eq!(load(dir.path()).unwrap(), new);
         let newer = NodeState { floor: 7, ..new };
         assert!(w.save(dir.path(), &newer, 3).unwrap());
-        assert_eq!(NodeState::load(dir.path()).unwrap(), newer);
+        assert_eq!(load(dir.path()).unwrap(), newer);
     }
 
     #[test]
     fn a_damaged_file_names_itself() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STATE_FILE), "role = 'boss'\n").unwrap();
-        let e = NodeState::load(dir.path()).unwrap_err().to_string();
+        let e = load(dir.path()).unwrap_err().to_string();
         assert!(e.contains(STATE_FILE) && e.contains("boss"), "{e}");
     }
 }

@@ -146,24 +146,7 @@ pub struct SplitBrain {
 }
 
 /// Counters since the daemon started.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Mutation frames sent to the peer.
-    pub mutations_sent: u64,
-    /// Mutation payload bytes sent to the peer (retransmissions included).
-    pub mutation_bytes_sent: u64,
-    /// Mutations applied from the peer.
-    pub mutations_applied: u64,
-    /// Bytes sent to the peer by resyncs.
-    pub resync_bytes_sent: u64,
-    /// Connections that completed a handshake.
-    pub connections: u64,
-    /// Times the peer was declared lost.
-    pub peer_losses: u64,
-    /// Times writes were suspended (peer lost, no right to acknowledge alone).
-    #[serde(default)]
-    pub suspensions: u64,
-}
+pub use twinfs_replicator_proto::node::Counters;
 
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -76,6 +76,7 @@ mod frame;
 pub mod fuzzing;
 mod generation;
 pub mod limit;
+pub mod node;
 mod plan;
 mod primary;
 mod replica;

@@ -5,14 +5,13 @@
 //! block numbers. The admin resolves it with `twinfs discard-my-data` on the
 //! node whose changes are to go.
 
-use super::{Node, RoleState};
+use super::Node;
 use crate::control::Response;
 use crate::status::SplitBrain;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use tracing::{error, warn};
-use twinfs_fs::Store as _;
-use twinfs_replicator_proto::{DiskState, Frame, Hello};
+use twinfs_replicator_proto::{Frame, Hello};
 
 /// Most file names a report carries.
 const MAX_FILES: usize = 1000;
@@ -33,12 +32,13 @@ impl Node {
     /// The files this node changed on its own in its current generation (paths
     /// as they are now; deleted files as `<inode N, unlinked>`).
     pub(super) fn changed_files(&self) -> Vec<String> {
-        if self.state.generation == self.state.shared {
+        let state = self.core.state();
+        if !state.diverged() {
             return Vec::new();
         }
         let keys = match self
             .disk
-            .changed_keys_since(twinfs_fs::Seq(self.state.generation_start))
+            .changed_keys_since(twinfs_fs::Seq(state.generation_start))
         {
             Ok(Some(k)) => k,
             Ok(None) => return vec!["(unknown: the log no longer holds these changes)".into()],
@@ -66,7 +66,7 @@ impl Node {
         files
     }
 
-    /// Both sides wrote: report, refuse, and wait for the admin.
+    /// Both sides wrote: report (the core refuses next), and wait for the admin.
     pub(super) fn split_brain(&mut self, reason: String, peer: &Hello) {
         let local_files = self.changed_files();
         let report = Report {
@@ -95,12 +95,11 @@ impl Node {
             .filter(|sb| sb.peer == peer.node)
             .and_then(|sb| sb.peer_files.clone());
         self.split_brain = Some(SplitBrain {
-            reason: reason.clone(),
+            reason,
             peer: peer.node.clone(),
             local_files,
             peer_files,
         });
-        self.refuse(reason);
     }
 
     /// The peer's report of its own changes.
@@ -134,31 +133,15 @@ impl Node {
     /// `twinfs discard-my-data`: this node gives up what it wrote on its own;
     /// at the next connection it is resynced from the peer.
     pub(super) fn discard_my_data(&mut self) -> Response {
-        if matches!(self.role, RoleState::Primary { .. }) {
-            return Response::Error(
-                "this node is primary: `twinfs demote` it first (its changes since the split are then discarded)"
-                    .into(),
-            );
-        }
         let discarded = self.changed_files();
-        // Pretend this node never moved on: the peer's generation wins, and
-        // the resync overwrites everything this node changed after the floor.
-        self.state.generation = self.state.shared;
-        self.state.generation_start = self.disk.last_applied().0;
-        if self.state.disk == DiskState::UpToDate {
-            self.state.disk = DiskState::Outdated;
+        if let Err(e) = self.core.discard_my_data(&mut self.local) {
+            return Response::Error(e);
         }
-        self.save_state();
-        self.split_brain = None;
-        self.refusal = None;
-        self.refusing
-            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.note(format!(
             "discarding this node's own changes at the next connection ({} files: {})",
             discarded.len(),
             discarded.join(", ")
         ));
-        self.reconnect("discarding my data: reconnecting");
         Response::Done(format!(
             "{}: own changes will be overwritten from the peer at the next connection ({} files)",
             self.opts.name,

@@ -15,7 +15,7 @@
 //! ships the primary's current values of the differing records on the same
 //! stream, so they land in order with the writes around them.
 
-use super::{Input, Job, Node, Reply, RoleState};
+use super::{Input, Node, Reply};
 use crate::control::Response;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -142,20 +142,12 @@ impl Node {
     /// `twinfs verify --online [--repair]`, on the primary.
     pub(super) fn start_verify(&mut self, repair: bool, reply: Reply) {
         let refuse = |why: &str| Response::Error(format!("cannot verify online: {why}"));
-        let answer = if !matches!(self.role, RoleState::Primary { .. }) {
-            Some(refuse("run it on the primary (its data is the reference)"))
-        } else if !self
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.peer.is_some() && !c.refused)
-        {
-            Some(refuse("the peer is not connected"))
-        } else if self.resync.is_some() {
-            Some(refuse("a resync is running"))
-        } else if self.verify.is_some() {
-            Some(refuse("a verify is already running"))
-        } else {
-            None
+        let answer = match self.core.may_verify() {
+            Err(why) => Some(refuse(why)),
+            Ok(()) if self.verify.is_some() || self.verify_reply.is_some() => {
+                Some(refuse("a verify is already running"))
+            }
+            Ok(()) => None,
         };
         if let Some(a) = answer {
             let _ = reply.send(a);
@@ -216,57 +208,6 @@ impl Node {
                 .reply
                 .send(Response::Error(format!("verify failed: {why}")));
         }
-    }
-
-    /// (Secondary) compute on the applier, in stream order.
-    pub(super) fn verify_requested(&mut self, payload: Vec<u8>) {
-        if matches!(self.role, RoleState::Primary { .. }) {
-            self.refuse("the peer sent a verify request to the primary".into());
-            return;
-        }
-        // One at a time: a peer may not queue unbounded digest work here.
-        if self.conn.as_ref().is_some_and(|c| c.verify_answering) {
-            self.refuse(
-                "the peer sent a verify request while the previous one is still being answered"
-                    .into(),
-            );
-            return;
-        }
-        if let Some(c) = &mut self.conn {
-            c.verify_answering = true;
-        }
-        let charge = self.charge.take();
-        let _ = self.jobs.send_charged(Job::Verify(payload), charge);
-    }
-
-    /// (Secondary) the answer to a verify request is on its way to the peer.
-    pub(super) fn verify_answer_sent(&mut self) {
-        if let Some(c) = &mut self.conn {
-            if c.verify_answering {
-                c.verify_answering = false;
-                c.verifies_answered += 1;
-            }
-        }
-    }
-
-    /// (Secondary) the primary's repair values.
-    pub(super) fn repair_received(&mut self, payload: Vec<u8>) {
-        if matches!(self.role, RoleState::Primary { .. }) {
-            self.refuse("the peer sent repair data to the primary".into());
-            return;
-        }
-        // Repairs answer a verify: without one on this connection they are
-        // not the primary's to send.
-        if self.conn.as_ref().is_none_or(|c| c.verifies_answered == 0) {
-            self.refuse("the peer sent repair data without a running online verify".into());
-            return;
-        }
-        self.note(format!(
-            "online verify: applying {} bytes of repairs",
-            payload.len()
-        ));
-        let charge = self.charge.take();
-        let _ = self.jobs.send_charged(Job::ApplyLocal(payload), charge);
     }
 
     /// (Primary) the peer's answer: compare, report, repair.
