@@ -102,6 +102,19 @@ boundary_check() {
         return 1
     fi
     echo "$PROTO_CRATE: no tokio, quinn or sled"
+    # Its state machines take time as an argument: no clock is read outside
+    # the tests (and the fuzz budget's own timer, in fuzzing.rs).
+    local f clock=""
+    for f in replicator/proto/src/*.rs replicator/proto/src/node/*.rs; do
+        [[ $f == */fuzzing.rs ]] && continue
+        clock+=$(awk '/#\[cfg\(test\)\]/ { exit } /^ *\/\// { next } /(Instant|SystemTime)::now\(/ { print FILENAME ":" FNR ": " $0 }' "$f")
+    done
+    if [[ -n $clock ]]; then
+        echo "$PROTO_CRATE must not read the clock (time comes in as an argument):" >&2
+        echo "$clock" >&2
+        return 1
+    fi
+    echo "$PROTO_CRATE: no clock read outside the tests"
     # Library crates return typed errors (thiserror); only the binary uses anyhow.
     local lib
     for lib in twinfs-replicator-proto twinfs-fs twinfs-replicator twinfs-lua; do

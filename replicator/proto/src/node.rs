@@ -13,7 +13,7 @@
 //! to apply, a resync to ship, a mount, a note for the status.
 //!
 //! `twinfs-replicator`'s node task is the driver on a real QUIC link and a
-//! real store; `tests/sim.rs` drives two cores over a simulated network.
+//! real store; `tests/node_sim.rs` drives two cores over a simulated network.
 //!
 //! Inputs, in the order a driver typically feeds them:
 //! - [`NodeCore::connected`] / [`NodeCore::disconnected`]: a connection to the
@@ -31,6 +31,7 @@ mod handshake;
 mod resync;
 mod roles;
 mod state;
+pub mod verify;
 
 pub use resync::{
     key_count, ResyncProgress, KEYS_PER_CHUNK, MAX_TARGET_KEYS, MAX_TARGET_KEY_BYTES,
@@ -589,7 +590,3 @@ impl NodeCore {
             .unwrap_or(u64::MAX)
     }
 }
-
-#[cfg(test)]
-#[path = "node/tests/sim.rs"]
-mod sim;

@@ -21,11 +21,11 @@
 
 use super::resync::{parse_keys, postcard_vec};
 use super::splitbrain::{parse_report, Report};
-use super::verify::{parse_answer, parse_request, Answer, Request};
 use std::time::Duration;
 use twinfs_fs::store::RecordDigest;
 use twinfs_fs::{Ino, StoreKey};
 use twinfs_replicator_proto::fuzzing::{mutate, Budget};
+use twinfs_replicator_proto::node::verify::{VerifyAnswer as Answer, VerifyRequest as Request};
 
 /// Byte strings a mutation may insert: huge varints, JSON tokens.
 const INSERTS: [&[u8]; 12] = [
@@ -128,7 +128,7 @@ fn targets() -> Vec<Target> {
                 request((0..40u8).map(|i| vec![i; i as usize]).collect()),
             ],
             check: |input| {
-                judge(input, parse_request, |r: &Request| {
+                judge(input, Request::parse, |r: &Request| {
                     r.boundaries.iter().map(|b| b.len() + 1).sum::<usize>() + 32 * r.hashes.len()
                 })
             },
@@ -147,7 +147,7 @@ fn targets() -> Vec<Target> {
                 ]),
             ],
             check: |input| {
-                judge(input, parse_answer, |a: &Answer| {
+                judge(input, Answer::parse, |a: &Answer| {
                     a.differing
                         .iter()
                         .map(|(_, d)| 2 + d.iter().map(|(k, _)| k.len() + 33).sum::<usize>())
