@@ -30,6 +30,7 @@ mod apply;
 mod connect;
 mod control_socket;
 mod error;
+mod events;
 #[cfg(test)]
 mod fuzz;
 mod handle;
@@ -49,7 +50,9 @@ use crate::transport::{self, TransportOptions};
 use apply::{do_job, sync_in_background, Job, Jobs};
 pub use error::{MountError, NodeError};
 use handle::Reply;
-pub use handle::{channel, HandleError, NodeHandle, NodeInbox};
+pub use handle::{
+    channel, HandleError, NodeEvent, NodeEvents, NodeHandle, NodeInbox, EVENT_BACKLOG,
+};
 use host::Local;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -177,6 +180,8 @@ enum Input {
     VerifyFailed(String),
     /// A background save of the state file finished.
     BackgroundSaved(Result<(), String>),
+    /// A [`NodeHandle::subscribe`] call.
+    Subscribe(std::sync::mpsc::SyncSender<NodeEvent>),
 }
 
 /// The connection to the peer, as the I/O side holds it.
@@ -243,6 +248,8 @@ struct Node {
     /// (Secondary) a sync started ahead of a flush request is running; it
     /// covers the mutations up to this seq.
     sync_ahead: Option<Seq>,
+    /// Who gets the node's events, and the states they were last told.
+    events: events::Publisher,
 }
 
 impl Node {
@@ -316,6 +323,7 @@ impl Node {
             unsynced_bytes: 0,
             background_sync: false,
             sync_ahead: None,
+            events: events::Publisher::default(),
         })
     }
 
@@ -422,6 +430,7 @@ impl Node {
     /// Records a notable event for the status (and logs it).
     fn note(&mut self, what: String) {
         info!("{what}");
+        self.events.publish(NodeEvent::Note(what.clone()));
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         self.recent.push_back(format!("{stamp} {what}"));
         while self.recent.len() > RECENT {
@@ -533,6 +542,7 @@ impl Node {
             Input::VerifyLocal { id, local } => self.verify_local(id, local),
             Input::VerifyFailed(why) => self.verify_failed(why),
             Input::BackgroundSaved(r) => self.core.background_saved(r),
+            Input::Subscribe(tx) => self.events.subscribe(tx, &self.core),
         }
     }
 
@@ -608,6 +618,7 @@ impl Node {
             }
         }
         self.sync_secondary();
+        self.events.changes(&self.core);
         self.refusing.store(self.core.refusing(), Ordering::Relaxed);
     }
 

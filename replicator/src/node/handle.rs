@@ -1,12 +1,39 @@
 //! The typed way into a running node for the other parts of its process (the
 //! supervisor, the metrics endpoint): requests and answers over channels, no
 //! socket and no JSON. The control socket is for the CLI only.
+//!
+//! Besides requests, a handle subscribes to the node's events
+//! ([`NodeHandle::subscribe`]): every change of role, disk state and link
+//! state, and every note the status lists, as it happens.
 
 use super::Input;
 use crate::control::{Request, Response};
 use crate::status::Status;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use twinfs_replicator_proto::node::Connection;
+use twinfs_replicator_proto::{DiskState, Role};
+
+/// Events a subscriber holds before the node drops new ones for it (a
+/// subscriber that does not read loses events, never stalls the node).
+pub const EVENT_BACKLOG: usize = 256;
+
+/// What happened in the node, as it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// The role changed.
+    Role(Role),
+    /// The disk state changed.
+    Disk(DiskState),
+    /// The link to the peer changed.
+    Connection(Connection),
+    /// A notable event, as the status's `recent` list shows it.
+    Note(String),
+}
+
+/// The receiving end of [`NodeHandle::subscribe`].
+pub type NodeEvents = std::sync::mpsc::Receiver<NodeEvent>;
 
 /// Where the answer to a request goes.
 pub(crate) enum Reply {
@@ -73,6 +100,17 @@ impl NodeHandle {
             std::sync::mpsc::RecvTimeoutError::Timeout => HandleError::Timeout(timeout),
             std::sync::mpsc::RecvTimeoutError::Disconnected => HandleError::Stopped,
         })
+    }
+
+    /// Subscribes to the node's events from now on; the first events are
+    /// the current role, disk and link state. Events beyond
+    /// [`EVENT_BACKLOG`] unread ones are dropped for this subscriber.
+    pub fn subscribe(&self) -> Result<NodeEvents, HandleError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(EVENT_BACKLOG);
+        self.tx
+            .send(Input::Subscribe(tx))
+            .map_err(|_| HandleError::Stopped)?;
+        Ok(rx)
     }
 
     /// The node's status.
