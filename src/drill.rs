@@ -11,10 +11,10 @@ use crate::UsageError;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use twinfs_lua::actions::{Actuators as _, HttpCheck, Vip};
-use twinfs_lua::actuators::{arp_who_has, System};
 use twinfs_replicator::control::{self, Request, Response};
 use twinfs_replicator::status::Status;
+use twinfs_supervisor::actions::{Actuators as _, HttpCheck, Vip};
+use twinfs_supervisor::actuators::{arp_who_has, System};
 
 /// How long each move may take before the drill gives up.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(120);

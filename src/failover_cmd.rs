@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use twinfs_lua::hooks::{self, Hook, HookContext};
-use twinfs_lua::witness::{PublicKey, Signer, SigningKey, WitnessConfig, WitnessServer};
 use twinfs_replicator::control::{self, Request, Response};
+use twinfs_supervisor::hooks::{self, Hook, HookContext};
+use twinfs_supervisor::witness::{PublicKey, Signer, SigningKey, WitnessConfig, WitnessServer};
 
 /// `twinfs hooks check FILE`: compiles the script and lists its hooks.
 pub(crate) fn hooks_check(file: &Path) -> anyhow::Result<ExitCode> {

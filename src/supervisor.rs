@@ -1,7 +1,7 @@
 //! The supervisor: what `twinfs run` adds when the config has a `[failover]`
 //! table. It watches the peer on every path it has (the replication link, the
 //! public-network beacon, the ping targets, the witness), feeds what it sees
-//! to the pure failover state machine (`twinfs_lua::machine`), and carries out
+//! to the pure failover state machine (`twinfs_supervisor::machine`), and carries out
 //! the machine's steps: take the witness lease, promote the store (new
 //! generation, mount read-write), run the Lua `on_promote` hook (VIP, Apache,
 //! health check), and the reverse on demotion.
@@ -28,20 +28,20 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
-use twinfs_lua::actuators::{ServiceCommands, System, SystemOptions};
-use twinfs_lua::hooks::{Hook, HookContext, HookLimits, HookRuntime, HookState};
-use twinfs_lua::machine::{
-    Action, Decision, Disk, Escalation, LinkView, Machine, MachineConfig, Observation, PingView,
-    Preferred, Role, Step, WitnessView,
-};
-use twinfs_lua::witness::{
-    self, Announce, Beacon, BeaconConfig, LeaseStatus, PublicKey, Signer, SigningKey,
-    WitnessClient, WitnessClientConfig,
-};
 use twinfs_replicator::control::{Request, Response};
 use twinfs_replicator::evidence::{Evidence, EvidenceBoard, EvidenceSource};
 use twinfs_replicator::node::NodeHandle;
 use twinfs_replicator::status::Status;
+use twinfs_supervisor::actuators::{ServiceCommands, System, SystemOptions};
+use twinfs_supervisor::hooks::{Hook, HookContext, HookLimits, HookRuntime, HookState};
+use twinfs_supervisor::machine::{
+    Action, Decision, Disk, Escalation, LinkView, Machine, MachineConfig, Observation, PingView,
+    Preferred, Role, Step, WitnessView,
+};
+use twinfs_supervisor::witness::{
+    self, Announce, Beacon, BeaconConfig, LeaseStatus, PublicKey, Signer, SigningKey,
+    WitnessClient, WitnessClientConfig,
+};
 
 /// How often the supervisor looks at the world.
 const TICK: Duration = Duration::from_millis(50);
@@ -554,7 +554,7 @@ fn spawn_pinger(
             let mut answered = Vec::new();
             for t in &targets {
                 let sent = Instant::now();
-                if let Ok(true) = twinfs_lua::actuators::ping(*t, timeout) {
+                if let Ok(true) = twinfs_supervisor::actuators::ping(*t, timeout) {
                     answered.push(*t);
                     if counts {
                         evidence.post(Evidence {
@@ -914,7 +914,7 @@ impl Driver {
     ) {
         let ready = link.connected
             && link.in_sync
-            && self.machine.activity() == twinfs_lua::machine::Activity::Idle;
+            && self.machine.activity() == twinfs_supervisor::machine::Activity::Idle;
         if handover && !self.handover_seen && ready && role == Role::Secondary {
             self.handover_seen = true;
             let ds = self.machine.handle_peer_handed_over(now);
@@ -965,9 +965,9 @@ impl Driver {
                 }
                 Action::RunHook(h) => {
                     let hook = match h {
-                        twinfs_lua::machine::Hook::PeerLost => Hook::PeerLost,
-                        twinfs_lua::machine::Hook::PeerBack => Hook::PeerBack,
-                        twinfs_lua::machine::Hook::SplitBrain => Hook::SplitBrain,
+                        twinfs_supervisor::machine::Hook::PeerLost => Hook::PeerLost,
+                        twinfs_supervisor::machine::Hook::PeerBack => Hook::PeerBack,
+                        twinfs_supervisor::machine::Hook::SplitBrain => Hook::SplitBrain,
                     };
                     let status = self.last_status.clone().unwrap_or_default();
                     let role = status.role.to_ascii_lowercase();

@@ -55,7 +55,7 @@
 //! # Example: the driver loop
 //!
 //! ```
-//! use twinfs_lua::machine::*;
+//! use twinfs_supervisor::machine::*;
 //!
 //! let cfg = MachineConfig { deadtime_ms: 1_000, initdead_ms: 1_000, ..MachineConfig::default() };
 //! let mut m = Machine::new(cfg, 0).unwrap();

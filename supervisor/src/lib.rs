@@ -1,4 +1,4 @@
-//! twinfs-lua: the supervisor (issue 4).
+//! twinfs-supervisor: the failover supervisor (issues 4 and 14).
 //!
 //! - [`machine`]: the failover state machine. Pure: time is an input, decisions
 //!   (with their reasons) are outputs; no I/O, no Lua.
