@@ -80,9 +80,9 @@ pub(crate) fn switchover(data_dir: &Path) -> anyhow::Result<ExitCode> {
         if let Ok(Response::Status(s)) =
             control::call(data_dir, &Request::Status, Duration::from_secs(5))
         {
-            if s.peer.role.as_deref() == Some("Primary") {
+            if s.peer.role == Some(twinfs_replicator::status::Role::Primary) {
                 println!(
-                    "switchover done in {:.2} s: {} is Primary, this node ({}) is {}",
+                    "switchover done in {:.2} s: {} is Primary, this node ({}) is {:?}",
                     started.elapsed().as_secs_f64(),
                     if s.peer.name.is_empty() {
                         s.peer.address.clone()

@@ -31,11 +31,11 @@ use std::time::{Duration, Instant, SystemTime};
 use twinfs_replicator::control::{Request, Response};
 use twinfs_replicator::evidence::{Evidence, EvidenceBoard, EvidenceSource};
 use twinfs_replicator::node::NodeHandle;
-use twinfs_replicator::status::Status;
+use twinfs_replicator::status::{ConnectionState, DiskState, Status};
 use twinfs_supervisor::actuators::{ServiceCommands, System, SystemOptions};
 use twinfs_supervisor::hooks::{Hook, HookContext, HookLimits, HookRuntime, HookState};
 use twinfs_supervisor::machine::{
-    Action, Decision, Disk, Escalation, LinkView, Machine, MachineConfig, Observation, PingView,
+    Action, Decision, Escalation, LinkView, Machine, MachineConfig, Observation, PingView,
     Preferred, Role, Step, WitnessView,
 };
 use twinfs_supervisor::witness::{
@@ -749,24 +749,6 @@ struct Driver {
     pre_unmount_rx: Option<mpsc::Receiver<mpsc::Sender<()>>>,
 }
 
-fn role_of(s: &str) -> Option<Role> {
-    match s {
-        "Primary" => Some(Role::Primary),
-        "Secondary" => Some(Role::Secondary),
-        _ => None,
-    }
-}
-
-fn disk_of(s: &str) -> Disk {
-    match s {
-        "UpToDate" => Disk::UpToDate,
-        "Outdated" => Disk::Outdated,
-        "Inconsistent" => Disk::Inconsistent,
-        "Diskless" => Disk::Diskless,
-        _ => Disk::Unknown,
-    }
-}
-
 impl Driver {
     fn now_ms(&self) -> u64 {
         millis(self.t0.elapsed())
@@ -801,13 +783,9 @@ impl Driver {
              stops the service (on_demote)"
                 .into(),
         );
-        let status = Status {
-            role: "Secondary".into(),
-            disk: "Unknown".into(),
-            connection: "StandAlone".into(),
-            ..Status::default()
-        };
-        if let Err(e) = self.run_hook(Hook::Demote, &status, "secondary") {
+        // The disk is not known yet: the hook sees "Unknown".
+        let status = Status::default();
+        if let Err(e) = self.run_hook_with_disk(Hook::Demote, &status, None, Role::Secondary) {
             self.note(format!("startup clean-up failed: {e}"));
         }
         self.write_status(true);
@@ -824,24 +802,22 @@ impl Driver {
             return;
         };
         let now = self.now_ms();
-        let role = role_of(&status.role).unwrap_or(Role::Secondary);
+        let role = status.role;
         // The node declares the peer lost on its own timer, a little after
         // deadtime; a link silent for deadtime is down now.
         // Heartbeats flow only between a primary and its secondary; two
         // secondaries keep a quiet connection, so the age of the last frame
         // says nothing then.
         let deadtime = self.machine.config().deadtime_ms;
-        let beating = status.role == "Primary" || status.peer.role.as_deref() == Some("Primary");
+        let beating = role == Role::Primary || status.peer.role == Some(Role::Primary);
         let heard_ago = status.peer.heard_ms_ago.filter(|_| beating);
-        let connected = matches!(
-            status.connection.as_str(),
-            "Connected" | "SyncSource" | "SyncTarget"
-        ) && heard_ago.is_none_or(|ago| ago < deadtime);
+        let connected =
+            status.connection.is_connected() && heard_ago.is_none_or(|ago| ago < deadtime);
         let link = LinkView {
             connected,
-            peer_role: status.peer.role.as_deref().and_then(role_of),
-            peer_disk: status.peer.disk.as_deref().map(disk_of),
-            in_sync: status.connection == "Connected" && status.resync.is_none(),
+            peer_role: status.peer.role,
+            peer_disk: status.peer.disk,
+            in_sync: status.connection == ConnectionState::Connected && status.resync.is_none(),
             heard_ago_ms: heard_ago,
         };
         // Keep the beacon's announcement current, and read the peer's.
@@ -850,16 +826,8 @@ impl Driver {
         if let Some(b) = &self.beacon {
             let handover = self.handover_until.is_some_and(|u| Instant::now() < u);
             b.set_announce(Announce {
-                role: match role {
-                    Role::Primary => witness::Role::Primary,
-                    Role::Secondary => witness::Role::Secondary,
-                },
-                disk: match disk_of(&status.disk) {
-                    Disk::UpToDate => witness::DiskState::UpToDate,
-                    Disk::Inconsistent => witness::DiskState::Inconsistent,
-                    Disk::Diskless => witness::DiskState::Diskless,
-                    _ => witness::DiskState::Outdated,
-                },
+                role,
+                disk: status.disk,
                 generation: u64::from_str_radix(&status.generation, 16).unwrap_or(0),
                 link_up: connected,
                 handover,
@@ -887,7 +855,7 @@ impl Driver {
         let obs = Observation {
             now_ms: now,
             role,
-            disk: disk_of(&status.disk),
+            disk: Some(status.disk),
             link,
             beacon_age_ms,
             ping,
@@ -970,8 +938,7 @@ impl Driver {
                         twinfs_supervisor::machine::Hook::SplitBrain => Hook::SplitBrain,
                     };
                     let status = self.last_status.clone().unwrap_or_default();
-                    let role = status.role.to_ascii_lowercase();
-                    if let Err(e) = self.run_hook(hook, &status, &role) {
+                    if let Err(e) = self.run_hook(hook, &status, status.role) {
                         self.note(format!("hook {hook} failed: {e}"));
                     }
                 }
@@ -1017,7 +984,7 @@ impl Driver {
                 }
                 r
             }
-            Step::FencePeer => self.run_hook(Hook::Fence, &status, "secondary"),
+            Step::FencePeer => self.run_hook(Hook::Fence, &status, Role::Secondary),
             Step::PromoteStore => {
                 // The machine may declare the peer dead a little before the
                 // node's own timer does; the node refuses to promote while
@@ -1027,8 +994,8 @@ impl Driver {
                 while Instant::now() < deadline {
                     match self.node_status() {
                         Some(s)
-                            if s.peer.role.as_deref() == Some("Primary")
-                                && s.connection == "Connected" =>
+                            if s.peer.role == Some(Role::Primary)
+                                && s.connection == ConnectionState::Connected =>
                         {
                             std::thread::sleep(Duration::from_millis(10));
                         }
@@ -1039,7 +1006,10 @@ impl Driver {
             }
             Step::DemoteStore => {
                 // Idempotent: a node that is already Secondary is demoted.
-                if self.node_status().is_some_and(|s| s.role == "Secondary") {
+                if self
+                    .node_status()
+                    .is_some_and(|s| s.role == Role::Secondary)
+                {
                     return Ok(());
                 }
                 self.demoting.store(true, Ordering::SeqCst);
@@ -1047,8 +1017,8 @@ impl Driver {
                 self.demoting.store(false, Ordering::SeqCst);
                 r
             }
-            Step::OnPromote => self.run_hook(Hook::Promote, &status, "primary"),
-            Step::OnDemote => self.run_hook(Hook::Demote, &status, "secondary"),
+            Step::OnPromote => self.run_hook(Hook::Promote, &status, Role::Primary),
+            Step::OnDemote => self.run_hook(Hook::Demote, &status, Role::Secondary),
         }
     }
 
@@ -1066,11 +1036,23 @@ impl Driver {
         }
     }
 
-    fn run_hook(&mut self, hook: Hook, status: &Status, role: &str) -> Result<(), String> {
+    /// Runs `hook` for a node about to be (or being) `role`.
+    fn run_hook(&mut self, hook: Hook, status: &Status, role: Role) -> Result<(), String> {
+        self.run_hook_with_disk(hook, status, Some(status.disk), role)
+    }
+
+    fn run_hook_with_disk(
+        &mut self,
+        hook: Hook,
+        status: &Status,
+        disk: Option<DiskState>,
+        role: Role,
+    ) -> Result<(), String> {
         let state = HookState {
-            role: role.to_owned(),
-            disk: status.disk.clone(),
-            peer: if status.connection == "Connected" {
+            // Hooks see roles in lowercase, as `twinfs.state().role`.
+            role: role.to_string(),
+            disk: disk.map_or_else(|| "Unknown".into(), |d| d.to_string()),
+            peer: if status.connection == ConnectionState::Connected {
                 "connected".into()
             } else {
                 "lost".into()
@@ -1197,7 +1179,7 @@ impl Driver {
                 .into(),
         );
         let status = self.last_status.clone().unwrap_or_default();
-        if let Err(e) = self.run_hook(Hook::Demote, &status, "secondary") {
+        if let Err(e) = self.run_hook(Hook::Demote, &status, Role::Secondary) {
             self.note(format!("on_demote at shutdown failed: {e}"));
         }
         self.write_status(true);
@@ -1223,11 +1205,11 @@ impl Driver {
                 // since the last tick.
                 self.tick();
                 let now = self.now_ms();
-                let role = self.last_status.as_ref().map(|s| s.role.clone());
-                if role.as_deref() != Some("Primary") {
+                let role = self.last_status.as_ref().map(|s| s.role);
+                if role != Some(Role::Primary) {
                     return AdminResponse::Error(format!(
                         "this node is {}, not Primary: run `twinfs switchover` on the primary",
-                        role.unwrap_or_else(|| "not answering".into())
+                        role.map_or_else(|| "not answering".into(), |r| format!("{r:?}"))
                     ));
                 }
                 let ds = self.machine.request_switchover(now);
@@ -1262,9 +1244,12 @@ impl Driver {
             }
             AdminRequest::TakeOver => {
                 let st = self.last_status.clone().unwrap_or_default();
-                if st.role != "Secondary" || st.disk != "UpToDate" || st.connection != "Connected" {
+                if st.role != Role::Secondary
+                    || st.disk != DiskState::UpToDate
+                    || st.connection != ConnectionState::Connected
+                {
                     return AdminResponse::Error(format!(
-                        "this node is {} with disk {} and link {}: only a connected, UpToDate \
+                        "this node is {:?} with disk {} and link {}: only a connected, UpToDate \
                          secondary can take over",
                         st.role, st.disk, st.connection
                     ));

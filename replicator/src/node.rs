@@ -1662,10 +1662,11 @@ impl Node {
     }
 
     fn writes_status(&self) -> crate::status::WritesStatus {
+        use crate::status::WritesState;
         let now = Instant::now();
         let source = self.opts.evidence.source();
         let mut w = crate::status::WritesStatus {
-            state: "closed".into(),
+            state: WritesState::Closed,
             evidence_source: source.describe(),
             unguarded: *source == crate::evidence::EvidenceSource::Unguarded
                 && self.opts.protocol.on_peer_loss != OnPeerLoss::Suspend,
@@ -1677,10 +1678,10 @@ impl Node {
                 return w;
             }
             match primary.ack_state(now) {
-                AckState::Replicating => w.state = "replicating".into(),
-                AckState::AloneUnguarded => w.state = "alone-unguarded".into(),
+                AckState::Replicating => w.state = WritesState::Replicating,
+                AckState::AloneUnguarded => w.state = WritesState::AloneUnguarded,
                 AckState::AloneUntil(until) => {
-                    w.state = "alone".into();
+                    w.state = WritesState::Alone;
                     w.evidence = self.alone_on.as_ref().map(|e| {
                         format!(
                             "{} {:.1} s ago",
@@ -1691,7 +1692,7 @@ impl Node {
                     w.valid_ms = Some(ms(until.saturating_duration_since(now)));
                 }
                 AckState::Suspended => {
-                    w.state = "suspended".into();
+                    w.state = WritesState::Suspended;
                     w.suspended_ms = self
                         .suspended_since
                         .map(|t| ms(now.saturating_duration_since(t)));
@@ -1702,6 +1703,7 @@ impl Node {
     }
 
     fn status(&self) -> Status {
+        use crate::status::ConnectionState;
         let handshaken = self.conn.as_ref().and_then(|c| c.peer.as_ref());
         let (connection, committed, lag, peer_applied, suspended) = match &self.role {
             RoleState::Primary {
@@ -1712,10 +1714,10 @@ impl Node {
             } => {
                 let syncing = catch_up.is_some() || self.resync.is_some();
                 let conn = match (handshaken, syncing) {
-                    (Some(_), true) => "SyncSource",
-                    (Some(_), false) => "Connected",
-                    (None, _) if self.refusal.is_some() => "StandAlone",
-                    (None, _) => "Connecting",
+                    (Some(_), true) => ConnectionState::SyncSource,
+                    (Some(_), false) => ConnectionState::Connected,
+                    (None, _) if self.refusal.is_some() => ConnectionState::StandAlone,
+                    (None, _) => ConnectionState::Connecting,
                 };
                 let lag = Lag {
                     seqs: primary
@@ -1736,10 +1738,10 @@ impl Node {
                 let syncing =
                     catch_up.is_some() || self.resync.is_some() || self.pending_jump.is_some();
                 let conn = match (handshaken, syncing) {
-                    (Some(h), true) if h.role == Role::Primary => "SyncTarget",
-                    (Some(_), _) => "Connected",
-                    (None, _) if self.refusal.is_some() => "StandAlone",
-                    (None, _) => "Connecting",
+                    (Some(h), true) if h.role == Role::Primary => ConnectionState::SyncTarget,
+                    (Some(_), _) => ConnectionState::Connected,
+                    (None, _) if self.refusal.is_some() => ConnectionState::StandAlone,
+                    (None, _) => ConnectionState::Connecting,
                 };
                 (conn, 0, Lag::default(), 0, false)
             }
@@ -1747,11 +1749,11 @@ impl Node {
         Status {
             node: self.opts.name.clone(),
             role: match self.role {
-                RoleState::Primary { .. } => "Primary".into(),
-                RoleState::Secondary { .. } => "Secondary".into(),
+                RoleState::Primary { .. } => Role::Primary,
+                RoleState::Secondary { .. } => Role::Secondary,
             },
-            disk: self.state.disk.to_string(),
-            connection: connection.into(),
+            disk: self.state.disk,
+            connection,
             protocol: match self.opts.protocol.protocol {
                 Protocol::A => "A",
                 Protocol::B => "B",
@@ -1777,11 +1779,8 @@ impl Node {
                     .or_else(|| self.peer_name.clone())
                     .unwrap_or_default(),
                 address: self.opts.peer.to_string(),
-                role: handshaken.map(|h| match h.role {
-                    Role::Primary => "Primary".into(),
-                    Role::Secondary => "Secondary".into(),
-                }),
-                disk: handshaken.map(|h| h.disk.to_string()),
+                role: handshaken.map(|h| h.role),
+                disk: handshaken.map(|h| h.disk),
                 applied_seq: peer_applied,
                 heard_ms_ago: self
                     .last_frame_at
@@ -1802,6 +1801,7 @@ impl Node {
             split_brain: self.split_brain.clone(),
             counters: self.counters.clone(),
             recent: self.recent.iter().cloned().collect(),
+            ..Status::default()
         }
     }
 }
