@@ -15,7 +15,7 @@
 //! `twinfs status`; admin requests (`twinfs switchover`, maintenance) arrive
 //! on `DATA/failover.sock`.
 //!
-//! One round ([`Driver::round`], every [`TICK`]): serve a shutdown request,
+//! One round (`Driver::round`, every 50 ms): serve a shutdown request,
 //! serve admin requests, observe (`observe.rs`: the node's status, the beacon
 //! and the probes become the machine's `Observation`), carry out the
 //! decisions (`steps.rs`), publish the status (`status.rs`). `start.rs` checks
