@@ -93,3 +93,40 @@ pub(crate) fn start(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    #[test]
+    fn the_supervisor_config_carries_the_failover_table() {
+        let text = "node.name = \"www1\"\n\
+            [replication]\nlisten = \"10.0.0.1:7789\"\npeer = \"10.0.0.2:7789\"\n\
+            peer_cert = \"/etc/twinfs/beta.crt\"\n\
+            [failover]\nvip = \"10.0.0.10/24\"\ninterface = \"eth0\"\n\
+            public = \"192.168.0.1:7790\"\npeer_public = \"192.168.0.2:7790\"\n\
+            witness = \"192.168.0.3:7791\"\nwitness_cert = \"/etc/twinfs/witness.crt\"\n\
+            home = \"www1\"\nhold_down = \"1min\"\nescalation = \"poweroff\"\n\
+            [failover.services.httpd]\nstart = [\"httpd\", \"-k\", \"start\"]\n\
+            stop = [\"httpd\", \"-k\", \"stop\"]\n";
+        let cfg = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
+        let r = cfg.replication.as_ref().unwrap();
+        let f = cfg.failover.as_ref().unwrap();
+        let s = supervisor_config(&cfg, r, f);
+        assert_eq!(s.name, "www1");
+        assert_eq!(s.peer_address, "10.0.0.2:7789");
+        assert_eq!(
+            s.peer_cert.as_deref(),
+            Some(Path::new("/etc/twinfs/beta.crt"))
+        );
+        assert_eq!(s.hook_vars["vip"], "10.0.0.10/24");
+        assert_eq!(s.beacon.unwrap().peer, "192.168.0.2:7790".parse().unwrap());
+        assert_eq!(s.witness.unwrap().addr, "192.168.0.3:7791".parse().unwrap());
+        assert_eq!(s.home.as_deref(), Some("www1"));
+        assert_eq!(s.hold_down, Duration::from_secs(60));
+        assert_eq!(s.escalation, Escalation::Poweroff);
+        assert_eq!(s.services["httpd"].start, ["httpd", "-k", "start"]);
+    }
+}
