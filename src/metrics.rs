@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use twinfs_replicator::node::NodeHandle;
 use twinfs_replicator::status::{ConnectionState, DiskState, Role, Status, WritesState};
+use twinfs_supervisor::machine::Activity;
 
 /// The running endpoint; dropping it stops it.
 pub(crate) struct MetricsHandle {
@@ -338,8 +339,14 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
             "failover_activity",
             "What the supervisor is doing.",
             "activity",
-            &["Idle", "Promoting", "Demoting", "RollingBack", "Stopped"],
-            &f.activity.as_str(),
+            &[
+                Activity::Idle,
+                Activity::Promoting,
+                Activity::Demoting,
+                Activity::RollingBack,
+                Activity::Stopped,
+            ],
+            &f.activity,
         );
         o.one(
             "failover_maintenance",
@@ -421,7 +428,7 @@ mod tests {
             ..Status::default()
         };
         let mut f = FailoverStatus {
-            activity: "Idle".into(),
+            activity: Activity::Idle,
             ..FailoverStatus::default()
         };
         f.counters.promotions = 2;

@@ -400,9 +400,10 @@ pub struct Decision {
 }
 
 /// What the machine is busy with, for `twinfs status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activity {
     /// Watching; no transition running.
+    #[default]
     Idle,
     /// Running promotion steps.
     Promoting,

@@ -3,6 +3,7 @@
 //! `DATA/failover.json` for the CLI's `twinfs status`.
 
 use super::Driver;
+use crate::machine::Activity;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,8 @@ pub struct FailoverStatus {
     pub pid: u32,
     /// When it was written (RFC 3339).
     pub written: String,
-    /// `Idle`, `Promoting`, `Demoting`, `RollingBack`, `Stopped`.
-    pub activity: String,
+    /// `Idle`, `Promoting`, `Demoting`, `RollingBack`, `Stopped` (in the JSON).
+    pub activity: Activity,
     /// Why the node is in the role it is in, in one line.
     pub why: String,
     pub maintenance: bool,
@@ -65,7 +66,7 @@ pub struct HookTiming {
 impl FailoverStatus {
     /// The lines `twinfs status` adds under the node's own.
     pub fn human(&self) -> String {
-        let mut s = format!("failover:    {} — {}\n", self.activity, self.why);
+        let mut s = format!("failover:    {:?} — {}\n", self.activity, self.why);
         if self.maintenance {
             s.push_str("             maintenance mode: no automatic action\n");
         }
@@ -174,7 +175,7 @@ impl Driver {
         let st = FailoverStatus {
             pid: std::process::id(),
             written: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            activity: format!("{:?}", self.machine.activity()),
+            activity: self.machine.activity(),
             why: self.machine.why(now),
             maintenance: self.machine.maintenance(),
             decisions: self.timeline.iter().cloned().collect(),

@@ -347,7 +347,7 @@ fn a_silent_peer_is_replaced_in_order_lease_store_hook_status() {
     );
     assert_eq!(b.node.role(), Role::Primary);
     let st = b.published();
-    assert_eq!(st.activity, "Idle");
+    assert_eq!(st.activity, Activity::Idle);
     assert!(st.why.starts_with("promoted"), "{}", st.why);
     assert_eq!((st.counters.promotions, st.counters.rollbacks), (1, 0));
     assert_eq!(st.counters.hooks["on_promote"].runs, 1);
