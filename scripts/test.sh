@@ -117,7 +117,7 @@ boundary_check() {
     echo "$PROTO_CRATE: no clock read outside the tests"
     # Library crates return typed errors (thiserror); only the binary uses anyhow.
     local lib
-    for lib in twinfs-replicator-proto twinfs-fs twinfs-replicator twinfs-lua; do
+    for lib in twinfs-replicator-proto twinfs-fs twinfs-replicator twinfs-supervisor; do
         if cargo tree -p "$lib" -e normal --depth 1 --prefix none | awk '{print $1}' | grep -qx anyhow; then
             echo "$lib is a library crate and must not depend on anyhow (typed errors)" >&2
             return 1

@@ -11,10 +11,10 @@ use crate::UsageError;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use twinfs_lua::actions::{Actuators as _, HttpCheck, Vip};
-use twinfs_lua::actuators::{arp_who_has, System};
 use twinfs_replicator::control::{self, Request, Response};
-use twinfs_replicator::status::Status;
+use twinfs_replicator::status::{ConnectionState, Role, Status};
+use twinfs_supervisor::actions::{Actuators as _, HttpCheck, Vip};
+use twinfs_supervisor::actuators::{arp_who_has, System};
 
 /// How long each move may take before the drill gives up.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -89,9 +89,9 @@ pub(crate) fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
         failures: Vec::new(),
     };
     let s = status(data_dir)?;
-    if s.role != "Primary" || s.connection != "Connected" || s.resync.is_some() {
+    if s.role != Role::Primary || s.connection != ConnectionState::Connected || s.resync.is_some() {
         return Err(UsageError(format!(
-            "run the drill on the primary of a healthy pair: this node is {} / {} / {}",
+            "run the drill on the primary of a healthy pair: this node is {:?} / {} / {}",
             s.role,
             s.connection,
             if s.resync.is_some() {
@@ -203,7 +203,7 @@ pub(crate) fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     let moved = wait_for(data_dir, MOVE_TIMEOUT, |s| {
-        s.role == "Secondary" && s.peer.role.as_deref() == Some("Primary")
+        s.role == Role::Secondary && s.peer.role == Some(Role::Primary)
     });
     d.check(
         moved.is_some(),
@@ -226,7 +226,7 @@ pub(crate) fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
             return finish(d);
         }
     }
-    let back = wait_for(data_dir, MOVE_TIMEOUT, |s| s.role == "Primary");
+    let back = wait_for(data_dir, MOVE_TIMEOUT, |s| s.role == Role::Primary);
     d.check(back.is_some(), format!("{} is Primary again", s.node));
     if back.is_none() {
         return finish(d);
@@ -241,7 +241,7 @@ pub(crate) fn run(cfg: &Config) -> anyhow::Result<ExitCode> {
     http(&mut d, &s.node);
     arp(&mut d, false, "nobody else");
     let _ = wait_for(data_dir, MOVE_TIMEOUT, |s| {
-        s.connection == "Connected" && s.resync.is_none()
+        s.connection == ConnectionState::Connected && s.resync.is_none()
     });
     digests(&mut d, "after");
     finish(d)

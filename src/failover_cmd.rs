@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use twinfs_lua::hooks::{self, Hook, HookContext};
-use twinfs_lua::witness::{PublicKey, Signer, SigningKey, WitnessConfig, WitnessServer};
 use twinfs_replicator::control::{self, Request, Response};
+use twinfs_supervisor::hooks::{self, Hook, HookContext};
+use twinfs_supervisor::witness::{PublicKey, Signer, SigningKey, WitnessConfig, WitnessServer};
 
 /// `twinfs hooks check FILE`: compiles the script and lists its hooks.
 pub(crate) fn hooks_check(file: &Path) -> anyhow::Result<ExitCode> {
@@ -80,9 +80,9 @@ pub(crate) fn switchover(data_dir: &Path) -> anyhow::Result<ExitCode> {
         if let Ok(Response::Status(s)) =
             control::call(data_dir, &Request::Status, Duration::from_secs(5))
         {
-            if s.peer.role.as_deref() == Some("Primary") {
+            if s.peer.role == Some(twinfs_replicator::status::Role::Primary) {
                 println!(
-                    "switchover done in {:.2} s: {} is Primary, this node ({}) is {}",
+                    "switchover done in {:.2} s: {} is Primary, this node ({}) is {:?}",
                     started.elapsed().as_secs_f64(),
                     if s.peer.name.is_empty() {
                         s.peer.address.clone()

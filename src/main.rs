@@ -4,7 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-mod admin_socket;
 pub mod config;
 mod daemon;
 mod demo;

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use twinfs_replicator::node::NodeHandle;
-use twinfs_replicator::status::Status;
+use twinfs_replicator::status::{ConnectionState, DiskState, Role, Status, WritesState};
+use twinfs_supervisor::machine::Activity;
 
 /// The running endpoint; dropping it stops it.
 pub(crate) struct MetricsHandle {
@@ -114,10 +115,20 @@ impl Out {
     }
 
     /// A state set: one sample per possible state, 1 for the current one.
-    fn states(&mut self, name: &str, help: &str, label: &str, all: &[&str], now: &str) {
+    /// Each state's label is its form in `twinfs status --json`.
+    fn states<T: PartialEq + serde::Serialize>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        all: &[T],
+        now: &T,
+    ) {
         self.family(name, "gauge", help);
         for s in all {
-            self.sample(name, &[(label, s)], f64::from(u8::from(*s == now)));
+            let value = serde_json::to_value(s).unwrap_or_default();
+            let text = value.as_str().unwrap_or_default();
+            self.sample(name, &[(label, text)], f64::from(u8::from(s == now)));
         }
     }
 }
@@ -144,27 +155,26 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
             "role",
             "The node's role.",
             "role",
-            &["Primary", "Secondary"],
+            &[Role::Primary, Role::Secondary],
             &s.role,
         );
         o.states(
             "disk_state",
             "The local disk's state (only UpToDate may be promoted).",
             "state",
-            &["UpToDate", "Outdated", "Inconsistent", "Diskless"],
+            &[
+                DiskState::UpToDate,
+                DiskState::Outdated,
+                DiskState::Inconsistent,
+                DiskState::Diskless,
+            ],
             &s.disk,
         );
         o.states(
             "connection_state",
             "The replication link.",
             "state",
-            &[
-                "StandAlone",
-                "Connecting",
-                "Connected",
-                "SyncSource",
-                "SyncTarget",
-            ],
+            &ConnectionState::ALL,
             &s.connection,
         );
         o.one(
@@ -178,13 +188,7 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
             "writes_state",
             "Whether writes are acknowledged, and on what grounds.",
             "state",
-            &[
-                "replicating",
-                "alone",
-                "alone-unguarded",
-                "suspended",
-                "closed",
-            ],
+            &WritesState::ALL,
             &s.writes.state,
         );
         o.one(
@@ -335,7 +339,13 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
             "failover_activity",
             "What the supervisor is doing.",
             "activity",
-            &["Idle", "Promoting", "Demoting", "RollingBack", "Stopped"],
+            &[
+                Activity::Idle,
+                Activity::Promoting,
+                Activity::Demoting,
+                Activity::RollingBack,
+                Activity::Stopped,
+            ],
             &f.activity,
         );
         o.one(
@@ -406,9 +416,9 @@ mod tests {
     #[test]
     fn exposition_has_the_states_counters_and_hooks() {
         let s = Status {
-            role: "Primary".into(),
-            disk: "UpToDate".into(),
-            connection: "SyncSource".into(),
+            role: Role::Primary,
+            disk: DiskState::UpToDate,
+            connection: ConnectionState::SyncSource,
             resync: Some(twinfs_replicator::status::Resync {
                 direction: "source".into(),
                 done_bytes: 10,
@@ -418,7 +428,7 @@ mod tests {
             ..Status::default()
         };
         let mut f = FailoverStatus {
-            activity: "Idle".into(),
+            activity: Activity::Idle,
             ..FailoverStatus::default()
         };
         f.counters.promotions = 2;

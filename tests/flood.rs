@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use twinfs_lua::witness::{Kind, Signer, SigningKey, LOG_LINES_PER_SEC, MAGIC, REFUSAL_CLASSES};
+use twinfs_supervisor::witness::{
+    Kind, Signer, SigningKey, LOG_LINES_PER_SEC, MAGIC, REFUSAL_CLASSES,
+};
 
 /// How long the flood runs before the primary is killed: four deadtimes
 /// (`pair::DEADTIME` is 2 s).

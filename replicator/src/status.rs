@@ -2,18 +2,34 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
+pub use twinfs_replicator_proto::{ConnectionState, DiskState, Role};
+
+/// The version of the status's JSON form (`twinfs status --json`), in its
+/// `schema` field. It grows when a field changes meaning or is removed;
+/// adding a field does not change it.
+///
+/// 1: `role` (`Primary`, `Secondary`), `disk` (`UpToDate`, `Outdated`,
+/// `Inconsistent`, `Diskless`), `connection` (`StandAlone`, `Connecting`,
+/// `Connected`, `SyncSource`, `SyncTarget`) and `writes.state` hold one of the
+/// names listed; the same strings as before the field existed.
+pub const STATUS_SCHEMA: u32 = 1;
 
 /// A node's status, as the daemon reports it over the control socket.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// The version of this JSON form ([`STATUS_SCHEMA`]); 0 from a daemon
+    /// older than the field.
+    #[serde(default)]
+    pub schema: u32,
     /// This node's name.
     pub node: String,
-    /// `Primary` or `Secondary`.
-    pub role: String,
-    /// `UpToDate`, `Outdated`, `Inconsistent`.
-    pub disk: String,
+    /// `Primary` or `Secondary` (the variant name, unlike the lowercase
+    /// form of the state file and the hooks).
+    pub role: Role,
+    /// `UpToDate`, `Outdated`, `Inconsistent`, `Diskless`.
+    pub disk: DiskState,
     /// `StandAlone`, `Connecting`, `Connected`, `SyncSource`, `SyncTarget`.
-    pub connection: String,
+    pub connection: ConnectionState,
     /// The replication protocol (`A`, `B`, `C`).
     pub protocol: String,
     /// What happens to writes while the peer is lost (`continue` or `suspend`).
@@ -52,15 +68,41 @@ pub struct Status {
     pub recent: Vec<String>,
 }
 
+impl Default for Status {
+    /// A Secondary that knows nothing yet, in the current [`STATUS_SCHEMA`].
+    fn default() -> Self {
+        Status {
+            schema: STATUS_SCHEMA,
+            node: String::new(),
+            role: Role::default(),
+            disk: DiskState::default(),
+            connection: ConnectionState::default(),
+            protocol: String::new(),
+            on_peer_loss: String::new(),
+            suspended: false,
+            writes: WritesStatus::default(),
+            generation: String::new(),
+            shared_generation: String::new(),
+            applied_seq: 0,
+            floor_seq: 0,
+            committed_seq: 0,
+            peer: PeerStatus::default(),
+            lag: Lag::default(),
+            resync: None,
+            refusal: None,
+            split_brain: None,
+            counters: Counters::default(),
+            recent: Vec::new(),
+        }
+    }
+}
+
 /// Whether and why writes are acknowledged (see DURABILITY.md, "The right to
 /// acknowledge alone").
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WritesStatus {
-    /// `replicating` (the protocol decides), `alone` (peer lost, evidence
-    /// held), `alone-unguarded` (peer lost, no evidence source configured),
-    /// `suspended` (peer lost, no evidence: nothing is acknowledged),
-    /// `closed` (not primary, or demoting).
-    pub state: String,
+    /// Whether writes are acknowledged now.
+    pub state: WritesState,
     /// Where the evidence comes from, in one line.
     pub evidence_source: String,
     /// No witness and no ping target: a cut cable can cause a split brain.
@@ -73,6 +115,35 @@ pub struct WritesStatus {
     pub suspended_ms: Option<u64>,
 }
 
+/// Whether writes are acknowledged now; the serde form is the kebab-case
+/// name (`alone-unguarded`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WritesState {
+    /// The replication protocol decides (connected, or peer not yet lost).
+    Replicating,
+    /// Peer lost, evidence held: acknowledged alone.
+    Alone,
+    /// Peer lost, no evidence source configured: acknowledged alone.
+    AloneUnguarded,
+    /// Peer lost, no evidence: nothing is acknowledged.
+    Suspended,
+    /// Not primary, or demoting.
+    #[default]
+    Closed,
+}
+
+impl WritesState {
+    /// Every state, in the order above (for the metrics' state sets).
+    pub const ALL: [WritesState; 5] = [
+        WritesState::Replicating,
+        WritesState::Alone,
+        WritesState::AloneUnguarded,
+        WritesState::Suspended,
+        WritesState::Closed,
+    ];
+}
+
 /// The peer as seen from this node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
@@ -81,9 +152,9 @@ pub struct PeerStatus {
     /// The configured address.
     pub address: String,
     /// Its role, if connected.
-    pub role: Option<String>,
+    pub role: Option<Role>,
     /// Its disk state, if connected.
-    pub disk: Option<String>,
+    pub disk: Option<DiskState>,
     /// The last seq the peer acknowledged as applied.
     pub applied_seq: u64,
     /// Milliseconds since the last frame from the peer arrived (heartbeats
@@ -167,9 +238,10 @@ impl Status {
     /// The human form, in the spirit of `drbdadm status`.
     pub fn human(&self) -> String {
         let mut o = String::new();
+        // Roles as `Primary`, as in the JSON form (their Display is lowercase).
         let _ = writeln!(
             o,
-            "{} role:{} disk:{} generation:{}",
+            "{} role:{:?} disk:{} generation:{}",
             self.node, self.role, self.disk, self.generation
         );
         let peer_name = if self.peer.name.is_empty() {
@@ -183,7 +255,7 @@ impl Status {
             peer_name, self.peer.address, self.connection
         );
         if let (Some(r), Some(d)) = (&self.peer.role, &self.peer.disk) {
-            let _ = write!(o, " role:{r} disk:{d}");
+            let _ = write!(o, " role:{r:?} disk:{d}");
         }
         o.push('\n');
         if let Some(l) = &self.peer.link {
@@ -207,8 +279,8 @@ impl Status {
             self.committed_seq,
             self.peer.applied_seq
         );
-        match self.writes.state.as_str() {
-            "suspended" => {
+        match self.writes.state {
+            WritesState::Suspended => {
                 let _ = writeln!(
                     o,
                     "  writes: SUSPENDED for {:.1} s: the peer is lost and this node holds no evidence \
@@ -217,7 +289,7 @@ impl Status {
                     self.writes.evidence_source
                 );
             }
-            "alone" => {
+            WritesState::Alone => {
                 let _ = writeln!(
                     o,
                     "  writes: acknowledged ALONE (peer lost): {} (valid {:.1} s more)",
@@ -225,16 +297,16 @@ impl Status {
                     self.writes.valid_ms.unwrap_or(0) as f64 / 1000.0
                 );
             }
-            "alone-unguarded" => {
+            WritesState::AloneUnguarded => {
                 let _ = writeln!(
                     o,
                     "  writes: acknowledged ALONE WITHOUT EVIDENCE (peer lost): no witness and no \
                      ping target, so a cut cable can cause a split brain"
                 );
             }
-            _ => {}
+            WritesState::Replicating | WritesState::Closed => {}
         }
-        if self.writes.unguarded && self.writes.state != "alone-unguarded" {
+        if self.writes.unguarded && self.writes.state != WritesState::AloneUnguarded {
             let _ = writeln!(
                 o,
                 "  warning: no witness and no ping target: a primary that loses its peer \
@@ -324,17 +396,17 @@ mod tests {
     fn human_form_shows_the_essentials() {
         let s = Status {
             node: "alpha".into(),
-            role: "Primary".into(),
-            disk: "UpToDate".into(),
-            connection: "Connected".into(),
+            role: Role::Primary,
+            disk: DiskState::UpToDate,
+            connection: ConnectionState::Connected,
             protocol: "C".into(),
             on_peer_loss: "continue".into(),
             generation: "1f".into(),
             peer: PeerStatus {
                 name: "beta".into(),
                 address: "10.0.0.2:7789".into(),
-                role: Some("Secondary".into()),
-                disk: Some("UpToDate".into()),
+                role: Some(Role::Secondary),
+                disk: Some(DiskState::UpToDate),
                 applied_seq: 40,
                 heard_ms_ago: Some(150),
                 link: Some(LinkStatus {
@@ -372,13 +444,42 @@ mod tests {
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
     }
 
+    /// `twinfs status --json` keeps the strings it printed before the fields
+    /// were typed, and says which schema it follows.
+    #[test]
+    fn json_form_keeps_the_state_names() {
+        let s = Status {
+            role: Role::Primary,
+            disk: DiskState::UpToDate,
+            connection: ConnectionState::SyncSource,
+            writes: WritesStatus {
+                state: WritesState::AloneUnguarded,
+                ..WritesStatus::default()
+            },
+            peer: PeerStatus {
+                role: Some(Role::Secondary),
+                disk: Some(DiskState::Inconsistent),
+                ..PeerStatus::default()
+            },
+            ..Status::default()
+        };
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["schema"], STATUS_SCHEMA);
+        assert_eq!(json["role"], "Primary");
+        assert_eq!(json["disk"], "UpToDate");
+        assert_eq!(json["connection"], "SyncSource");
+        assert_eq!(json["writes"]["state"], "alone-unguarded");
+        assert_eq!(json["peer"]["role"], "Secondary");
+        assert_eq!(json["peer"]["disk"], "Inconsistent");
+    }
+
     #[test]
     fn human_form_says_when_writes_are_suspended_alone_or_unguarded() {
         let mut s = Status {
             node: "alpha".into(),
-            role: "Primary".into(),
+            role: Role::Primary,
             writes: WritesStatus {
-                state: "suspended".into(),
+                state: WritesState::Suspended,
                 evidence_source: "an answer from the ping target 10.0.0.1".into(),
                 suspended_ms: Some(1200),
                 ..WritesStatus::default()
@@ -393,7 +494,7 @@ mod tests {
             "{h}"
         );
         s.writes = WritesStatus {
-            state: "alone".into(),
+            state: WritesState::Alone,
             evidence: Some("the ping target 10.0.0.1 answered a probe sent 0.1 s ago".into()),
             valid_ms: Some(400),
             ..WritesStatus::default()
@@ -405,7 +506,7 @@ mod tests {
             "{h}"
         );
         s.writes = WritesStatus {
-            state: "replicating".into(),
+            state: WritesState::Replicating,
             unguarded: true,
             ..WritesStatus::default()
         };

@@ -71,6 +71,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod connection;
 mod error;
 mod frame;
 pub mod fuzzing;
@@ -85,6 +86,7 @@ mod replica;
 mod tests;
 
 pub use config::{OnPeerLoss, Protocol, ProtocolConfig};
+pub use connection::ConnectionState;
 pub use error::{ConfigError, FrameError, ProtocolError};
 pub use frame::{Frame, Hello, FRAME_VERSION, HEADER_LEN, MAGIC, MAX_BODY_LEN, MAX_PAYLOAD_LEN};
 pub use generation::{decide, Decision, History, Side, SplitBrainPolicy};
@@ -130,12 +132,16 @@ impl std::fmt::Display for Generation {
 }
 
 /// A node's role: the one type for it in every crate (the state file, the
-/// beacon, the handshake).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// beacon, the handshake, the status). The default is `Secondary`: every
+/// node starts as one.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Role {
     /// Mounted read-write; the only writer.
     Primary,
     /// Receives the primary's mutations.
+    #[default]
     Secondary,
 }
 

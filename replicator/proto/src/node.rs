@@ -39,8 +39,8 @@ pub use resync::{
 pub use state::{Counters, NodeState};
 
 use crate::{
-    AckState, Frame, Generation, Hello, OnPeerLoss, Primary, ProtocolConfig, Replica, Role, Seq,
-    SplitBrainPolicy,
+    AckState, ConnectionState, Frame, Generation, Hello, OnPeerLoss, Primary, ProtocolConfig,
+    Replica, Role, Seq, SplitBrainPolicy,
 };
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -186,27 +186,6 @@ pub enum Output {
     Note(String),
     /// The node may stop (a shutdown finished).
     Stop,
-}
-
-/// The state of the link to the peer, as the status shows it (DRBD's words).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Connection {
-    /// Looking for the peer.
-    Connecting,
-    /// Handshake done, replicating.
-    Connected,
-    /// Connected, this node shipping a resync (or the peer catching up).
-    SyncSource,
-    /// Connected, this node receiving a resync (or catching up).
-    SyncTarget,
-    /// This node refuses the peer (a split brain, a protocol error).
-    StandAlone,
-}
-
-impl std::fmt::Display for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
 }
 
 /// Where the writes of a primary stand, for the status.
@@ -461,7 +440,7 @@ impl NodeCore {
     }
 
     /// The state of the link to the peer, as the status names it.
-    pub fn connection(&self) -> Connection {
+    pub fn connection(&self) -> ConnectionState {
         let handshaken = self.peer();
         let syncing = match &self.role {
             RoleState::Primary { catch_up, .. } => catch_up.is_some() || self.resync.is_some(),
@@ -470,11 +449,11 @@ impl NodeCore {
             }
         };
         match (handshaken, syncing) {
-            (Some(_), true) if self.role() == Role::Primary => Connection::SyncSource,
-            (Some(h), true) if h.role == Role::Primary => Connection::SyncTarget,
-            (Some(_), _) => Connection::Connected,
-            (None, _) if self.refusal.is_some() => Connection::StandAlone,
-            (None, _) => Connection::Connecting,
+            (Some(_), true) if self.role() == Role::Primary => ConnectionState::SyncSource,
+            (Some(h), true) if h.role == Role::Primary => ConnectionState::SyncTarget,
+            (Some(_), _) => ConnectionState::Connected,
+            (None, _) if self.refusal.is_some() => ConnectionState::StandAlone,
+            (None, _) => ConnectionState::Connecting,
         }
     }
 

@@ -3,14 +3,15 @@
 
 use super::NodeEvent;
 use std::sync::mpsc::{SyncSender, TrySendError};
-use twinfs_replicator_proto::node::{Connection, NodeCore};
+use twinfs_replicator_proto::node::NodeCore;
+use twinfs_replicator_proto::ConnectionState;
 use twinfs_replicator_proto::{DiskState, Role};
 
 /// The subscribers and the last published states.
 #[derive(Default)]
 pub(super) struct Publisher {
     subscribers: Vec<SyncSender<NodeEvent>>,
-    last: Option<(Role, DiskState, Connection)>,
+    last: Option<(Role, DiskState, ConnectionState)>,
 }
 
 impl Publisher {
@@ -20,7 +21,7 @@ impl Publisher {
         for ev in [
             NodeEvent::Role(role),
             NodeEvent::Disk(disk),
-            NodeEvent::Connection(conn),
+            NodeEvent::ConnectionState(conn),
         ] {
             let _ = tx.try_send(ev);
         }
@@ -40,7 +41,7 @@ impl Publisher {
             self.publish(NodeEvent::Disk(cur.1));
         }
         if cur.2 != last.2 {
-            self.publish(NodeEvent::Connection(cur.2));
+            self.publish(NodeEvent::ConnectionState(cur.2));
         }
     }
 
@@ -52,6 +53,6 @@ impl Publisher {
     }
 }
 
-fn now(core: &NodeCore) -> (Role, DiskState, Connection) {
+fn now(core: &NodeCore) -> (Role, DiskState, ConnectionState) {
     (core.role(), core.state().disk, core.connection())
 }

@@ -11,7 +11,7 @@ use crate::control::{Request, Response};
 use crate::status::Status;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use twinfs_replicator_proto::node::Connection;
+use twinfs_replicator_proto::ConnectionState;
 use twinfs_replicator_proto::{DiskState, Role};
 
 /// Events a subscriber holds before the node drops new ones for it (a
@@ -27,7 +27,7 @@ pub enum NodeEvent {
     /// The disk state changed.
     Disk(DiskState),
     /// The link to the peer changed.
-    Connection(Connection),
+    ConnectionState(ConnectionState),
     /// A notable event, as the status's `recent` list shows it.
     Note(String),
 }

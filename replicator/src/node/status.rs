@@ -2,28 +2,23 @@
 
 use super::{ps, Node};
 use crate::evidence::EvidenceSource;
-use crate::status::{Lag, LinkStatus, PeerStatus, Status, WritesStatus};
+use crate::status::{
+    Lag, LinkStatus, PeerStatus, Status, WritesState, WritesStatus, STATUS_SCHEMA,
+};
 use std::time::{Duration, Instant};
 use twinfs_fs::Store as _;
 use twinfs_replicator_proto::node::WritesView;
-use twinfs_replicator_proto::{Generation, OnPeerLoss, Protocol, Role};
+use twinfs_replicator_proto::{Generation, OnPeerLoss, Protocol};
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn role_name(r: Role) -> String {
-    match r {
-        Role::Primary => "Primary".into(),
-        Role::Secondary => "Secondary".into(),
-    }
 }
 
 impl Node {
     fn writes_status(&self, now: Instant) -> WritesStatus {
         let source = self.opts.evidence.source();
         let mut w = WritesStatus {
-            state: "closed".into(),
+            state: WritesState::Closed,
             evidence_source: source.describe(),
             unguarded: *source == EvidenceSource::Unguarded
                 && self.opts.protocol.on_peer_loss != OnPeerLoss::Suspend,
@@ -31,10 +26,10 @@ impl Node {
         };
         match self.core.writes(now) {
             WritesView::Closed => {}
-            WritesView::Replicating => w.state = "replicating".into(),
-            WritesView::AloneUnguarded => w.state = "alone-unguarded".into(),
+            WritesView::Replicating => w.state = WritesState::Replicating,
+            WritesView::AloneUnguarded => w.state = WritesState::AloneUnguarded,
             WritesView::Alone { evidence, until } => {
-                w.state = "alone".into();
+                w.state = WritesState::Alone;
                 w.evidence = evidence.map(|e| {
                     format!(
                         "{} {:.1} s ago",
@@ -45,7 +40,7 @@ impl Node {
                 w.valid_ms = Some(ms(until.saturating_duration_since(now)));
             }
             WritesView::Suspended(since) => {
-                w.state = "suspended".into();
+                w.state = WritesState::Suspended;
                 w.suspended_ms = since.map(|t| ms(now.saturating_duration_since(t)));
             }
         }
@@ -59,10 +54,11 @@ impl Node {
         let handshaken = core.peer();
         let (seqs, bytes, peer_applied) = core.lag().unwrap_or_default();
         Status {
+            schema: STATUS_SCHEMA,
             node: self.opts.name.clone(),
-            role: role_name(core.role()),
-            disk: state.disk.to_string(),
-            connection: core.connection().to_string(),
+            role: core.role(),
+            disk: state.disk,
+            connection: core.connection(),
             protocol: match self.opts.protocol.protocol {
                 Protocol::A => "A",
                 Protocol::B => "B",
@@ -85,8 +81,8 @@ impl Node {
             peer: PeerStatus {
                 name: core.peer_name().unwrap_or_default().to_string(),
                 address: self.opts.peer.to_string(),
-                role: handshaken.map(|h| role_name(h.role)),
-                disk: handshaken.map(|h| h.disk.to_string()),
+                role: handshaken.map(|h| h.role),
+                disk: handshaken.map(|h| h.disk),
                 applied_seq: peer_applied.0,
                 heard_ms_ago: core
                     .last_frame_at()

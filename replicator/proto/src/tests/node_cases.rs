@@ -3,7 +3,7 @@
 
 use super::node_sim::Sim;
 use crate::node::verify::Difference;
-use crate::node::Connection;
+use crate::ConnectionState as Connection;
 use crate::{DiskState, Role, SplitBrainPolicy};
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -120,7 +120,7 @@
 //!
 //! ```no_run
 //! use std::{path::Path, sync::Arc};
-//! use twinfs_lua::hooks::{Hook, HookContext, HookLimits, HookRuntime, HookState, Recorder};
+//! use twinfs_supervisor::hooks::{Hook, HookContext, HookLimits, HookRuntime, HookState, Recorder};
 //!
 //! let ctx = HookContext::new("node-a", [("vip".into(), "10.0.0.10/24".into())].into());
 //! let mut rt = HookRuntime::load(
@@ -133,7 +133,7 @@
 //! for action in &report.actions {
 //!     println!("{action}");
 //! }
-//! # Ok::<(), twinfs_lua::hooks::HookError>(())
+//! # Ok::<(), twinfs_supervisor::hooks::HookError>(())
 //! ```
 
 mod api;

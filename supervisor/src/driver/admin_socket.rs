@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::supervisor::{AdminRequest, AdminResponse};
+use super::{AdminRequest, AdminResponse};
 
 /// The longest request line.
 pub(crate) const MAX_REQUEST: u64 = 64 << 10;

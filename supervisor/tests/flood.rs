@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use twinfs_lua::witness::{
+use twinfs_supervisor::witness::{
     Announce, Beacon, BeaconConfig, DiskState, IntakeStats, Kind, LeaseStatus, Role, Signer,
     SigningKey, WitnessClient, WitnessClientConfig, WitnessConfig, WitnessServer,
     LOG_LINES_PER_SEC, MAGIC, RATE_PER_SOURCE, REFUSAL_CLASSES, SIGNATURE_LEN, VERSION,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use twinfs_lua::witness::{
+use twinfs_supervisor::witness::{
     Announce, Beacon, BeaconConfig, DiskState, Kind, LeaseStatus, PublicKey, Role, Signer,
     SigningKey, Verifier, WitnessClient, WitnessClientConfig, WitnessConfig, WitnessError,
     WitnessServer,

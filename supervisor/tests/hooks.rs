@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use twinfs_lua::actions::{
+use twinfs_supervisor::actions::{
     ActionError, Actuators, ExecResult, HttpAnswer, HttpCheck, ServiceState, Vip, VipClaim,
 };
-use twinfs_lua::hooks::{
+use twinfs_supervisor::hooks::{
     check_script, dry_run, Hook, HookContext, HookError, HookLimits, HookRuntime, HookState,
 };
 
@@ -168,12 +168,12 @@ impl Lab {
 
 const VARS: &[(&str, &str)] = &[("vip", "10.0.0.10/24"), ("interface", "eth0")];
 
-fn promote(rt: &mut HookRuntime) -> Result<twinfs_lua::hooks::HookReport, HookError> {
+fn promote(rt: &mut HookRuntime) -> Result<twinfs_supervisor::hooks::HookReport, HookError> {
     rt.run(Hook::Promote, &HookState::example(Hook::Promote))
 }
 
 /// The message of a failed hook (panics on any other outcome).
-fn failed_message(result: Result<twinfs_lua::hooks::HookReport, HookError>) -> String {
+fn failed_message(result: Result<twinfs_supervisor::hooks::HookReport, HookError>) -> String {
     match result {
         Err(HookError::Failed { message, .. }) => message,
         other => panic!("expected a failed hook, got {other:?}"),

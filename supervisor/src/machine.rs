@@ -55,7 +55,7 @@
 //! # Example: the driver loop
 //!
 //! ```
-//! use twinfs_lua::machine::*;
+//! use twinfs_supervisor::machine::*;
 //!
 //! let cfg = MachineConfig { deadtime_ms: 1_000, initdead_ms: 1_000, ..MachineConfig::default() };
 //! let mut m = Machine::new(cfg, 0).unwrap();
@@ -65,7 +65,7 @@
 //!     let obs = Observation {
 //!         now_ms: tick * 50,
 //!         role,
-//!         disk: Disk::UpToDate,
+//!         disk: Some(DiskState::UpToDate),
 //!         link: LinkView::down(),
 //!         beacon_age_ms: None,
 //!         ping: None,
@@ -86,7 +86,6 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,40 +94,12 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-/// The role of a node, in DRBD's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
-    /// Mounted read-write, holds the VIP, runs Apache.
-    Primary,
-    /// Receives the replicated writes; mounted read-only or not at all.
-    Secondary,
-}
+pub use twinfs_replicator_proto::{DiskState, Role};
 
-/// The state of a node's data, in DRBD's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Disk {
-    /// Holds the latest data: the only state that may be promoted.
-    UpToDate,
-    /// Consistent but older than the peer's.
-    Outdated,
-    /// A resync target in the middle of a resync.
-    Inconsistent,
-    /// No local store.
-    Diskless,
-    /// Not known (yet): the store did not say.
-    Unknown,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
-impl fmt::Display for Disk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
+/// A disk state for a message: `UpToDate`, ..., or `Unknown` when the
+/// store did not say.
+fn disk_name(disk: Option<DiskState>) -> String {
+    disk.map_or_else(|| "Unknown".into(), |d| d.to_string())
 }
 
 /// What the replication link says about the peer.
@@ -139,7 +110,7 @@ pub struct LinkView {
     /// The peer's role as it last reported it on the link.
     pub peer_role: Option<Role>,
     /// The peer's disk as it last reported it on the link.
-    pub peer_disk: Option<Disk>,
+    pub peer_disk: Option<DiskState>,
     /// Both stores hold the same data: connected and no resync running.
     pub in_sync: bool,
     /// How long ago the last frame from the peer arrived on the link, as the
@@ -167,7 +138,7 @@ impl LinkView {
         LinkView {
             connected: true,
             peer_role: Some(peer_role),
-            peer_disk: Some(Disk::UpToDate),
+            peer_disk: Some(DiskState::UpToDate),
             in_sync: true,
             heard_ago_ms: None,
         }
@@ -204,8 +175,9 @@ pub struct Observation {
     pub now_ms: u64,
     /// The local role as the store reports it now.
     pub role: Role,
-    /// The local disk as the store reports it now.
-    pub disk: Disk,
+    /// The local disk as the store reports it now; `None` when it did not
+    /// say (never promoted).
+    pub disk: Option<DiskState>,
     /// The replication link.
     pub link: LinkView,
     /// Milliseconds since the last authenticated beacon from the peer on the
@@ -428,9 +400,10 @@ pub struct Decision {
 }
 
 /// What the machine is busy with, for `twinfs status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activity {
     /// Watching; no transition running.
+    #[default]
     Idle,
     /// Running promotion steps.
     Promoting,
@@ -480,7 +453,7 @@ enum Refusal {
     Stopped,
     SteppedDown,
     HoldDown,
-    Disk(Disk),
+    Disk(Option<DiskState>),
     WitnessUnreachable,
     WitnessHearsPeer,
     WitnessNoLease,
@@ -748,8 +721,8 @@ impl Machine {
             (Phase::Idle, Some(obs)) => {
                 if obs.role != Role::Secondary {
                     Some(refuse("this node is already Primary".into()))
-                } else if obs.disk != Disk::UpToDate {
-                    Some(refuse(format!("local disk is {}", obs.disk)))
+                } else if obs.disk != Some(DiskState::UpToDate) {
+                    Some(refuse(format!("local disk is {}", disk_name(obs.disk))))
                 } else if !obs.link.connected {
                     Some(refuse("the replication link is down".into()))
                 } else if !obs.link.in_sync {
@@ -854,7 +827,7 @@ impl Machine {
             && link.connected
             && link.in_sync
             && link.peer_role == Some(Role::Secondary)
-            && link.peer_disk == Some(Disk::UpToDate);
+            && link.peer_disk == Some(DiskState::UpToDate);
         self.healthy_since = if healthy {
             self.healthy_since.or(Some(now))
         } else {
@@ -992,10 +965,10 @@ impl Machine {
                 ),
             ));
         }
-        if obs.disk != Disk::UpToDate {
+        if obs.disk != Some(DiskState::UpToDate) {
             return Some((
                 Refusal::Disk(obs.disk),
-                format!("local disk is {}", obs.disk),
+                format!("local disk is {}", disk_name(obs.disk)),
             ));
         }
         if let Some(name) = &self.cfg.witness {
@@ -1067,7 +1040,9 @@ impl Machine {
                     "hold-down after a failed promotion, {} left",
                     secs(until - now)
                 )),
-                None if obs.disk != Disk::UpToDate => Some(format!("local disk is {}", obs.disk)),
+                None if obs.disk != Some(DiskState::UpToDate) => {
+                    Some(format!("local disk is {}", disk_name(obs.disk)))
+                }
                 None if !obs.link.in_sync => Some("a resync is running".into()),
                 None => self.witness_lease_problem(obs),
             },
@@ -1388,12 +1363,13 @@ fn peer_ready_problem(link: &LinkView) -> Option<String> {
     }
     if link.peer_role != Some(Role::Secondary) {
         return Some(match link.peer_role {
-            Some(r) => format!("the peer is {r}"),
+            // `Primary`, as every message of the machine writes roles.
+            Some(r) => format!("the peer is {r:?}"),
             None => "the peer has not said its role".into(),
         });
     }
     match link.peer_disk {
-        Some(Disk::UpToDate) => {}
+        Some(DiskState::UpToDate) => {}
         Some(d) => return Some(format!("the peer's disk is {d}")),
         None => return Some("the peer has not said its disk state".into()),
     }

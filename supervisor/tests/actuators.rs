@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
-use twinfs_lua::actions::{Actuators, HttpCheck, ServiceState, Vip};
-use twinfs_lua::actuators::{ping, ServiceBackend, ServiceCommands, System, SystemOptions};
+use twinfs_supervisor::actions::{Actuators, HttpCheck, ServiceState, Vip};
+use twinfs_supervisor::actuators::{ping, ServiceBackend, ServiceCommands, System, SystemOptions};
 
 fn argv(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()

@@ -150,11 +150,11 @@ impl World {
         Observation {
             now_ms: self.now,
             role: me.role,
-            disk: Disk::UpToDate,
+            disk: Some(DiskState::UpToDate),
             link: LinkView {
                 connected,
                 peer_role: connected.then_some(peer.role),
-                peer_disk: connected.then_some(Disk::UpToDate),
+                peer_disk: connected.then_some(DiskState::UpToDate),
                 in_sync: connected,
                 heard_ago_ms: None,
             },

@@ -20,7 +20,7 @@ struct Bench {
     m: Machine,
     now: u64,
     role: Role,
-    disk: Disk,
+    disk: Option<DiskState>,
     link: LinkView,
     /// When the last beacon came; `None`: never.
     beacon_at: Option<u64>,
@@ -43,7 +43,7 @@ impl Bench {
             m: Machine::new(cfg, 0).expect("valid config"),
             now: 0,
             role: Role::Secondary,
-            disk: Disk::UpToDate,
+            disk: Some(DiskState::UpToDate),
             link: LinkView::healthy(Role::Primary),
             beacon_at: None,
             ping: None,
@@ -252,17 +252,18 @@ fn promotion_reason_names_the_ping_target_and_witness() {
 #[test]
 fn never_promotes_a_disk_that_is_not_up_to_date() {
     for disk in [
-        Disk::Outdated,
-        Disk::Inconsistent,
-        Disk::Diskless,
-        Disk::Unknown,
+        Some(DiskState::Outdated),
+        Some(DiskState::Inconsistent),
+        Some(DiskState::Diskless),
+        None,
     ] {
         let mut b = Bench::secondary(cfg());
         b.disk = disk;
+        let name = disk_name(disk);
         b.run_for(200);
         b.cut_link();
         b.run_for(10_000);
-        assert_eq!(b.count(Action::Promote), 0, "{disk} promoted");
+        assert_eq!(b.count(Action::Promote), 0, "{name} promoted");
         let why = "did not promote (peer silent for 1 s on the replication link";
         assert!(
             b.log.iter().any(|d| d.reason.starts_with(why)),
@@ -270,7 +271,7 @@ fn never_promotes_a_disk_that_is_not_up_to_date() {
             b.log
         );
         assert_eq!(
-            b.refusals_containing(&format!("local disk is {disk}")),
+            b.refusals_containing(&format!("local disk is {name}")),
             1,
             "recorded once: {:?}",
             b.log
@@ -281,7 +282,7 @@ fn never_promotes_a_disk_that_is_not_up_to_date() {
         let out = b.m.handle_peer_handed_over(b.now);
         assert!(
             out[0].action == Action::NoAction
-                && out[0].reason.contains(&format!("local disk is {disk}"))
+                && out[0].reason.contains(&format!("local disk is {name}"))
         );
         let mut c = cfg();
         c.preferred = Preferred::ThisNode;
@@ -292,10 +293,10 @@ fn never_promotes_a_disk_that_is_not_up_to_date() {
         assert_eq!(
             b.count(Action::Promote),
             0,
-            "{disk} promoted as the preferred node"
+            "{name} promoted as the preferred node"
         );
         assert_eq!(
-            b.refusals_containing(&format!("local disk is {disk}")),
+            b.refusals_containing(&format!("local disk is {name}")),
             1,
             "{:?}",
             b.log
@@ -306,12 +307,12 @@ fn never_promotes_a_disk_that_is_not_up_to_date() {
 #[test]
 fn the_disk_becoming_up_to_date_allows_the_promotion() {
     let mut b = Bench::secondary(cfg());
-    b.disk = Disk::Inconsistent;
+    b.disk = Some(DiskState::Inconsistent);
     b.run_for(100);
     b.cut_link();
     b.run_for(2_000);
     assert_eq!(b.count(Action::Promote), 0);
-    b.disk = Disk::UpToDate;
+    b.disk = Some(DiskState::UpToDate);
     b.tick();
     assert_eq!(b.count(Action::Promote), 1);
 }
@@ -589,7 +590,7 @@ fn flapping_peer(auto_failback: bool) -> Bench {
         b.link = LinkView {
             connected: true,
             peer_role: Some(Role::Secondary),
-            peer_disk: Some(Disk::Outdated),
+            peer_disk: Some(DiskState::Outdated),
             in_sync: false,
             heard_ago_ms: None,
         };
@@ -625,7 +626,7 @@ fn failback_waits_for_stabilize_of_continuous_health() {
     b.link = LinkView {
         connected: true,
         peer_role: Some(Role::Secondary),
-        peer_disk: Some(Disk::Inconsistent),
+        peer_disk: Some(DiskState::Inconsistent),
         in_sync: false,
         heard_ago_ms: None,
     };
@@ -854,7 +855,7 @@ fn switchover_is_refused_when_the_peer_cannot_take_over() {
         ),
         (
             LinkView {
-                peer_disk: Some(Disk::Outdated),
+                peer_disk: Some(DiskState::Outdated),
                 ..LinkView::healthy(Role::Secondary)
             },
             "the peer's disk is Outdated",
