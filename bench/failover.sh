@@ -34,7 +34,7 @@
 #   LAB_KEEP=1              keep the scratch directory (logs) afterwards
 #
 # Prints the table and writes bench/last-failover.json. Everything it starts
-# is killed by pid, its namespaces (twfo-PID-*) are deleted and the scratch
+# is killed by pid, its namespaces (tw-failover-PID-0-*) are deleted and the scratch
 # directory /var/tmp/twinfs-failover.PID is removed, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -354,20 +354,10 @@ kv() { sed -n "s/^$2=//p" "$1" | head -1; }
 # --------------------------------------------------------------------------
 # Main
 
-lab_clean_stale twfo
-lab_init "twfo-$$" "/var/tmp/twinfs-failover.$$"
-# A run that failed half-way may leave a namespace its subshell could not
-# delete: remove whatever carries this run's prefix.
-remove_mine() {
-    local ns p
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
-        [[ $ns =~ ^twfo-$$-[abcw]$ ]] || continue
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-        ip netns del "$ns" 2>/dev/null
-    done
-    return 0
-}
-LAB_CLEANUP_HOOKS+=(stop_run remove_mine)
+# A run that failed half-way may leave its lab behind: lab_cleanup removes
+# the lab of this prefix (every run uses the same one) in any case.
+lab_init failover "/var/tmp/twinfs-failover.$$"
+LAB_CLEANUP_HOOKS+=(stop_run)
 
 read -r LOAD_BEFORE _ </proc/loadavg
 UPTIME_BEFORE=$(uptime)

@@ -12,6 +12,8 @@ mod drill;
 mod failover_cmd;
 mod gen;
 mod init;
+mod lab;
+mod lab_cmd;
 mod metrics;
 mod mount;
 mod panic;
@@ -110,6 +112,13 @@ enum Command {
     Generate {
         #[command(subcommand)]
         command: gen::GenerateCommand,
+    },
+    /// The network lab of the demo, the benches and the tests: network
+    /// namespaces, veths, a bridge (used by scripts/lib/lab.sh).
+    #[command(hide = true)]
+    Lab {
+        #[command(subcommand)]
+        command: lab_cmd::LabCommand,
     },
     /// Validate or dry-run the Lua failover hooks.
     Hooks {
@@ -361,6 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo => demo::run(),
+        Command::Lab { command } => lab_cmd::run(command),
         Command::Drill { config } => {
             let cfg = load_config(Some(&config))?;
             init_tracing("warn");

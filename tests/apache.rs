@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, pattern};
+use crate::harness::util::{self, pattern};
 
 const APACHE_BIN: &str = "/usr/sbin/apache2";
 const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
@@ -250,7 +250,7 @@ fn assert_body(what: &str, got: &[u8], want: &[u8]) {
 #[test]
 fn apache_serves_small_and_large_files_byte_exact() {
     if !util::require_fuse("apache_serves_small_and_large_files_byte_exact")
-        || !crate::web::require_apache("apache_serves_small_and_large_files_byte_exact")
+        || !crate::harness::web::require_apache("apache_serves_small_and_large_files_byte_exact")
     {
         return;
     }

@@ -869,7 +869,7 @@ fn deps_every_command_the_scripts_and_tests_call_is_installed_by_setup_deps() {
         let missing: Vec<String> = table
             .iter()
             .filter(|(_, e)| e.mode == "demo" || e.mode == "test")
-            .filter(|(c, _)| crate::lab::find_executable(c).is_none())
+            .filter(|(c, _)| crate::harness::lab::find_executable(c).is_none())
             .map(|(c, e)| format!("{c} ({})", e.package))
             .collect();
         assert!(

@@ -16,9 +16,9 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::lab::{self, Lab, LabChild, Node, Place, PublicOpts};
-use crate::util::{poll_until, tempdir};
-use crate::web::{self, ApacheConf, Poller};
+use crate::harness::lab::{self, Lab, LabChild, Node, Place, PublicOpts};
+use crate::harness::util::{poll_until, tempdir};
+use crate::harness::web::{self, ApacheConf, Poller};
 
 /// How long a link that was just brought up (or healed) may take to carry packets.
 const SETTLE: Duration = Duration::from_secs(10);

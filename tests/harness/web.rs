@@ -44,8 +44,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::lab::{self, Lab, Place};
-use crate::util::{kill_child, poll_until, spawn_captured, wait_bounded};
+use crate::harness::lab::{self, Lab, Place};
+use crate::harness::util::{kill_child, poll_until, spawn_captured, wait_bounded};
 
 /// Debian's Apache binary.
 pub(crate) const APACHE_BIN: &str = "/usr/sbin/apache2";
@@ -1025,7 +1025,7 @@ mod tests {
 
     #[test]
     fn lab_web_apache_conf_is_what_the_supervisor_config_takes() {
-        let dir = crate::util::tempdir("twinfs-web-");
+        let dir = crate::harness::util::tempdir("twinfs-web-");
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
         let conf = ApacheConf::write(dir.path(), &root, None, 8080);

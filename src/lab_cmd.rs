@@ -1,0 +1,162 @@
+//! `twinfs lab` (hidden): the network lab of `src/lab.rs` for the scripts.
+//!
+//! `scripts/lib/lab.sh` (the demo, the failover bench) builds, breaks and
+//! removes its lab with these commands, so the scripts and the end-to-end
+//! tests share one lab and one set of addresses. A lab outlives the `up`
+//! command that made it: the script that owns it (`--owner`, its pid) calls
+//! `down` on every exit path, and if that script was killed, the next lab
+//! made on this machine (by a test or a script) removes it as stale.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+
+use crate::lab::{Lab, Node, Place, PublicOpts};
+
+/// How long `up` waits for each link of a fresh lab to pass packets.
+const SETTLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LabCommand {
+    /// Build the lab `tw-TAG-OWNER-N` (with the public network and the
+    /// client) and print its names and addresses as bash assignments.
+    Up {
+        /// A word naming the user (demo, failover, ...).
+        #[arg(long)]
+        tag: String,
+        /// The pid of the script that owns the lab (its namespaces are stale
+        /// once that process is gone).
+        #[arg(long)]
+        owner: u32,
+        /// The third octet of the lab's subnets, 10.201.N.0/24 and 10.202.N.0/24.
+        #[arg(long, default_value_t = 0)]
+        n: u8,
+        /// Also the witness namespace.
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Remove the lab PREFIX (`tw-TAG-OWNER-N`): every process in its
+    /// namespaces (by pid), its links and its namespaces.
+    Down { prefix: String },
+    /// Take NODE's links (private and public) down or up; its processes live on.
+    Links {
+        prefix: String,
+        node: NodeArg,
+        #[arg(value_parser = ["up", "down"])]
+        state: String,
+    },
+    /// NODE dies: everything in its namespace frozen, its links down, then SIGKILL.
+    Kill { prefix: String, node: NodeArg },
+}
+
+/// A node on the command line: `a` or `b` (also `alpha`, `beta`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum NodeArg {
+    #[value(alias = "alpha")]
+    A,
+    #[value(alias = "beta")]
+    B,
+}
+
+impl From<NodeArg> for Node {
+    fn from(n: NodeArg) -> Node {
+        match n {
+            NodeArg::A => Node::A,
+            NodeArg::B => Node::B,
+        }
+    }
+}
+
+pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCommand::Up {
+            tag,
+            owner,
+            n,
+            witness,
+        } => up(&tag, owner, n, witness)?,
+        LabCommand::Down { prefix } => drop(attach(&prefix)?),
+        LabCommand::Links {
+            prefix,
+            node,
+            state,
+        } => {
+            let lab = attach(&prefix)?;
+            if state == "up" {
+                lab.revive_links(node.into());
+            } else {
+                lab.isolate(node.into());
+            }
+            lab.leave();
+        }
+        LabCommand::Kill { prefix, node } => {
+            let lab = attach(&prefix)?;
+            lab.kill_node(node.into());
+            lab.leave();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn attach(prefix: &str) -> anyhow::Result<Lab> {
+    Lab::attach(prefix).with_context(|| format!("{prefix:?} is not a lab's name (tw-TAG-OWNER-N)"))
+}
+
+fn up(tag: &str, owner: u32, n: u8, witness: bool) -> anyhow::Result<()> {
+    // Lab::create_as panics on a failed step after removing what it made.
+    let lab = std::panic::catch_unwind(|| {
+        Lab::create_as(tag, owner, u32::from(n), Some(PublicOpts { witness }))
+    })
+    .map_err(|_| anyhow::anyhow!("building the lab failed (see above)"))?;
+    // Fresh veths need a moment before packets flow.
+    let settled = |what: &str, ok: &dyn Fn() -> bool| {
+        crate::lab::poll_until(SETTLE, || ok().then_some(()))
+            .with_context(|| format!("{what}: no answer within {SETTLE:?}"))
+    };
+    let client = lab.client_addr();
+    let result = settled("the public network (alpha -> client)", &|| {
+        lab.ping_from(Place::Node(Node::A), client)
+    })
+    .and_then(|()| {
+        settled("the public network (beta -> client)", &|| {
+            lab.ping_from(Place::Node(Node::B), client)
+        })
+    })
+    .and_then(|()| settled("the private link", &|| lab.ping(Node::A, Node::B)))
+    .and_then(|()| {
+        if witness {
+            settled("the public network (witness -> client)", &|| {
+                lab.ping_from(Place::Witness, client)
+            })
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = result {
+        drop(lab); // removes it again
+        bail!(e);
+    }
+    print!("{}", assignments(&lab, witness));
+    lab.leave();
+    Ok(())
+}
+
+/// The lab's names and addresses as bash assignments (into the associative
+/// arrays `scripts/lib/lab.sh` declares).
+fn assignments(lab: &Lab, witness: bool) -> String {
+    let mut s = format!("LAB_PREFIX={}\n", lab.prefix());
+    for (name, node) in [("alpha", Node::A), ("beta", Node::B)] {
+        s += &format!("LAB_PRIV[{name}]={}\n", lab.node(node).addr_v4());
+        s += &format!("LAB_PUB[{name}]={}\n", lab.public_addr(node));
+    }
+    if witness {
+        s += &format!("LAB_PUB[witness]={}\n", lab.witness_addr());
+    }
+    s += &format!("LAB_PUB[client]={}\n", lab.client_addr());
+    s += &format!("LAB_CLIENT={}\n", lab.client_addr());
+    s += &format!("LAB_VIP={}\n", lab.vip());
+    s += &format!("LAB_PREFIX_LEN={}\n", lab.public_prefix_len());
+    s
+}
