@@ -380,7 +380,7 @@ for ((round = 1; round <= RUNS; round++)); do
             log "round $round $sys: FAILED (status $rc); last lines of its log:"
             tail -n 30 "$LAB_WORK/run.log" | sed 's/^/    /'
             cp "$LAB_WORK/run.log" "$LAB_WORK/results/$sys.$round.failed.log"
-            remove_mine
+            lab_down # what the failed run could not remove
         fi
     done
 done

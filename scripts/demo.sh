@@ -70,7 +70,6 @@ missing=()
 [[ -x /usr/sbin/apache2 && -f /usr/lib/apache2/modules/mod_mpm_event.so ]] || missing+=(apache2)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 if ((${#missing[@]} > 0)); then
     lab_fail "missing packages: ${missing[*]} (apt-get install ${missing[*]})"
 fi
