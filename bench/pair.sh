@@ -7,6 +7,7 @@
 #
 # Environment:
 #   TWINFS_BENCH_NO_BUILD=1   skip `cargo build --release -p twinfs` (use the existing binary)
+#   TWINFS_BIN=/path          the twinfs binary (default target/release/twinfs)
 #   TWINFS_BENCH_DIR=/path    parent of the scratch dir (default /var/tmp; must be a real disk)
 #   TWINFS_PAIR_PROTOCOLS="C B A"   which protocols to run as pairs (C is the one with targets)
 #   TWINFS_PAIR_NO_GLUSTER=1  skip GlusterFS
@@ -19,7 +20,7 @@
 
 set -uo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 MODE=full
 for arg in "$@"; do
@@ -40,7 +41,7 @@ BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
 LIB=$BENCH/lib
 PY=python3
-TWINFS_BIN=$REPO/target/release/twinfs
+TWINFS_BIN=${TWINFS_BIN:-$REPO/target/release/twinfs}
 
 if [ "$MODE" = quick ]; then
     SEQ_MIB=256; SEQ_REPEATS=1; FSYNC_ROUNDS=1; FSYNC_ROUND_SECS=3
@@ -76,49 +77,11 @@ CUR_PID=""; BINDFS_PID=""; SINGLE_PID=""; GLCLIENT_PID=""; IPERF_PID=""
 CLEANED=0; SCRATCH_MADE=0; NS_MADE=""; GLUSTER_VOL_STARTED=0
 RTT_MS=""
 
-log() { echo "[pair $(date +%H:%M:%S)] $*" >&2; }
+BENCH_NAME=pair
+# shellcheck source=lib/common.sh
+source "$LIB/common.sh"
 
-# ---------------------------------------------------------------- processes
-
-alive() {  # alive PID: running and not a zombie
-    local pid=$1 st
-    [ -n "$pid" ] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [ "$st" != Z ]
-}
-
-wait_exit() {  # wait_exit PID SECONDS: 0 once the process is gone
-    local pid=$1 i
-    for ((i = 0; i < $2 * 10; i++)); do
-        alive "$pid" || return 0
-        sleep 0.1
-    done
-    ! alive "$pid"
-}
-
-stop_pid() {  # stop_pid PID [SECONDS]: TERM, bounded wait, then KILL
-    local pid=$1 secs=${2:-15}
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null
-    wait_exit "$pid" "$secs" && return 0
-    log "pid $pid did not exit within ${secs} s of SIGTERM; SIGKILL"
-    kill -KILL "$pid" 2>/dev/null
-    wait_exit "$pid" 5
-}
-
-# run_bounded SECONDS OUTFILE CMD...: stdout to OUTFILE, stderr to the log.
-# Runs in the background so that a signal reaches our trap at once.
-run_bounded() {
-    local limit=$1 outf=$2 rc
-    shift 2
-    echo "+ $(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$LOGS/stderr.log"
-    timeout -k 10 "$limit" "$@" >"$outf" 2>>"$LOGS/stderr.log" &
-    CUR_PID=$!
-    wait "$CUR_PID"; rc=$?
-    CUR_PID=""
-    return $rc
-}
+# ---------------------------------------------------------------- namespaces
 
 nsp() {  # nsp a|b: the namespace handle nsenter --net= takes
     if [ "$1" = b ]; then echo "/run/netns/$NS_B"; else echo "/run/netns/$NS_A"; fi
@@ -133,38 +96,6 @@ in_ns() {
     nsenter --net="$ns" -- "$@"
 }
 
-# ---------------------------------------------------------------- mounts
-
-mount_type() {  # mount_type PATH: fstype of the top mount at PATH, or nothing
-    awk -v p="$1" '$5 == p { for (i = 7; i <= NF; i++) if ($i == "-") { t = $(i + 1); break } }
-                   END { if (t != "") print t }' /proc/self/mountinfo
-}
-
-wait_mount() {  # wait_mount PATH TYPE-PREFIX SECONDS PID
-    local i t
-    for ((i = 0; i < $3 * 10; i++)); do
-        t=$(mount_type "$1")
-        case "$t" in "$2"*) return 0 ;; esac
-        alive "$4" || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-unmount_fuse() {  # unmount_fuse PATH PID: unmount, let the daemon exit, lazy unmount as a last resort
-    local mnt=$1 pid=$2
-    if [ -n "$(mount_type "$mnt")" ]; then
-        timeout 30 fusermount3 -u "$mnt" 2>/dev/null || timeout 30 umount "$mnt" 2>/dev/null || true
-    fi
-    if [ -n "$pid" ]; then
-        wait_exit "$pid" 30 || stop_pid "$pid" 15
-    fi
-    if [ -n "$(mount_type "$mnt")" ]; then
-        timeout 30 fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-    fi
-}
-
-# ---------------------------------------------------------------- namespaces
 
 ns_pids() { ip netns pids "$1" 2>/dev/null; }
 
@@ -275,31 +206,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-give_back() {  # files we wrote in the repo belong to the sudo user
-    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
-        chown -R "$SUDO_USER:" "$@" 2>/dev/null || true
-    fi
-}
-
 # ---------------------------------------------------------------- results
-
-rec() {  # rec TARGET METRIC VALUE [NOTE]
-    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >>"$RESULTS"
-    log "  $1 $2 = $3${4:+ ($4)}"
-}
-
-jget() {  # jget FILE KEY: a field of the last JSON line of FILE
-    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])[sys.argv[2]])' "$1" "$2"
-}
-
-tail_log() { [ -f "$1" ] && tail -n "${2:-5}" "$1" | sed 's/\x1b\[[0-9;]*m//g; s/^/    | /' >&2; }
-
-drop_caches() {
-    timeout 120 sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
-
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 
 target_pids() {  # target_pids TARGET: the server processes that do the target's work
     case "$1" in
@@ -334,11 +241,6 @@ usable() {  # usable TARGET: 0 if the target can be measured now
             alive "$GLCLIENT_PID" && [ "$(mount_type "${TDIR[$t]}")" = fuse.glusterfs ] || { TERR[$t]="the GlusterFS client died or was unmounted"; return 1; } ;;
     esac
     return 0
-}
-
-fail() {  # fail TARGET METRIC...: record an error for these metrics, with the reason
-    local t=$1 m; shift
-    for m in "$@"; do rec "$t" "$m" error "${TERR[$t]:-workload failed}"; done
 }
 
 workload_failed() {  # workload_failed TARGET WHAT

@@ -1,12 +1,14 @@
 //! `twinfs lab` (hidden): the network lab of `src/lab.rs` for the scripts.
 //!
 //! `scripts/lib/lab.sh` (the demo, the failover bench) builds, breaks and
-//! removes its lab with these commands, so the scripts and the end-to-end
-//! tests share one lab and one set of addresses. A lab outlives the `up`
+//! removes its lab with these commands, and writes its Apache configs with
+//! `apache-conf`, so the scripts and the end-to-end tests share one lab, one
+//! set of addresses and one Apache config. A lab outlives the `up`
 //! command that made it: the script that owns it (`--owner`, its pid) calls
 //! `down` on every exit path, and if that script was killed, the next lab
 //! made on this machine (by a test or a script) removes it as stale.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,6 +51,15 @@ pub(crate) enum LabCommand {
     },
     /// NODE dies: everything in its namespace frozen, its links down, then SIGKILL.
     Kill { prefix: String, node: NodeArg },
+    /// Write a private Apache config serving DOCROOT into DIR (httpd.conf,
+    /// apachectl.sh start|stop, health.txt), as the tests' Apache has.
+    ApacheConf {
+        dir: PathBuf,
+        docroot: PathBuf,
+        /// The port Apache listens on (every address of its namespace).
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+    },
 }
 
 /// A node on the command line: `a` or `b` (also `alpha`, `beta`).
@@ -95,6 +106,10 @@ pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             let lab = attach(&prefix)?;
             lab.kill_node(node.into());
             lab.leave();
+        }
+        LabCommand::ApacheConf { dir, docroot, port } => {
+            crate::lab_apache::write(&dir, &docroot, None, port, "")
+                .context("writing the Apache config")?;
         }
     }
     Ok(ExitCode::SUCCESS)

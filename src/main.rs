@@ -13,6 +13,7 @@ mod failover_cmd;
 mod gen;
 mod init;
 mod lab;
+mod lab_apache;
 mod lab_cmd;
 mod metrics;
 mod mount;

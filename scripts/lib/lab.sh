@@ -257,106 +257,17 @@ lab_reset() {
 # Apache (Debian's apache2 with a private config, nothing from /etc/apache2)
 
 # lab_apache_conf NODE DOCROOT: writes LAB_WORK/NODE/apache/{httpd.conf,
-# apachectl.sh, health.txt}. Apache listens on every address of the node's
+# apachectl.sh, health.txt} with `twinfs lab apache-conf` (the tests' Apache
+# config: src/lab_apache.rs). Apache listens on every address of the node's
 # namespace (the VIP comes and goes) and serves /twinfs-health from outside
 # the document root, for the hooks' check. apachectl.sh start|stop returns
-# once Apache serves / is gone (bounded: 10 s), as tests/web.rs's script.
+# once Apache serves / is gone (bounded: 10 s).
 lab_apache_conf() {
-    local node=$1 root=$2 d=$LAB_WORK/$1/apache m=/usr/lib/apache2/modules
+    local node=$1 root=$2 d=$LAB_WORK/$1/apache
     mkdir -p "$d"
-    chmod 755 "$LAB_WORK/$node" "$d" # Apache's workers run as www-data
-    echo ok >"$d/health.txt"
-    cat >"$d/httpd.conf" <<EOF
-# Private config written by scripts/lib/lab.sh; nothing from /etc/apache2 is read.
-ServerRoot "$d"
-ServerName $node
-Listen $LAB_HTTP_PORT
-PidFile "$d/httpd.pid"
-ErrorLog "$d/error.log"
-LogLevel warn
-DefaultRuntimeDir "$d"
-LoadModule mpm_event_module $m/mod_mpm_event.so
-LoadModule authz_core_module $m/mod_authz_core.so
-LoadModule mime_module $m/mod_mime.so
-LoadModule dir_module $m/mod_dir.so
-LoadModule alias_module $m/mod_alias.so
-User www-data
-Group www-data
-TypesConfig /etc/mime.types
-DirectoryIndex index.html
-KeepAlive Off
-Timeout 10
-# Few processes: the machine is shared.
-StartServers 1
-ServerLimit 2
-ThreadsPerChild 8
-MaxRequestWorkers 16
-MinSpareThreads 8
-MaxSpareThreads 16
-DocumentRoot "$root"
-<Directory />
-    AllowOverride None
-    Require all denied
-</Directory>
-<Directory "$root">
-    AllowOverride None
-    Require all granted
-</Directory>
-Alias /twinfs-health "$d/health.txt"
-<Directory "$d">
-    Require all granted
-</Directory>
-EOF
-    cat >"$d/apachectl.sh" <<EOF
-#!/bin/sh
-# Starts/stops the private Apache of $d/httpd.conf and waits (at most 10 s)
-# until the start took or the stop is complete. Written by scripts/lib/lab.sh.
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-CONF='$d/httpd.conf'
-PIDFILE='$d/httpd.pid'
-# The pid in the pid file, if that process lives and runs this config.
-ours() {
-    p=\$(tr -dc 0-9 < "\$PIDFILE" 2>/dev/null)
-    [ -n "\$p" ] || return 1
-    st=\$(sed 's/.*) \\(.\\).*/\\1/' "/proc/\$p/stat" 2>/dev/null) || return 1
-    case "\$st" in Z|X|'') return 1 ;; esac
-    tr '\\0' ' ' < "/proc/\$p/cmdline" 2>/dev/null | grep -qF -- "\$CONF" || return 1
-    echo "\$p"
-}
-case "\$1" in
-start)
-    if p=\$(ours); then echo "apache2 already running, pid \$p"; exit 0; fi
-    rm -f "\$PIDFILE"
-    if ! /usr/sbin/apache2 -f "\$CONF" -k start >>'$d/start.log' 2>&1 </dev/null; then
-        echo "apache2 -f \$CONF -k start failed:" >&2
-        tail -n 20 '$d/start.log' '$d/error.log' >&2 2>/dev/null
-        exit 1
-    fi
-    i=0
-    while [ "\$i" -lt 200 ]; do
-        if p=\$(ours); then echo "apache2 started, pid \$p"; exit 0; fi
-        i=\$((i + 1)); sleep 0.05
-    done
-    echo "apache2 wrote no live pid to \$PIDFILE within 10 s" >&2
-    tail -n 20 '$d/start.log' '$d/error.log' >&2 2>/dev/null
-    exit 1 ;;
-stop)
-    if ! p=\$(ours); then echo "apache2 not running"; exit 0; fi
-    kill -TERM "\$p"
-    i=0
-    while [ "\$i" -lt 200 ]; do
-        ours >/dev/null || { echo "apache2 stopped"; exit 0; }
-        i=\$((i + 1)); sleep 0.05
-    done
-    echo "apache2 pid \$p still there 10 s after SIGTERM: SIGKILL" >&2
-    kill -KILL "\$p"; sleep 0.2
-    ours >/dev/null && exit 1
-    exit 0 ;;
-*)
-    echo "usage: \$0 start|stop" >&2; exit 2 ;;
-esac
-EOF
-    chmod 755 "$d/apachectl.sh"
+    chmod 755 "$LAB_WORK/$node" # Apache's workers run as www-data
+    "$TWINFS_BIN" lab apache-conf "$d" "$root" --port "$LAB_HTTP_PORT" ||
+        lab_fail "twinfs lab apache-conf $d"
 }
 
 # ---------------------------------------------------------------------------

@@ -5,10 +5,14 @@
 //!   into `twinfs lab`, which the demo and the benches use);
 //! - `util`: tempdirs, bounded waits, a single mounted node, tree manifests,
 //!   a seeded RNG, the root/FUSE prerequisites;
+//! - `apache`: the one writer of the lab's Apache configs (`src/lab_apache.rs`,
+//!   also behind `twinfs lab apache-conf`);
 //! - `pair`: a replicated pair of `twinfs run` nodes in a lab;
 //! - `web`: a private Apache, the HTTP client of the tests, a poller that
 //!   plays the user in front of the site.
 
+#[path = "../../src/lab_apache.rs"]
+pub(crate) mod apache;
 #[path = "../../src/lab.rs"]
 pub(crate) mod lab;
 pub(crate) mod pair;
