@@ -59,8 +59,13 @@ case "$MTU" in ''|*[!0-9]*) echo "pair.sh: TWINFS_PAIR_MTU must be a number, not
 S=${TWINFS_BENCH_DIR:-/var/tmp}/twinfs-pair.$$
 LOGS=$S/logs
 RESULTS=$S/results.tsv
-NS_A=twb-$$-a; NS_B=twb-$$-b
-IP_A=10.202.0.1; IP_B=10.202.0.2
+# The lab (src/lab.rs, built by make_lab with scripts/lib/lab.sh's lab_up):
+# node a is its alpha, node b its beta, joined by the private veth `priv`.
+# shellcheck source=../scripts/lib/lab.sh
+source "$REPO/scripts/lib/lab.sh"
+LAB_PREFIX=tw-pair-$$-$LAB_N
+NS_A=$LAB_PREFIX-a; NS_B=$LAB_PREFIX-b
+IP_A=""; IP_B=""
 VOL=twbench
 
 # Every target, in the order workloads interleave them; the pairs and GlusterFS
@@ -121,36 +126,11 @@ kill_all_in_ns() {  # kill_all_in_ns NS: SIGTERM, then SIGKILL, every process in
     return 1
 }
 
-clean_stale_namespaces() {  # twb-PID-{a,b} of a run of this script that died
-    local ns pid
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
-        [[ "$ns" =~ ^twb-([0-9]+)-[ab]$ ]] || continue
-        pid=${BASH_REMATCH[1]}
-        [ -d "/proc/$pid" ] && continue
-        log "removing stale namespace $ns (its run, pid $pid, is gone)"
-        kill_all_in_ns "$ns"
-        ip netns del "$ns" 2>/dev/null || log "WARNING: cannot delete $ns"
-    done
-}
-
-make_lab() {
-    local n ns
-    for n in a b; do
-        ns=$NS_A; [ $n = b ] && ns=$NS_B
-        ip netns add "$ns" || return 1
-        NS_MADE+=" $ns"
-        ip -n "$ns" link set lo up || return 1
-    done
-    # Both ends are created inside their namespaces, so "priv" never meets the host's names.
-    ip link add name priv netns "$NS_A" type veth peer name priv netns "$NS_B" || return 1
-    ip -n "$NS_A" addr add "$IP_A/24" dev priv && ip -n "$NS_B" addr add "$IP_B/24" dev priv &&
-        ip -n "$NS_A" link set priv mtu "$MTU" up && ip -n "$NS_B" link set priv mtu "$MTU" up || return 1
-    local i
-    for ((i = 0; i < 50; i++)); do   # 5 s for the link to come up
-        in_ns a ping -c 1 -W 1 -q "$IP_B" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
+make_lab() {  # the lab's two nodes and their private link (`twinfs lab up`), with MTU $MTU
+    NS_MADE=1 # from here on, cleanup runs `twinfs lab down` (which removes nothing that is not there)
+    lab_up pair || return 1
+    IP_A=${LAB_PRIV[alpha]}; IP_B=${LAB_PRIV[beta]}
+    ip -n "$NS_A" link set priv mtu "$MTU" && ip -n "$NS_B" link set priv mtu "$MTU"
 }
 
 # ---------------------------------------------------------------- cleanup
@@ -188,10 +168,10 @@ cleanup() {
     [ -n "$BINDFS_PID" ] || [ -d "$S/bindfs" ] && unmount_fuse "$S/bindfs" "$BINDFS_PID"
     # Whatever is left inside our namespaces was started by us (bricks, self-heal daemons).
     local ns
-    for ns in $NS_MADE; do kill_all_in_ns "$ns"; done
     if [ -n "$NS_MADE" ]; then
-        ip -n "$NS_A" link del priv 2>/dev/null || true
-        for ns in $NS_MADE; do ip netns del "$ns" 2>/dev/null || log "WARNING: cannot delete namespace $ns"; done
+        # Politely first (GlusterFS), then `twinfs lab down` kills what is left and deletes the lab.
+        for ns in $NS_A $NS_B; do kill_all_in_ns "$ns"; done
+        "$TWINFS_BIN" lab down "$LAB_PREFIX" || log "WARNING: twinfs lab down $LAB_PREFIX failed"
     fi
     if [ "$SCRATCH_MADE" = 1 ] && [ -d "$S" ]; then
         rm -rf "$BENCH/last-pair-logs" && cp -r "$LOGS" "$BENCH/last-pair-logs" 2>/dev/null
@@ -304,7 +284,7 @@ write_meta() {
     disk="$(df -hT "$S" | tail -1 | awk '{print $1" "$2" size "$3" avail "$5}'); $(lsblk -dno NAME,SIZE,ROTA "$disk_dev" 2>/dev/null | awk '{printf "lsblk: %s %s rotational=%s", $1, $2, $3}')"
     MODE=$MODE DISK="$disk" REPO="$REPO" SEQ_MIB=$SEQ_MIB SEQ_REPEATS=$SEQ_REPEATS \
     FSYNC_ROUNDS=$FSYNC_ROUNDS FSYNC_ROUND_SECS=$FSYNC_ROUND_SECS FSYNC_FILE_MIB=$FSYNC_FILE_MIB \
-    SMALL_FILES_N=$((SMALL_DIRS * SMALL_FILES)) SMALL_ROUNDS=$SMALL_ROUNDS PROTOCOLS="$PROTOCOLS" MTU="$MTU" \
+    SMALL_FILES_N=$((SMALL_DIRS * SMALL_FILES)) SMALL_ROUNDS=$SMALL_ROUNDS PROTOCOLS="$PROTOCOLS" MTU="$MTU" IP_A="$IP_A" IP_B="$IP_B" \
     CMDLINE="$0 $*" \
     "$PY" - >"$S/meta.json" <<'EOF'
 import json, os, platform, subprocess
@@ -340,7 +320,7 @@ print(json.dumps({
         "fsync4k_file_mib": int(e["FSYNC_FILE_MIB"]),
         "small_files": int(e["SMALL_FILES_N"]), "small_file_bytes": 4096, "small_rounds": int(e["SMALL_ROUNDS"]),
         "pair_protocols": e["PROTOCOLS"].split(),
-        "link": "veth between two network namespaces, 10.202.0.1/24 <-> 10.202.0.2/24, MTU " + e["MTU"],
+        "link": "veth between two network namespaces, " + e["IP_A"] + "/24 <-> " + e["IP_B"] + "/24, MTU " + e["MTU"],
     },
 }, indent=2))
 EOF
@@ -693,9 +673,8 @@ mkdir "$LOGS"
 : >"$RESULTS"
 log "scratch dir $S ($MODE mode), namespaces $NS_A and $NS_B"
 build_twinfs
+make_lab || { log "cannot build the lab (twinfs lab up)"; exit 1; }
 write_meta "$@"
-clean_stale_namespaces
-make_lab || { log "cannot build the lab (namespaces, veth)"; exit 1; }
 link_figures
 setup_local
 port=7789

@@ -159,18 +159,30 @@ lab_in() {
     nsenter --net="/run/netns/$(lab_ns "$place")" -- "$@"
 }
 
-# lab_build [witness]: the namespaces, the private veth, the public bridge
-# (`twinfs lab up`, which returns once every link passes packets), and the
-# addresses into LAB_PRIV, LAB_PUB, LAB_VIP, LAB_CLIENT, LAB_PREFIX_LEN.
+# lab_up TAG [witness]: `twinfs lab up` (src/lab.rs) for the lab tw-TAG-$$-N
+# (N: LAB_N): the namespaces, the private veth, the public bridge, the
+# witness; returns once every link passes packets, with its names and
+# addresses in LAB_PREFIX, LAB_PRIV, LAB_PUB, LAB_VIP, LAB_CLIENT and
+# LAB_PREFIX_LEN. Needs only TWINFS_BIN (the benches call it without
+# lab_init); `twinfs lab down "$LAB_PREFIX"` removes the lab.
+lab_up() {
+    local out
+    out=$("$TWINFS_BIN" lab up --tag "$1" --owner $$ --n "$LAB_N" ${2:+--witness} 2>&1) || {
+        echo "twinfs lab up: $out" >&2
+        return 1
+    }
+    # Only the assignments it is documented to print (src/lab_cmd.rs).
+    if [[ $(grep -cvE '^(LAB_PREFIX|LAB_VIP|LAB_CLIENT|LAB_PREFIX_LEN|LAB_(PRIV|PUB)\[[a-z]+\])=[0-9A-Za-z._-]+$' <<<"$out") != 0 ]]; then
+        echo "twinfs lab up printed something unexpected: $out" >&2
+        return 1
+    fi
+    eval "$out"
+}
+
+# lab_build [witness]: lab_up for the lab of lab_init.
 # shellcheck disable=SC2120 # the argument is optional
 lab_build() {
-    local out
-    out=$("$TWINFS_BIN" lab up --tag "$LAB_TAG" --owner $$ --n "$LAB_N" \
-        ${1:+--witness} 2>&1) || lab_fail "twinfs lab up: $out"
-    # Only the assignments it is documented to print (src/lab_cmd.rs).
-    [[ $(grep -cvE '^(LAB_PREFIX|LAB_VIP|LAB_CLIENT|LAB_PREFIX_LEN|LAB_(PRIV|PUB)\[[a-z]+\])=[0-9A-Za-z._-]+$' <<<"$out") == 0 ]] ||
-        lab_fail "twinfs lab up printed something unexpected: $out"
-    eval "$out"
+    lab_up "$LAB_TAG" "${1:-}" || lab_fail "building the lab"
 }
 
 # lab_set_links NODE up|down: the node's end of the private veth and its
