@@ -51,12 +51,12 @@
 //! mount the test sees, and files are shared; a real pair would have separate
 //! disks, which the tests get by giving each node its own store directory.
 //!
-//! Rules this file keeps (as `util.rs` does): it signals only processes that it
-//! started or that live inside its own namespaces, by pid, never by name; every
-//! loop is bounded in count and time; and `Drop` removes everything the lab
-//! made (processes, nftables tables, the veths, the bridge, the namespaces),
-//! also while a test panics, logging what it could not undo instead of
-//! panicking. Namespaces left by an earlier run of this binary that crashed are
+//! Rules this file keeps (as `tests/harness/util.rs` does): it signals only
+//! processes that it started or that live inside its own namespaces, by pid,
+//! never by name; every loop is bounded in count and time; and `Drop` removes
+//! everything the lab made (processes, nftables tables, the veths, the
+//! bridge, the namespaces), also while a test panics, logging what it could
+//! not undo instead of panicking. Namespaces left by an earlier run of this binary that crashed are
 //! removed by the first `Lab::new` of a run ([`clean_stale_namespaces`]).
 //!
 //! Namespace names start with `tw-` (not the `twl-` of the `lua` crate's own

@@ -1,7 +1,8 @@
-//! Self-tests of the network lab (`lab.rs`): the private link joins the two
-//! nodes and nothing else, a partition cuts it while processes live, a killed
-//! node's processes are gone and its link is silent, programs run in the test's
-//! mount namespace, and nothing is left behind, also after a panic. With the
+//! Self-tests of the network lab (`src/lab.rs`, compiled into
+//! `tests/harness/`): the private link joins the two nodes and nothing else,
+//! a partition cuts it while processes live, a killed node's processes are
+//! gone and its link is silent, programs run in the test's mount namespace,
+//! and nothing is left behind, also after a panic. With the
 //! public network: the bridge joins client, nodes and witness; a killed or
 //! isolated node is silent there too (isolation keeps its processes); a
 //! partition leaves it alone; a VIP added by hand is seen and reachable; and
