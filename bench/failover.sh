@@ -67,7 +67,6 @@ need=()
 [[ -x /usr/sbin/apache2 ]] || need+=(apache2)
 command -v keepalived >/dev/null 2>&1 || need+=(keepalived)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
-command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]} > 0)); then
     log "installing ${need[*]} (scripts/setup-deps.sh bench)"
     bash "$REPO/scripts/setup-deps.sh" bench >/dev/null || { echo "failover.sh: setup-deps failed" >&2; exit 1; }
@@ -267,7 +266,9 @@ start_keepalived() {
 }
 
 ka_state() { grep -q "Entering $2 STATE" "$(lab_dir "$1")/keepalived.log" 2>/dev/null; }
-page_from() { [[ $(lab_in client curl -s --max-time 1 "http://$LAB_VIP/") == *"served by $1"* ]]; }
+page_from() { # the VIP serves $1's page
+    [[ $(lab_http_get "http://$LAB_VIP/" "$LAB_WORK/page.html" 1) == 200 ]] && grep -q "served by $1" "$LAB_WORK/page.html"
+}
 
 # run_keepalived ADVERT_INT
 run_keepalived() {

@@ -8,14 +8,17 @@
 //! `down` on every exit path, and if that script was killed, the next lab
 //! made on this machine (by a test or a script) removes it as stale.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 
 use crate::lab::{Lab, Node, Place, PublicOpts};
+use crate::lab_http::http_get_here;
 
 /// How long `up` waits for each link of a fresh lab to pass packets.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -51,6 +54,30 @@ pub(crate) enum LabCommand {
     },
     /// NODE dies: everything in its namespace frozen, its links down, then SIGKILL.
     Kill { prefix: String, node: NodeArg },
+    /// One HTTP GET of URL (`http://IP[:PORT]/PATH`) from this namespace:
+    /// prints the status (000 when there was no answer), the body goes to
+    /// --out.
+    Get {
+        url: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Deadline of the whole exchange, in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        timeout: f64,
+    },
+    /// For SECS seconds, start one GET of URL every --every-ms (each on its
+    /// own, with a deadline of --timeout-ms, so that a request stuck on a
+    /// dead address does not delay the next) and append `START_MS END_MS
+    /// CODE` for each to OUT (milliseconds since the epoch; 000: no answer).
+    Poll {
+        url: String,
+        out: PathBuf,
+        secs: u64,
+        #[arg(long, default_value_t = 50)]
+        every_ms: u64,
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+    },
     /// Write a private Apache config serving DOCROOT into DIR (httpd.conf,
     /// apachectl.sh start|stop, health.txt), as the tests' Apache has.
     ApacheConf {
@@ -107,12 +134,83 @@ pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             lab.kill_node(node.into());
             lab.leave();
         }
+        LabCommand::Get { url, out, timeout } => {
+            let timeout = Duration::try_from_secs_f64(timeout).context("--timeout")?;
+            match http_get_here(&url, timeout) {
+                Ok((status, body)) => {
+                    if let Some(out) = out {
+                        std::fs::write(&out, body)
+                            .with_context(|| format!("writing {}", out.display()))?;
+                    }
+                    println!("{status:03}");
+                }
+                Err(_) => println!("000"),
+            }
+        }
+        LabCommand::Poll {
+            url,
+            out,
+            secs,
+            every_ms,
+            timeout_ms,
+        } => poll(
+            &url,
+            &out,
+            Duration::from_secs(secs),
+            Duration::from_millis(every_ms.max(1)),
+            Duration::from_millis(timeout_ms),
+        )?,
         LabCommand::ApacheConf { dir, docroot, port } => {
             crate::lab_apache::write(&dir, &docroot, None, port, "")
                 .context("writing the Apache config")?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `twinfs lab poll`: one thread per request, as the shell loop it replaces
+/// forked one `curl` per request; each appends its line when it is done.
+fn poll(
+    url: &str,
+    out: &Path,
+    secs: Duration,
+    every: Duration,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("opening {}", out.display()))?;
+    let file = Mutex::new(file);
+    let now_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    };
+    let started = Instant::now();
+    let rounds = secs.as_millis() / every.as_millis() + 1;
+    std::thread::scope(|s| {
+        for i in 0..rounds {
+            let due = started + every * u32::try_from(i).unwrap_or(u32::MAX);
+            if due >= started + secs {
+                break;
+            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let file = &file;
+            s.spawn(move || {
+                let start = now_ms();
+                let code = http_get_here(url, timeout).map_or(0, |(status, _)| status);
+                let line = format!("{start} {} {code:03}\n", now_ms());
+                // One write of the whole line, on a file opened to append.
+                let _ = file
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write_all(line.as_bytes());
+            });
+        }
+    });
+    Ok(())
 }
 
 fn attach(prefix: &str) -> anyhow::Result<Lab> {

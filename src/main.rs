@@ -15,6 +15,7 @@ mod init;
 mod lab;
 mod lab_apache;
 mod lab_cmd;
+mod lab_http;
 mod metrics;
 mod mount;
 mod panic;

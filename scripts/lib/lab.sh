@@ -411,83 +411,30 @@ lab_vip_holder() { # the nodes whose eth0 carries the VIP
 # ---------------------------------------------------------------------------
 # The client
 
-# Whether to use curl (LAB_NO_CURL=1 forces the /dev/tcp fallback).
-lab_have_curl() { [[ ${LAB_NO_CURL:-0} != 1 ]] && command -v curl >/dev/null 2>&1; }
-
 # lab_http_get URL FILE [SECONDS]: one HTTP/1.0 GET from the client
 # namespace; the body goes to FILE, the status is printed (000 when there was
-# no answer). curl if installed, else bash's /dev/tcp.
+# no answer). `twinfs lab get`: the HTTP client of the tests (src/lab_http.rs).
 lab_http_get() {
     local url=$1 file=$2 t=${3:-1}
-    if lab_have_curl; then
-        lab_in client curl -s -o "$file" -w '%{http_code}' --max-time "$t" "$url" 2>/dev/null || true
-        return 0
-    fi
-    lab_in client timeout "$t" bash -c '
-        u=${1#http://}; hp=${u%%/*}; path=/${u#*/}; h=${hp%:*}; p=80
-        [[ $u == */* ]] || path=/
-        [[ $hp == *:* ]] && p=${hp##*:}
-        exec 3<>"/dev/tcp/$h/$p" || exit 1
-        printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$path" "$h" >&3
-        read -r _ code _ <&3 || exit 1
-        while IFS= read -r line <&3; do [[ $line == $'"'"'\r'"'"' || -z $line ]] && break; done
-        cat <&3 >"$2"
-        echo "$code"' _ "$url" "$file" 2>/dev/null || echo 000
+    lab_in client "$TWINFS_BIN" lab get "$url" --out "$file" --timeout "$t" 2>/dev/null || echo 000
 }
 
 # lab_http_code URL [SECONDS]: the status of one GET from the client.
 lab_http_code() {
-    lab_http_get "$1" /dev/null "${2:-1}"
+    lab_in client "$TWINFS_BIN" lab get "$1" --timeout "${2:-1}" 2>/dev/null || echo 000
 }
 
 # lab_client_loop URL OUT SECONDS [INTERVAL_MS]: in the background, in the
 # client namespace, starts one GET of URL every INTERVAL_MS (default 50)
 # for SECONDS, each with a 0.5 s deadline and independent of the others (so a
 # request stuck on a dead address does not delay the next one). Each request
-# appends "START_MS END_MS CODE" to OUT. Sets LAB_LOOP_PID.
+# appends "START_MS END_MS CODE" to OUT (`twinfs lab poll`). Sets LAB_LOOP_PID.
 lab_client_loop() {
     local url=$1 out=$2 secs=$3 every=${4:-50}
-    lab_client_url "$url"
     : >"$out"
-    lab_in client bash -c '
-        url=$1 out=$2 secs=$3 every=$4
-        now() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
-        get() {
-            local s e code
-            s=$(now)
-            if [ "$5" = curl ]; then
-                code=$(curl -s -o /dev/null -w "%{http_code}" --max-time 0.5 "$url" 2>/dev/null)
-            else
-                code=$(timeout 0.5 bash -c "
-                    exec 3<>/dev/tcp/$6/$7 || exit 1
-                    printf \"GET $8 HTTP/1.0\r\n\r\n\" >&3
-                    read -r _ c _ <&3 && echo \$c" 2>/dev/null)
-            fi
-            e=$(now)
-            echo "$s $e ${code:-000}" >>"$out"
-        }
-        end=$(($(now) + secs * 1000)); next=$(now)
-        for ((i = 0; i < secs * 1000 / every + 1; i++)); do
-            (( next < end )) || break
-            get "$@" &
-            next=$((next + every))
-            d=$((next - $(now)))
-            if ((d > 0)); then sleep "$((d / 1000)).$(printf "%03d" $((d % 1000)))"; fi
-        done
-        wait' _ "$url" "$out" "$secs" "$every" "$LAB_HTTP_TOOL" "$LAB_URL_HOST" "$LAB_URL_PORT" "$LAB_URL_PATH" \
+    lab_in client "$TWINFS_BIN" lab poll "$url" "$out" "$secs" --every-ms "$every" --timeout-ms 500 \
         </dev/null >/dev/null 2>&1 &
-    LAB_LOOP_PID=$!
-}
-
-# The pieces of URL that the /dev/tcp fallback needs, and the tool to use.
-lab_client_url() {
-    local u=${1#http://} hp
-    hp=${u%%/*}
-    LAB_URL_PATH=/${u#*/}
-    LAB_URL_HOST=${hp%:*}
-    LAB_URL_PORT=80
-    [[ $hp == *:* ]] && LAB_URL_PORT=${hp##*:}
-    if lab_have_curl; then LAB_HTTP_TOOL=curl; else LAB_HTTP_TOOL=devtcp; fi
+    LAB_LOOP_PID=$! # nsenter execs twinfs: this is the poller's pid
 }
 
 # lab_first_200_after OUT MS: the end time of the first 200 in the client

@@ -7,12 +7,16 @@
 //!   a seeded RNG, the root/FUSE prerequisites;
 //! - `apache`: the one writer of the lab's Apache configs (`src/lab_apache.rs`,
 //!   also behind `twinfs lab apache-conf`);
+//! - `http`: the one HTTP client of the tests and the scripts
+//!   (`src/lab_http.rs`, also behind `twinfs lab get|poll`);
 //! - `pair`: a replicated pair of `twinfs run` nodes in a lab;
 //! - `web`: a private Apache, the HTTP client of the tests, a poller that
 //!   plays the user in front of the site.
 
 #[path = "../../src/lab_apache.rs"]
 pub(crate) mod apache;
+#[path = "../../src/lab_http.rs"]
+pub(crate) mod http;
 #[path = "../../src/lab.rs"]
 pub(crate) mod lab;
 pub(crate) mod pair;
