@@ -2,7 +2,7 @@
 # Installs what twinfs needs on a fresh Debian 12 machine, for one purpose:
 #
 #   setup-deps.sh demo    what ./scripts/demo.sh needs: a C linker for cargo,
-#                         FUSE, iproute2, ping, curl, Apache
+#                         FUSE, iproute2, curl, Apache
 #   setup-deps.sh test    (the default) the demo's, plus what ./scripts/test.sh
 #                         needs: the end-to-end tests' tools (bindfs, wrk, strace,
 #                         fio, keepalived, nftables, rpm, ...), rustfmt and clippy,
