@@ -214,7 +214,7 @@ EOF
 }
 
 setup() {
-    mkdir -p "$S/apache/run" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs"
+    mkdir -p "$S/apache" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs"
     install -d -m 700 "$S/twinfs-data"  # twinfs refuses a data dir others can read
     : >"$RESULTS"
     log "scratch dir $S ($MODE mode)"
@@ -357,28 +357,18 @@ bench_small() {
     done
 }
 
-apache_conf() {  # apache_conf TARGET PORT DOCROOT > conf
+# What the benchmark's Apache changes in the lab's config (twinfs lab apache-conf,
+# src/lab_apache.rs: later directives override earlier ones): Debian's
+# defaults (apache2.conf, mpm_event.conf), one error log per target, no
+# access log.
+apache_tuning() {  # apache_tuning TARGET
     cat <<EOF
-# Private Apache for bench/run.sh: same for every target except DocumentRoot.
-ServerRoot /etc/apache2
-ServerName 127.0.0.1
-Listen 127.0.0.1:$2
-PidFile $S/apache/httpd.pid
-DefaultRuntimeDir $S/apache/run
 ErrorLog $LOGS/apache-error-$1.log
-LogLevel warn
-User www-data
-Group www-data
-LoadModule mpm_event_module $APACHE_MODDIR/mod_mpm_event.so
-LoadModule authz_core_module $APACHE_MODDIR/mod_authz_core.so
-LoadModule mime_module $APACHE_MODDIR/mod_mime.so
-LoadModule dir_module $APACHE_MODDIR/mod_dir.so
-TypesConfig /etc/mime.types
-# Debian's defaults (apache2.conf, mpm_event.conf); no access log.
 Timeout 300
 KeepAlive On
 MaxKeepAliveRequests 100
 KeepAliveTimeout 5
+ServerLimit 16
 StartServers 2
 MinSpareThreads 25
 MaxSpareThreads 75
@@ -386,24 +376,15 @@ ThreadLimit 64
 ThreadsPerChild 25
 MaxRequestWorkers 150
 MaxConnectionsPerChild 0
-DocumentRoot $3
-<Directory />
-    Options FollowSymLinks
-    AllowOverride None
-    Require all denied
-</Directory>
-<Directory $3>
-    Options FollowSymLinks
-    AllowOverride None
-    Require all granted
-</Directory>
 EOF
 }
 
 start_apache() {  # start_apache TARGET PORT DOCROOT
-    local conf=$S/apache/httpd-$1.conf i
-    apache_conf "$1" "$2" "$3" >"$conf"
-    "$APACHE" -f "$conf" -DFOREGROUND >>"$LOGS/apache-$1.out" 2>&1 &
+    local d=$S/apache/$1 i
+    mkdir -p "$d"
+    "$TWINFS_BIN" lab apache-conf "$d" "$3" --listen 127.0.0.1 --port "$2" --extra "$(apache_tuning "$1")" \
+        >>"$LOGS/apache-$1.out" 2>&1 || return 1
+    "$APACHE" -f "$d/httpd.conf" -DFOREGROUND >>"$LOGS/apache-$1.out" 2>&1 &
     APACHE_PID=$!
     for ((i = 0; i < 200; i++)); do   # 20 s
         alive "$APACHE_PID" || break

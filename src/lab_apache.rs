@@ -94,6 +94,11 @@ fn conf_text(
         Some(IpAddr::V6(a)) => format!("Listen [{a}]:{port}"),
     };
     let server_name = listen.map_or_else(|| "localhost".to_string(), |a| a.to_string());
+    let newline = if extra.is_empty() || extra.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
     format!(
         r#"# Private config written by twinfs's lab (src/lab_apache.rs); nothing
 # from /etc/apache2 is read.
@@ -140,7 +145,7 @@ Alias /twinfs-health "{d}/health.txt"
 <Directory "{d}">
     Require all granted
 </Directory>
-{extra}"#,
+{extra}{newline}"#,
         d = f.dir.display(),
         pid = f.pidfile.display(),
         log = f.error_log.display(),

@@ -9,6 +9,7 @@
 //! made on this machine (by a test or a script) removes it as stale.
 
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -83,9 +84,16 @@ pub(crate) enum LabCommand {
     ApacheConf {
         dir: PathBuf,
         docroot: PathBuf,
-        /// The port Apache listens on (every address of its namespace).
+        /// The port Apache listens on.
         #[arg(long, default_value_t = 80)]
         port: u16,
+        /// The address Apache listens on (default: every address of its namespace).
+        #[arg(long)]
+        listen: Option<IpAddr>,
+        /// Directives appended to the config (later ones override earlier ones,
+        /// e.g. the benchmark's worker and keep-alive settings).
+        #[arg(long, default_value = "")]
+        extra: String,
     },
 }
 
@@ -160,8 +168,14 @@ pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             Duration::from_millis(every_ms.max(1)),
             Duration::from_millis(timeout_ms),
         )?,
-        LabCommand::ApacheConf { dir, docroot, port } => {
-            crate::lab_apache::write(&dir, &docroot, None, port, "")
+        LabCommand::ApacheConf {
+            dir,
+            docroot,
+            port,
+            listen,
+            extra,
+        } => {
+            crate::lab_apache::write(&dir, &docroot, listen, port, &extra)
                 .context("writing the Apache config")?;
         }
     }
