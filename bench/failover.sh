@@ -34,7 +34,7 @@
 #   LAB_KEEP=1              keep the scratch directory (logs) afterwards
 #
 # Prints the table and writes bench/last-failover.json. Everything it starts
-# is killed by pid, its namespaces (twfo-PID-*) are deleted and the scratch
+# is killed by pid, its namespaces (tw-failover-PID-0-*) are deleted and the scratch
 # directory /var/tmp/twinfs-failover.PID is removed, also on failure or Ctrl-C.
 set -euo pipefail
 
@@ -67,7 +67,6 @@ need=()
 [[ -x /usr/sbin/apache2 ]] || need+=(apache2)
 command -v keepalived >/dev/null 2>&1 || need+=(keepalived)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
-command -v curl >/dev/null 2>&1 || need+=(curl)
 if ((${#need[@]} > 0)); then
     log "installing ${need[*]} (scripts/setup-deps.sh bench)"
     bash "$REPO/scripts/setup-deps.sh" bench >/dev/null || { echo "failover.sh: setup-deps failed" >&2; exit 1; }
@@ -267,7 +266,9 @@ start_keepalived() {
 }
 
 ka_state() { grep -q "Entering $2 STATE" "$(lab_dir "$1")/keepalived.log" 2>/dev/null; }
-page_from() { [[ $(lab_in client curl -s --max-time 1 "http://$LAB_VIP/") == *"served by $1"* ]]; }
+page_from() { # the VIP serves $1's page
+    [[ $(lab_http_get "http://$LAB_VIP/" "$LAB_WORK/page.html" 1) == 200 ]] && grep -q "served by $1" "$LAB_WORK/page.html"
+}
 
 # run_keepalived ADVERT_INT
 run_keepalived() {
@@ -354,20 +355,10 @@ kv() { sed -n "s/^$2=//p" "$1" | head -1; }
 # --------------------------------------------------------------------------
 # Main
 
-lab_clean_stale twfo
-lab_init "twfo-$$" "/var/tmp/twinfs-failover.$$"
-# A run that failed half-way may leave a namespace its subshell could not
-# delete: remove whatever carries this run's prefix.
-remove_mine() {
-    local ns p
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
-        [[ $ns =~ ^twfo-$$-[abcw]$ ]] || continue
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-        ip netns del "$ns" 2>/dev/null
-    done
-    return 0
-}
-LAB_CLEANUP_HOOKS+=(stop_run remove_mine)
+# A run that failed half-way may leave its lab behind: lab_cleanup removes
+# the lab of this prefix (every run uses the same one) in any case.
+lab_init failover "/var/tmp/twinfs-failover.$$"
+LAB_CLEANUP_HOOKS+=(stop_run)
 
 read -r LOAD_BEFORE _ </proc/loadavg
 UPTIME_BEFORE=$(uptime)
@@ -390,7 +381,7 @@ for ((round = 1; round <= RUNS; round++)); do
             log "round $round $sys: FAILED (status $rc); last lines of its log:"
             tail -n 30 "$LAB_WORK/run.log" | sed 's/^/    /'
             cp "$LAB_WORK/run.log" "$LAB_WORK/results/$sys.$round.failed.log"
-            remove_mine
+            lab_down # what the failed run could not remove
         fi
     done
 done

@@ -20,8 +20,9 @@
 #   frequency gives usable call chains)
 #
 # Uses target/release/twinfs as it is (build it first; TWINFS_BIN=PATH picks
-# another binary, e.g. an older build to compare with). Two namespaces
-# twp-PID-{a,b} joined by a veth; everything is stopped by pid and removed on exit.
+# another binary, e.g. an older build to compare with). The two nodes of the
+# lab (`twinfs lab up`: namespaces tw-paircpu-PID-0-{a,b} joined by a veth);
+# everything is stopped by pid and removed on exit.
 
 set -uo pipefail
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -50,7 +51,14 @@ BIN=${TWINFS_BIN:-$REPO/target/release/twinfs}
 [ -x "$BIN" ] || { echo "pair-cpu.sh: no $BIN (cargo build --release -p twinfs)" >&2; exit 1; }
 S=${TWINFS_BENCH_DIR:-/var/tmp}/twinfs-paircpu.$$
 OUT=$BENCH/last-pair-cpu
-NS_A=twp-$$-a; NS_B=twp-$$-b; IP_A=10.203.0.1; IP_B=10.203.0.2; PORT=7795
+PORT=7795
+# The lab (src/lab.rs, built below with scripts/lib/lab.sh's lab_up): node a
+# is its alpha, node b its beta, joined by the private veth `priv`.
+# shellcheck source=../scripts/lib/lab.sh
+source "$REPO/scripts/lib/lab.sh"
+TWINFS_BIN=$BIN
+LAB_PREFIX=tw-paircpu-$$-$LAB_N
+NS_A=$LAB_PREFIX-a; NS_B=$LAB_PREFIX-b
 declare -A PID=() CFG=()
 PERF_PIDS=""; NS_MADE=""
 
@@ -72,7 +80,7 @@ cleanup() {
             fusermount3 -u -z "$S/$n/mnt" 2>/dev/null || umount -l "$S/$n/mnt" 2>/dev/null
         fi
     done
-    for n in $NS_MADE; do ip netns del "$n" 2>/dev/null; done
+    [ -n "$NS_MADE" ] && "$BIN" lab down "$LAB_PREFIX"
     [ -d "$S/logs" ] && { rm -rf "$OUT/logs"; mkdir -p "$OUT"; cp -r "$S/logs" "$OUT/logs"; }
     if [ -n "${SUDO_USER:-}" ] && [ -d "$OUT" ]; then chown -R "$SUDO_USER:" "$OUT" 2>/dev/null; fi
     awk -v p="$S/" 'index($5, p) == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo || rm -rf --one-file-system "$S"
@@ -86,15 +94,10 @@ wait_status() {  # CONFIG FIELD VALUE SECONDS
 }
 
 mkdir -p "$S/logs" "$OUT"
-for n in a b; do
-    ns=$NS_A; [ $n = b ] && ns=$NS_B
-    ip netns add "$ns" || exit 1
-    NS_MADE+=" $ns"
-    ip -n "$ns" link set lo up
-done
-ip link add name priv netns "$NS_A" type veth peer name priv netns "$NS_B" || exit 1
-ip -n "$NS_A" addr add "$IP_A/24" dev priv; ip -n "$NS_B" addr add "$IP_B/24" dev priv
-ip -n "$NS_A" link set priv mtu "$MTU" up; ip -n "$NS_B" link set priv mtu "$MTU" up
+NS_MADE=1 # from here on, cleanup runs `twinfs lab down`
+lab_up paircpu || exit 1
+IP_A=${LAB_PRIV[alpha]}; IP_B=${LAB_PRIV[beta]}
+ip -n "$NS_A" link set priv mtu "$MTU"; ip -n "$NS_B" link set priv mtu "$MTU"
 for n in a b; do
     name=alpha; [ $n = b ] && name=beta
     mkdir -p "$S/$n/mnt"

@@ -7,6 +7,7 @@
 #
 # Environment:
 #   TWINFS_BENCH_NO_BUILD=1   skip `cargo build --release -p twinfs` (use the existing binary)
+#   TWINFS_BIN=/path          the twinfs binary (default target/release/twinfs)
 #   TWINFS_BENCH_DIR=/path    parent of the scratch dir (default /var/tmp; must be a real disk)
 #   TWINFS_PAIR_PROTOCOLS="C B A"   which protocols to run as pairs (C is the one with targets)
 #   TWINFS_PAIR_NO_GLUSTER=1  skip GlusterFS
@@ -19,7 +20,7 @@
 
 set -uo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 MODE=full
 for arg in "$@"; do
@@ -40,7 +41,7 @@ BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
 LIB=$BENCH/lib
 PY=python3
-TWINFS_BIN=$REPO/target/release/twinfs
+TWINFS_BIN=${TWINFS_BIN:-$REPO/target/release/twinfs}
 
 if [ "$MODE" = quick ]; then
     SEQ_MIB=256; SEQ_REPEATS=1; FSYNC_ROUNDS=1; FSYNC_ROUND_SECS=3
@@ -58,8 +59,13 @@ case "$MTU" in ''|*[!0-9]*) echo "pair.sh: TWINFS_PAIR_MTU must be a number, not
 S=${TWINFS_BENCH_DIR:-/var/tmp}/twinfs-pair.$$
 LOGS=$S/logs
 RESULTS=$S/results.tsv
-NS_A=twb-$$-a; NS_B=twb-$$-b
-IP_A=10.202.0.1; IP_B=10.202.0.2
+# The lab (src/lab.rs, built by make_lab with scripts/lib/lab.sh's lab_up):
+# node a is its alpha, node b its beta, joined by the private veth `priv`.
+# shellcheck source=../scripts/lib/lab.sh
+source "$REPO/scripts/lib/lab.sh"
+LAB_PREFIX=tw-pair-$$-$LAB_N
+NS_A=$LAB_PREFIX-a; NS_B=$LAB_PREFIX-b
+IP_A=""; IP_B=""
 VOL=twbench
 
 # Every target, in the order workloads interleave them; the pairs and GlusterFS
@@ -76,49 +82,11 @@ CUR_PID=""; BINDFS_PID=""; SINGLE_PID=""; GLCLIENT_PID=""; IPERF_PID=""
 CLEANED=0; SCRATCH_MADE=0; NS_MADE=""; GLUSTER_VOL_STARTED=0
 RTT_MS=""
 
-log() { echo "[pair $(date +%H:%M:%S)] $*" >&2; }
+BENCH_NAME=pair
+# shellcheck source=lib/common.sh
+source "$LIB/common.sh"
 
-# ---------------------------------------------------------------- processes
-
-alive() {  # alive PID: running and not a zombie
-    local pid=$1 st
-    [ -n "$pid" ] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [ "$st" != Z ]
-}
-
-wait_exit() {  # wait_exit PID SECONDS: 0 once the process is gone
-    local pid=$1 i
-    for ((i = 0; i < $2 * 10; i++)); do
-        alive "$pid" || return 0
-        sleep 0.1
-    done
-    ! alive "$pid"
-}
-
-stop_pid() {  # stop_pid PID [SECONDS]: TERM, bounded wait, then KILL
-    local pid=$1 secs=${2:-15}
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null
-    wait_exit "$pid" "$secs" && return 0
-    log "pid $pid did not exit within ${secs} s of SIGTERM; SIGKILL"
-    kill -KILL "$pid" 2>/dev/null
-    wait_exit "$pid" 5
-}
-
-# run_bounded SECONDS OUTFILE CMD...: stdout to OUTFILE, stderr to the log.
-# Runs in the background so that a signal reaches our trap at once.
-run_bounded() {
-    local limit=$1 outf=$2 rc
-    shift 2
-    echo "+ $(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$LOGS/stderr.log"
-    timeout -k 10 "$limit" "$@" >"$outf" 2>>"$LOGS/stderr.log" &
-    CUR_PID=$!
-    wait "$CUR_PID"; rc=$?
-    CUR_PID=""
-    return $rc
-}
+# ---------------------------------------------------------------- namespaces
 
 nsp() {  # nsp a|b: the namespace handle nsenter --net= takes
     if [ "$1" = b ]; then echo "/run/netns/$NS_B"; else echo "/run/netns/$NS_A"; fi
@@ -133,38 +101,6 @@ in_ns() {
     nsenter --net="$ns" -- "$@"
 }
 
-# ---------------------------------------------------------------- mounts
-
-mount_type() {  # mount_type PATH: fstype of the top mount at PATH, or nothing
-    awk -v p="$1" '$5 == p { for (i = 7; i <= NF; i++) if ($i == "-") { t = $(i + 1); break } }
-                   END { if (t != "") print t }' /proc/self/mountinfo
-}
-
-wait_mount() {  # wait_mount PATH TYPE-PREFIX SECONDS PID
-    local i t
-    for ((i = 0; i < $3 * 10; i++)); do
-        t=$(mount_type "$1")
-        case "$t" in "$2"*) return 0 ;; esac
-        alive "$4" || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-unmount_fuse() {  # unmount_fuse PATH PID: unmount, let the daemon exit, lazy unmount as a last resort
-    local mnt=$1 pid=$2
-    if [ -n "$(mount_type "$mnt")" ]; then
-        timeout 30 fusermount3 -u "$mnt" 2>/dev/null || timeout 30 umount "$mnt" 2>/dev/null || true
-    fi
-    if [ -n "$pid" ]; then
-        wait_exit "$pid" 30 || stop_pid "$pid" 15
-    fi
-    if [ -n "$(mount_type "$mnt")" ]; then
-        timeout 30 fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-    fi
-}
-
-# ---------------------------------------------------------------- namespaces
 
 ns_pids() { ip netns pids "$1" 2>/dev/null; }
 
@@ -190,36 +126,11 @@ kill_all_in_ns() {  # kill_all_in_ns NS: SIGTERM, then SIGKILL, every process in
     return 1
 }
 
-clean_stale_namespaces() {  # twb-PID-{a,b} of a run of this script that died
-    local ns pid
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
-        [[ "$ns" =~ ^twb-([0-9]+)-[ab]$ ]] || continue
-        pid=${BASH_REMATCH[1]}
-        [ -d "/proc/$pid" ] && continue
-        log "removing stale namespace $ns (its run, pid $pid, is gone)"
-        kill_all_in_ns "$ns"
-        ip netns del "$ns" 2>/dev/null || log "WARNING: cannot delete $ns"
-    done
-}
-
-make_lab() {
-    local n ns
-    for n in a b; do
-        ns=$NS_A; [ $n = b ] && ns=$NS_B
-        ip netns add "$ns" || return 1
-        NS_MADE+=" $ns"
-        ip -n "$ns" link set lo up || return 1
-    done
-    # Both ends are created inside their namespaces, so "priv" never meets the host's names.
-    ip link add name priv netns "$NS_A" type veth peer name priv netns "$NS_B" || return 1
-    ip -n "$NS_A" addr add "$IP_A/24" dev priv && ip -n "$NS_B" addr add "$IP_B/24" dev priv &&
-        ip -n "$NS_A" link set priv mtu "$MTU" up && ip -n "$NS_B" link set priv mtu "$MTU" up || return 1
-    local i
-    for ((i = 0; i < 50; i++)); do   # 5 s for the link to come up
-        in_ns a ping -c 1 -W 1 -q "$IP_B" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
+make_lab() {  # the lab's two nodes and their private link (`twinfs lab up`), with MTU $MTU
+    NS_MADE=1 # from here on, cleanup runs `twinfs lab down` (which removes nothing that is not there)
+    lab_up pair || return 1
+    IP_A=${LAB_PRIV[alpha]}; IP_B=${LAB_PRIV[beta]}
+    ip -n "$NS_A" link set priv mtu "$MTU" && ip -n "$NS_B" link set priv mtu "$MTU"
 }
 
 # ---------------------------------------------------------------- cleanup
@@ -257,10 +168,10 @@ cleanup() {
     [ -n "$BINDFS_PID" ] || [ -d "$S/bindfs" ] && unmount_fuse "$S/bindfs" "$BINDFS_PID"
     # Whatever is left inside our namespaces was started by us (bricks, self-heal daemons).
     local ns
-    for ns in $NS_MADE; do kill_all_in_ns "$ns"; done
     if [ -n "$NS_MADE" ]; then
-        ip -n "$NS_A" link del priv 2>/dev/null || true
-        for ns in $NS_MADE; do ip netns del "$ns" 2>/dev/null || log "WARNING: cannot delete namespace $ns"; done
+        # Politely first (GlusterFS), then `twinfs lab down` kills what is left and deletes the lab.
+        for ns in $NS_A $NS_B; do kill_all_in_ns "$ns"; done
+        "$TWINFS_BIN" lab down "$LAB_PREFIX" || log "WARNING: twinfs lab down $LAB_PREFIX failed"
     fi
     if [ "$SCRATCH_MADE" = 1 ] && [ -d "$S" ]; then
         rm -rf "$BENCH/last-pair-logs" && cp -r "$LOGS" "$BENCH/last-pair-logs" 2>/dev/null
@@ -275,31 +186,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM HUP
 
-give_back() {  # files we wrote in the repo belong to the sudo user
-    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
-        chown -R "$SUDO_USER:" "$@" 2>/dev/null || true
-    fi
-}
-
 # ---------------------------------------------------------------- results
-
-rec() {  # rec TARGET METRIC VALUE [NOTE]
-    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >>"$RESULTS"
-    log "  $1 $2 = $3${4:+ ($4)}"
-}
-
-jget() {  # jget FILE KEY: a field of the last JSON line of FILE
-    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])[sys.argv[2]])' "$1" "$2"
-}
-
-tail_log() { [ -f "$1" ] && tail -n "${2:-5}" "$1" | sed 's/\x1b\[[0-9;]*m//g; s/^/    | /' >&2; }
-
-drop_caches() {
-    timeout 120 sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
-
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 
 target_pids() {  # target_pids TARGET: the server processes that do the target's work
     case "$1" in
@@ -334,11 +221,6 @@ usable() {  # usable TARGET: 0 if the target can be measured now
             alive "$GLCLIENT_PID" && [ "$(mount_type "${TDIR[$t]}")" = fuse.glusterfs ] || { TERR[$t]="the GlusterFS client died or was unmounted"; return 1; } ;;
     esac
     return 0
-}
-
-fail() {  # fail TARGET METRIC...: record an error for these metrics, with the reason
-    local t=$1 m; shift
-    for m in "$@"; do rec "$t" "$m" error "${TERR[$t]:-workload failed}"; done
 }
 
 workload_failed() {  # workload_failed TARGET WHAT
@@ -402,7 +284,7 @@ write_meta() {
     disk="$(df -hT "$S" | tail -1 | awk '{print $1" "$2" size "$3" avail "$5}'); $(lsblk -dno NAME,SIZE,ROTA "$disk_dev" 2>/dev/null | awk '{printf "lsblk: %s %s rotational=%s", $1, $2, $3}')"
     MODE=$MODE DISK="$disk" REPO="$REPO" SEQ_MIB=$SEQ_MIB SEQ_REPEATS=$SEQ_REPEATS \
     FSYNC_ROUNDS=$FSYNC_ROUNDS FSYNC_ROUND_SECS=$FSYNC_ROUND_SECS FSYNC_FILE_MIB=$FSYNC_FILE_MIB \
-    SMALL_FILES_N=$((SMALL_DIRS * SMALL_FILES)) SMALL_ROUNDS=$SMALL_ROUNDS PROTOCOLS="$PROTOCOLS" MTU="$MTU" \
+    SMALL_FILES_N=$((SMALL_DIRS * SMALL_FILES)) SMALL_ROUNDS=$SMALL_ROUNDS PROTOCOLS="$PROTOCOLS" MTU="$MTU" IP_A="$IP_A" IP_B="$IP_B" \
     CMDLINE="$0 $*" \
     "$PY" - >"$S/meta.json" <<'EOF'
 import json, os, platform, subprocess
@@ -438,7 +320,7 @@ print(json.dumps({
         "fsync4k_file_mib": int(e["FSYNC_FILE_MIB"]),
         "small_files": int(e["SMALL_FILES_N"]), "small_file_bytes": 4096, "small_rounds": int(e["SMALL_ROUNDS"]),
         "pair_protocols": e["PROTOCOLS"].split(),
-        "link": "veth between two network namespaces, 10.202.0.1/24 <-> 10.202.0.2/24, MTU " + e["MTU"],
+        "link": "veth between two network namespaces, " + e["IP_A"] + "/24 <-> " + e["IP_B"] + "/24, MTU " + e["MTU"],
     },
 }, indent=2))
 EOF
@@ -791,9 +673,8 @@ mkdir "$LOGS"
 : >"$RESULTS"
 log "scratch dir $S ($MODE mode), namespaces $NS_A and $NS_B"
 build_twinfs
+make_lab || { log "cannot build the lab (twinfs lab up)"; exit 1; }
 write_meta "$@"
-clean_stale_namespaces
-make_lab || { log "cannot build the lab (namespaces, veth)"; exit 1; }
 link_figures
 setup_local
 port=7789

@@ -6,6 +6,7 @@
 #
 # Environment:
 #   TWINFS_BENCH_NO_BUILD=1   skip `cargo build --release -p twinfs` (use the existing binary)
+#   TWINFS_BIN=/path          the twinfs binary (default target/release/twinfs)
 #   TWINFS_BENCH_DIR=/path    parent of the scratch dir (default /var/tmp; must be a real disk)
 #   TWINFS_BENCH_NO_PAIR=1    skip the replicated-pair part (bench/pair.sh, which this runs last)
 #
@@ -15,7 +16,7 @@
 
 set -uo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 MODE=full
 for arg in "$@"; do
@@ -35,7 +36,7 @@ BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
 LIB=$BENCH/lib
 PY=python3
-TWINFS_BIN=$REPO/target/release/twinfs
+TWINFS_BIN=${TWINFS_BIN:-$REPO/target/release/twinfs}
 APACHE=/usr/sbin/apache2
 APACHE_MODDIR=/usr/lib/apache2/modules
 
@@ -60,86 +61,11 @@ declare -A TERR=()        # target -> reason it is unusable (empty: usable)
 
 CUR_PID=""; APACHE_PID=""; BINDFS_PID=""; TWINFS_PID=""; CLEANED=0; SCRATCH_MADE=0
 
-log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+BENCH_NAME=bench
+# shellcheck source=lib/common.sh
+source "$LIB/common.sh"
 
-# ---------------------------------------------------------------- processes
-
-alive() {  # alive PID: running and not a zombie
-    local pid=$1 st
-    [ -n "$pid" ] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [ "$st" != Z ]
-}
-
-wait_exit() {  # wait_exit PID SECONDS: 0 once the process is gone
-    local pid=$1 i
-    for ((i = 0; i < $2 * 10; i++)); do
-        alive "$pid" || return 0
-        sleep 0.1
-    done
-    ! alive "$pid"
-}
-
-stop_pid() {  # stop_pid PID [SECONDS]: TERM, bounded wait, then KILL (children too)
-    local pid=$1 secs=${2:-15} kids
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null
-    wait_exit "$pid" "$secs" && return 0
-    kids=$(pgrep -P "$pid" 2>/dev/null || true)
-    kill -KILL "$pid" $kids 2>/dev/null
-    wait_exit "$pid" 5
-}
-
-# run_bounded SECONDS OUTFILE CMD...: stdout to OUTFILE, stderr to the log.
-# Runs in the background so that a signal reaches our trap at once.
-run_bounded() {
-    local limit=$1 outf=$2 rc
-    shift 2
-    echo "+ $(date +%H:%M:%S.%N | cut -c1-12) $*" >>"$LOGS/stderr.log"
-    timeout -k 10 "$limit" "$@" >"$outf" 2>>"$LOGS/stderr.log" &
-    CUR_PID=$!
-    wait "$CUR_PID"; rc=$?
-    CUR_PID=""
-    return $rc
-}
-
-# ---------------------------------------------------------------- mounts
-
-mount_type() {  # mount_type PATH: fstype of the top mount at PATH, or nothing
-    awk -v p="$1" '$5 == p { for (i = 7; i <= NF; i++) if ($i == "-") { t = $(i + 1); break } }
-                   END { if (t != "") print t }' /proc/self/mountinfo
-}
-
-wait_mount() {  # wait_mount PATH TYPE-PREFIX SECONDS PID
-    local i t
-    for ((i = 0; i < $3 * 10; i++)); do
-        t=$(mount_type "$1")
-        case "$t" in "$2"*) return 0 ;; esac
-        alive "$4" || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-unmount_fuse() {  # unmount_fuse PATH PID
-    local mnt=$1 pid=$2
-    if [ -n "$(mount_type "$mnt")" ]; then
-        timeout 30 fusermount3 -u "$mnt" 2>/dev/null || timeout 30 umount "$mnt" 2>/dev/null || true
-    fi
-    if [ -n "$pid" ]; then
-        wait_exit "$pid" 30 || stop_pid "$pid" 15
-    fi
-    if [ -n "$(mount_type "$mnt")" ]; then
-        umount -l "$mnt" 2>/dev/null || true
-    fi
-}
-
-give_back() {  # give_back PATH...: files we wrote in the repo belong to the sudo user
-    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
-        chown -R "$SUDO_USER:" "$@" 2>/dev/null || true
-    fi
-}
+# ---------------------------------------------------------------- cleanup
 
 cleanup() {
     [ "$CLEANED" = 1 ] && return
@@ -165,15 +91,6 @@ trap 'log "interrupted"; exit 130' INT TERM HUP
 
 # ---------------------------------------------------------------- results
 
-rec() {  # rec TARGET METRIC VALUE [NOTE]
-    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >>"$RESULTS"
-    log "  $1 $2 = $3${4:+ ($4)}"
-}
-
-jget() {  # jget FILE KEY: a field of the last JSON line of FILE
-    "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])[sys.argv[2]])' "$1" "$2"
-}
-
 usable() {  # usable TARGET: 0 if the target can be measured now
     local t=$1
     [ -z "${TERR[$t]:-}" ] || return 1
@@ -190,26 +107,11 @@ usable() {  # usable TARGET: 0 if the target can be measured now
     return 0
 }
 
-fail() {  # fail TARGET METRIC... : record an error for these metrics, with the reason
-    local t=$1; shift
-    local why=${TERR[$t]:-workload failed}
-    for m in "$@"; do rec "$t" "$m" error "$why"; done
-}
-
-tail_log() { [ -f "$1" ] && tail -n "${2:-5}" "$1" | sed 's/\x1b\[[0-9;]*m//g; s/^/    | /' >&2; }
-
 workload_failed() {  # workload_failed TARGET WHAT
     log "  $1: $2 failed; last lines of the log:"
     tail_log "$LOGS/stderr.log" 5
     [ "$1" = twinfs ] && tail_log "$LOGS/twinfs.log" 5
 }
-
-drop_caches() {
-    timeout 120 sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
-
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 
 # ---------------------------------------------------------------- setup
 
@@ -312,7 +214,7 @@ EOF
 }
 
 setup() {
-    mkdir -p "$S/apache/run" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs"
+    mkdir -p "$S/apache" "$S/native" "$S/native2" "$S/bindfs" "$S/twinfs"
     install -d -m 700 "$S/twinfs-data"  # twinfs refuses a data dir others can read
     : >"$RESULTS"
     log "scratch dir $S ($MODE mode)"
@@ -455,28 +357,18 @@ bench_small() {
     done
 }
 
-apache_conf() {  # apache_conf TARGET PORT DOCROOT > conf
+# What the benchmark's Apache changes in the lab's config (twinfs lab apache-conf,
+# src/lab_apache.rs: later directives override earlier ones): Debian's
+# defaults (apache2.conf, mpm_event.conf), one error log per target, no
+# access log.
+apache_tuning() {  # apache_tuning TARGET
     cat <<EOF
-# Private Apache for bench/run.sh: same for every target except DocumentRoot.
-ServerRoot /etc/apache2
-ServerName 127.0.0.1
-Listen 127.0.0.1:$2
-PidFile $S/apache/httpd.pid
-DefaultRuntimeDir $S/apache/run
 ErrorLog $LOGS/apache-error-$1.log
-LogLevel warn
-User www-data
-Group www-data
-LoadModule mpm_event_module $APACHE_MODDIR/mod_mpm_event.so
-LoadModule authz_core_module $APACHE_MODDIR/mod_authz_core.so
-LoadModule mime_module $APACHE_MODDIR/mod_mime.so
-LoadModule dir_module $APACHE_MODDIR/mod_dir.so
-TypesConfig /etc/mime.types
-# Debian's defaults (apache2.conf, mpm_event.conf); no access log.
 Timeout 300
 KeepAlive On
 MaxKeepAliveRequests 100
 KeepAliveTimeout 5
+ServerLimit 16
 StartServers 2
 MinSpareThreads 25
 MaxSpareThreads 75
@@ -484,24 +376,15 @@ ThreadLimit 64
 ThreadsPerChild 25
 MaxRequestWorkers 150
 MaxConnectionsPerChild 0
-DocumentRoot $3
-<Directory />
-    Options FollowSymLinks
-    AllowOverride None
-    Require all denied
-</Directory>
-<Directory $3>
-    Options FollowSymLinks
-    AllowOverride None
-    Require all granted
-</Directory>
 EOF
 }
 
 start_apache() {  # start_apache TARGET PORT DOCROOT
-    local conf=$S/apache/httpd-$1.conf i
-    apache_conf "$1" "$2" "$3" >"$conf"
-    "$APACHE" -f "$conf" -DFOREGROUND >>"$LOGS/apache-$1.out" 2>&1 &
+    local d=$S/apache/$1 i
+    mkdir -p "$d"
+    "$TWINFS_BIN" lab apache-conf "$d" "$3" --listen 127.0.0.1 --port "$2" --extra "$(apache_tuning "$1")" \
+        >>"$LOGS/apache-$1.out" 2>&1 || return 1
+    "$APACHE" -f "$d/httpd.conf" -DFOREGROUND >>"$LOGS/apache-$1.out" 2>&1 &
     APACHE_PID=$!
     for ((i = 0; i < 200; i++)); do   # 20 s
         alive "$APACHE_PID" || break

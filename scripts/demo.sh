@@ -2,10 +2,10 @@
 # twinfs demo: a replicated pair on this one machine serving a website on a
 # virtual IP, and an automatic failover when the primary dies.
 #
-#   twdemo-PID-a (alpha)                              twdemo-PID-b (beta)
+#   tw-demo-PID-0-a (alpha)                          tw-demo-PID-0-b (beta)
 #   priv 10.201.0.1  <====== replication (QUIC) ======>  priv 10.201.0.2
 #   eth0 10.202.0.1 --+                              +-- eth0 10.202.0.2
-#                     +--[ bridge, twdemo-PID-c ]----+
+#                     +--[ bridge, tw-demo-PID-0-c ]-+
 #                          client 10.202.0.100, VIP 10.202.0.10
 #
 # Each node runs `twinfs run` with a [failover] table and the shipped
@@ -70,7 +70,6 @@ missing=()
 [[ -x /usr/sbin/apache2 && -f /usr/lib/apache2/modules/mod_mpm_event.so ]] || missing+=(apache2)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 if ((${#missing[@]} > 0)); then
     lab_fail "missing packages: ${missing[*]} (apt-get install ${missing[*]})"
 fi
@@ -119,8 +118,7 @@ back_at_client() { [[ -n $(lab_first_200_after "$LOOP_LOG" "$T_DEAD") ]]; }
 # The demo
 
 T_START=$(lab_now_ms)
-lab_clean_stale twdemo
-lab_init "twdemo-$$" "/var/tmp/twinfs-demo.$$"
+lab_init demo "/var/tmp/twinfs-demo.$$"
 lab_step "the lab: namespaces $(lab_ns alpha) (alpha), $(lab_ns beta) (beta), $(lab_ns client) (client + bridge)"
 lab_build
 lab_note "replication link priv: ${LAB_PRIV[alpha]} <-> ${LAB_PRIV[beta]}"

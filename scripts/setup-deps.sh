@@ -2,7 +2,7 @@
 # Installs what twinfs needs on a fresh Debian 12 machine, for one purpose:
 #
 #   setup-deps.sh demo    what ./scripts/demo.sh needs: a C linker for cargo,
-#                         FUSE, iproute2, ping, curl, Apache
+#                         FUSE, iproute2, curl, Apache
 #   setup-deps.sh test    (the default) the demo's, plus what ./scripts/test.sh
 #                         needs: the end-to-end tests' tools (bindfs, wrk, strace,
 #                         fio, keepalived, nftables, rpm, ...), rustfmt and clippy,
@@ -89,11 +89,10 @@ setpriv         util-linux      test
 runuser         util-linux      demo
 unshare         util-linux      demo
 # the demo: build twinfs (cargo needs a C linker), the lab (namespaces, veths,
-# a bridge, ping), FUSE, Apache and a client
+# a bridge: `twinfs lab` runs ip and nsenter), FUSE, Apache and a client
 cc              build-essential demo
 fusermount3     fuse3           demo
 ip              iproute2        demo
-ping            iputils-ping    demo
 curl            curl            demo
 apache2ctl      apache2         demo
 # the tests (./scripts/test.sh): the lab firewall, strace, the package build
@@ -106,6 +105,8 @@ systemctl       systemd         test
 systemd-analyze systemd         test
 man             man-db          test
 # the benchmarks (bench/*.sh)
+ping            iputils-ping    bench
+ss              iproute2        bench
 python3         python3         bench
 bindfs          bindfs          bench
 wrk             wrk             bench

@@ -1,9 +1,10 @@
 //! `twinfs demo`: the two-node failover demo, from the installed binary.
 //!
 //! The demo itself is `scripts/demo.sh` with `scripts/lib/lab.sh` (bash: it
-//! builds network namespaces, a bridge and Apache configs, which is what a
-//! shell does best). They are embedded here with the default `failover.lua`,
-//! written to a scratch directory, and run with this binary as `TWINFS_BIN`.
+//! writes configs, starts and kills processes, prints a timeline). They are
+//! embedded here with the default `failover.lua`, written to a scratch
+//! directory, and run with this binary as `TWINFS_BIN`: the script builds its
+//! network lab with this binary's hidden `twinfs lab` (`src/lab.rs`).
 
 use anyhow::Context as _;
 use std::os::unix::fs::PermissionsExt as _;

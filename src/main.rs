@@ -11,6 +11,10 @@ mod drill;
 mod failover_cmd;
 mod gen;
 mod init;
+mod lab;
+mod lab_apache;
+mod lab_cmd;
+mod lab_http;
 mod metrics;
 mod mount;
 mod panic;
@@ -109,6 +113,13 @@ enum Command {
     Generate {
         #[command(subcommand)]
         command: gen::GenerateCommand,
+    },
+    /// The network lab of the demo, the benches and the tests: network
+    /// namespaces, veths, a bridge (used by scripts/lib/lab.sh).
+    #[command(hide = true)]
+    Lab {
+        #[command(subcommand)]
+        command: lab_cmd::LabCommand,
     },
     /// Validate or dry-run the Lua failover hooks.
     Hooks {
@@ -360,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo => demo::run(),
+        Command::Lab { command } => lab_cmd::run(command),
         Command::Drill { config } => {
             let cfg = load_config(Some(&config))?;
             init_tracing("warn");

@@ -1,25 +1,25 @@
 //! Acceptance: Apache (Debian's `apache2`, a private config on a loopback port,
 //! not via systemd) serves a DocumentRoot on a twinfs mount; many small files
-//! and a 10 MiB file come back byte-exact over HTTP/1.1.
+//! and a 10 MiB file come back byte-exact over HTTP.
 //!
-//! The HTTP client is a few lines over `std::net::TcpStream` (one request per
-//! connection, `Connection: close`), so the test needs nothing but apache2.
+//! The HTTP client is the harness's (`web::http_get_here`: one request per
+//! connection, the body checked against Content-Length), so the test needs
+//! nothing but apache2.
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, pattern};
+use crate::harness::apache::{self, APACHE_BIN};
+use crate::harness::util::{self, pattern};
+use crate::harness::web::http_get_here;
 
-const APACHE_BIN: &str = "/usr/sbin/apache2";
-const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
 /// How long Apache may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long Apache may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Socket read/write timeout of the client.
+/// Deadline of one GET (connect, send, receive).
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SMALL_FILES: usize = 1000;
@@ -56,49 +56,18 @@ impl Apache {
     fn start(docroot: &Path) -> Apache {
         let dir = util::tempdir("twinfs-apache-");
         let d = dir.path();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Workers run as www-data and may reopen files here.
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
-                .expect("chmod apache dir");
-        }
         let port = find_free_port();
-        let conf = format!(
-            r#"# Private test config; nothing from /etc/apache2 is read.
-ServerRoot "{d}"
-ServerName 127.0.0.1
-Listen 127.0.0.1:{port}
-PidFile "{d}/httpd.pid"
-ErrorLog "{d}/error.log"
-LogLevel warn
-DefaultRuntimeDir "{d}"
-LoadModule mpm_event_module {m}/mod_mpm_event.so
-LoadModule authz_core_module {m}/mod_authz_core.so
-LoadModule mime_module {m}/mod_mime.so
-LoadModule dir_module {m}/mod_dir.so
-User www-data
-Group www-data
-TypesConfig /etc/mime.types
-EnableSendfile On
-EnableMMAP On
-KeepAlive Off
-Timeout 60
-DocumentRoot "{root}"
-<Directory />
-    AllowOverride None
-    Require all denied
-</Directory>
-<Directory "{root}">
-    AllowOverride None
-    Require all granted
-</Directory>
-"#,
-            d = d.display(),
-            m = APACHE_MODULES,
-            root = docroot.display(),
-        );
-        let conf_path = d.join("httpd.conf");
-        std::fs::write(&conf_path, conf).expect("write httpd.conf");
+        // The lab's Apache config; sendfile and mmap on, so that Apache
+        // reads the mount the way a production server would.
+        let files = apache::write(
+            d,
+            docroot,
+            Some(Ipv4Addr::LOCALHOST.into()),
+            port,
+            "EnableSendfile On\nEnableMMAP On\n",
+        )
+        .unwrap_or_else(|e| panic!("writing the Apache config: {e}"));
+        let conf_path = files.conf;
         let out = std::fs::File::create(d.join("stdout.log")).expect("create stdout.log");
         let err = std::fs::File::create(d.join("stderr.log")).expect("create stderr.log");
         let child = Command::new(APACHE_BIN)
@@ -158,7 +127,8 @@ DocumentRoot "{root}"
 
     /// `GET path`; returns (status code, body).
     fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        http_get(self.port, path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.logs()))
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        http_get_here(&url, IO_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 }
 
@@ -168,60 +138,6 @@ impl Drop for Apache {
             util::stop_child(&mut child, STOP_TIMEOUT);
         }
     }
-}
-
-/// One HTTP/1.1 GET on a fresh connection; returns (status, body).
-/// Checks Content-Length against the body actually received.
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    s.flush()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad(format!("no end of headers in {} bytes", raw.len())))?;
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let body = raw[head_end + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-    let mut content_length = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse::<usize>().ok();
-            }
-            if k.trim().eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad(format!(
-                    "unexpected {l:?} (static files have a length)"
-                )));
-            }
-        }
-    }
-    if status == 200 {
-        match content_length {
-            Some(n) if n == body.len() => {}
-            other => {
-                return Err(bad(format!(
-                    "Content-Length {other:?} but {} body bytes",
-                    body.len()
-                )))
-            }
-        }
-    }
-    Ok((status, body))
 }
 
 /// Index of the first differing byte, for readable failures.
@@ -250,7 +166,7 @@ fn assert_body(what: &str, got: &[u8], want: &[u8]) {
 #[test]
 fn apache_serves_small_and_large_files_byte_exact() {
     if !util::require_fuse("apache_serves_small_and_large_files_byte_exact")
-        || !crate::web::require_apache("apache_serves_small_and_large_files_byte_exact")
+        || !crate::harness::web::require_apache("apache_serves_small_and_large_files_byte_exact")
     {
         return;
     }

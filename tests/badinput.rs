@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
-use crate::util;
+use crate::harness::util;
 
 /// How long a `twinfs mount` that must fail may take to fail.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(20);

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, pattern, TestRng};
+use crate::harness::util::{self, pattern, TestRng};
 
 const ROUNDS: usize = 3;
 const WRITERS: usize = 3;

@@ -42,7 +42,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, cpath, cvt, errno, EntryInfo, Mounted, TestRng};
+use crate::harness::util::{self, cpath, cvt, errno, EntryInfo, Mounted, TestRng};
 
 /// Note: since the move to `util::TestRng` this seed (like any seed recorded
 /// earlier) drives a different sequence than it did with SplitMix64.

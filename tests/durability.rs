@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::util::{self, pattern};
+use crate::harness::util::{self, pattern};
 
 const STRACE_ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 const STRACE_STOP_TIMEOUT: Duration = Duration::from_secs(15);

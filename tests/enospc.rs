@@ -2,7 +2,7 @@
 //! already stored is lost, and the store mounts and verifies clean afterwards
 //! (house rule 5: a full disk gets a precise error and loses nothing).
 
-use crate::util::{self, Mounted};
+use crate::harness::util::{self, Mounted};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;

@@ -18,10 +18,10 @@
 //! - `startup_releases_leftover_vip_and_service`: a node that starts as
 //!   Secondary releases a VIP it still holds and stops a running Apache.
 
-use crate::lab::{require_lab, Lab, Node, Place, PublicOpts};
-use crate::pair::Pair;
-use crate::util::{poll_until, require_fuse};
-use crate::web::{self, ApacheConf, Poller};
+use crate::harness::lab::{require_lab, Lab, Node, Place, PublicOpts};
+use crate::harness::pair::Pair;
+use crate::harness::util::{poll_until, require_fuse};
+use crate::harness::web::{self, ApacheConf, Poller};
 use serde_json::Value;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -456,9 +456,9 @@ pub(crate) struct WitnessFiles {
 
 impl WitnessFiles {
     pub(crate) fn new() -> WitnessFiles {
-        let dir = crate::util::tempdir("witness");
+        let dir = crate::harness::util::tempdir("witness");
         let w = WitnessFiles { dir };
-        let out = crate::util::run_twinfs(&[
+        let out = crate::harness::util::run_twinfs(&[
             "keygen",
             "--name",
             "witness",
@@ -482,7 +482,7 @@ impl WitnessFiles {
 }
 
 /// `twinfs witness` in the lab's witness namespace.
-pub(crate) fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::lab::LabChild {
+pub(crate) fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::harness::lab::LabChild {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -490,7 +490,7 @@ pub(crate) fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::lab::LabChi
         .unwrap();
     let mut cmd = pair
         .lab
-        .command_in(Place::Witness, crate::util::twinfs_bin());
+        .command_in(Place::Witness, crate::harness::util::twinfs_bin());
     cmd.args([
         "witness",
         "--listen",
@@ -504,7 +504,7 @@ pub(crate) fn start_witness(pair: &Pair, w: &WitnessFiles) -> crate::lab::LabChi
         "--node-cert",
         pair.node(Node::B).cert().to_str().unwrap(),
         "--lease",
-        crate::pair::DEADTIME,
+        crate::harness::pair::DEADTIME,
     ])
     .stdin(std::process::Stdio::null())
     .stdout(log.try_clone().unwrap())
@@ -592,7 +592,7 @@ fn isolated_primary_with_witness_escalates_when_demotion_fails() {
         return;
     }
     let w = WitnessFiles::new();
-    let marker_dir = crate::util::tempdir("escalation");
+    let marker_dir = crate::harness::util::tempdir("escalation");
     let marker = marker_dir.path().join("escalated");
     let (mut pair, _confs) = failover_pair_with(
         "fo-escal",
@@ -650,7 +650,7 @@ fn drill_switches_over_and_back() {
     // ARP answer and Apache from there, as an admin's shell would).
     let out = pair
         .lab
-        .command(Node::A, crate::util::twinfs_bin())
+        .command(Node::A, crate::harness::util::twinfs_bin())
         .args([
             "drill",
             "--config",
@@ -699,7 +699,7 @@ fn fence_hook_runs_before_takeover_and_blocks_it_when_it_fails() {
     }
     // The shipped script plus an on_fence that succeeds only once the "BMC"
     // (a file) allows it, and leaves a mark when it ran.
-    let dir = crate::util::tempdir("fence");
+    let dir = crate::harness::util::tempdir("fence");
     let allow = dir.path().join("bmc-allows");
     let fenced = dir.path().join("fenced");
     let script = dir.path().join("failover.lua");
@@ -711,7 +711,7 @@ fn fence_hook_runs_before_takeover_and_blocks_it_when_it_fails() {
         f = fenced.display()
     ));
     std::fs::write(&script, text).unwrap();
-    let out = crate::util::run_twinfs(&["hooks", "check", script.to_str().unwrap()]);
+    let out = crate::harness::util::run_twinfs(&["hooks", "check", script.to_str().unwrap()]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("on_fence"),
         "{out:?}"
@@ -772,7 +772,7 @@ fn clean_stop_of_the_primary_takes_the_site_down_first() {
         "alpha still holds the VIP"
     );
     assert!(
-        crate::util::mounted_fstype(&pair.node(Node::A).mnt()).is_none(),
+        crate::harness::util::mounted_fstype(&pair.node(Node::A).mnt()).is_none(),
         "alpha's mount is still there"
     );
     // Beta takes over (its VIP claim finds no other holder).

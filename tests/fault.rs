@@ -7,10 +7,10 @@
 use std::os::unix::process::ExitStatusExt as _;
 use std::time::Duration;
 
-use crate::lab::{require_lab, Node};
-use crate::pair::Pair;
+use crate::harness::lab::{require_lab, Node};
+use crate::harness::pair::Pair;
+use crate::harness::util::{poll_until, require_fuse};
 use crate::replication::{assert_files, write_fsynced_files};
-use crate::util::{poll_until, require_fuse};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The secondary's applier panics at this mutation from the primary: after the

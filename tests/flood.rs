@@ -19,7 +19,7 @@ use crate::failover::{
     failover_pair_with, require_all, start_serving, start_witness, wait_serving, witness_lines,
     WitnessFiles, BEACON_PORT, FAILOVER_LIMIT, WITNESS_PORT,
 };
-use crate::lab::{enter_netns, Node, Place, PublicOpts};
+use crate::harness::lab::{enter_netns, Node, Place, PublicOpts};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -110,7 +110,7 @@ impl Flood {
     /// Floods `beacon` (a node's beacon port) and `witness` from the
     /// client's namespace, `PORTS` source ports.
     fn start(
-        pair: &crate::pair::Pair,
+        pair: &crate::harness::pair::Pair,
         beacon: SocketAddr,
         witness: SocketAddr,
         forged: Forged,
@@ -228,9 +228,9 @@ fn flood_causes_no_failover_and_hides_no_death() {
     let beacon = SocketAddr::from((pair.lab.public_addr(Node::B), BEACON_PORT));
     let witness = SocketAddr::from((pair.lab.witness_addr(), WITNESS_PORT));
     // A key nobody pins: made as the nodes' keys are.
-    let mallory = crate::util::tempdir("flood-mallory");
+    let mallory = crate::harness::util::tempdir("flood-mallory");
     let (cert, key) = (mallory.path().join("m.crt"), mallory.path().join("m.key"));
-    let made = crate::util::run_twinfs(&[
+    let made = crate::harness::util::run_twinfs(&[
         "keygen",
         "--name",
         "mallory",

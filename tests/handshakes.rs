@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use quinn::rustls;
 
-use crate::lab::{self, Node};
-use crate::pair::{Pair, DEADTIME, PORT};
+use crate::harness::lab::{self, Node};
+use crate::harness::pair::{Pair, DEADTIME, PORT};
+use crate::harness::util::TestRng;
 use crate::replication::require;
-use crate::util::TestRng;
 
 /// How long the flood lasts at most (its threads stop earlier when told).
 const FLOOD_MAX: Duration = Duration::from_secs(60);

@@ -27,9 +27,9 @@ use crate::failover::{
     decisions, failover_pair, failover_pair_with, start_serving, start_witness, wait_serving,
     witness_lines, WitnessFiles, FAILOVER_LIMIT,
 };
-use crate::lab::{Node, Place, PublicOpts};
-use crate::pair::Pair;
-use crate::util::{poll_until, run_twinfs};
+use crate::harness::lab::{Node, Place, PublicOpts};
+use crate::harness::pair::Pair;
+use crate::harness::util::{poll_until, run_twinfs};
 use serde_json::Value;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ done
 
 impl Writer {
     fn start(mnt: &Path, tag: &str) -> Writer {
-        let dir = crate::util::tempdir(&format!("writer-{tag}"));
+        let dir = crate::harness::util::tempdir(&format!("writer-{tag}"));
         let acks = dir.path().join("acks");
         std::fs::write(&acks, "").unwrap();
         let child = Command::new("bash")
@@ -128,7 +128,7 @@ impl Writer {
     fn stop(&mut self) {
         if self.running() {
             // The writer's own group (it was spawned as its leader).
-            crate::pair::signal_group(self.child.id(), libc::SIGKILL);
+            crate::harness::pair::signal_group(self.child.id(), libc::SIGKILL);
         }
         let _ = self.child.wait();
     }
@@ -381,8 +381,8 @@ fn cut_cable_isolated_primary_with_a_witness_suspends_demotes_and_rejoins() {
 struct WitnessPair {
     // Dropped in this order: the pair (its nodes), then the witness.
     pair: Pair,
-    _confs: Vec<crate::web::ApacheConf>,
-    _witness: crate::lab::LabChild,
+    _confs: Vec<crate::harness::web::ApacheConf>,
+    _witness: crate::harness::lab::LabChild,
     _files: WitnessFiles,
 }
 
@@ -578,7 +578,7 @@ fn a_demotion_that_cannot_unmount_refuses_every_write_and_escalates() {
     if !crate::failover::require_all("a_demotion_that_cannot_unmount_refuses_every_write") {
         return;
     }
-    let marker_dir = crate::util::tempdir("unmount-escalation");
+    let marker_dir = crate::harness::util::tempdir("unmount-escalation");
     let marker = marker_dir.path().join("escalated");
     let (mut pair, _confs) =
         failover_pair_with("iso-busy", PublicOpts::default(), |node, conf, _| {

@@ -1,7 +1,8 @@
-//! Self-tests of the network lab (`lab.rs`): the private link joins the two
-//! nodes and nothing else, a partition cuts it while processes live, a killed
-//! node's processes are gone and its link is silent, programs run in the test's
-//! mount namespace, and nothing is left behind, also after a panic. With the
+//! Self-tests of the network lab (`src/lab.rs`, compiled into
+//! `tests/harness/`): the private link joins the two nodes and nothing else,
+//! a partition cuts it while processes live, a killed node's processes are
+//! gone and its link is silent, programs run in the test's mount namespace,
+//! and nothing is left behind, also after a panic. With the
 //! public network: the bridge joins client, nodes and witness; a killed or
 //! isolated node is silent there too (isolation keeps its processes); a
 //! partition leaves it alone; a VIP added by hand is seen and reachable; and
@@ -16,9 +17,9 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::lab::{self, Lab, LabChild, Node, Place, PublicOpts};
-use crate::util::{poll_until, tempdir};
-use crate::web::{self, ApacheConf, Poller};
+use crate::harness::lab::{self, Lab, LabChild, Node, Place, PublicOpts};
+use crate::harness::util::{poll_until, tempdir};
+use crate::harness::web::{self, ApacheConf, Poller};
 
 /// How long a link that was just brought up (or healed) may take to carry packets.
 const SETTLE: Duration = Duration::from_secs(10);

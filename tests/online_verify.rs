@@ -2,10 +2,10 @@
 //! found by comparing range hashes with the primary, named by its file, and
 //! repaired through the replication stream.
 
-use crate::lab::{require_lab, Node};
-use crate::pair::Pair;
+use crate::harness::lab::{require_lab, Node};
+use crate::harness::pair::Pair;
+use crate::harness::util::{require_fuse, TestRng};
 use crate::resync::write_file;
-use crate::util::{require_fuse, TestRng};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
@@ -82,7 +82,7 @@ fn online_verify_finds_and_repairs_a_block_corrupted_on_the_secondary() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "repair: {out:?}");
     assert!(text.contains("repaired 1 on the peer"), "{text}");
-    let clean = crate::util::poll_until(Duration::from_secs(30), || {
+    let clean = crate::harness::util::poll_until(Duration::from_secs(30), || {
         let out = pair.twinfs(Node::A, &["verify", "--online"]);
         out.status.success().then_some(())
     });

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::util::twinfs_bin;
+use crate::harness::util::twinfs_bin;
 
 /// Packaging the already-built binary takes seconds; a cold cargo-deb run
 /// (dpkg-shlibdeps, compression) well under a minute.
@@ -461,7 +461,7 @@ fn rpm_metadata_and_scratch_root_install() {
 
     // Install into a scratch root. Scriptlets would run chrooted there, where
     // there is no shell; their text is checked above (%post makes /var/lib/twinfs).
-    let scratch = crate::util::tempdir("twinfs-rpm-root-");
+    let scratch = crate::harness::util::tempdir("twinfs-rpm-root-");
     let root = scratch.path();
     run(
         Command::new("rpm")
@@ -490,7 +490,7 @@ fn rpm_metadata_and_scratch_root_install() {
 
 #[test]
 fn init_writes_a_config_that_loads() {
-    let dir = crate::util::tempdir("twinfs-init-");
+    let dir = crate::harness::util::tempdir("twinfs-init-");
     let config = dir.path().join("etc/twinfs.toml");
     // The data dir: made private by init (issue 13); never the host's /var/lib/twinfs.
     let data = dir.path().join("data");

@@ -10,7 +10,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, cpath, cvt, errno, pattern, renameat2, Mounted};
+use crate::harness::util::{self, cpath, cvt, errno, pattern, renameat2, Mounted};
 
 const GIB: u64 = 1 << 30;
 

@@ -1,9 +1,9 @@
 //! Replication end to end: two `twinfs run` nodes in network namespaces, real
 //! QUIC with mutual TLS over the lab's private link, real FUSE mounts.
 
-use crate::lab::{require_lab, Node};
-use crate::pair::Pair;
-use crate::util::{require_fuse, TestRng};
+use crate::harness::lab::{require_lab, Node};
+use crate::harness::pair::Pair;
+use crate::harness::util::{require_fuse, TestRng};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -114,7 +114,7 @@ fn fsynced_files_survive_the_primary_s_death(protocol: &str) {
         "beta exit: {status:?}\n{}",
         pair.node(Node::B).log_text()
     );
-    let out = crate::util::run_twinfs(&[
+    let out = crate::harness::util::run_twinfs(&[
         "verify",
         "--data-dir",
         pair.node(Node::B).data().to_str().unwrap(),
@@ -156,7 +156,7 @@ fn protocol_a_does_not_wait_for_the_peer_and_the_peer_follows() {
     });
     // Freeze the secondary: it receives nothing and acknowledges nothing.
     let b_pid = pair.node_pid(Node::B);
-    crate::pair::signal(b_pid, libc::SIGSTOP);
+    crate::harness::pair::signal(b_pid, libc::SIGSTOP);
     let mnt = pair.node(Node::A).mnt();
     let files = write_fsynced_files(&mnt, 20, 0xa);
     // The writes returned before the peer was declared lost: they did not wait for it.
@@ -166,7 +166,7 @@ fn protocol_a_does_not_wait_for_the_peer_and_the_peer_follows() {
         "protocol A waited for the frozen peer:\n{a:#}"
     );
     assert_eq!(a["connection"], "Connected", "{a:#}");
-    crate::pair::signal(b_pid, libc::SIGCONT);
+    crate::harness::pair::signal(b_pid, libc::SIGCONT);
     // The peer follows: the lag drains to zero.
     pair.wait_status(Node::A, "lag drained", LONG, |s| {
         s["lag"]["seqs"] == 0 && s["peer"]["applied_seq"] == s["applied_seq"]
@@ -190,7 +190,7 @@ fn a_peer_with_the_wrong_certificate_is_refused() {
     // Beta pins a certificate that is not alpha's.
     let stranger = pair.node(Node::B).data().join("../stranger.crt");
     let stranger_key = pair.node(Node::B).data().join("../stranger.key");
-    let out = crate::util::run_twinfs(&[
+    let out = crate::harness::util::run_twinfs(&[
         "keygen",
         "--name",
         "mallory",
@@ -205,7 +205,7 @@ fn a_peer_with_the_wrong_certificate_is_refused() {
     pair.start(Node::B);
     let a_addr = pair.lab.node(Node::A).addr().to_string();
     // Alpha (10.201.x.1) dials beta; beta refuses and says who and why.
-    let logged = crate::util::poll_until(LONG, || {
+    let logged = crate::harness::util::poll_until(LONG, || {
         let log = pair.node(Node::B).log_text();
         log.lines()
             .find(|l| l.contains("refused") && l.contains(&a_addr))
@@ -316,7 +316,10 @@ impl RogueAlpha {
             trust: twinfs_replicator::tls::PeerTrust::from_cert_file(&pair.node(Node::B).cert())
                 .unwrap(),
             listen: std::net::SocketAddr::new(pair.lab.node(Node::A).addr(), 0),
-            beta: std::net::SocketAddr::new(pair.lab.node(Node::B).addr(), crate::pair::PORT),
+            beta: std::net::SocketAddr::new(
+                pair.lab.node(Node::B).addr(),
+                crate::harness::pair::PORT,
+            ),
         }
     }
 
@@ -342,7 +345,7 @@ fn in_alpha<T: Send>(
     pair: &Pair,
     f: impl std::future::Future<Output = std::io::Result<T>> + Send,
 ) -> T {
-    crate::lab::in_netns(pair.lab.node(Node::A).netns_path(), || {
+    crate::harness::lab::in_netns(pair.lab.node(Node::A).netns_path(), || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -609,11 +612,11 @@ fn a_non_root_user_cannot_use_the_control_socket() {
     }
     let sock = data.join("control.sock");
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = crate::util::run_bounded(
+    let out = crate::harness::util::run_bounded(
         {
             let mut c = std::process::Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(crate::util::twinfs_bin())
+                .arg(crate::harness::util::twinfs_bin())
                 .args(["status", "--json", "--data-dir"])
                 .arg(&data);
             c
@@ -679,7 +682,7 @@ fn restart_after_a_kill_clears_the_dead_mount() {
     let mut pair = Pair::connected("deadmount", "");
     let mnt = pair.node(Node::A).mnt();
     std::fs::write(mnt.join("before.txt"), b"kept").unwrap();
-    crate::pair::signal(pair.node_pid(Node::A), libc::SIGKILL);
+    crate::harness::pair::signal(pair.node_pid(Node::A), libc::SIGKILL);
     pair.forget(Node::A);
     let dead = std::fs::metadata(&mnt).map_err(|e| e.raw_os_error());
     assert_eq!(
@@ -716,7 +719,7 @@ fn status_shows_the_link_and_jumbo_frames_are_used() {
         for node in [Node::A, Node::B] {
             let n = pair.lab.node(node);
             let mtu = mtu.to_string();
-            crate::lab::ip(&[
+            crate::harness::lab::ip(&[
                 "-n",
                 n.ns_name(),
                 "link",

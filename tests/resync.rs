@@ -1,9 +1,9 @@
 //! Outages and resync end to end: what a primary does while its peer is away,
 //! and what travels when the peer comes back.
 
-use crate::lab::{require_lab, Node};
-use crate::pair::{signal, Pair};
-use crate::util::{lazy_unmount, require_fuse, TestRng};
+use crate::harness::lab::{require_lab, Node};
+use crate::harness::pair::{signal, Pair};
+use crate::harness::util::{lazy_unmount, require_fuse, TestRng};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
@@ -157,7 +157,7 @@ fn a_new_secondary_gets_a_full_sync_and_cannot_be_promoted_meanwhile() {
     assert_eq!(a["connection"], "SyncSource", "{a:#}");
     assert!(n(&a["resync"]["total_bytes"]) >= 8 * MIB as u64, "{a:#}");
     // The human status shows the progress with an ETA.
-    let progress = crate::util::poll_until(Duration::from_secs(20), || {
+    let progress = crate::harness::util::poll_until(Duration::from_secs(20), || {
         let out = pair.twinfs(Node::A, &["status"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let line = text

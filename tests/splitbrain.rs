@@ -3,10 +3,10 @@
 //! refuse to resync and report the files each side changed; each policy does
 //! exactly what it says. Nothing is ever merged.
 
-use crate::lab::{require_lab, Node};
-use crate::pair::Pair;
+use crate::harness::lab::{require_lab, Node};
+use crate::harness::pair::Pair;
+use crate::harness::util::require_fuse;
 use crate::resync::{contents, write_file};
-use crate::util::require_fuse;
 use serde_json::Value;
 use std::time::Duration;
 

@@ -12,10 +12,7 @@
 // Test modules are private; `pub` items in them are the harness API.
 #![allow(unreachable_pub)]
 
-mod lab;
-mod pair;
-mod util;
-mod web;
+mod harness;
 
 mod differential;
 mod posix;

@@ -3,7 +3,9 @@
 # shellcheck disable=SC2016 # the single-quoted scripts run in a namespace's bash
 # twinfs lab plumbing for bash scripts (scripts/demo.sh, bench/failover.sh):
 # a two-node pair with a public network on this one machine, built from
-# network namespaces, the same layout as tests/lab.rs.
+# network namespaces by the lab of the end-to-end tests (src/lab.rs), which
+# `twinfs lab up/links/kill/down` drives; this file adds what the scripts do
+# on top of it: node configs, Apache, status, the client.
 #
 #   PREFIX-a (alpha)                               PREFIX-b (beta)
 #   priv 10.201.N.1/24  <===== veth (replication) =====>  priv 10.201.N.2/24
@@ -14,8 +16,11 @@
 #                           |
 #                           pw --- eth0 10.202.N.3/24  PREFIX-w (witness, optional)
 #
-#   VIP 10.202.N.10/24: configured by nobody here; the software under test
-#   (twinfs's hooks, or keepalived) claims it on a node's eth0.
+#   PREFIX is tw-TAG-PID-N (PID: the calling script's). VIP 10.202.N.10/24:
+#   configured by nobody here; the software under test (twinfs's hooks, or
+#   keepalived) claims it on a node's eth0. The addresses are set by
+#   lab_build, from what `twinfs lab up` prints (they are written down only
+#   in src/lab.rs).
 #
 # Programs are started with `nsenter --net` only: they share this shell's
 # mount namespace, so a node's FUSE mount is an ordinary mount here and the
@@ -23,21 +28,22 @@
 #
 # Use:
 #   source scripts/lib/lab.sh
-#   lab_init "twdemo-$$" /var/tmp/twinfs-demo.$$     # traps: cleanup on exit, Ctrl-C, errors
-#   lab_build                  # or: lab_build witness
+#   lab_init demo /var/tmp/twinfs-demo.$$    # traps: cleanup on exit, Ctrl-C, errors
+#   lab_build                  # or: lab_build witness (needs TWINFS_BIN)
 #   lab_apache_conf alpha "$DOCROOT"   (twinfs nodes: lab_nodes does it, docroot = the mount)
 #   lab_nodes 'keepalive = "200ms"' 'hold_down = "5s"'   # keys + configs of both nodes
 #   lab_start_node alpha; lab_start_node beta
 #   lab_kill_node alpha        # SIGKILL everything in its namespace, links down
 #   lab_revive_node alpha      # links up again (then lab_start_node to rejoin)
 #
-# Rules kept here: only namespaces this script created (names start with the
-# caller's prefix, which carries $$), only pids that this script started or
-# that live in those namespaces, killed by pid; every wait is bounded; the
-# cleanup runs on every exit path and undoes what was made, in reverse.
+# Rules kept here: only namespaces this script created (names carry $$),
+# only pids that this script started or that live in those namespaces, killed
+# by pid; every wait is bounded; the cleanup runs on every exit path and
+# undoes what was made, in reverse. A lab whose script was killed (no trap
+# ran) is removed by the next `twinfs lab up` or test run on this machine.
 #
-# Needs: bash >= 4.3, root, iproute2 (ip), util-linux (nsenter), coreutils
-# (timeout), iputils-ping (ping): `scripts/setup-deps.sh demo` installs them.
+# Needs: bash >= 4.3, root, TWINFS_BIN, iproute2 (ip), util-linux (nsenter),
+# coreutils (timeout): `scripts/setup-deps.sh demo` installs them.
 
 # ---------------------------------------------------------------------------
 # Settings (may be set before lab_init)
@@ -52,18 +58,16 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 LAB_NODES=(alpha beta)
 declare -A LAB_LETTER=([alpha]=a [beta]=b [client]=c [witness]=w)
 declare -A LAB_PEER=([alpha]=beta [beta]=alpha)
-declare -A LAB_PRIV=([alpha]=10.201.$LAB_N.1 [beta]=10.201.$LAB_N.2)
-declare -A LAB_PUB=([alpha]=10.202.$LAB_N.1 [beta]=10.202.$LAB_N.2 [witness]=10.202.$LAB_N.3 [client]=10.202.$LAB_N.100)
-declare -A LAB_PORT=([alpha]=pa [beta]=pb [witness]=pw) # bridge-side veth ends
-LAB_VIP=10.202.$LAB_N.10
-LAB_CLIENT=10.202.$LAB_N.100
-LAB_PREFIX_LEN=24
+# Set by lab_build (`twinfs lab up` prints them): private and public addresses
+# by place, the VIP, the client's address, the prefix length of both subnets.
+declare -A LAB_PRIV=() LAB_PUB=()
+LAB_VIP="" LAB_CLIENT="" LAB_PREFIX_LEN=""
 
 # State (what lab_cleanup must undo)
-LAB_PREFIX=""
+LAB_TAG=""
+LAB_PREFIX=""              # tw-TAG-PID-N: the namespaces are PREFIX-a, -b, -c, -w
 LAB_WORK=""
 LAB_WORK_MADE=""
-LAB_NS_MADE=()             # namespaces created, in order
 declare -A LAB_PID=()      # node -> pid of its `twinfs run`
 LAB_CLEANUP_HOOKS=()       # caller functions run first by lab_cleanup
 LAB_CLEANED=""
@@ -119,18 +123,20 @@ lab_wait() {
 # ---------------------------------------------------------------------------
 # Setup and cleanup
 
-# lab_init PREFIX WORKDIR: remembers where things go and installs the traps.
-# PREFIX must be unique to the calling script and carry its $$ (e.g.
-# twdemo-$$); namespace names are PREFIX-a, -b, -c, -w.
+# lab_init TAG WORKDIR: remembers where things go and installs the traps.
+# TAG is a word naming the calling script (demo, failover); the lab's
+# namespaces are tw-TAG-$$-N-a, -b, -c, -w.
 lab_init() {
-    LAB_PREFIX=$1
+    LAB_TAG=$1
+    LAB_PREFIX=tw-$1-$$-$LAB_N
     LAB_WORK=$2
     [[ $(id -u) -eq 0 ]] || lab_fail "must run as root (network namespaces, FUSE, Apache on port $LAB_HTTP_PORT)"
+    [[ -x ${TWINFS_BIN:-} ]] || lab_fail "TWINFS_BIN (the twinfs binary, which builds the lab) is not set"
     # twinfs refuses configs and hooks that others can write: whatever umask
     # the caller has, the lab's files are not group- or world-writable.
     umask 022
     local tool
-    for tool in ip nsenter timeout awk ping; do
+    for tool in ip nsenter timeout awk; do
         command -v "$tool" >/dev/null 2>&1 || lab_fail "$tool not found on PATH"
     done
     trap lab_cleanup EXIT
@@ -143,20 +149,6 @@ lab_init() {
     LAB_WORK_MADE=1
 }
 
-# lab_clean_stale BASE: removes namespaces BASE-PID-x left by a run of the
-# same script (same BASE) whose process PID is gone (a kill -9 skips traps).
-lab_clean_stale() {
-    local base=$1 ns pid p
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
-        [[ $ns =~ ^${base}-([0-9]+)-[abcw]$ ]] || continue
-        pid=${BASH_REMATCH[1]}
-        [[ -d /proc/$pid ]] && continue
-        lab_warn "removing stale namespace $ns (its run, pid $pid, is gone)"
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-        ip netns del "$ns" 2>/dev/null || lab_warn "cannot delete stale namespace $ns"
-    done
-}
-
 lab_ns() { echo "$LAB_PREFIX-${LAB_LETTER[$1]}"; }
 
 # lab_in PLACE COMMAND...: runs COMMAND in the network namespace of PLACE
@@ -167,76 +159,36 @@ lab_in() {
     nsenter --net="/run/netns/$(lab_ns "$place")" -- "$@"
 }
 
-lab_add_ns() {
-    local ns
-    ns=$(lab_ns "$1")
-    ip netns add "$ns" || lab_fail "ip netns add $ns"
-    LAB_NS_MADE+=("$ns")
-    ip -n "$ns" link set lo up
+# lab_up TAG [witness]: `twinfs lab up` (src/lab.rs) for the lab tw-TAG-$$-N
+# (N: LAB_N): the namespaces, the private veth, the public bridge, the
+# witness; returns once every link passes packets, with its names and
+# addresses in LAB_PREFIX, LAB_PRIV, LAB_PUB, LAB_VIP, LAB_CLIENT and
+# LAB_PREFIX_LEN. Needs only TWINFS_BIN (the benches call it without
+# lab_init); `twinfs lab down "$LAB_PREFIX"` removes the lab.
+lab_up() {
+    local out
+    out=$("$TWINFS_BIN" lab up --tag "$1" --owner $$ --n "$LAB_N" ${2:+--witness} 2>&1) || {
+        echo "twinfs lab up: $out" >&2
+        return 1
+    }
+    # Only the assignments it is documented to print (src/lab_cmd.rs).
+    if [[ $(grep -cvE '^(LAB_PREFIX|LAB_VIP|LAB_CLIENT|LAB_PREFIX_LEN|LAB_(PRIV|PUB)\[[a-z]+\])=[0-9A-Za-z._-]+$' <<<"$out") != 0 ]]; then
+        echo "twinfs lab up printed something unexpected: $out" >&2
+        return 1
+    fi
+    eval "$out"
 }
 
-# lab_plug PLACE: a veth with eth0 (public address, up) in PLACE's namespace
-# and its other end enslaved to the bridge in the client namespace.
-lab_plug() {
-    local p=$1 c ns
-    c=$(lab_ns client)
-    ns=$(lab_ns "$p")
-    ip link add name eth0 netns "$ns" type veth peer name "${LAB_PORT[$p]}" netns "$c" ||
-        lab_fail "veth eth0 ($ns) <-> ${LAB_PORT[$p]} ($c)"
-    ip -n "$c" link set "${LAB_PORT[$p]}" master pub
-    ip -n "$c" link set "${LAB_PORT[$p]}" up
-    ip -n "$ns" addr add "${LAB_PUB[$p]}/$LAB_PREFIX_LEN" dev eth0
-    ip -n "$ns" link set eth0 up
-}
-
-# lab_build [witness]: the namespaces, the private veth, the public bridge.
+# lab_build [witness]: lab_up for the lab of lab_init.
 # shellcheck disable=SC2120 # the argument is optional
 lab_build() {
-    local n
-    for n in alpha beta client; do lab_add_ns "$n"; done
-    ip link add name priv netns "$(lab_ns alpha)" type veth peer name priv netns "$(lab_ns beta)" ||
-        lab_fail "veth priv between $(lab_ns alpha) and $(lab_ns beta)"
-    for n in "${LAB_NODES[@]}"; do
-        ip -n "$(lab_ns "$n")" addr add "${LAB_PRIV[$n]}/$LAB_PREFIX_LEN" dev priv
-        ip -n "$(lab_ns "$n")" link set priv up
-    done
-    # The "switch" lives in the client namespace; STP is off, so ports
-    # forward as soon as they are up.
-    ip -n "$(lab_ns client)" link add pub type bridge
-    ip -n "$(lab_ns client)" addr add "$LAB_CLIENT/$LAB_PREFIX_LEN" dev pub
-    ip -n "$(lab_ns client)" link set pub up
-    lab_plug alpha
-    lab_plug beta
-    if [[ ${1:-} == witness ]]; then
-        lab_add_ns witness
-        lab_plug witness
-    fi
-    # Addresses need a moment (duplicate address detection is IPv6 only,
-    # but the veths' carrier comes up asynchronously).
-    lab_wait "the public network (alpha -> client)" 10 lab_in alpha ping -c1 -W1 -q "$LAB_CLIENT" >/dev/null
-    lab_wait "the public network (beta -> client)" 10 lab_in beta ping -c1 -W1 -q "$LAB_CLIENT" >/dev/null
-    lab_wait "the private link" 10 lab_in alpha ping -c1 -W1 -q "${LAB_PRIV[beta]}" >/dev/null
+    lab_up "$LAB_TAG" "${1:-}" || lab_fail "building the lab"
 }
 
 # lab_set_links NODE up|down: the node's end of the private veth and its
 # port on the bridge (the cable at the switch).
 lab_set_links() {
-    ip -n "$(lab_ns "$1")" link set priv "$2"
-    ip -n "$(lab_ns client)" link set "${LAB_PORT[$1]}" "$2"
-}
-
-# lab_kill_ns_pids NS: SIGKILL every process in namespace NS (ours: we
-# created it), by pid, until none is left; bounded in rounds and time.
-lab_kill_ns_pids() {
-    local ns=$1 round pids p
-    for ((round = 0; round < 50; round++)); do
-        pids=$(ip netns pids "$ns" 2>/dev/null) || return 0
-        [[ -z $pids ]] && return 0
-        for p in $pids; do kill -KILL "$p" 2>/dev/null; done
-        sleep 0.02
-    done
-    lab_warn "processes still in $ns after 50 rounds of SIGKILL: $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
-    return 1
+    "$TWINFS_BIN" lab links "$LAB_PREFIX" "$1" "$2" || lab_warn "twinfs lab links $1 $2 failed"
 }
 
 # The type of what is mounted at $1 ("fuse.twinfs"), empty if nothing is.
@@ -271,24 +223,15 @@ lab_cleanup() {
     trap '' INT TERM
     trap - ERR
     set +e
-    local h n ns
+    local h n
     for h in "${LAB_CLEANUP_HOOKS[@]}"; do "$h"; done
     # twinfs first, politely: it unmounts and checkpoints on SIGTERM.
     for n in "${LAB_NODES[@]}"; do
         [[ -n ${LAB_PID[$n]:-} ]] && lab_stop_pid "${LAB_PID[$n]}" "twinfs ($n)" 10
     done
-    # Anything else still inside our namespaces (Apache, keepalived, the
-    # client loop) was started by this script.
-    for ns in "${LAB_NS_MADE[@]}"; do lab_kill_ns_pids "$ns"; done
+    lab_down
     if [[ -n $LAB_WORK_MADE ]]; then
         for n in "${LAB_NODES[@]}"; do lab_lazy_unmount "$LAB_WORK/$n/mnt"; done
-    fi
-    # Deleting a namespace deletes its veth ends, and with them the peers.
-    for ((n = ${#LAB_NS_MADE[@]} - 1; n >= 0; n--)); do
-        ip netns del "${LAB_NS_MADE[$n]}" 2>/dev/null || lab_warn "could not delete namespace ${LAB_NS_MADE[$n]}"
-    done
-    LAB_NS_MADE=()
-    if [[ -n $LAB_WORK_MADE ]]; then
         if [[ $LAB_KEEP == 1 ]]; then
             lab_warn "kept $LAB_WORK (LAB_KEEP=1)"
         else
@@ -298,22 +241,27 @@ lab_cleanup() {
     return 0
 }
 
+# lab_down: every process still inside the lab's namespaces (Apache,
+# keepalived, the client loop: started by this script) killed by pid, then
+# the links and the namespaces deleted (`twinfs lab down`; nothing to do when
+# there is no lab).
+lab_down() {
+    [[ -n $LAB_PREFIX ]] || return 0
+    "$TWINFS_BIN" lab down "$LAB_PREFIX" || lab_warn "twinfs lab down $LAB_PREFIX failed"
+}
+
 # lab_reset: tears the lab down (processes, mounts, namespaces, the node
 # directories) but keeps the scratch directory and the traps, so the caller
 # can build a fresh one (benchmarks: one lab per run).
 lab_reset() {
-    local n ns
+    local n
     set +e # runs from traps: undo as much as possible
     for n in "${LAB_NODES[@]}"; do
         [[ -n ${LAB_PID[$n]:-} ]] && lab_stop_pid "${LAB_PID[$n]}" "twinfs ($n)" 10
         LAB_PID[$n]=""
     done
-    for ns in "${LAB_NS_MADE[@]}"; do lab_kill_ns_pids "$ns"; done
+    lab_down
     for n in "${LAB_NODES[@]}"; do lab_lazy_unmount "$LAB_WORK/$n/mnt"; done
-    for ((n = ${#LAB_NS_MADE[@]} - 1; n >= 0; n--)); do
-        ip netns del "${LAB_NS_MADE[$n]}" 2>/dev/null || lab_warn "could not delete namespace ${LAB_NS_MADE[$n]}"
-    done
-    LAB_NS_MADE=()
     for n in "${LAB_NODES[@]}"; do rm -rf --one-file-system "${LAB_WORK:?}/$n"; done
 }
 
@@ -321,106 +269,17 @@ lab_reset() {
 # Apache (Debian's apache2 with a private config, nothing from /etc/apache2)
 
 # lab_apache_conf NODE DOCROOT: writes LAB_WORK/NODE/apache/{httpd.conf,
-# apachectl.sh, health.txt}. Apache listens on every address of the node's
+# apachectl.sh, health.txt} with `twinfs lab apache-conf` (the tests' Apache
+# config: src/lab_apache.rs). Apache listens on every address of the node's
 # namespace (the VIP comes and goes) and serves /twinfs-health from outside
 # the document root, for the hooks' check. apachectl.sh start|stop returns
-# once Apache serves / is gone (bounded: 10 s), as tests/web.rs's script.
+# once Apache serves / is gone (bounded: 10 s).
 lab_apache_conf() {
-    local node=$1 root=$2 d=$LAB_WORK/$1/apache m=/usr/lib/apache2/modules
+    local node=$1 root=$2 d=$LAB_WORK/$1/apache
     mkdir -p "$d"
-    chmod 755 "$LAB_WORK/$node" "$d" # Apache's workers run as www-data
-    echo ok >"$d/health.txt"
-    cat >"$d/httpd.conf" <<EOF
-# Private config written by scripts/lib/lab.sh; nothing from /etc/apache2 is read.
-ServerRoot "$d"
-ServerName $node
-Listen $LAB_HTTP_PORT
-PidFile "$d/httpd.pid"
-ErrorLog "$d/error.log"
-LogLevel warn
-DefaultRuntimeDir "$d"
-LoadModule mpm_event_module $m/mod_mpm_event.so
-LoadModule authz_core_module $m/mod_authz_core.so
-LoadModule mime_module $m/mod_mime.so
-LoadModule dir_module $m/mod_dir.so
-LoadModule alias_module $m/mod_alias.so
-User www-data
-Group www-data
-TypesConfig /etc/mime.types
-DirectoryIndex index.html
-KeepAlive Off
-Timeout 10
-# Few processes: the machine is shared.
-StartServers 1
-ServerLimit 2
-ThreadsPerChild 8
-MaxRequestWorkers 16
-MinSpareThreads 8
-MaxSpareThreads 16
-DocumentRoot "$root"
-<Directory />
-    AllowOverride None
-    Require all denied
-</Directory>
-<Directory "$root">
-    AllowOverride None
-    Require all granted
-</Directory>
-Alias /twinfs-health "$d/health.txt"
-<Directory "$d">
-    Require all granted
-</Directory>
-EOF
-    cat >"$d/apachectl.sh" <<EOF
-#!/bin/sh
-# Starts/stops the private Apache of $d/httpd.conf and waits (at most 10 s)
-# until the start took or the stop is complete. Written by scripts/lib/lab.sh.
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-CONF='$d/httpd.conf'
-PIDFILE='$d/httpd.pid'
-# The pid in the pid file, if that process lives and runs this config.
-ours() {
-    p=\$(tr -dc 0-9 < "\$PIDFILE" 2>/dev/null)
-    [ -n "\$p" ] || return 1
-    st=\$(sed 's/.*) \\(.\\).*/\\1/' "/proc/\$p/stat" 2>/dev/null) || return 1
-    case "\$st" in Z|X|'') return 1 ;; esac
-    tr '\\0' ' ' < "/proc/\$p/cmdline" 2>/dev/null | grep -qF -- "\$CONF" || return 1
-    echo "\$p"
-}
-case "\$1" in
-start)
-    if p=\$(ours); then echo "apache2 already running, pid \$p"; exit 0; fi
-    rm -f "\$PIDFILE"
-    if ! /usr/sbin/apache2 -f "\$CONF" -k start >>'$d/start.log' 2>&1 </dev/null; then
-        echo "apache2 -f \$CONF -k start failed:" >&2
-        tail -n 20 '$d/start.log' '$d/error.log' >&2 2>/dev/null
-        exit 1
-    fi
-    i=0
-    while [ "\$i" -lt 200 ]; do
-        if p=\$(ours); then echo "apache2 started, pid \$p"; exit 0; fi
-        i=\$((i + 1)); sleep 0.05
-    done
-    echo "apache2 wrote no live pid to \$PIDFILE within 10 s" >&2
-    tail -n 20 '$d/start.log' '$d/error.log' >&2 2>/dev/null
-    exit 1 ;;
-stop)
-    if ! p=\$(ours); then echo "apache2 not running"; exit 0; fi
-    kill -TERM "\$p"
-    i=0
-    while [ "\$i" -lt 200 ]; do
-        ours >/dev/null || { echo "apache2 stopped"; exit 0; }
-        i=\$((i + 1)); sleep 0.05
-    done
-    echo "apache2 pid \$p still there 10 s after SIGTERM: SIGKILL" >&2
-    kill -KILL "\$p"; sleep 0.2
-    ours >/dev/null && exit 1
-    exit 0 ;;
-*)
-    echo "usage: \$0 start|stop" >&2; exit 2 ;;
-esac
-EOF
-    chmod 755 "$d/apachectl.sh"
+    chmod 755 "$LAB_WORK/$node" # Apache's workers run as www-data
+    "$TWINFS_BIN" lab apache-conf "$d" "$root" --port "$LAB_HTTP_PORT" ||
+        lab_fail "twinfs lab apache-conf $d"
 }
 
 # ---------------------------------------------------------------------------
@@ -514,16 +373,14 @@ lab_node_up() {
 # frozen (SIGSTOP, so that none can react to the others' death, e.g. a
 # keepalived child sending its "priority 0" goodbye when its parent dies),
 # then all its links go down so that the peer and the client hear silence,
-# then everything gets SIGKILL. Its dead FUSE mount is then lazily unmounted
-# (the scratch directory is shared with the peer's).
+# then everything gets SIGKILL (`twinfs lab kill`: Lab::kill_node). Its dead
+# FUSE mount is then lazily unmounted (the scratch directory is shared with
+# the peer's).
 lab_kill_node() {
-    local n=$1 ns p
-    ns=$(lab_ns "$n")
+    local n=$1
     # bash would otherwise report the killed job with its command line.
     [[ -n ${LAB_PID[$n]:-} ]] && disown "${LAB_PID[$n]}" 2>/dev/null
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -STOP "$p" 2>/dev/null; done
-    lab_set_links "$n" down
-    lab_kill_ns_pids "$ns" || lab_fail "cannot kill what runs in $ns"
+    "$TWINFS_BIN" lab kill "$LAB_PREFIX" "$n" || lab_fail "twinfs lab kill $n"
     if [[ -n ${LAB_PID[$n]:-} ]]; then wait "${LAB_PID[$n]}" 2>/dev/null || true; fi
     LAB_PID[$n]=""
     lab_lazy_unmount "$(lab_mnt "$n")"
@@ -554,83 +411,30 @@ lab_vip_holder() { # the nodes whose eth0 carries the VIP
 # ---------------------------------------------------------------------------
 # The client
 
-# Whether to use curl (LAB_NO_CURL=1 forces the /dev/tcp fallback).
-lab_have_curl() { [[ ${LAB_NO_CURL:-0} != 1 ]] && command -v curl >/dev/null 2>&1; }
-
 # lab_http_get URL FILE [SECONDS]: one HTTP/1.0 GET from the client
 # namespace; the body goes to FILE, the status is printed (000 when there was
-# no answer). curl if installed, else bash's /dev/tcp.
+# no answer). `twinfs lab get`: the HTTP client of the tests (src/lab_http.rs).
 lab_http_get() {
     local url=$1 file=$2 t=${3:-1}
-    if lab_have_curl; then
-        lab_in client curl -s -o "$file" -w '%{http_code}' --max-time "$t" "$url" 2>/dev/null || true
-        return 0
-    fi
-    lab_in client timeout "$t" bash -c '
-        u=${1#http://}; hp=${u%%/*}; path=/${u#*/}; h=${hp%:*}; p=80
-        [[ $u == */* ]] || path=/
-        [[ $hp == *:* ]] && p=${hp##*:}
-        exec 3<>"/dev/tcp/$h/$p" || exit 1
-        printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$path" "$h" >&3
-        read -r _ code _ <&3 || exit 1
-        while IFS= read -r line <&3; do [[ $line == $'"'"'\r'"'"' || -z $line ]] && break; done
-        cat <&3 >"$2"
-        echo "$code"' _ "$url" "$file" 2>/dev/null || echo 000
+    lab_in client "$TWINFS_BIN" lab get "$url" --out "$file" --timeout "$t" 2>/dev/null || echo 000
 }
 
 # lab_http_code URL [SECONDS]: the status of one GET from the client.
 lab_http_code() {
-    lab_http_get "$1" /dev/null "${2:-1}"
+    lab_in client "$TWINFS_BIN" lab get "$1" --timeout "${2:-1}" 2>/dev/null || echo 000
 }
 
 # lab_client_loop URL OUT SECONDS [INTERVAL_MS]: in the background, in the
 # client namespace, starts one GET of URL every INTERVAL_MS (default 50)
 # for SECONDS, each with a 0.5 s deadline and independent of the others (so a
 # request stuck on a dead address does not delay the next one). Each request
-# appends "START_MS END_MS CODE" to OUT. Sets LAB_LOOP_PID.
+# appends "START_MS END_MS CODE" to OUT (`twinfs lab poll`). Sets LAB_LOOP_PID.
 lab_client_loop() {
     local url=$1 out=$2 secs=$3 every=${4:-50}
-    lab_client_url "$url"
     : >"$out"
-    lab_in client bash -c '
-        url=$1 out=$2 secs=$3 every=$4
-        now() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
-        get() {
-            local s e code
-            s=$(now)
-            if [ "$5" = curl ]; then
-                code=$(curl -s -o /dev/null -w "%{http_code}" --max-time 0.5 "$url" 2>/dev/null)
-            else
-                code=$(timeout 0.5 bash -c "
-                    exec 3<>/dev/tcp/$6/$7 || exit 1
-                    printf \"GET $8 HTTP/1.0\r\n\r\n\" >&3
-                    read -r _ c _ <&3 && echo \$c" 2>/dev/null)
-            fi
-            e=$(now)
-            echo "$s $e ${code:-000}" >>"$out"
-        }
-        end=$(($(now) + secs * 1000)); next=$(now)
-        for ((i = 0; i < secs * 1000 / every + 1; i++)); do
-            (( next < end )) || break
-            get "$@" &
-            next=$((next + every))
-            d=$((next - $(now)))
-            if ((d > 0)); then sleep "$((d / 1000)).$(printf "%03d" $((d % 1000)))"; fi
-        done
-        wait' _ "$url" "$out" "$secs" "$every" "$LAB_HTTP_TOOL" "$LAB_URL_HOST" "$LAB_URL_PORT" "$LAB_URL_PATH" \
+    lab_in client "$TWINFS_BIN" lab poll "$url" "$out" "$secs" --every-ms "$every" --timeout-ms 500 \
         </dev/null >/dev/null 2>&1 &
-    LAB_LOOP_PID=$!
-}
-
-# The pieces of URL that the /dev/tcp fallback needs, and the tool to use.
-lab_client_url() {
-    local u=${1#http://} hp
-    hp=${u%%/*}
-    LAB_URL_PATH=/${u#*/}
-    LAB_URL_HOST=${hp%:*}
-    LAB_URL_PORT=80
-    [[ $hp == *:* ]] && LAB_URL_PORT=${hp##*:}
-    if lab_have_curl; then LAB_HTTP_TOOL=curl; else LAB_HTTP_TOOL=devtcp; fi
+    LAB_LOOP_PID=$! # nsenter execs twinfs: this is the poller's pid
 }
 
 # lab_first_200_after OUT MS: the end time of the first 200 in the client

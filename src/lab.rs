@@ -3,6 +3,13 @@
 //! the design brief, "The test lab"); optionally also a public network with a
 //! client and a witness, which carries the virtual IP.
 //!
+//! This is the one lab of the repository. The end-to-end tests compile this
+//! file into their harness (`tests/harness/mod.rs`) and use [`Lab`] directly;
+//! the scripts (`scripts/demo.sh`, `bench/failover.sh`, through
+//! `scripts/lib/lab.sh`) drive the same code through the hidden `twinfs lab`
+//! command (`src/lab_cmd.rs`), which also prints the addresses below: they
+//! are written down only here.
+//!
 //! ```text
 //!   tw-TAG-PID-N-a                          tw-TAG-PID-N-b
 //!   lo, priv 10.201.N.1/24  <== veth ==>  lo, priv 10.201.N.2/24
@@ -26,8 +33,8 @@
 //! - run programs on a node, the client or the witness: [`Lab::command_in`]
 //!   builds the command, [`Lab::spawn_in`] starts a long-running one and
 //!   remembers its pid ([`Lab::command`]/[`Lab::spawn`] for a node);
-//! - kill a node ([`Lab::kill_node`]: SIGKILL to everything on it, all its
-//!   links down) and bring its links back ([`Lab::revive_links`]);
+//! - kill a node ([`Lab::kill_node`]: everything on it frozen, all its links
+//!   down, then SIGKILL) and bring its links back ([`Lab::revive_links`]);
 //! - cut the link while both nodes live ([`Lab::partition`],
 //!   [`Lab::partition_oneway`]) and restore it ([`Lab::heal`]), with nftables;
 //!   this never touches the public network;
@@ -44,25 +51,26 @@
 //! mount the test sees, and files are shared; a real pair would have separate
 //! disks, which the tests get by giving each node its own store directory.
 //!
-//! Rules this file keeps (as `util.rs` does): it signals only processes that it
-//! started or that live inside its own namespaces, by pid, never by name; every
-//! loop is bounded in count and time; and `Drop` removes everything the lab
-//! made (processes, nftables tables, the veths, the bridge, the namespaces),
-//! also while a test panics, logging what it could not undo instead of
-//! panicking. Namespaces left by an earlier run of this binary that crashed are
+//! Rules this file keeps (as `tests/harness/util.rs` does): it signals only
+//! processes that it started or that live inside its own namespaces, by pid,
+//! never by name; every loop is bounded in count and time; and `Drop` removes
+//! everything the lab made (processes, nftables tables, the veths, the
+//! bridge, the namespaces), also while a test panics, logging what it could
+//! not undo instead of panicking. Namespaces left by an earlier run of this binary that crashed are
 //! removed by the first `Lab::new` of a run ([`clean_stale_namespaces`]).
 //!
 //! Namespace names start with `tw-` (not the `twl-` of the `lua` crate's own
-//! tests, whose names this file's stale cleanup must never match).
+//! tests, whose names this file's stale cleanup must never match); a lab made
+//! by `twinfs lab up` for a script is named for the script's pid, so the same
+//! stale cleanup removes it once that script is gone.
 
-#![allow(dead_code)] // not every test module uses every helper
+#![allow(dead_code)] // neither the tests nor `twinfs lab` use every helper
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -70,7 +78,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::util::{poll_until, stop_child, wait_bounded};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 /// Prefix of every namespace a lab creates (and the only ones
 /// [`clean_stale_namespaces`] ever touches).
@@ -119,7 +128,8 @@ static STALE_CLEANED: Once = Once::new();
 /// Absolute paths of the tools the lab drives.
 struct Tools {
     ip: PathBuf,
-    nft: PathBuf,
+    /// Only partitions need it (not the demo, which may run without nftables).
+    nft: Option<PathBuf>,
     nsenter: PathBuf,
 }
 
@@ -134,7 +144,7 @@ fn tools() -> Result<&'static Tools, String> {
             };
             Ok(Tools {
                 ip: find("ip")?,
-                nft: find("nft")?,
+                nft: find_executable("nft"),
                 nsenter: find("nsenter")?,
             })
         })
@@ -155,14 +165,16 @@ pub(crate) fn find_executable(name: &str) -> Option<PathBuf> {
         })
 }
 
-fn lab_unavailable_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
+/// Why no lab can be built here (`need_nft`: one that can be partitioned).
+fn lab_unavailable_reason(need_nft: bool) -> Option<String> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
         return Some(format!("needs root (euid is {euid})"));
     }
-    if let Err(e) = tools() {
-        return Some(e);
+    match tools() {
+        Err(e) => return Some(e),
+        Ok(t) if need_nft && t.nft.is_none() => return Some("`nft` not found on PATH".into()),
+        Ok(_) => {}
     }
     if !Path::new("/proc/self/ns/net").exists() {
         return Some("network namespaces are not supported (/proc/self/ns/net)".to_string());
@@ -177,7 +189,7 @@ fn lab_unavailable_reason() -> Option<String> {
 /// CI is a failure); elsewhere it prints why and returns `false`. The same
 /// pattern as `util::require_fuse`, which a test that also mounts calls too.
 pub(crate) fn require_lab(test: &str) -> bool {
-    match lab_unavailable_reason() {
+    match lab_unavailable_reason(true) {
         None => true,
         Some(reason) => {
             if std::env::var("CI").as_deref() == Ok("true") {
@@ -456,7 +468,16 @@ impl Lab {
     }
 
     fn create(tag: &str, public: Option<PublicOpts>) -> Lab {
-        if let Some(reason) = lab_unavailable_reason() {
+        let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
+        Lab::create_as(tag, std::process::id(), seq, public)
+    }
+
+    /// Builds the lab `tw-TAG-OWNER-SEQ` (subnets 10.201.N.0/24 and
+    /// 10.202.N.0/24 with N = SEQ mod 256) for the process `owner`: this one
+    /// in a test, the calling script for `twinfs lab up`. Namespaces of the
+    /// same name left by a dead owner are removed first.
+    pub(crate) fn create_as(tag: &str, owner: u32, seq: u32, public: Option<PublicOpts>) -> Lab {
+        if let Some(reason) = lab_unavailable_reason(false) {
             panic!("Lab::new({tag:?}): {reason}");
         }
         STALE_CLEANED.call_once(|| {
@@ -465,12 +486,61 @@ impl Lab {
                 eprintln!("lab: removed {n} stale namespace(s) of earlier runs");
             }
         });
-        let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let tag = sanitize_tag(tag);
+        let mut lab = Lab::named(&sanitize_tag(tag), owner, seq, public);
+        // From here on a panic drops `lab`, which removes what exists so far.
+        lab.build();
+        if lab.public.is_some() {
+            lab.build_public();
+        }
+        lab
+    }
+
+    /// The lab called `tw-TAG-OWNER-SEQ` as it is now (made by `twinfs lab
+    /// up` in another process): what exists of it is marked as this lab's, so
+    /// that its methods act on it and drop removes it. `None` when `prefix`
+    /// is not a lab's name.
+    pub(crate) fn attach(prefix: &str) -> Option<Lab> {
+        let (tag, owner, seq) = parse_prefix(prefix)?;
+        let exists = |name: &str| Path::new(NETNS_DIR).join(name).exists();
+        let client = exists(&format!("{prefix}-c"));
+        let witness = exists(&format!("{prefix}-w"));
+        let mut lab = Lab::named(tag, owner, seq, client.then_some(PublicOpts { witness }));
+        for n in Node::ALL {
+            lab.created[n.index()] = exists(&lab.nodes[n.index()].ns_name);
+        }
+        lab.veth = lab.created == [true; 2];
+        if let Some(p) = lab.public.as_mut() {
+            p.client.created = true;
+            if let Some(w) = p.witness.as_mut() {
+                w.created = true;
+            }
+        }
+        {
+            let mut st = lock(&lab.state);
+            st.private_up = lab.created;
+            st.public_up = [client; 2];
+        }
+        Some(lab)
+    }
+
+    /// Leaves everything the lab made in place (no cleanup on drop): what
+    /// `twinfs lab up` does, for a later `twinfs lab down`.
+    pub(crate) fn leave(self) {
+        std::mem::forget(self);
+    }
+
+    /// The name prefix of the lab's namespaces, `tw-TAG-OWNER-SEQ`.
+    pub(crate) fn prefix(&self) -> &str {
+        let a = &self.nodes[0].ns_name;
+        &a[..a.len() - 2]
+    }
+
+    /// The lab's description without building anything.
+    fn named(tag: &str, owner: u32, seq: u32, public: Option<PublicOpts>) -> Lab {
         let octet = (seq % 256) as u8;
+        let prefix = format!("{NS_PREFIX}{tag}-{owner}-{seq}");
         let nodes = Node::ALL.map(|node| {
-            let ns_name = format!("{NS_PREFIX}{tag}-{pid}-{seq}-{}", node.letter());
+            let ns_name = format!("{prefix}-{}", node.letter());
             NodeInfo {
                 node,
                 netns_path: Path::new(NETNS_DIR).join(&ns_name),
@@ -479,26 +549,18 @@ impl Lab {
             }
         });
         let public = public.map(|opts| PublicNet {
-            client: ExtraNs::new(format!("{NS_PREFIX}{tag}-{pid}-{seq}-c")),
-            witness: opts
-                .witness
-                .then(|| ExtraNs::new(format!("{NS_PREFIX}{tag}-{pid}-{seq}-w"))),
+            client: ExtraNs::new(format!("{prefix}-c")),
+            witness: opts.witness.then(|| ExtraNs::new(format!("{prefix}-w"))),
         });
-        let mut lab = Lab {
-            tag,
+        Lab {
+            tag: tag.to_string(),
             octet,
             nodes,
             created: [false; 2],
             veth: false,
             public,
             state: Mutex::new(State::default()),
-        };
-        // From here on a panic drops `lab`, which removes what exists so far.
-        lab.build();
-        if lab.public.is_some() {
-            lab.build_public();
         }
-        lab
     }
 
     /// Creates namespace `name` (removing a stale one of the same name first)
@@ -759,11 +821,14 @@ impl Lab {
         child
     }
 
-    /// Simulates `node`'s death: SIGKILL every process the lab spawned there
-    /// and reap it, then SIGKILL whatever else still runs in its namespace
-    /// (children those processes forked, daemons such as Apache that detached
-    /// from them, `command`s the test runs itself), and take all the node's
-    /// links down (private and public) so that everyone sees silence.
+    /// Simulates `node`'s death, as on a power cut: every process in its
+    /// namespace is first frozen (SIGSTOP, so that none can react to the
+    /// others' death, e.g. a keepalived child sending its "priority 0" goodbye
+    /// when its parent dies), then all the node's links go down (private and
+    /// public) so that everyone hears silence, then every process the lab
+    /// spawned there gets SIGKILL and is reaped, and so does whatever else
+    /// still runs in the namespace (children those processes forked, daemons
+    /// such as Apache that detached from them, `command`s run by the caller).
     ///
     /// A FUSE mount a killed daemon held stays mounted (dead): unmounting is the
     /// job of whoever mounted it. Addresses the dead node had configured (the
@@ -775,6 +840,15 @@ impl Lab {
     /// If a process survives SIGKILL for `KILL_TIMEOUT` or a link cannot be
     /// taken down.
     pub(crate) fn kill_node(&self, node: Node) {
+        let ns = &self.node(node).ns_name;
+        for pid in netns_pids(ns).unwrap_or_else(|e| panic!("kill_node({node:?}): {e}")) {
+            if pid != std::process::id() as i32 {
+                // A pid just listed inside our own namespace.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+            }
+        }
+        self.set_links(node, false)
+            .unwrap_or_else(|e| panic!("kill_node({node:?}): {e}"));
         let mine: Vec<LabChild> = {
             let mut st = lock(&self.state);
             let (mine, rest) = std::mem::take(&mut st.children)
@@ -792,10 +866,7 @@ impl Lab {
             stuck.is_empty(),
             "kill_node({node:?}): pids {stuck:?} did not die within {KILL_TIMEOUT:?} of SIGKILL"
         );
-        kill_all_in_netns(&self.node(node).ns_name)
-            .unwrap_or_else(|e| panic!("kill_node({node:?}): {e}"));
-        self.set_links(node, false)
-            .unwrap_or_else(|e| panic!("kill_node({node:?}): {e}"));
+        kill_all_in_netns(ns).unwrap_or_else(|e| panic!("kill_node({node:?}): {e}"));
     }
 
     /// Isolates `node` while its processes keep running: its private link and
@@ -990,27 +1061,28 @@ impl Lab {
     /// within [`PROBE_TIMEOUT`]. Sent from a raw socket opened inside `from`'s
     /// namespace, so no `ping` binary is needed (the machines have none).
     pub(crate) fn ping(&self, from: Node, to: Node) -> bool {
-        icmp_echo(
-            Some(self.node(from).netns_path()),
-            self.node(to).addr,
-            PROBE_TIMEOUT,
-        )
+        icmp_echo(Some(self.node(from).netns_path()), self.node(to).addr)
     }
 
     /// Whether one ICMP echo from `from` to any address `to` (a public
     /// address, the VIP, the client's) is answered within [`PROBE_TIMEOUT`].
-    /// Like [`Lab::ping`], from a raw socket in `from`'s namespace, on-link
-    /// destinations only.
+    /// Like [`Lab::ping`], from a raw socket in `from`'s namespace (which has
+    /// no default route: only on-link destinations answer).
     pub(crate) fn ping_from(&self, from: Place, to: Ipv4Addr) -> bool {
-        icmp_echo(Some(self.netns_path(from)), to, PROBE_TIMEOUT)
+        icmp_echo(Some(self.netns_path(from)), to)
     }
 
     /// Whether one ICMP echo from the test's own (host) namespace to `to`'s
-    /// private address is answered: it must not be, the link is private. Like
-    /// every lab ping it is sent for on-link delivery only, so it never
-    /// leaves the machine through the host's default route.
+    /// private address is answered: it must not be, the link is private. The
+    /// echo is only sent when the host's route to the address is on-link, so
+    /// it never leaves the machine through the host's default route.
     pub(crate) fn ping_from_host(&self, to: Node) -> bool {
-        icmp_echo(None, self.node(to).addr, PROBE_TIMEOUT)
+        let addr = self.node(to).addr;
+        match ip(&["-o", "route", "get", &addr.to_string()]) {
+            Ok(route) if route.contains(" via ") => false,
+            Ok(_) => icmp_echo(None, addr),
+            Err(_) => false, // no route at all
+        }
     }
 
     /// Whether one UDP datagram sent from `from`'s private address reaches a
@@ -1222,10 +1294,14 @@ pub(crate) fn ip(args: &[&str]) -> Result<String, String> {
 /// Loads an nftables script in the namespace at `netns_path`.
 fn nft(netns_path: &Path, script: &str) -> Result<String, String> {
     let tools = tools()?;
+    let nft = tools
+        .nft
+        .as_ref()
+        .ok_or("`nft` not found on PATH (apt-get install nftables)")?;
     let mut cmd = Command::new(&tools.nsenter);
     cmd.arg(net_arg(netns_path))
         .arg("--")
-        .arg(&tools.nft)
+        .arg(nft)
         .args(["-f", "-"]);
     run_tool(cmd, Some(script.as_bytes()))
 }
@@ -1307,10 +1383,8 @@ fn kill_all_in_netns(ns: &str) -> Result<(), String> {
             return Ok(());
         }
         for &pid in &pids {
-            // SAFETY: kill(2) with a pid just listed inside our own namespace.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            // A pid just listed inside our own namespace.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         last = pids;
         if Instant::now() >= deadline {
@@ -1357,13 +1431,82 @@ pub(crate) fn clean_stale_namespaces() -> usize {
 /// The pid in a lab namespace name `tw-TAG-PID-N-{a,b,c,w}`, `None` for any
 /// other name.
 pub(crate) fn lab_namespace_owner(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(NS_PREFIX)?;
-    let mut fields = rest.rsplitn(4, '-');
-    let node = fields.next()?;
-    let _seq: u32 = fields.next()?.parse().ok()?;
-    let pid: u32 = fields.next()?.parse().ok()?;
+    let (prefix, place) = name.rsplit_once('-')?;
+    let (_, owner, _) = parse_prefix(prefix)?;
+    matches!(place, "a" | "b" | "c" | "w").then_some(owner)
+}
+
+/// The tag, owner pid and sequence number of a lab prefix `tw-TAG-OWNER-SEQ`.
+fn parse_prefix(prefix: &str) -> Option<(&str, u32, u32)> {
+    let rest = prefix.strip_prefix(NS_PREFIX)?;
+    let mut fields = rest.rsplitn(3, '-');
+    let seq: u32 = fields.next()?.parse().ok()?;
+    let owner: u32 = fields.next()?.parse().ok()?;
     let tag = fields.next()?;
-    (matches!(node, "a" | "b" | "c" | "w") && !tag.is_empty()).then_some(pid)
+    (!tag.is_empty()).then_some((tag, owner, seq))
+}
+
+// ---------------------------------------------------------------------------
+// Our own children
+
+/// How often [`poll_until`] polls.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Call `f` every `POLL` until it returns `Some`, for at most `timeout` (and
+/// at most `timeout / POLL + 2` calls, so the loop is bounded even if the clock
+/// misbehaves); `None` if it never did.
+pub(crate) fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    let max_polls = (timeout.as_millis() / POLL.as_millis()) as u64 + 2;
+    for _ in 0..max_polls {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    None
+}
+
+/// Wait for `child` at most `timeout`; `None` if it is still running.
+pub(crate) fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    // A try_wait error ends the wait as `None` at once.
+    poll_until(timeout, || {
+        child.try_wait().map_or(Some(None), |s| s.map(Some))
+    })
+    .flatten()
+}
+
+/// SIGKILL our own child (std's `Child::kill` signals by pid only while the
+/// child is unreaped, so the pid cannot have been reused) and reap it.
+pub(crate) fn kill_child(child: &mut Child) -> Option<ExitStatus> {
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// Stop our own child: SIGTERM by pid, wait at most `timeout`, then SIGKILL and
+/// reap it. Returns the exit status if it exited within `timeout` of SIGTERM
+/// (or had already exited), `None` if it had to be killed.
+pub(crate) fn stop_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    match child.try_wait() {
+        // Already reaped: never signal a pid that may have been reused.
+        Ok(Some(status)) => return Some(status),
+        Ok(None) => {}
+        Err(_) => {
+            kill_child(child);
+            return None;
+        }
+    }
+    // Our own child, which try_wait just found unreaped (so the pid cannot
+    // have been reused).
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    if let Some(status) = wait_bounded(child, timeout) {
+        return Some(status);
+    }
+    kill_child(child);
+    None
 }
 
 // ---------------------------------------------------------------------------
@@ -1398,135 +1541,27 @@ pub(crate) fn enter_netns(netns_path: &Path) -> io::Result<()> {
 /// [`enter_netns`] with an already opened namespace file (open it on the
 /// spawning thread to fail early).
 pub(crate) fn enter_netns_file(ns: &File) -> io::Result<()> {
-    // SAFETY: setns(2) with a namespace fd we hold; it changes only the
-    // calling thread's network namespace.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A raw ICMP socket in the calling thread's network namespace (needs root).
-fn raw_icmp_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The internet checksum (RFC 1071) of `data`.
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    // Changes only the calling thread's network namespace.
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 /// Sends one ICMP echo request to `to` from the namespace at `netns` (the
-/// test's own namespace for `None`) and waits at most `timeout` for the reply.
-fn icmp_echo(netns: Option<&Path>, to: Ipv4Addr, timeout: Duration) -> bool {
-    static ECHO_SEQ: AtomicU32 = AtomicU32::new(0);
-    let sock = match netns {
-        Some(p) => in_netns(p, raw_icmp_socket),
-        None => raw_icmp_socket(),
+/// caller's own for `None`) and waits at most [`PROBE_TIMEOUT`] for the
+/// reply, with the supervisor's own ping (`twinfs_supervisor::actuators::ping`, the
+/// one ICMP implementation of the workspace) on a thread inside that namespace.
+fn icmp_echo(netns: Option<&Path>, to: Ipv4Addr) -> bool {
+    let echo = || {
+        twinfs_supervisor::actuators::ping(IpAddr::V4(to), PROBE_TIMEOUT).map_err(io::Error::other)
     };
-    let sock = match sock {
-        Ok(s) => s,
+    let answered = match netns {
+        Some(p) => in_netns(p, echo),
+        None => echo(),
+    };
+    match answered {
+        Ok(answered) => answered,
         Err(e) => {
-            eprintln!("lab: ping {to}: raw socket: {e}");
-            return false;
-        }
-    };
-    let seq = ECHO_SEQ.fetch_add(1, Ordering::Relaxed);
-    let id = (std::process::id() as u16) ^ ((seq >> 16) as u16);
-    let seq = seq as u16;
-    let mut pkt = vec![8u8, 0, 0, 0]; // type echo request, code 0, checksum
-    pkt.extend_from_slice(&id.to_be_bytes());
-    pkt.extend_from_slice(&seq.to_be_bytes());
-    pkt.extend_from_slice(b"twinfs-lab-ping!");
-    let ck = inet_checksum(&pkt);
-    pkt[2..4].copy_from_slice(&ck.to_be_bytes());
-
-    let dest = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(to.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // MSG_DONTROUTE: on-link destinations only. The lab's peers always are;
-    // anything else (the host probing a lab address) fails with ENETUNREACH
-    // instead of leaving the machine through the host's default route.
-    // SAFETY: pointers and lengths describe `pkt` and `dest`, alive for the call.
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            libc::MSG_DONTROUTE,
-            (&dest as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return false; // e.g. ENETUNREACH: no route, link down
-    }
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 2048];
-    // A raw ICMP socket sees every ICMP packet of the namespace: skip others.
-    for _ in 0..256 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
-            return false;
-        }
-        // SAFETY: pointer and length describe `buf`.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        let Ok(n) = usize::try_from(n) else {
-            continue;
-        };
-        // Raw IPv4 sockets deliver the IP header too.
-        let pkt = &buf[..n];
-        let Some(&vihl) = pkt.first() else { continue };
-        let ihl = usize::from(vihl & 0x0f) * 4;
-        if n < ihl + 8 || n < 20 || pkt[12..16] != to.octets() {
-            continue;
-        }
-        let icmp = &pkt[ihl..];
-        let is_reply = icmp[0] == 0 && icmp[1] == 0;
-        if is_reply && icmp[4..6] == id.to_be_bytes() && icmp[6..8] == seq.to_be_bytes() {
-            return true;
+            eprintln!("lab: ping {to}: {e}");
+            false
         }
     }
-    false
 }

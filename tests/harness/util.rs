@@ -25,7 +25,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::{Rng as _, RngCore, SeedableRng};
@@ -39,8 +39,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an unmount helper (`fusermount3`, `umount`) may take.
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Poll interval of every wait loop.
-const POLL: Duration = Duration::from_millis(10);
 /// How long the mount may linger after the daemon exited 0.
 const UNMOUNTED_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -252,64 +250,9 @@ pub(crate) fn lazy_unmount(mnt: &Path) -> bool {
 // ---------------------------------------------------------------------------
 // Processes
 
-/// Call `f` every `POLL` until it returns `Some`, for at most `timeout` (and
-/// at most `timeout / POLL + 2` calls, so the loop is bounded even if the clock
-/// misbehaves); `None` if it never did.
-pub(crate) fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    let max_polls = (timeout.as_millis() / POLL.as_millis()) as u64 + 2;
-    for _ in 0..max_polls {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(POLL);
-    }
-    None
-}
-
-/// Wait for `child` at most `timeout`; `None` if it is still running.
-pub(crate) fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    // A try_wait error ends the wait as `None` at once.
-    poll_until(timeout, || {
-        child.try_wait().map_or(Some(None), |s| s.map(Some))
-    })
-    .flatten()
-}
-
-/// SIGKILL our own child (std's `Child::kill` signals by pid only while the
-/// child is unreaped, so the pid cannot have been reused) and reap it.
-pub(crate) fn kill_child(child: &mut Child) -> Option<ExitStatus> {
-    let _ = child.kill();
-    child.wait().ok()
-}
-
-/// Stop our own child: SIGTERM by pid, wait at most `timeout`, then SIGKILL and
-/// reap it. Returns the exit status if it exited within `timeout` of SIGTERM
-/// (or had already exited), `None` if it had to be killed.
-pub(crate) fn stop_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    match child.try_wait() {
-        // Already reaped: never signal a pid that may have been reused.
-        Ok(Some(status)) => return Some(status),
-        Ok(None) => {}
-        Err(_) => {
-            kill_child(child);
-            return None;
-        }
-    }
-    // SAFETY: kill(2) on the pid of our own child, which try_wait just found
-    // unreaped (so the pid cannot have been reused).
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    if let Some(status) = wait_bounded(child, timeout) {
-        return Some(status);
-    }
-    kill_child(child);
-    None
-}
+// poll_until, wait_bounded, kill_child and stop_child live with the lab
+// (src/lab.rs), which the `twinfs lab` command needs too.
+pub(crate) use super::lab::{kill_child, poll_until, stop_child, wait_bounded};
 
 /// A child spawned by `spawn_captured`, with threads draining its stdout and
 /// stderr (so that a chatty child never blocks on a full pipe).

@@ -4,7 +4,7 @@
 //!
 //! - [`ApacheConf::write`] writes a minimal Apache config (Debian's
 //!   `/usr/sbin/apache2`, mpm_event, nothing read from `/etc/apache2`, no
-//!   systemd) and a control script; [`ApacheConf::start_argv`],
+//!   systemd) and a control script (the lab's one writer, `src/lab_apache.rs`); [`ApacheConf::start_argv`],
 //!   [`ApacheConf::stop_argv`] and [`ApacheConf::pidfile`] are exactly what
 //!   `[failover.services.apache2]` takes ([`ApacheConf::services_toml`] writes
 //!   that table). The supervisor runs in the node's namespace, so the Apache
@@ -35,8 +35,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,18 +43,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::lab::{self, Lab, Place};
-use crate::util::{kill_child, poll_until, spawn_captured, wait_bounded};
+use super::apache;
+use crate::harness::lab::{self, Lab, Place};
+use crate::harness::util::{kill_child, poll_until, spawn_captured, wait_bounded};
 
-/// Debian's Apache binary.
-pub(crate) const APACHE_BIN: &str = "/usr/sbin/apache2";
-/// Where Debian keeps Apache's loadable modules.
-pub(crate) const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
-/// How long the control script waits for Apache to write its pid file after
-/// `-k start`, and for that pid to be gone after SIGTERM (then SIGKILL).
-const CTL_WAIT_TENTHS: u32 = 100; // 10 s, in steps of 0.1 s
-/// Most bytes [`http_get`] reads (a response larger than this is an error).
-const MAX_RESPONSE: usize = 64 << 20;
+pub(crate) use super::apache::{APACHE_BIN, APACHE_MODULES};
+// The one HTTP client of the tests and the scripts (`twinfs lab get|poll`).
+pub(crate) use super::http::http_get_here;
+#[cfg(test)]
+use super::http::parse_url;
 /// Poll interval of [`Poller::start`].
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Per-request deadline (connect + send + receive) of [`Poller::start`].
@@ -115,7 +111,8 @@ pub(crate) struct ApacheConf {
 impl ApacheConf {
     /// Writes `dir/httpd.conf` serving `docroot` on `listen:port` (every
     /// address of the namespace when `listen` is `None`, which is what a VIP
-    /// that comes and goes needs) and the control script `dir/apachectl.sh`.
+    /// that comes and goes needs) and the control script `dir/apachectl.sh`,
+    /// with the lab's one Apache writer (`src/lab_apache.rs`).
     ///
     /// # Panics
     ///
@@ -126,162 +123,18 @@ impl ApacheConf {
         listen: Option<IpAddr>,
         port: u16,
     ) -> ApacheConf {
-        let c = ApacheConf {
-            dir: dir.to_path_buf(),
-            conf: dir.join("httpd.conf"),
-            script: dir.join("apachectl.sh"),
-            pidfile: dir.join("httpd.pid"),
-            error_log: dir.join("error.log"),
-            start_log: dir.join("start.log"),
+        let f = apache::write(dir, docroot, listen, port, "")
+            .unwrap_or_else(|e| panic!("writing the Apache config: {e}"));
+        ApacheConf {
+            dir: f.dir,
+            conf: f.conf,
+            script: f.script,
+            pidfile: f.pidfile,
+            error_log: f.error_log,
+            start_log: f.start_log,
             listen,
             port,
-        };
-        // Workers run as www-data and may reopen files here.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("chmod 755 {}: {e}", dir.display()));
-        let listen_line = match listen {
-            None => format!("Listen {port}"),
-            Some(IpAddr::V4(a)) => format!("Listen {a}:{port}"),
-            Some(IpAddr::V6(a)) => format!("Listen [{a}]:{port}"),
-        };
-        let server_name = listen.map_or_else(|| "localhost".to_string(), |a| a.to_string());
-        let conf = format!(
-            r#"# Private test config written by tests/web.rs; nothing from
-# /etc/apache2 is read.
-ServerRoot "{d}"
-ServerName {server_name}
-{listen_line}
-PidFile "{pid}"
-ErrorLog "{log}"
-LogLevel warn
-DefaultRuntimeDir "{d}"
-LoadModule mpm_event_module {m}/mod_mpm_event.so
-LoadModule authz_core_module {m}/mod_authz_core.so
-LoadModule mime_module {m}/mod_mime.so
-LoadModule dir_module {m}/mod_dir.so
-LoadModule alias_module {m}/mod_alias.so
-User www-data
-Group www-data
-TypesConfig /etc/mime.types
-KeepAlive Off
-Timeout 10
-# Few processes: the machine is shared.
-StartServers 1
-ServerLimit 2
-ThreadsPerChild 8
-MaxRequestWorkers 16
-MinSpareThreads 8
-MaxSpareThreads 16
-DocumentRoot "{root}"
-<Directory />
-    AllowOverride None
-    Require all denied
-</Directory>
-<Directory "{root}">
-    AllowOverride None
-    Require all granted
-</Directory>
-# A health page outside the replicated tree, for the hooks' http.check
-# (a fresh, empty store has no page yet).
-Alias /twinfs-health "{d}/health.txt"
-<Files "health.txt">
-    Require all granted
-</Files>
-<Directory "{d}">
-    Require all granted
-</Directory>
-"#,
-            d = dir.display(),
-            pid = c.pidfile.display(),
-            log = c.error_log.display(),
-            m = APACHE_MODULES,
-            root = docroot.display(),
-        );
-        std::fs::write(&c.conf, conf).unwrap_or_else(|e| panic!("write {}: {e}", c.conf.display()));
-        std::fs::write(dir.join("health.txt"), b"ok\n")
-            .unwrap_or_else(|e| panic!("write {}/health.txt: {e}", dir.display()));
-        std::fs::write(&c.script, c.script_text())
-            .unwrap_or_else(|e| panic!("write {}: {e}", c.script.display()));
-        c
-    }
-
-    /// The control script: `start` returns once Apache's pid file names a
-    /// live process (which means it has bound its port: Apache writes the pid
-    /// file after that), `stop` once that process is gone. Both wait at most
-    /// 10 s; a failing start prints the end of the error log.
-    fn script_text(&self) -> String {
-        format!(
-            r#"#!/bin/sh
-# Starts/stops the private Apache of {conf}, like apache2ctl, but waits
-# (bounded) until the start took or the stop is complete. Written by
-# tests/web.rs for the twinfs test lab.
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export PATH
-BIN='{bin}'
-CONF='{conf}'
-PIDFILE='{pid}'
-ERRLOG='{log}'
-STARTLOG='{start_log}'
-# The pid in the pid file, if that process lives (not a zombie) and was
-# started from this config (a stale file's pid may belong to someone else).
-ours() {{
-    p=$(tr -dc 0-9 < "$PIDFILE" 2>/dev/null)
-    [ -n "$p" ] || return 1
-    st=$(sed 's/.*) \(.\).*/\1/' "/proc/$p/stat" 2>/dev/null) || return 1
-    case "$st" in Z|X|'') return 1 ;; esac
-    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$CONF" || return 1
-    echo "$p"
-}}
-case "$1" in
-start)
-    if p=$(ours); then echo "apache2 ($CONF) already running, pid $p"; exit 0; fi
-    rm -f "$PIDFILE"
-    # Its own output goes to a file: the daemon must not keep our caller's
-    # pipes open.
-    if ! "$BIN" -f "$CONF" -k start >>"$STARTLOG" 2>&1 </dev/null; then
-        echo "$BIN -f $CONF -k start failed:" >&2
-        tail -n 20 "$STARTLOG" "$ERRLOG" >&2 2>/dev/null
-        exit 1
-    fi
-    i=0
-    while [ "$i" -lt {tenths} ]; do
-        if p=$(ours); then echo "apache2 started, pid $p"; exit 0; fi
-        i=$((i + 1))
-        sleep 0.1
-    done
-    echo "apache2 ($CONF) wrote no live pid to $PIDFILE within {secs} s:" >&2
-    tail -n 20 "$STARTLOG" "$ERRLOG" >&2 2>/dev/null
-    exit 1
-    ;;
-stop)
-    if ! p=$(ours); then echo "apache2 ($CONF) not running"; exit 0; fi
-    kill -TERM "$p"
-    i=0
-    while [ "$i" -lt {tenths} ]; do
-        [ -d "/proc/$p" ] && ours >/dev/null || {{ echo "apache2 stopped"; exit 0; }}
-        i=$((i + 1))
-        sleep 0.1
-    done
-    echo "apache2 pid $p still there {secs} s after SIGTERM: SIGKILL" >&2
-    kill -KILL "$p"
-    sleep 0.2
-    ours >/dev/null && exit 1
-    exit 0
-    ;;
-*)
-    echo "usage: $0 start|stop" >&2
-    exit 2
-    ;;
-esac
-"#,
-            bin = APACHE_BIN,
-            conf = self.conf.display(),
-            pid = self.pidfile.display(),
-            log = self.error_log.display(),
-            start_log = self.start_log.display(),
-            tenths = CTL_WAIT_TENTHS,
-            secs = CTL_WAIT_TENTHS / 10,
-        )
+        }
     }
 
     /// The command that starts Apache (and returns once it serves), as an
@@ -476,126 +329,6 @@ pub(crate) fn http_get(
             "GET {url}: cannot enter {place:?}'s namespace: {e}"
         ))
     })
-}
-
-/// [`http_get`] from the calling thread's own namespace.
-pub(crate) fn http_get_here(url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
-    let fail = |step: &str, e: &dyn std::fmt::Display| format!("GET {url}: {step}: {e}");
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        let d = deadline.saturating_duration_since(Instant::now());
-        // A zero timeout means "none" to std: keep it tiny instead.
-        d.max(Duration::from_millis(1))
-    };
-    let (addr, host, path) = parse_url(url).map_err(|e| fail("bad url", &e))?;
-    let mut s = TcpStream::connect_timeout(&addr, left()).map_err(|e| fail("connect", &e))?;
-    s.set_write_timeout(Some(left()))
-        .map_err(|e| fail("socket", &e))?;
-    let req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: twinfs-lab\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).map_err(|e| fail("send", &e))?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    // Bounded by the deadline and by MAX_RESPONSE (each round reads >= 1 byte).
-    loop {
-        if Instant::now() >= deadline {
-            return Err(fail(
-                "receive",
-                &format!(
-                    "no complete response within {timeout:?} ({} bytes so far)",
-                    raw.len()
-                ),
-            ));
-        }
-        s.set_read_timeout(Some(left()))
-            .map_err(|e| fail("socket", &e))?;
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                raw.extend_from_slice(&buf[..n]);
-                if raw.len() > MAX_RESPONSE {
-                    return Err(fail(
-                        "receive",
-                        &format!("response over {MAX_RESPONSE} bytes"),
-                    ));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(fail(
-                    "receive",
-                    &format!("timed out after {timeout:?} ({} bytes so far)", raw.len()),
-                ))
-            }
-            Err(e) => return Err(fail("receive", &e)),
-        }
-    }
-    parse_response(&raw).map_err(|e| fail("response", &e))
-}
-
-/// `http://IP[:PORT]/PATH` → (socket address, Host header, path).
-fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr: SocketAddr = if let Ok(a) = hostport.parse::<SocketAddr>() {
-        a
-    } else {
-        let host = hostport.trim_start_matches('[').trim_end_matches(']');
-        let ip: IpAddr = host
-            .parse()
-            .map_err(|_| format!("{hostport:?} is not an IP address (the lab has no DNS)"))?;
-        SocketAddr::new(ip, 80)
-    };
-    Ok((addr, hostport.to_string(), path.to_string()))
-}
-
-/// A whole HTTP/1.x response → (status, body); the body must match a
-/// Content-Length when there is one, chunked encoding is refused (an
-/// HTTP/1.0 request never gets it).
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no end of headers in {} bytes", raw.len()))?;
-    let head = String::from_utf8_lossy(&raw[..head_end]);
-    let body = raw[head_end + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
-        if k.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(format!("unexpected header {l:?} in an HTTP/1.0 exchange"));
-        }
-        if k.eq_ignore_ascii_case("content-length") {
-            let n: usize = v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?;
-            if n != body.len() {
-                return Err(format!(
-                    "Content-Length {n} but {} body bytes (cut short?)",
-                    body.len()
-                ));
-            }
-        }
-    }
-    Ok((status, body))
 }
 
 // ---------------------------------------------------------------------------
@@ -1025,7 +758,7 @@ mod tests {
 
     #[test]
     fn lab_web_apache_conf_is_what_the_supervisor_config_takes() {
-        let dir = crate::util::tempdir("twinfs-web-");
+        let dir = crate::harness::util::tempdir("twinfs-web-");
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
         let conf = ApacheConf::write(dir.path(), &root, None, 8080);

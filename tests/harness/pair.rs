@@ -10,8 +10,8 @@
 //! Drop stops the daemons (the lab kills what is left by pid), unmounts what a
 //! killed daemon left mounted, and the lab removes the namespaces.
 
-use crate::lab::{Lab, LabChild, Node};
-use crate::util::{lazy_unmount, mounted_fstype, poll_until, run_twinfs, twinfs_bin};
+use crate::harness::lab::{Lab, LabChild, Node};
+use crate::harness::util::{lazy_unmount, mounted_fstype, poll_until, run_twinfs, twinfs_bin};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
@@ -81,8 +81,9 @@ impl Pair {
     pub(crate) fn in_lab(lab: Lab, tag: &str, extra: impl Fn(Node, &PairNode) -> String) -> Pair {
         let names = ["alpha", "beta"];
         let nodes = [Node::A, Node::B].map(|node| {
-            let dir = crate::util::tempdir(&format!("pair-{tag}-{}", names[node_index(node)]));
-            crate::util::private_dir(&dir.path().join("data"));
+            let dir =
+                crate::harness::util::tempdir(&format!("pair-{tag}-{}", names[node_index(node)]));
+            crate::harness::util::private_dir(&dir.path().join("data"));
             std::fs::create_dir(dir.path().join("mnt")).unwrap();
             PairNode {
                 node,
