@@ -52,7 +52,7 @@ BIN=${TWINFS_BIN:-$REPO/target/release/twinfs}
 S=${TWINFS_BENCH_DIR:-/var/tmp}/twinfs-paircpu.$$
 OUT=$BENCH/last-pair-cpu
 PORT=7795
-# The lab (src/lab.rs, built below with scripts/lib/lab.sh's lab_up): node a
+# The lab (src/lab/net.rs, built below with scripts/lib/lab.sh's lab_up): node a
 # is its alpha, node b its beta, joined by the private veth `priv`.
 # shellcheck source=../scripts/lib/lab.sh
 source "$REPO/scripts/lib/lab.sh"

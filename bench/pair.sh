@@ -59,7 +59,7 @@ case "$MTU" in ''|*[!0-9]*) echo "pair.sh: TWINFS_PAIR_MTU must be a number, not
 S=${TWINFS_BENCH_DIR:-/var/tmp}/twinfs-pair.$$
 LOGS=$S/logs
 RESULTS=$S/results.tsv
-# The lab (src/lab.rs, built by make_lab with scripts/lib/lab.sh's lab_up):
+# The lab (src/lab/net.rs, built by make_lab with scripts/lib/lab.sh's lab_up):
 # node a is its alpha, node b its beta, joined by the private veth `priv`.
 # shellcheck source=../scripts/lib/lab.sh
 source "$REPO/scripts/lib/lab.sh"

@@ -358,7 +358,7 @@ bench_small() {
 }
 
 # What the benchmark's Apache changes in the lab's config (twinfs lab apache-conf,
-# src/lab_apache.rs: later directives override earlier ones): Debian's
+# src/lab/apache.rs: later directives override earlier ones): Debian's
 # defaults (apache2.conf, mpm_event.conf), one error log per target, no
 # access log.
 apache_tuning() {  # apache_tuning TARGET

@@ -4,7 +4,7 @@
 //! writes configs, starts and kills processes, prints a timeline). They are
 //! embedded here with the default `failover.lua`, written to a scratch
 //! directory, and run with this binary as `TWINFS_BIN`: the script builds its
-//! network lab with this binary's hidden `twinfs lab` (`src/lab.rs`).
+//! network lab with this binary's hidden `twinfs lab` (`src/lab/net.rs`).
 
 use anyhow::Context as _;
 use std::os::unix::fs::PermissionsExt as _;

@@ -12,9 +12,6 @@ mod failover_cmd;
 mod gen;
 mod init;
 mod lab;
-mod lab_apache;
-mod lab_cmd;
-mod lab_http;
 mod metrics;
 mod mount;
 mod panic;
@@ -119,7 +116,7 @@ enum Command {
     #[command(hide = true)]
     Lab {
         #[command(subcommand)]
-        command: lab_cmd::LabCommand,
+        command: lab::cmd::LabCommand,
     },
     /// Validate or dry-run the Lua failover hooks.
     Hooks {
@@ -371,7 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Demo => demo::run(),
-        Command::Lab { command } => lab_cmd::run(command),
+        Command::Lab { command } => lab::cmd::run(command),
         Command::Drill { config } => {
             let cfg = load_config(Some(&config))?;
             init_tracing("warn");

@@ -1,4 +1,4 @@
-//! Self-tests of the network lab (`src/lab.rs`, compiled into
+//! Self-tests of the network lab (`src/lab/net.rs`, compiled into
 //! `tests/harness/`): the private link joins the two nodes and nothing else,
 //! a partition cuts it while processes live, a killed node's processes are
 //! gone and its link is silent, programs run in the test's mount namespace,

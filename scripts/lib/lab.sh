@@ -3,7 +3,7 @@
 # shellcheck disable=SC2016 # the single-quoted scripts run in a namespace's bash
 # twinfs lab plumbing for bash scripts (scripts/demo.sh, bench/failover.sh):
 # a two-node pair with a public network on this one machine, built from
-# network namespaces by the lab of the end-to-end tests (src/lab.rs), which
+# network namespaces by the lab of the end-to-end tests (src/lab/net.rs), which
 # `twinfs lab up/links/kill/down` drives; this file adds what the scripts do
 # on top of it: node configs, Apache, status, the client.
 #
@@ -20,7 +20,7 @@
 #   configured by nobody here; the software under test (twinfs's hooks, or
 #   keepalived) claims it on a node's eth0. The addresses are set by
 #   lab_build, from what `twinfs lab up` prints (they are written down only
-#   in src/lab.rs).
+#   in src/lab/net.rs).
 #
 # Programs are started with `nsenter --net` only: they share this shell's
 # mount namespace, so a node's FUSE mount is an ordinary mount here and the
@@ -159,7 +159,7 @@ lab_in() {
     nsenter --net="/run/netns/$(lab_ns "$place")" -- "$@"
 }
 
-# lab_up TAG [witness]: `twinfs lab up` (src/lab.rs) for the lab tw-TAG-$$-N
+# lab_up TAG [witness]: `twinfs lab up` (src/lab/net.rs) for the lab tw-TAG-$$-N
 # (N: LAB_N): the namespaces, the private veth, the public bridge, the
 # witness; returns once every link passes packets, with its names and
 # addresses in LAB_PREFIX, LAB_PRIV, LAB_PUB, LAB_VIP, LAB_CLIENT and
@@ -171,7 +171,7 @@ lab_up() {
         echo "twinfs lab up: $out" >&2
         return 1
     }
-    # Only the assignments it is documented to print (src/lab_cmd.rs).
+    # Only the assignments it is documented to print (src/lab/cmd.rs).
     if [[ $(grep -cvE '^(LAB_PREFIX|LAB_VIP|LAB_CLIENT|LAB_PREFIX_LEN|LAB_(PRIV|PUB)\[[a-z]+\])=[0-9A-Za-z._-]+$' <<<"$out") != 0 ]]; then
         echo "twinfs lab up printed something unexpected: $out" >&2
         return 1
@@ -270,7 +270,7 @@ lab_reset() {
 
 # lab_apache_conf NODE DOCROOT: writes LAB_WORK/NODE/apache/{httpd.conf,
 # apachectl.sh, health.txt} with `twinfs lab apache-conf` (the tests' Apache
-# config: src/lab_apache.rs). Apache listens on every address of the node's
+# config: src/lab/apache.rs). Apache listens on every address of the node's
 # namespace (the VIP comes and goes) and serves /twinfs-health from outside
 # the document root, for the hooks' check. apachectl.sh start|stop returns
 # once Apache serves / is gone (bounded: 10 s).
@@ -413,7 +413,7 @@ lab_vip_holder() { # the nodes whose eth0 carries the VIP
 
 # lab_http_get URL FILE [SECONDS]: one HTTP/1.0 GET from the client
 # namespace; the body goes to FILE, the status is printed (000 when there was
-# no answer). `twinfs lab get`: the HTTP client of the tests (src/lab_http.rs).
+# no answer). `twinfs lab get`: the HTTP client of the tests (src/lab/http.rs).
 lab_http_get() {
     local url=$1 file=$2 t=${3:-1}
     lab_in client "$TWINFS_BIN" lab get "$url" --out "$file" --timeout "$t" 2>/dev/null || echo 000

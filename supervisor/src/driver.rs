@@ -51,11 +51,11 @@ use probes::{Probes, WitnessCmd};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use twinfs_replicator::control::{Request, Response};
-use twinfs_replicator::node::NodeHandle;
+use twinfs_replicator::node::{NodeEvents, NodeHandle};
 use twinfs_replicator::status::Status;
 
 /// How often the supervisor looks at the world.
@@ -79,19 +79,53 @@ pub trait Node: Send {
     fn promote(&self) -> Result<String, String>;
     /// Makes the node secondary (unmounts): a line for the admin, or why not.
     fn demote(&self) -> Result<String, String>;
+    /// Waits up to `d` before the next look, or less when the node has news.
+    /// The default sleeps on `clock` (the tests' fake node).
+    fn wait(&self, clock: &dyn Clock, d: Duration) {
+        clock.sleep(d);
+    }
 }
 
-impl Node for NodeHandle {
+/// The node of this process, as the driver uses it: its handle, and its
+/// event stream, so that the driver looks again as soon as the node's role,
+/// disk or link changes (or it notes something) instead of at its next tick.
+pub struct NodeLink {
+    handle: NodeHandle,
+    /// `None` if the node had stopped already when the link was made.
+    events: Option<NodeEvents>,
+}
+
+impl NodeLink {
+    /// Subscribes to `handle`'s events.
+    pub fn new(handle: NodeHandle) -> NodeLink {
+        let events = handle.subscribe().ok();
+        NodeLink { handle, events }
+    }
+}
+
+impl Node for NodeLink {
     fn status(&self) -> Option<Status> {
-        NodeHandle::status(self, STATUS_TIMEOUT).ok()
+        self.handle.status(STATUS_TIMEOUT).ok()
     }
 
     fn promote(&self) -> Result<String, String> {
-        role_call(self, Request::Promote)
+        role_call(&self.handle, Request::Promote)
     }
 
     fn demote(&self) -> Result<String, String> {
-        role_call(self, Request::Demote)
+        role_call(&self.handle, Request::Demote)
+    }
+
+    fn wait(&self, clock: &dyn Clock, d: Duration) {
+        let Some(events) = &self.events else {
+            return clock.sleep(d);
+        };
+        match events.recv_timeout(d) {
+            // Whatever else arrived meanwhile is part of the same news.
+            Ok(_) => while events.try_recv().is_ok() {},
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => clock.sleep(d),
+        }
     }
 }
 
@@ -222,14 +256,14 @@ impl Driver {
         humantime::format_rfc3339_millis(self.wall0 + Duration::from_millis(at_ms)).to_string()
     }
 
-    /// Runs rounds every [`TICK`] until stopped.
+    /// Runs rounds every [`TICK`] (sooner when the node has news) until stopped.
     fn run(&mut self) {
         while !self.stop.load(Ordering::SeqCst) {
             let started = self.clock.now();
             self.round();
             let spent = self.clock.now().saturating_duration_since(started);
             if let Some(rest) = TICK.checked_sub(spent) {
-                self.clock.sleep(rest);
+                self.node.wait(self.clock.as_ref(), rest);
             }
         }
         self.write_status(true);

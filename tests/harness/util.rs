@@ -251,7 +251,7 @@ pub(crate) fn lazy_unmount(mnt: &Path) -> bool {
 // Processes
 
 // poll_until, wait_bounded, kill_child and stop_child live with the lab
-// (src/lab.rs), which the `twinfs lab` command needs too.
+// (src/lab/net.rs), which the `twinfs lab` command needs too.
 pub(crate) use super::lab::{kill_child, poll_until, stop_child, wait_bounded};
 
 /// A child spawned by `spawn_captured`, with threads draining its stdout and

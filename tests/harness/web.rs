@@ -4,7 +4,7 @@
 //!
 //! - [`ApacheConf::write`] writes a minimal Apache config (Debian's
 //!   `/usr/sbin/apache2`, mpm_event, nothing read from `/etc/apache2`, no
-//!   systemd) and a control script (the lab's one writer, `src/lab_apache.rs`); [`ApacheConf::start_argv`],
+//!   systemd) and a control script (the lab's one writer, `src/lab/apache.rs`); [`ApacheConf::start_argv`],
 //!   [`ApacheConf::stop_argv`] and [`ApacheConf::pidfile`] are exactly what
 //!   `[failover.services.apache2]` takes ([`ApacheConf::services_toml`] writes
 //!   that table). The supervisor runs in the node's namespace, so the Apache
@@ -112,7 +112,7 @@ impl ApacheConf {
     /// Writes `dir/httpd.conf` serving `docroot` on `listen:port` (every
     /// address of the namespace when `listen` is `None`, which is what a VIP
     /// that comes and goes needs) and the control script `dir/apachectl.sh`,
-    /// with the lab's one Apache writer (`src/lab_apache.rs`).
+    /// with the lab's one Apache writer (`src/lab/apache.rs`).
     ///
     /// # Panics
     ///

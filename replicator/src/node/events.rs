@@ -21,7 +21,7 @@ impl Publisher {
         for ev in [
             NodeEvent::Role(role),
             NodeEvent::Disk(disk),
-            NodeEvent::ConnectionState(conn),
+            NodeEvent::Connection(conn),
         ] {
             let _ = tx.try_send(ev);
         }
@@ -41,7 +41,7 @@ impl Publisher {
             self.publish(NodeEvent::Disk(cur.1));
         }
         if cur.2 != last.2 {
-            self.publish(NodeEvent::ConnectionState(cur.2));
+            self.publish(NodeEvent::Connection(cur.2));
         }
     }
 

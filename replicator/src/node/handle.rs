@@ -27,7 +27,7 @@ pub enum NodeEvent {
     /// The disk state changed.
     Disk(DiskState),
     /// The link to the peer changed.
-    ConnectionState(ConnectionState),
+    Connection(ConnectionState),
     /// A notable event, as the status's `recent` list shows it.
     Note(String),
 }

@@ -4,7 +4,7 @@
 
 use super::admin_socket;
 use super::probes::{spawn_pinger, spawn_witness, Probes};
-use super::{socket_path, Driver, StatusBoard, SupervisorConfig, SystemClock};
+use super::{socket_path, Driver, NodeLink, StatusBoard, SupervisorConfig, SystemClock};
 use crate::actuators::{System, SystemOptions};
 use crate::hooks::{Hook, HookContext, HookLimits, HookRuntime};
 use crate::machine::Machine;
@@ -225,7 +225,7 @@ pub fn start(
     }
 
     let mut driver = Driver::new(
-        Box::new(node),
+        Box::new(NodeLink::new(node)),
         Box::new(SystemClock),
         machine,
         hooks,

@@ -100,7 +100,7 @@ fn conf_text(
         "\n"
     };
     format!(
-        r#"# Private config written by twinfs's lab (src/lab_apache.rs); nothing
+        r#"# Private config written by twinfs's lab (src/lab/apache.rs); nothing
 # from /etc/apache2 is read.
 ServerRoot "{d}"
 ServerName {server_name}
@@ -163,7 +163,7 @@ fn script_text(f: &ApacheFiles) -> String {
         r#"#!/bin/sh
 # Starts/stops the private Apache of {conf}, like apache2ctl, but waits
 # (bounded) until the start took or the stop is complete. Written by
-# twinfs's lab (src/lab_apache.rs).
+# twinfs's lab (src/lab/apache.rs).
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 BIN='{bin}'

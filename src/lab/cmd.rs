@@ -1,4 +1,4 @@
-//! `twinfs lab` (hidden): the network lab of `src/lab.rs` for the scripts.
+//! `twinfs lab` (hidden): the network lab of `src/lab/net.rs` for the scripts.
 //!
 //! `scripts/lib/lab.sh` (the demo, the failover bench) builds, breaks and
 //! removes its lab with these commands, and writes its Apache configs with
@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 
-use crate::lab::{Lab, Node, Place, PublicOpts};
-use crate::lab_http::http_get_here;
+use super::http::http_get_here;
+use super::net::{Lab, Node, Place, PublicOpts};
 
 /// How long `up` waits for each link of a fresh lab to pass packets.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -175,7 +175,7 @@ pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             listen,
             extra,
         } => {
-            crate::lab_apache::write(&dir, &docroot, listen, port, &extra)
+            super::apache::write(&dir, &docroot, listen, port, &extra)
                 .context("writing the Apache config")?;
         }
     }
@@ -239,7 +239,7 @@ fn up(tag: &str, owner: u32, n: u8, witness: bool) -> anyhow::Result<()> {
     .map_err(|_| anyhow::anyhow!("building the lab failed (see above)"))?;
     // Fresh veths need a moment before packets flow.
     let settled = |what: &str, ok: &dyn Fn() -> bool| {
-        crate::lab::poll_until(SETTLE, || ok().then_some(()))
+        super::net::poll_until(SETTLE, || ok().then_some(()))
             .with_context(|| format!("{what}: no answer within {SETTLE:?}"))
     };
     let client = lab.client_addr();
