@@ -722,7 +722,10 @@ impl Node {
             let quic = c.quic.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(linger)).await;
-                quic.close(code.into(), truncate(&reason, 200).as_bytes());
+                quic.close(
+                    code.into(),
+                    twinfs_replicator_proto::limit::clip(&reason, 200).as_bytes(),
+                );
             });
         }
         if how == Close::Reconnect {
@@ -798,15 +801,4 @@ fn ps(s: twinfs_fs::Seq) -> Seq {
 /// The protocol's seq as the store's.
 fn fss(s: Seq) -> twinfs_fs::Seq {
     twinfs_fs::Seq(s.0)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

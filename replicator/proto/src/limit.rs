@@ -1,5 +1,6 @@
 //! Admission limits for input nobody has authenticated yet: token buckets per
-//! source address and a log limiter that counts what it suppressed.
+//! source address, a log limiter that counts what it suppressed, and [`clip`]
+//! for bounded text fields.
 //!
 //! Pure like the rest of this crate: the caller passes the current [`Instant`].
 //! Both keep a bounded amount of state whatever arrives, so a flood from many
@@ -152,8 +153,28 @@ impl LogLimiter {
     }
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary: what goes into a
+/// bounded field (a close reason, a name on the wire).
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clip_cuts_on_a_character_boundary() {
+        assert_eq!(super::clip("abc", 5), "abc");
+        assert_eq!(super::clip("abcdef", 3), "abc");
+        assert_eq!(super::clip("aé", 2), "a", "é is two bytes");
+    }
+
     use super::*;
 
     #[test]

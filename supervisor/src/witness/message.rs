@@ -192,7 +192,7 @@ impl Answer {
         put_str8(&mut out, &self.to);
         put_str8(&mut out, holder);
         // Keep the whole answer under the frame's body limit.
-        let reason = truncate(&self.reason, 800);
+        let reason = twinfs_replicator_proto::limit::clip(&self.reason, 800);
         out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
         out.extend_from_slice(reason.as_bytes());
         out
@@ -238,21 +238,9 @@ impl Answer {
 }
 
 fn put_str8(out: &mut Vec<u8>, s: &str) {
-    let s = truncate(s, MAX_NAME_LEN);
+    let s = twinfs_replicator_proto::limit::clip(s, MAX_NAME_LEN);
     out.push(s.len() as u8);
     out.extend_from_slice(s.as_bytes());
-}
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Reads big-endian fields from a body; every read is bounds-checked.
