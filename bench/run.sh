@@ -388,8 +388,7 @@ start_apache() {  # start_apache TARGET PORT DOCROOT
     APACHE_PID=$!
     for ((i = 0; i < 200; i++)); do   # 20 s
         alive "$APACHE_PID" || break
-        if "$PY" "$LIB/workloads.py" httpcheck "http://127.0.0.1:$2/s/d00/f000" --length 4096 \
-            --expect-file "$S/www-src/s/d00/f000" >/dev/null 2>&1; then
+        if http_check "http://127.0.0.1:$2/s/d00/f000" "$S/www-src/s/d00/f000"; then
             return 0
         fi
         sleep 0.1
@@ -462,8 +461,7 @@ EOF2
                 local url=http://127.0.0.1:$port/ extra=("$paths")
                 if [ $m = apache_big_rps ]; then
                     url=http://127.0.0.1:$port/big.bin; extra=()
-                    if ! "$PY" "$LIB/workloads.py" httpcheck "$url" --length $((BIG_MIB << 20)) \
-                        --expect-file "$S/www-src/big.bin" >/dev/null 2>>"$LOGS/stderr.log"; then
+                    if ! http_check "$url" "$S/www-src/big.bin"; then
                         failed[$t.$m]="the ${BIG_MIB} MiB file was not served with the right contents"; continue
                     fi
                 fi

@@ -110,4 +110,13 @@ fail() {  # fail TARGET METRIC...: record an error for these metrics, with the r
 
 tail_log() { [ -f "$1" ] && tail -n "${2:-5}" "$1" | sed 's/\x1b\[[0-9;]*m//g; s/^/    | /' >&2; }
 
+http_check() {  # http_check URL FILE: 200 with exactly FILE's bytes, by the one HTTP client (twinfs lab get)
+    local got rc
+    got=$(mktemp) || return 1
+    [[ $("$TWINFS_BIN" lab get "$1" --out "$got" --timeout 10 2>/dev/null) == 200 ]] && cmp -s "$got" "$2"
+    rc=$?
+    rm -f "$got"
+    return $rc
+}
+
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }

@@ -15,8 +15,6 @@ on any error (including wrong data read back), so that run.sh can record
   read      ROOT --dirs D --files F    open/read/close every file, verify contents
   list      ROOT --dirs D --files F    write NUL-separated relative paths to ROOT (a file)
   freeport                              a free TCP port on 127.0.0.1
-  httpcheck URL --length N [--expect-file F]
-                                       GET URL, check status 200 and length (and bytes)
 """
 
 import argparse
@@ -26,7 +24,6 @@ import random
 import socket
 import sys
 import time
-import urllib.request
 
 FILE_SIZE = 4096
 POOL_SIZE = 1 << 20  # 1 MiB of deterministic pseudo-random bytes
@@ -254,19 +251,6 @@ def cmd_freeport(_a):
     out({"port": port})
 
 
-def cmd_httpcheck(a):
-    with urllib.request.urlopen(a.url, timeout=5) as r:
-        body = r.read()
-        status = r.status
-    ok = status == 200 and len(body) == a.length
-    if ok and a.expect_file:
-        with open(a.expect_file, "rb") as f:
-            ok = f.read() == body
-    out({"status": status, "length": len(body), "ok": ok})
-    if not ok:
-        sys.exit(1)
-
-
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -281,11 +265,9 @@ def main():
         s = sub.add_parser(name); s.add_argument("root")
         s.add_argument("--dirs", type=int, default=100); s.add_argument("--files", type=int, default=100)
     sub.add_parser("freeport")
-    s = sub.add_parser("httpcheck"); s.add_argument("url"); s.add_argument("--length", type=int, required=True)
-    s.add_argument("--expect-file")
     a = ap.parse_args()
     {"seqwrite": cmd_seqwrite, "writelat": cmd_writelat, "fsync4k": cmd_fsync4k, "latstats": cmd_latstats, "create": cmd_create, "read": cmd_read,
-     "list": cmd_list, "freeport": cmd_freeport, "httpcheck": cmd_httpcheck}[a.cmd](a)
+     "list": cmd_list, "freeport": cmd_freeport}[a.cmd](a)
 
 
 if __name__ == "__main__":
