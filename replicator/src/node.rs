@@ -608,7 +608,7 @@ impl Node {
                     );
                 }
             }
-            let board = self.opts.evidence.clone();
+            let board = &self.opts.evidence;
             self.core.drive(now, &mut self.local, || board.latest());
             if let Some((committed, flushed)) = self.core.commit_positions() {
                 self.link.publish(fss(committed), fss(flushed));
@@ -627,7 +627,6 @@ impl Node {
     fn act(&mut self) -> bool {
         let mut fed = false;
         while let Some(out) = self.core.poll_output() {
-            let now = Instant::now();
             match out {
                 Output::Send(frame) => self.send(frame),
                 Output::Close { how, reason } => self.close(how, reason),
@@ -681,7 +680,7 @@ impl Node {
                             }),
                         );
                     if let Err(e) = mounted {
-                        self.mounted(now, Err(format!("{e:#}")));
+                        self.mounted(Instant::now(), Err(format!("{e:#}")));
                         fed = true;
                     }
                 }
