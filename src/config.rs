@@ -74,8 +74,10 @@ pub struct Config {
     /// `[failover]`: the supervisor; `None` when the table is absent (promotion
     /// is then manual).
     pub failover: Option<FailoverConfig>,
-    /// `[metrics]`: the Prometheus endpoint of `twinfs run`.
+    /// `[metrics]`: the Prometheus endpoint of `twinfs run` (and `/health`).
     pub metrics: MetricsConfig,
+    /// `[standby]`: whether the secondary serves its replica read-only.
+    pub standby: StandbyConfig,
 }
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/twinfs";
@@ -150,6 +152,7 @@ impl Config {
             replication,
             failover,
             metrics,
+            standby,
         } = raw;
 
         let name = match node.name {
@@ -225,6 +228,32 @@ impl Config {
                 .map_err(|msg| cx.invalid("log.level", l.span(), msg))?,
         };
 
+        let standby_serve = standby.serve.filter(|s| *s.get_ref());
+        if let Some(serve) = &standby_serve {
+            let why = if replication.is_none() {
+                Some("needs a [replication] table: only a secondary serves a standby view")
+            } else if writeback_cache {
+                Some(
+                    "cannot be used with fs.writeback_cache = true: a write into the standby's \
+                     page cache could not be refused before it was cached",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(cx.invalid("standby.serve", serve.span(), why.into()));
+            }
+        }
+        let standby = StandbyConfig {
+            serve: standby_serve.is_some(),
+            max_lag: duration_in(
+                cx,
+                "standby.max_lag",
+                standby.max_lag,
+                DEFAULT_MAX_LAG,
+                Duration::ZERO..=Duration::from_secs(3600),
+            )?,
+        };
         if let (Some(f), None) = (&failover, &replication) {
             let _ = f;
             return Err(cx.invalid_nowhere(
@@ -272,6 +301,7 @@ impl Config {
                     })?),
                 },
             },
+            standby,
         })
     }
 }

@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     pub(super) failover: Option<failover::RawFailover>,
     #[serde(deserialize_with = "table")]
     pub(super) metrics: RawMetrics,
+    #[serde(deserialize_with = "table")]
+    pub(super) standby: RawStandby,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +71,13 @@ pub(super) struct RawFs {
 #[serde(deny_unknown_fields, default, expecting = "a table")]
 pub(super) struct RawLog {
     pub(super) level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table")]
+pub(super) struct RawStandby {
+    pub(super) serve: Option<Spanned<bool>>,
+    pub(super) max_lag: Option<Spanned<RawDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

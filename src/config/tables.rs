@@ -1,4 +1,4 @@
-//! The small tables: `[node]`, `[fs]`, `[log]`, `[metrics]`, and the node name.
+//! The small tables: `[node]`, `[fs]`, `[log]`, `[metrics]`, `[standby]`, and the node name.
 
 use super::*; // a part of `config`: its types, helpers and imports
 
@@ -19,6 +19,33 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: Some(DEFAULT_METRICS),
+        }
+    }
+}
+
+/// `[standby]`: the secondary serves its replica read-only (issue 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandbyConfig {
+    /// `standby.serve`: while secondary, mount the replica read-only at the
+    /// mountpoint once it is UpToDate and connected, so that the standby's
+    /// Apache serves too; promotion and demotion then switch the same mount
+    /// between read-only and read-write in place. Default: `false` (the
+    /// secondary mounts nothing, as before).
+    pub serve: bool,
+    /// `standby.max_lag`: how far behind the primary (in seconds of its
+    /// history) the standby may be and still pass its health check
+    /// (`/health` on the metrics address), `0s..=1h`. Default: 10s.
+    pub max_lag: Duration,
+}
+
+/// The default `standby.max_lag`.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
+
+impl Default for StandbyConfig {
+    fn default() -> Self {
+        StandbyConfig {
+            serve: false,
+            max_lag: DEFAULT_MAX_LAG,
         }
     }
 }

@@ -81,6 +81,7 @@ level = "TRACE"
             replication: None,
             failover: None,
             metrics: MetricsConfig::default(),
+            standby: StandbyConfig::default(),
         }
     );
 }
@@ -407,11 +408,11 @@ fn syntax_error_has_line() {
 fn unknown_top_level_key() {
     assert_eq!(
         err("[fs]\n\n[bogus]\nx = 1\n"),
-        "t.toml:3: unknown field bogus, expected one of node, fs, log, replication, failover, metrics"
+        "t.toml:3: unknown field bogus, expected one of node, fs, log, replication, failover, metrics, standby"
     );
     assert_eq!(
         err("bogus = 1\n"),
-        "t.toml:1: unknown field bogus, expected one of node, fs, log, replication, failover, metrics"
+        "t.toml:1: unknown field bogus, expected one of node, fs, log, replication, failover, metrics, standby"
     );
 }
 
@@ -648,4 +649,28 @@ fn load_reads_the_file_and_names_it() {
             missing.display()
         )
     );
+}
+
+#[test]
+fn standby_serve_and_its_conflicts() {
+    let c = parse(&format!("{REPL}\n[standby]\nserve = true\nmax_lag = \"3s\"\n")).unwrap();
+    assert_eq!(
+        c.standby,
+        StandbyConfig {
+            serve: true,
+            max_lag: Duration::from_secs(3)
+        }
+    );
+    assert_eq!(parse("").unwrap().standby, StandbyConfig::default());
+    assert_eq!(
+        err("[standby]\nserve = true\n"),
+        "t.toml:2: standby.serve: needs a [replication] table: only a secondary serves a standby view"
+    );
+    let e = err(&format!("[fs]\nwriteback_cache = true\n{REPL}[standby]\nserve = true\n"));
+    assert!(
+        e.starts_with("t.toml:8: standby.serve: cannot be used with fs.writeback_cache = true"),
+        "{e}"
+    );
+    let e = err(&format!("{REPL}[standby]\nmax_lag = \"2h\"\n"));
+    assert!(e.starts_with("t.toml:7: standby.max_lag: must be between"), "{e}");
 }
