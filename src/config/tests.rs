@@ -672,5 +672,5 @@ fn standby_serve_and_its_conflicts() {
         "{e}"
     );
     let e = err(&format!("{REPL}[standby]\nmax_lag = \"2h\"\n"));
-    assert!(e.starts_with("t.toml:7: standby.max_lag: must be between"), "{e}");
+    assert!(e.starts_with("t.toml:6: standby.max_lag: must be between"), "{e}");
 }
