@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use twinfs_fs::fuse::{FuseFs, FuseOptions};
+use twinfs_fs::fuse::{FuseFs, FuseOptions, KernelCache};
 use twinfs_fs::ops::Fs;
 use twinfs_fs::store::{Checkpointer, DiskStore};
+use twinfs_fs::view::{Access, View};
 use twinfs_replicator::control::{self, Request, Response};
 use twinfs_replicator::evidence::{EvidenceBoard, EvidenceSource};
-use twinfs_replicator::node::{self, MountError, MountReady, Mounter, NodeOptions};
+use twinfs_replicator::node::{self, MountError, MountReady, Mounter, NodeOptions, StandbyView};
 use twinfs_replicator::store::ReplicatedStore;
 use twinfs_replicator::tls::{self, Identity, PeerTrust};
 use twinfs_replicator_proto::{OnPeerLoss, Protocol, ProtocolConfig, SplitBrainPolicy};
@@ -123,6 +124,7 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         )?),
         None => None,
     };
+    let view = View::new(Access::ReadWrite);
     let mounter = FuseMounter {
         pre_unmount: supervisor.as_ref().map(|s| s.pre_unmount()),
         mountpoint: cfg.node.mountpoint.clone(),
@@ -137,6 +139,7 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
             grace: cfg.fs.force_unmount_grace,
         },
         session: None,
+        view: view.clone(),
     };
     let opts = NodeOptions {
         name: cfg.node.name.to_string(),
@@ -149,6 +152,8 @@ pub(crate) fn run(cfg: &Config, config_path: Option<&Path>) -> anyhow::Result<()
         split_brain,
         resync_rate: r.resync_rate,
         evidence,
+        standby: cfg.standby.serve.then_some(cfg.standby.max_lag),
+        view,
     };
     let metrics = cfg.metrics.listen.and_then(|addr| {
         let failover = supervisor.as_ref().map(|s| s.status_board());
@@ -183,13 +188,17 @@ fn with_default_ping(cfg: &Config) -> Config {
     cfg
 }
 
-/// A running FUSE session: its thread and the handle that unmounts it.
+/// A running FUSE session: its thread, the handle that unmounts it, and the
+/// filesystem it serves (once loaded).
 struct Session {
     thread: std::thread::JoinHandle<()>,
     unmounter: Arc<Mutex<Option<fuser::SessionUnmounter>>>,
+    fs: Arc<Mutex<Option<Arc<Fs<ReplicatedStore>>>>>,
 }
 
-/// Mounts the filesystem on promotion and unmounts it on demotion.
+/// Mounts the filesystem on promotion and unmounts it on demotion; with
+/// `[standby] serve`, mounts it read-only while secondary and switches the
+/// same mount between read-only and read-write in place.
 struct FuseMounter {
     /// With a supervisor: at shutdown, stop Apache and release the VIP
     /// (`on_demote`) before unmounting, so that the mount is not busy.
@@ -199,15 +208,59 @@ struct FuseMounter {
     /// What a busy unmount may do to the mount's users.
     force: crate::unmount::ForceUnmount,
     session: Option<Session>,
+    /// The mount's access, shared with the node's applier.
+    view: Arc<View>,
 }
 
 impl Mounter for FuseMounter {
     fn mount(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> Result<(), MountError> {
-        self.mount_fuse(store, ready).map_err(whole)
+        match &self.session {
+            Some(s) if !s.thread.is_finished() => {
+                self.writable_in_place(s.fs.clone(), ready);
+                Ok(())
+            }
+            _ => self
+                .mount_fuse(store, ready, Access::ReadWrite)
+                .map_err(whole),
+        }
     }
 
     fn unmount(&mut self) -> Result<(), MountError> {
         self.unmount_fuse().map_err(whole)
+    }
+
+    fn read_only(&mut self) -> Result<(), MountError> {
+        if self.session.is_none() {
+            return self.unmount();
+        }
+        if !self.view.make_read_only() {
+            tracing::warn!(
+                "writes still running 10 s after the demotion turned the mount read-only"
+            );
+        }
+        tracing::info!(mountpoint = %self.mountpoint.display(), "the mount is read-only now (standby view)");
+        Ok(())
+    }
+
+    fn standby(
+        &mut self,
+        store: Arc<ReplicatedStore>,
+        view: StandbyView,
+    ) -> Result<(), MountError> {
+        match view {
+            StandbyView::Serving if self.session.is_none() => self
+                .mount_fuse(store, Box::new(|_| {}), Access::ReadOnly)
+                .map_err(whole),
+            StandbyView::Serving => {
+                self.view.set_access(Access::ReadOnly);
+                Ok(())
+            }
+            StandbyView::Hidden => {
+                self.view.set_access(Access::Hidden);
+                Ok(())
+            }
+            StandbyView::Off => self.unmount(),
+        }
     }
 }
 
@@ -217,12 +270,57 @@ fn whole(e: anyhow::Error) -> MountError {
 }
 
 impl FuseMounter {
-    fn mount_fuse(&mut self, store: Arc<ReplicatedStore>, ready: MountReady) -> anyhow::Result<()> {
+    /// A promotion of a node whose standby view is mounted: the same mount
+    /// becomes read-write (Apache keeps its open files). Loading for writing
+    /// may commit (a new store's root, orphans), which waits for the node
+    /// task: so it runs on its own thread.
+    fn writable_in_place(
+        &self,
+        fs: Arc<Mutex<Option<Arc<Fs<ReplicatedStore>>>>>,
+        ready: MountReady,
+    ) {
+        let mountpoint = self.mountpoint.clone();
+        let spawned = std::thread::Builder::new()
+            .name("twinfs-rw".into())
+            .spawn(move || {
+                // The session may still be loading its filesystem (bounded: 5 s).
+                let mut loaded = None;
+                for _ in 0..100 {
+                    loaded = fs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if loaded.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let r = match loaded {
+                    None => Err("the standby mount never finished loading".to_string()),
+                    Some(fs) => fs.become_writable(0, 0).map_err(|e| e.to_string()),
+                };
+                if r.is_ok() {
+                    tracing::info!(mountpoint = %mountpoint.display(), "the standby view is read-write now");
+                }
+                ready(r);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the thread that makes the mount writable: {e}");
+        }
+    }
+
+    fn mount_fuse(
+        &mut self,
+        store: Arc<ReplicatedStore>,
+        ready: MountReady,
+        access: Access,
+    ) -> anyhow::Result<()> {
         crate::mount::preflight_mountpoint(&self.mountpoint)?;
         let unmounter = Arc::new(Mutex::new(None));
         let slot = unmounter.clone();
+        let loaded = Arc::new(Mutex::new(None));
+        let fs_slot = loaded.clone();
         let mountpoint = self.mountpoint.clone();
         let opts = self.opts;
+        let view = self.view.clone();
+        view.set_access(access);
         // Loading the filesystem may commit a mutation (a new store's root), which
         // waits for the node task: so it happens here, not in the caller.
         let thread = std::thread::Builder::new()
@@ -230,19 +328,28 @@ impl FuseMounter {
             .spawn(move || {
                 let mut ready = Some(ready);
                 let served = (|| -> anyhow::Result<()> {
-                    let fs = Arc::new(Fs::new(store, 0, 0).context("loading the filesystem")?);
-                    let fuse = FuseFs::new(fs, opts);
+                    let fs = Arc::new(
+                        Fs::with_view(store, 0, 0, view.clone()).context("loading the filesystem")?,
+                    );
+                    let fuse = FuseFs::new(fs.clone(), opts);
                     let cfg = fuse.mount_config();
                     let mut session = fuser::Session::new(fuse, &mountpoint, &cfg)
                         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(session.unmount_callable());
-                    tracing::info!(mountpoint = %mountpoint.display(), "mounted read-write");
+                    view.attach(KernelCache::new(session.notifier(), fs.clone()));
+                    *fs_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(fs);
+                    tracing::info!(
+                        mountpoint = %mountpoint.display(),
+                        "mounted {}",
+                        if access == Access::ReadWrite { "read-write" } else { "read-only (standby view)" }
+                    );
                     if let Some(r) = ready.take() {
                         r(Ok(()));
                     }
                     session.run().context("serving FUSE requests")
                 })();
+                view.detach();
                 if let (Some(r), Err(e)) = (ready.take(), &served) {
                     r(Err(format!("{e:#}")));
                 }
@@ -251,7 +358,11 @@ impl FuseMounter {
                     Err(e) => tracing::error!("the mount failed: {e:#}"),
                 }
             })?;
-        self.session = Some(Session { thread, unmounter });
+        self.session = Some(Session {
+            thread,
+            unmounter,
+            fs: loaded,
+        });
         Ok(())
     }
 
@@ -298,6 +409,7 @@ impl FuseMounter {
                     self.session = Some(Session {
                         thread: session.thread,
                         unmounter: Arc::new(Mutex::new(Some(u))),
+                        fs: session.fs,
                     });
                     bail!("{e}");
                 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use twinfs_replicator::node::NodeHandle;
-use twinfs_replicator::status::{ConnectionState, DiskState, Role, Status, WritesState};
+use twinfs_replicator::status::{
+    ConnectionState, DiskState, Role, StandbyView, Status, WritesState,
+};
 use twinfs_supervisor::machine::Activity;
 
 /// The running endpoint; dropping it stops it.
@@ -60,8 +62,14 @@ pub(crate) fn start(
                 let (code, body) = if req.url() == "/metrics" || req.url().starts_with("/metrics?")
                 {
                     (200, render(&node, failover.as_ref()))
+                } else if req.url() == "/health" {
+                    health(&node)
                 } else {
-                    (404, "not found: the metrics are at /metrics\n".to_string())
+                    (
+                        404,
+                        "not found: the metrics are at /metrics, the health check at /health\n"
+                            .to_string(),
+                    )
                 };
                 let header = tiny_http::Header::from_bytes(
                     &b"Content-Type"[..],
@@ -134,6 +142,17 @@ impl Out {
 }
 
 /// The exposition text for `node` and its supervisor (if `[failover]` runs one).
+/// `GET /health`, what a balancer probes (mod_proxy_hcheck through the
+/// node's Apache): 200 when this node should get reads (the primary, or a
+/// standby view within `standby.max_lag`), else 503; the body says why.
+fn health(node: &NodeHandle) -> (u16, String) {
+    match node.status(Duration::from_secs(2)) {
+        Ok(s) if s.health.ok => (200, format!("ok: {}\n", s.health.why)),
+        Ok(s) => (503, format!("unavailable: {}\n", s.health.why)),
+        Err(e) => (503, format!("unavailable: the node does not answer: {e}\n")),
+    }
+}
+
 pub(crate) fn render(node: &NodeHandle, failover: Option<&StatusBoard>) -> String {
     let status = node.status(Duration::from_secs(2)).ok();
     render_from(
@@ -221,6 +240,41 @@ fn render_from(status: Option<&Status>, failover: Option<&FailoverStatus>) -> St
             "Their payload bytes.",
             s.lag.bytes as f64,
         );
+        o.one(
+            "health_ok",
+            "gauge",
+            "1 when a balancer should send this node reads (what /health answers with 200).",
+            f64::from(u8::from(s.health.ok)),
+        );
+        if let Some(v) = &s.standby {
+            o.states(
+                "standby_view",
+                "What the standby's read-only mount shows (issue 15).",
+                "view",
+                &[StandbyView::Off, StandbyView::Serving, StandbyView::Hidden],
+                &v.view,
+            );
+            o.one(
+                "standby_behind_mutations",
+                "gauge",
+                "Mutations the primary has that the standby view does not show yet.",
+                v.behind_mutations as f64,
+            );
+            o.one(
+                "standby_behind_bytes",
+                "gauge",
+                "The bytes of the received mutations the standby has not applied yet.",
+                v.behind_bytes as f64,
+            );
+            if let Some(ms) = v.behind_ms {
+                o.one(
+                    "standby_behind_seconds",
+                    "gauge",
+                    "How old the standby view is (since the primary had something it does not show).",
+                    ms as f64 / 1000.0,
+                );
+            }
+        }
         if let Some(h) = s.peer.heard_ms_ago {
             o.one(
                 "peer_heard_seconds",

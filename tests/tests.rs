@@ -34,3 +34,4 @@ mod package;
 mod replication;
 mod resync;
 mod splitbrain;
+mod standby;

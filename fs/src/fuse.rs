@@ -10,6 +10,7 @@ use crate::error::FsError;
 use crate::ops::{Ctx, Fs, RenameFlags, SetAttr, SetTime};
 use crate::store::Store;
 use crate::types::{FileKind, Ino, Inode, BLOCK_SIZE};
+use crate::view::{Access, Invalidate, Touched, WriteGuard};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -18,7 +19,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 /// Kernel-facing options of a mount.
@@ -96,13 +97,90 @@ impl<S: Store> FuseFs<S> {
         attr(ino, i)
     }
 
-    fn entry(&self, reply: ReplyEntry, r: Result<(Ino, Inode), FsError>, op: &str) {
+    /// Replies with the entry `parent/name` found or made by `r`.
+    fn entry(
+        &self,
+        reply: ReplyEntry,
+        (parent, name): (INodeNo, &[u8]),
+        r: Result<(Ino, Inode), FsError>,
+        op: &str,
+    ) {
         match r {
             Ok((ino, i)) => {
-                self.fs.remember(ino);
+                self.fs.remember(Ino(parent.0), name, ino);
                 reply.entry(&self.opts.attr_timeout, &self.attr(ino, &i), Generation(0));
             }
             Err(e) => reply.error(errno(op, e)),
+        }
+    }
+
+    /// What a read must hold while it runs: nothing on a read-write mount;
+    /// on a standby's view the store's read gate (so that it sees each of
+    /// the peer's mutations whole or not at all); a hidden view fails.
+    fn reading(&self) -> Result<Option<RwLockReadGuard<'_, ()>>, Errno> {
+        match self.fs.view().access() {
+            Access::ReadWrite => Ok(None),
+            Access::ReadOnly => Ok(self.fs.store().read_gate()),
+            Access::Hidden => Err(Errno::EIO),
+        }
+    }
+
+    /// Whether a change may be made: only on a read-write mount (EROFS on a
+    /// standby's view, before any work and without a log line). The guard
+    /// lets a demotion wait for the change to finish.
+    fn writing(&self) -> Result<WriteGuard<'_>, Errno> {
+        self.fs.view().begin_write().ok_or(Errno::EROFS)
+    }
+}
+
+/// Drops what the kernel cached of the peer's mutations, for a standby's
+/// view ([`crate::view::Invalidate`]).
+pub struct KernelCache<S: Store> {
+    notifier: fuser::Notifier,
+    fs: Arc<Fs<S>>,
+}
+
+impl<S: Store> KernelCache<S> {
+    /// The invalidator of the session `notifier` belongs to, serving `fs`.
+    pub fn new(notifier: fuser::Notifier, fs: Arc<Fs<S>>) -> Arc<KernelCache<S>> {
+        Arc::new(KernelCache { notifier, fs })
+    }
+
+    fn inode(&self, ino: Ino, range: Option<(u64, u64)>) {
+        // A negative offset invalidates the attributes only; a length of 0
+        // the data to the end.
+        let (off, len) = range.map_or((-1, 0), |(o, l)| (o as i64, l as i64));
+        if let Err(e) = self.notifier.inval_inode(INodeNo(ino.0), off, len) {
+            tracing::debug!(ino = ino.0, error = %e, "cache invalidation failed");
+        }
+    }
+
+    fn entry(&self, parent: Ino, name: &[u8]) {
+        if let Err(e) = self
+            .notifier
+            .inval_entry(INodeNo(parent.0), OsStr::from_bytes(name))
+        {
+            tracing::debug!(parent = parent.0, error = %e, "entry invalidation failed");
+        }
+    }
+}
+
+impl<S: Store> Invalidate for KernelCache<S> {
+    fn invalidate(&self, t: &Touched) {
+        if t.everything {
+            self.inode(Ino::ROOT, Some((0, 0)));
+            for (ino, names) in self.fs.known() {
+                self.inode(ino, Some((0, 0)));
+                for (parent, name) in names {
+                    self.entry(parent, &name);
+                }
+            }
+        }
+        for (&ino, &range) in &t.inodes {
+            self.inode(ino, range);
+        }
+        for (parent, name) in &t.entries {
+            self.entry(*parent, name);
         }
     }
 }
@@ -148,6 +226,28 @@ fn errno(op: &str, e: FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Holds what a read needs for the rest of the callback ([`FuseFs::reading`]),
+/// or replies with the error.
+macro_rules! reading {
+    ($self:ident, $reply:ident) => {
+        match $self.reading() {
+            Ok(g) => g,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+/// Replies EROFS unless the mount is read-write ([`FuseFs::writing`]);
+/// holds the write guard for the rest of the callback.
+macro_rules! writing {
+    ($self:ident, $reply:ident) => {
+        match $self.writing() {
+            Ok(g) => g,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
 fn ctx(req: &Request) -> Ctx {
     Ctx {
         uid: req.uid(),
@@ -188,8 +288,10 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _gate = reading!(self, reply);
         self.entry(
             reply,
+            (parent, name.as_bytes()),
             self.fs.lookup(Ino(parent.0), name.as_bytes()),
             "lookup",
         );
@@ -202,6 +304,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _gate = reading!(self, reply);
         match self.fs.getattr(Ino(ino.0)) {
             Ok(i) => reply.attr(&self.opts.attr_timeout, &self.attr(Ino(ino.0), &i)),
             Err(e) => reply.error(errno("getattr", e)),
@@ -226,6 +329,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _write = writing!(self, reply);
         let a = SetAttr {
             mode,
             uid,
@@ -247,6 +351,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _gate = reading!(self, reply);
         match self.fs.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", e)),
@@ -263,8 +368,10 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _write = writing!(self, reply);
         self.entry(
             reply,
+            (parent, name.as_bytes()),
             self.fs
                 .mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, rdev),
             "mknod",
@@ -280,8 +387,10 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _write = writing!(self, reply);
         self.entry(
             reply,
+            (parent, name.as_bytes()),
             self.fs
                 .mkdir(ctx(req), Ino(parent.0), name.as_bytes(), mode),
             "mkdir",
@@ -289,6 +398,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _write = writing!(self, reply);
         empty(
             reply,
             "unlink",
@@ -297,6 +407,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _write = writing!(self, reply);
         empty(
             reply,
             "rmdir",
@@ -312,13 +423,14 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _write = writing!(self, reply);
         let r = self.fs.symlink(
             ctx(req),
             Ino(parent.0),
             link_name.as_bytes(),
             target.as_os_str().as_bytes(),
         );
-        self.entry(reply, r, "symlink");
+        self.entry(reply, (parent, link_name.as_bytes()), r, "symlink");
     }
 
     fn rename(
@@ -331,6 +443,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _write = writing!(self, reply);
         let f = RenameFlags {
             noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
@@ -359,11 +472,12 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _write = writing!(self, reply);
         let r = self
             .fs
             .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes())
             .map(|i| (Ino(ino.0), i));
-        self.entry(reply, r, "link");
+        self.entry(reply, (newparent, newname.as_bytes()), r, "link");
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -382,6 +496,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        let _gate = reading!(self, reply);
         match self.fs.read(Ino(ino.0), offset, size) {
             Ok(d) => reply.data(&d),
             Err(FsError::Store(e @ crate::error::StoreError::Corrupt { .. })) => {
@@ -406,6 +521,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _write = writing!(self, reply);
         let kill = write_flags.contains(fuser::WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write_as(Ino(ino.0), offset, data, kill) {
             Ok(n) => reply.written(n),
@@ -448,6 +564,10 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.writing().is_err() {
+            // A view has nothing of its own to make durable.
+            return reply.ok();
+        }
         empty(reply, "fsync", self.fs.fsync())
     }
 
@@ -463,6 +583,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _gate = reading!(self, reply);
         // Bounded: each round consumes at least one entry or stops.
         let mut off = offset;
         loop {
@@ -496,6 +617,10 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.writing().is_err() {
+            // A view has nothing of its own to make durable.
+            return reply.ok();
+        }
         empty(reply, "fsyncdir", self.fs.fsync())
     }
 
@@ -518,6 +643,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _write = writing!(self, reply);
         empty(
             reply,
             "setxattr",
@@ -526,6 +652,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _gate = reading!(self, reply);
         match self.fs.getxattr(Ino(ino.0), name.as_bytes()) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno("getxattr", e)),
@@ -533,6 +660,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _gate = reading!(self, reply);
         match self.fs.listxattr(Ino(ino.0)) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno("listxattr", e)),
@@ -540,6 +668,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _write = writing!(self, reply);
         empty(
             reply,
             "removexattr",
@@ -562,12 +691,13 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _write = writing!(self, reply);
         match self
             .fs
             .mknod(ctx(req), Ino(parent.0), name.as_bytes(), mode, 0)
         {
             Ok((ino, i)) => {
-                self.fs.remember(ino);
+                self.fs.remember(Ino(parent.0), name.as_bytes(), ino);
                 reply.created(
                     &self.opts.attr_timeout,
                     &self.attr(ino, &i),
@@ -590,6 +720,7 @@ impl<S: Store> fuser::Filesystem for FuseFs<S> {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _write = writing!(self, reply);
         empty(
             reply,
             "fallocate",

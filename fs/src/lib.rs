@@ -11,7 +11,9 @@
 //!   each block with its blake3 digest) indexed by sled;
 //! - [`ops`]: POSIX semantics over any [`Store`], unit-tested without a mount;
 //! - [`fuse`]: the thin fuser adapter (one `match` per callback);
-//! - [`verify`]: the offline integrity check behind `twinfs verify`.
+//! - [`verify`]: the offline integrity check behind `twinfs verify`;
+//! - [`view`]: a mount that is a standby's read-only view, turned read-write in
+//!   place on promotion.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,6 +25,7 @@ pub mod ops;
 pub mod store;
 pub mod types;
 pub mod verify;
+pub mod view;
 
 pub use error::{FsError, StoreError};
 pub use mutation::{Mutation, Op, StoreKey};

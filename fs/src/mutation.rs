@@ -207,6 +207,17 @@ impl Mutation {
     }
 }
 
+/// The ops of a record in its wire form, without their block bytes (header
+/// and op hash checked; the data is not read). `None` if they do not decode.
+pub(crate) fn record_ops(bytes: &[u8]) -> Option<Vec<LogOp>> {
+    let hdr = RecordHeader::parse(bytes.get(..HEADER_LEN)?.try_into().ok()?)?;
+    let meta = bytes.get(HEADER_LEN..HEADER_LEN + hdr.meta_len as usize)?;
+    if !hdr.check_meta(meta) {
+        return None;
+    }
+    decode_meta(meta)
+}
+
 /// What the log's serialised ops keep of a data block; the bytes follow the ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct BlockMeta {

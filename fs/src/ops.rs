@@ -12,6 +12,7 @@ use crate::error::{FsError, StoreError};
 use crate::mutation::{Mutation, Op};
 use crate::store::{Store, Usage};
 use crate::types::{DirEntry, FileKind, Ino, Inode, Seq, Timestamp, BLOCK_SIZE};
+use crate::view::{Access, View};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -195,9 +196,26 @@ pub struct Fs<S: Store> {
     store: Arc<S>,
     /// Serialises mutations; holds the next inode number.
     writer: Mutex<u64>,
-    /// Kernel lookup counts (entries the kernel may still use after an unlink).
-    lookups: Mutex<HashMap<Ino, u64>>,
+    /// Inodes the kernel holds: how many references, and (a few of) the
+    /// names it looked them up by (entries the kernel may still use after
+    /// an unlink, and what to invalidate when a resync replaces everything).
+    lookups: Mutex<HashMap<Ino, Known>>,
+    /// Read-write, or a standby's read-only view (see [`crate::view`]).
+    view: Arc<View>,
 }
+
+/// A name the kernel found an inode by: (directory, name).
+pub type KnownName = (Ino, Box<[u8]>);
+
+/// An inode the kernel holds.
+#[derive(Debug, Default)]
+struct Known {
+    count: u64,
+    names: Vec<KnownName>,
+}
+
+/// The most names kept per known inode (hard links beyond are rare).
+const NAMES_KEPT: usize = 4;
 
 impl<S: Store> std::fmt::Debug for Fs<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,19 +238,73 @@ impl<S: Store> Fs<S> {
     /// Opens the filesystem on `store`: creates the root directory of a new store
     /// and deletes inodes left unlinked-but-open by the previous mount.
     pub fn new(store: Arc<S>, root_uid: u32, root_gid: u32) -> Result<Fs<S>, FsError> {
+        Fs::with_view(store, root_uid, root_gid, View::new(Access::ReadWrite))
+    }
+
+    /// [`Fs::new`] for a mount whose access `view` controls. A read-only
+    /// view changes nothing at load (the root and the orphans wait for
+    /// [`Fs::become_writable`]).
+    pub fn with_view(
+        store: Arc<S>,
+        root_uid: u32,
+        root_gid: u32,
+        view: Arc<View>,
+    ) -> Result<Fs<S>, FsError> {
         let next = store.next_ino()?;
         let fs = Fs {
             store,
             writer: Mutex::new(next),
             lookups: Mutex::new(HashMap::new()),
+            view,
         };
+        if fs.view.access() == Access::ReadWrite {
+            fs.load_for_writing(root_uid, root_gid)?;
+        }
+        Ok(fs)
+    }
+
+    /// The mount's access.
+    pub fn view(&self) -> &Arc<View> {
+        &self.view
+    }
+
+    /// A standby's view becomes the primary's mount, in place: the writer
+    /// takes the store's current next inode number (the peer's mutations
+    /// moved it), a new store gets its root, and the orphans the kernel
+    /// does not hold are deleted. Commits, so it must not run on the thread
+    /// that acknowledges writes.
+    pub fn become_writable(&self, root_uid: u32, root_gid: u32) -> Result<(), FsError> {
+        {
+            let mut w = self.lock();
+            *w = self.store.next_ino()?;
+        }
+        self.view.set_access(Access::ReadWrite);
+        self.load_for_writing(root_uid, root_gid)
+    }
+
+    /// Creates the root of a new store and deletes the orphans no kernel
+    /// reference holds.
+    fn load_for_writing(&self, root_uid: u32, root_gid: u32) -> Result<(), FsError> {
+        let fs = self;
         if fs.store.inode(Ino::ROOT)?.is_none() {
             let mut root = Inode::new(FileKind::Dir, 0o755, root_uid, root_gid, Timestamp::now());
             root.parent = Ino::ROOT;
             let w = fs.lock();
             fs.commit(w, vec![Op::PutInode(Ino::ROOT, root), Op::NextIno(2)])?;
         }
-        let orphans = fs.store.orphans()?;
+        let held: Vec<Ino> = fs
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let orphans: Vec<Ino> = fs
+            .store
+            .orphans()?
+            .into_iter()
+            .filter(|i| !held.contains(i))
+            .collect();
         if !orphans.is_empty() {
             let w = fs.lock();
             let ops = orphans
@@ -245,7 +317,7 @@ impl<S: Store> Fs<S> {
                 "removed files that were unlinked while open"
             );
         }
-        Ok(fs)
+        Ok(())
     }
 
     /// The store underneath.
@@ -280,29 +352,42 @@ impl<S: Store> Fs<S> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |k| k.count)
     }
 
-    /// Records that the kernel now holds one more reference to `ino`.
-    pub fn remember(&self, ino: Ino) {
+    /// Records that the kernel now holds one more reference to `ino`, which
+    /// it found as `name` in `parent`.
+    pub fn remember(&self, parent: Ino, name: &[u8], ino: Ino) {
         if ino != Ino::ROOT {
-            *self
-                .lookups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(ino)
-                .or_insert(0) += 1;
+            let mut l = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+            let k = l.entry(ino).or_default();
+            k.count += 1;
+            if k.names.len() < NAMES_KEPT
+                && !k.names.iter().any(|(p, n)| *p == parent && **n == *name)
+            {
+                k.names.push((parent, name.into()));
+            }
         }
     }
 
-    /// The kernel dropped `n` references to `ino`; an unlinked inode with none left is deleted.
+    /// The inodes the kernel holds, each with the names it found them by.
+    pub fn known(&self) -> Vec<(Ino, Vec<KnownName>)> {
+        self.lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(i, k)| (*i, k.names.clone()))
+            .collect()
+    }
+
+    /// The kernel dropped `n` references to `ino`; an unlinked inode with none
+    /// left is deleted (by a writable mount: a standby's is the primary's to delete).
     pub fn forget(&self, ino: Ino, n: u64) -> Result<(), FsError> {
         let gone = {
             let mut l = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
             match l.get_mut(&ino) {
-                Some(c) if *c > n => {
-                    *c -= n;
+                Some(k) if k.count > n => {
+                    k.count -= n;
                     false
                 }
                 Some(_) => {
@@ -312,7 +397,7 @@ impl<S: Store> Fs<S> {
                 None => false,
             }
         };
-        if gone {
+        if gone && self.view.access() == Access::ReadWrite {
             let w = self.lock();
             if let Some(i) = self.store.inode(ino)? {
                 if i.nlink == 0 {
@@ -329,9 +414,18 @@ impl<S: Store> Fs<S> {
         crate::verify::path_from(ino, |i| self.store.name_of(i).ok().flatten())
     }
 
-    /// `stat`.
+    /// `stat`. A standby's view of a store the primary has not given a
+    /// root yet shows an empty root directory.
     pub fn getattr(&self, ino: Ino) -> Result<Inode, FsError> {
-        self.store.inode(ino)?.ok_or(FsError::NotFound)
+        match self.store.inode(ino)? {
+            Some(i) => Ok(i),
+            None if ino == Ino::ROOT && self.view.access() != Access::ReadWrite => {
+                let mut root = Inode::new(FileKind::Dir, 0o755, 0, 0, Timestamp::default());
+                root.parent = Ino::ROOT;
+                Ok(root)
+            }
+            None => Err(FsError::NotFound),
+        }
     }
 
     /// Looks `name` up in `parent` (does not count a kernel reference; see [`Fs::remember`]).
@@ -1209,7 +1303,7 @@ mod tests {
         let (f, _) = fs
             .mknod(U, Ino::ROOT, b"f", libc::S_IFREG | 0o644, 0)
             .unwrap();
-        fs.remember(f);
+        fs.remember(Ino::ROOT, b"f", f);
         fs.write(f, 0, b"still here").unwrap();
         fs.unlink(Ino::ROOT, b"f").unwrap();
         assert_eq!(fs.read(f, 0, 100).unwrap(), b"still here");

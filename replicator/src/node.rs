@@ -64,6 +64,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 use twinfs_fs::{DiskStore, Store as _};
 use twinfs_replicator_proto::node::{Close, LocalWrite, NodeConfig, NodeCore, Output};
+pub use twinfs_replicator_proto::node::{StandbyLag, StandbyView};
 use twinfs_replicator_proto::{Frame, ProtocolConfig, Role, Seq, SplitBrainPolicy};
 
 /// Everything a node needs to know to run.
@@ -90,6 +91,12 @@ pub struct NodeOptions {
     /// The evidence the supervisor gathers for the right to acknowledge
     /// alone (used under `OnPeerLoss::WithEvidence`).
     pub evidence: Arc<EvidenceBoard>,
+    /// `Some(max_lag)`: while secondary, serve the replica read-only
+    /// (`[standby] serve`); see [`Mounter::standby`].
+    pub standby: Option<std::time::Duration>,
+    /// The mount's access and its kernel caches: the applier drops what the
+    /// kernel cached of each of the peer's mutations.
+    pub view: Arc<twinfs_fs::view::View>,
 }
 
 /// What the daemon does when the node becomes primary or stops being primary:
@@ -102,6 +109,26 @@ pub trait Mounter: Send + 'static {
     /// Stops serving; returns once no more writes can arrive. Runs on a
     /// blocking thread while the node task keeps acknowledging the last writes.
     fn unmount(&mut self) -> Result<(), MountError>;
+    /// (A demotion with `[standby] serve`) turns the read-write mount
+    /// read-only in place: it stays mounted, its users keep their open
+    /// files; returns once no more writes can arrive. Runs like `unmount`.
+    fn read_only(&mut self) -> Result<(), MountError> {
+        self.unmount()
+    }
+    /// (A secondary with `[standby] serve`) what the mount shows from now on:
+    /// mount `store` read-only ([`StandbyView::Serving`]; a read-write mount
+    /// of this node stays, read-only), fail every request
+    /// ([`StandbyView::Hidden`]), or unmount ([`StandbyView::Off`]). Called
+    /// on the node task, before the mutations or resync values that follow
+    /// are handed to the applier: it must not wait for them.
+    fn standby(
+        &mut self,
+        store: Arc<ReplicatedStore>,
+        view: StandbyView,
+    ) -> Result<(), MountError> {
+        let _ = (store, view);
+        Ok(())
+    }
 }
 
 /// Told by the [`Mounter`] whether the mount came up (`Err` carries why not).
@@ -274,11 +301,12 @@ impl Node {
         };
         {
             let disk = disk.clone();
+            let view = opts.view.clone();
             let tx = input_tx.clone();
             let queued = jobs.queued.clone();
             std::thread::Builder::new()
                 .name("twinfs-apply".into())
-                .spawn(move || apply::applier(disk, job_rx, tx, queued))
+                .spawn(move || apply::applier(disk, view, job_rx, tx, queued))
                 .map_err(|error| NodeError::Start {
                     what: "the applier thread",
                     error,
@@ -295,6 +323,7 @@ impl Node {
             protocol: opts.protocol.clone(),
             split_brain: opts.split_brain,
             evidence_source: opts.evidence.source().describe(),
+            standby: opts.standby,
         };
         let core = NodeCore::new(cfg, state, &mut local);
         Ok(Node {
@@ -684,13 +713,26 @@ impl Node {
                         fed = true;
                     }
                 }
-                Output::Unmount => {
+                Output::Unmount | Output::ReadOnly => {
                     let mounter = self.mounter.clone();
                     let tx = self.input_tx.clone();
+                    let in_place = matches!(out, Output::ReadOnly);
                     tokio::task::spawn_blocking(move || {
-                        let r = mounter.lock().unwrap_or_else(|p| p.into_inner()).unmount();
+                        let mut m = mounter.lock().unwrap_or_else(|p| p.into_inner());
+                        let r = if in_place { m.read_only() } else { m.unmount() };
                         let _ = tx.send(Input::Unmounted(r));
                     });
+                }
+                Output::Standby(view) => {
+                    let r = self
+                        .mounter
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .standby(self.store.clone(), view);
+                    match r {
+                        Ok(()) => self.note(format!("standby view: {view}")),
+                        Err(e) => self.note(format!("standby view {view}: {e}")),
+                    }
                 }
                 Output::RetainFloor(floor) => self.disk.set_retain_floor(fss(floor)),
                 Output::SaveInBackground => {
@@ -738,7 +780,9 @@ impl Node {
     fn apply(&mut self, seq: Seq, payload: twinfs_replicator_proto::Bytes) -> bool {
         self.unsynced_bytes += payload.len() as u64;
         if payload.len() <= apply::INLINE_APPLY_BYTES && self.jobs.idle() {
-            if let Some(report) = do_job(&self.disk, Job::Apply(seq, payload), None) {
+            if let Some(report) =
+                do_job(&self.disk, &self.opts.view, Job::Apply(seq, payload), None)
+            {
                 self.handle(report);
                 return true;
             }
@@ -761,7 +805,7 @@ impl Node {
         }
         if self.unsynced_bytes <= apply::INLINE_SYNC_BYTES && self.jobs.idle() {
             self.unsynced_bytes = 0;
-            if let Some(report) = do_job(&self.disk, Job::Sync(s), None) {
+            if let Some(report) = do_job(&self.disk, &self.opts.view, Job::Sync(s), None) {
                 self.handle(report);
                 return true;
             }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
+pub use twinfs_replicator_proto::node::StandbyView;
 pub use twinfs_replicator_proto::{ConnectionState, DiskState, Role};
 
 /// The version of the status's JSON form (`twinfs status --json`), in its
@@ -56,6 +57,13 @@ pub struct Status {
     pub peer: PeerStatus,
     /// How far the peer is behind (primary only).
     pub lag: Lag,
+    /// Whether a balancer should send this node reads, and why (what the
+    /// metrics endpoint's `/health` answers).
+    #[serde(default)]
+    pub health: Health,
+    /// The standby view (`[standby] serve`), when configured.
+    #[serde(default)]
+    pub standby: Option<StandbyStatus>,
     /// A resync in progress, if any.
     pub resync: Option<Resync>,
     /// Why the nodes refuse to connect, when they do (split brain and the like).
@@ -88,6 +96,8 @@ impl Default for Status {
             committed_seq: 0,
             peer: PeerStatus::default(),
             lag: Lag::default(),
+            health: Health::default(),
+            standby: None,
             resync: None,
             refusal: None,
             split_brain: None,
@@ -187,6 +197,35 @@ pub struct Lag {
     pub seqs: u64,
     /// Their payload bytes.
     pub bytes: u64,
+}
+
+/// The answer of the health check a balancer probes (`GET /health`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// 200 if true, 503 if false.
+    pub ok: bool,
+    /// What this node serves, or why it should get no reads, in one line.
+    pub why: String,
+}
+
+/// A secondary's read-only view of its replica (issue 15).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// `off` (not mounted yet), `serving` or `hidden` (a resync runs); on a
+    /// primary, the state it will have after a demotion.
+    pub view: StandbyView,
+    /// Mutations the primary has that the view does not show yet.
+    pub behind_mutations: u64,
+    /// The bytes of the received, not yet applied ones.
+    pub behind_bytes: u64,
+    /// Milliseconds the view is old (since the primary had something it does
+    /// not show); `None` while it was never current.
+    pub behind_ms: Option<u64>,
+    /// Whether the figures are exact (following the primary) or a lower
+    /// bound (the link is down or catching up).
+    pub exact: bool,
+    /// `standby.max_lag` in milliseconds: older than this fails the health check.
+    pub max_lag_ms: u64,
 }
 
 /// Progress of a resync.
@@ -318,6 +357,32 @@ impl Status {
             "  lag: {} mutations ({})",
             self.lag.seqs,
             human_bytes(self.lag.bytes)
+        );
+        if let Some(s) = &self.standby {
+            let age = s.behind_ms.map_or_else(
+                || "never current yet".to_string(),
+                |ms| format!("{:.3} s old", ms as f64 / 1000.0),
+            );
+            let view = match (self.role, s.view) {
+                (Role::Primary, _) => "read-write (primary)".to_string(),
+                (_, StandbyView::Serving) => "serving read-only".to_string(),
+                (_, StandbyView::Hidden) => "HIDDEN (a resync runs; reads fail)".to_string(),
+                (_, StandbyView::Off) => "not mounted yet".to_string(),
+            };
+            let _ = writeln!(
+                o,
+                "  standby view: {view}; {}{} mutations ({}) behind, {age} (max_lag {:.1} s)",
+                if s.exact { "" } else { "at least " },
+                s.behind_mutations,
+                human_bytes(s.behind_bytes),
+                s.max_lag_ms as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  health: {} ({})",
+            if self.health.ok { "ok" } else { "FAILING" },
+            self.health.why
         );
         if let Some(r) = &self.resync {
             let pct = if r.total_bytes == 0 {

@@ -254,4 +254,8 @@ impl Store for ReplicatedStore {
     fn usage(&self) -> Result<Usage, StoreError> {
         self.disk.usage()
     }
+
+    fn read_gate(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        self.disk.read_gate()
+    }
 }

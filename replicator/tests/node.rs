@@ -72,6 +72,8 @@ fn the_handle_promotes_and_demotes_and_the_event_stream_tells() {
         split_brain: SplitBrainPolicy::Manual,
         resync_rate: 0,
         evidence: Arc::new(EvidenceBoard::new(EvidenceSource::Unguarded)),
+        standby: None,
+        view: twinfs_fs::view::View::new(twinfs_fs::view::Access::ReadWrite),
     };
     let (handle, inbox) = node::channel();
     // The node runs until the test process ends (it stops on a signal).

@@ -653,7 +653,10 @@ fn load_reads_the_file_and_names_it() {
 
 #[test]
 fn standby_serve_and_its_conflicts() {
-    let c = parse(&format!("{REPL}\n[standby]\nserve = true\nmax_lag = \"3s\"\n")).unwrap();
+    let c = parse(&format!(
+        "{REPL}\n[standby]\nserve = true\nmax_lag = \"3s\"\n"
+    ))
+    .unwrap();
     assert_eq!(
         c.standby,
         StandbyConfig {
@@ -666,11 +669,16 @@ fn standby_serve_and_its_conflicts() {
         err("[standby]\nserve = true\n"),
         "t.toml:2: standby.serve: needs a [replication] table: only a secondary serves a standby view"
     );
-    let e = err(&format!("[fs]\nwriteback_cache = true\n{REPL}[standby]\nserve = true\n"));
+    let e = err(&format!(
+        "[fs]\nwriteback_cache = true\n{REPL}[standby]\nserve = true\n"
+    ));
     assert!(
         e.starts_with("t.toml:8: standby.serve: cannot be used with fs.writeback_cache = true"),
         "{e}"
     );
     let e = err(&format!("{REPL}[standby]\nmax_lag = \"2h\"\n"));
-    assert!(e.starts_with("t.toml:6: standby.max_lag: must be between"), "{e}");
+    assert!(
+        e.starts_with("t.toml:6: standby.max_lag: must be between"),
+        "{e}"
+    );
 }

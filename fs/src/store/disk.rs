@@ -263,6 +263,10 @@ pub struct DiskStore {
     clean_lock: Mutex<()>,
     /// Set when an index write failed after its record reached the log.
     poisoned: std::sync::atomic::AtomicBool,
+    /// Held for writing while one record's index changes go into sled; a
+    /// standby's mount holds it for reading during each request, so that
+    /// its readers see a mutation whole or not at all (`crate::view`).
+    gate: RwLock<()>,
     /// Records with a seq above this are kept by the cleaner (a resync may need
     /// to know what they changed); `u64::MAX` keeps none back.
     pub(crate) retain_floor: AtomicU64,
@@ -448,6 +452,7 @@ impl DiskStore {
                 space: None,
             }),
             segments: RwLock::new(HashMap::new()),
+            gate: RwLock::new(()),
             last: AtomicU64::new(applied.seq),
             sync_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),

@@ -105,4 +105,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Space figures.
     fn usage(&self) -> Result<Usage, StoreError>;
+
+    /// Held (for reading) by each request of a standby's read-only mount:
+    /// the store applies each mutation's index changes under the write side,
+    /// so the request sees the mutation whole or not at all. `None` for a
+    /// store whose changes are atomic for readers anyway.
+    fn read_gate(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        None
+    }
 }

@@ -30,12 +30,14 @@ mod drive;
 mod handshake;
 mod resync;
 mod roles;
+mod standby;
 mod state;
 pub mod verify;
 
 pub use resync::{
     key_count, ResyncProgress, KEYS_PER_CHUNK, MAX_TARGET_KEYS, MAX_TARGET_KEY_BYTES,
 };
+pub use standby::{StandbyLag, StandbyView};
 pub use state::{Counters, NodeState};
 
 use crate::{
@@ -61,6 +63,10 @@ pub struct NodeConfig {
     /// Where the right to acknowledge alone comes from, as the notes say it
     /// ("the witness 10.0.0.3:7790", "no evidence source").
     pub evidence_source: String,
+    /// `Some(max_lag)` when a secondary serves its replica read-only
+    /// (`[standby] serve`): how old its view may be and still pass the
+    /// health check.
+    pub standby: Option<std::time::Duration>,
 }
 
 /// What the core asks of the local store and the state file, synchronously.
@@ -177,6 +183,12 @@ pub enum Output {
     Mount,
     /// Unmount it; report with [`NodeCore::unmounted`].
     Unmount,
+    /// (A demotion, with a standby view) turn the read-write mount read-only
+    /// in place, keeping it mounted; report with [`NodeCore::unmounted`].
+    ReadOnly,
+    /// (Secondary, with a standby view) what the mount shows from now on:
+    /// mount it read-only, hide it, or take it away.
+    Standby(StandbyView),
     /// The store may drop its log records up to this seq.
     RetainFloor(Seq),
     /// Save [`NodeCore::state`] in the background (the floor moved); report
@@ -332,6 +344,10 @@ pub struct NodeCore {
     alone_on: Option<Evidence>,
     /// (Primary) writes are open (the driver's link accepts them).
     writes_open: bool,
+    /// What the standby mount shows, as last told to the driver.
+    view: StandbyView,
+    /// (Secondary) how far behind its view is.
+    lag: standby::LagTracker,
     outputs: VecDeque<Output>,
 }
 
@@ -367,6 +383,8 @@ impl NodeCore {
             suspended_since: None,
             alone_on: None,
             writes_open: false,
+            view: StandbyView::Off,
+            lag: standby::LagTracker::default(),
             outputs: VecDeque::new(),
         };
         if core.state.role == Role::Primary {

@@ -8,6 +8,7 @@ use crate::inflight::Charge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use twinfs_fs::view::{Touched, View};
 use twinfs_fs::{DiskStore, Mutation, Store as _};
 use twinfs_replicator_proto::Seq;
 
@@ -71,12 +72,13 @@ pub(super) enum Job {
 /// The secondary's applier thread: applies the peer's mutations in order.
 pub(super) fn applier(
     disk: Arc<DiskStore>,
+    view: Arc<View>,
     jobs: std::sync::mpsc::Receiver<(Job, Option<Charge>)>,
     tx: mpsc::UnboundedSender<Input>,
     queued: Arc<AtomicU64>,
 ) {
     for (job, charge) in jobs {
-        let report = do_job(&disk, job, Some(&tx));
+        let report = do_job(&disk, &view, job, Some(&tx));
         // Done with the frame's bytes: the reader may read more.
         drop(charge);
         queued.fetch_sub(1, Ordering::SeqCst);
@@ -97,7 +99,11 @@ pub(super) fn applier(
 /// With `early` (the applier thread), a mutation is reported applied as soon as
 /// its record is in the log, while its index entries are still being written
 /// (see [`DiskStore::apply_wire_then`]): the acknowledgement goes out sooner and
-/// the primary's next write overlaps this node's indexing.
+/// the primary's next write overlaps this node's indexing. Not while a
+/// standby's view is mounted: there the acknowledgement waits until the
+/// mutation is visible and the kernel's caches of it are dropped, so that a
+/// write that returned on the primary (protocol C) reads back on the standby.
+///
 /// Syncs `disk` on a blocking thread and reports, through `report`, the seq
 /// the sync covers (everything applied before it started) or the error.
 pub(super) fn sync_in_background(
@@ -115,9 +121,11 @@ pub(super) fn sync_in_background(
 
 pub(super) fn do_job(
     disk: &DiskStore,
+    view: &View,
     job: Job,
     early: Option<&mpsc::UnboundedSender<Input>>,
 ) -> Option<Input> {
+    let early = early.filter(|_| !view.attached());
     // Issue 13: fault injection for tests, debug builds only (see fault.rs).
     crate::fault::before_apply(matches!(job, Job::Apply(..)));
     Some(match job {
@@ -132,7 +140,13 @@ pub(super) fn do_job(
                         reported = tx.send(Input::Applied(seq)).is_ok();
                     }
                 };
-                match disk.apply_wire_then(&bytes, logged) {
+                let applied = disk.apply_wire_then(&bytes, logged);
+                if applied.is_ok() {
+                    if let Some(t) = Touched::of_record(&bytes) {
+                        view.applied(&t);
+                    }
+                }
+                match applied {
                     Ok(_) if reported => return None,
                     Ok(s) if ps(s) == seq => Input::Applied(seq),
                     Ok(s) => Input::ApplyFailed(format!(
@@ -156,10 +170,16 @@ pub(super) fn do_job(
                 "a resync chunk from the peer is malformed ({} bytes)",
                 bytes.len()
             )),
-            Some(m) => match disk.apply_local(m.ops) {
-                Ok(()) => return None,
-                Err(e) => Input::ApplyFailed(format!("resync chunk: {e}")),
-            },
+            Some(m) => {
+                let touched = Touched::of_ops(&m.ops);
+                match disk.apply_local(m.ops) {
+                    Ok(()) => {
+                        view.applied(&touched);
+                        return None;
+                    }
+                    Err(e) => Input::ApplyFailed(format!("resync chunk: {e}")),
+                }
+            }
         },
         Job::Verify(payload) => verify::answer(disk, &payload),
         Job::Jump(seq) => match disk.jump_to(fss(seq)).and_then(|()| disk.sync()) {

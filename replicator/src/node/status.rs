@@ -3,7 +3,8 @@
 use super::{ps, Node};
 use crate::evidence::EvidenceSource;
 use crate::status::{
-    Lag, LinkStatus, PeerStatus, Status, WritesState, WritesStatus, STATUS_SCHEMA,
+    Health, Lag, LinkStatus, PeerStatus, StandbyStatus, Status, WritesState, WritesStatus,
+    STATUS_SCHEMA,
 };
 use std::time::{Duration, Instant};
 use twinfs_fs::Store as _;
@@ -102,6 +103,21 @@ impl Node {
                     }),
             },
             lag: Lag { seqs, bytes },
+            health: match core.standby_health(now) {
+                Ok(why) => Health { ok: true, why },
+                Err(why) => Health { ok: false, why },
+            },
+            standby: self.opts.standby.map(|max_lag| {
+                let lag = core.standby_lag(now);
+                StandbyStatus {
+                    view: core.standby_view(),
+                    behind_mutations: lag.mutations,
+                    behind_bytes: lag.bytes,
+                    behind_ms: lag.age.map(ms),
+                    exact: lag.exact,
+                    max_lag_ms: ms(max_lag),
+                }
+            }),
             resync: self.resync_status(),
             refusal: core.refusal().map(str::to_string),
             split_brain: self.split_brain.clone(),

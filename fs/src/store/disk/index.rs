@@ -137,6 +137,8 @@ impl DiskStore {
         ordered.sort_by_key(|(rank, _, _)| *rank);
         // Live-byte accounting for the cleaner, from the values each write replaces.
         let mut deltas: Vec<(u32, i64)> = Vec::new();
+        // Readers of a standby's mount wait here: they see all of it or none.
+        let gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
         for (_, k, v) in ordered {
             let is_block = k.first() == Some(&K_BLOCK);
             if let (true, Some(v)) = (is_block, &v) {
@@ -152,6 +154,7 @@ impl DiskStore {
                 deltas.push((r.segment, -i64::from(r.len)));
             }
         }
+        drop(gate);
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for (seg, d) in deltas {
             let e = live.entry(seg).or_insert(0);

@@ -181,6 +181,10 @@ impl Store for DiskStore {
         Ok(None)
     }
 
+    fn read_gate(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        Some(self.gate.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn usage(&self) -> Result<Usage, StoreError> {
         let s = nix::sys::statvfs::statvfs(&self.dir)
             .map_err(|e| StoreError::io(&self.dir, std::io::Error::from_raw_os_error(e as i32)))?;

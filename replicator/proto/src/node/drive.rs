@@ -62,6 +62,7 @@ impl NodeCore {
         } = &mut self.role
         {
             self.counters.mutations_applied += 1;
+            self.lag.applied(seq);
             if let Err(e) = r.applied(seq) {
                 debug!("stale apply report: {e}");
             }
@@ -182,6 +183,7 @@ impl NodeCore {
                 sync_asked,
             } => {
                 while let Some((seq, payload, _flush)) = r.poll_apply() {
+                    self.lag.handed_out(seq, payload.len() as u64, now);
                     self.outputs.push_back(Output::Apply(seq, payload));
                 }
                 if let Some(s) = r.poll_flush() {
@@ -232,6 +234,8 @@ impl NodeCore {
         if lost {
             self.peer_lost(host);
         }
+        self.note_lag(now);
+        self.update_view();
     }
 
     /// Everything up to `floor` is identical on both nodes: remember it (and

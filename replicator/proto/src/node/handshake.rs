@@ -35,6 +35,7 @@ impl NodeCore {
             return false;
         }
         self.abandon_resync();
+        self.lag.forget_pending();
         let c = self.conn.take().expect("checked");
         if c.peer.is_some() {
             self.note(format!("connection to {} closed: {reason}", c.addr));
@@ -281,7 +282,8 @@ impl NodeCore {
                     self.pending_sb_demote = true;
                     if self.unmounting.is_none() {
                         self.unmounting = Some(Unmounting::Victim);
-                        self.outputs.push_back(Output::Unmount);
+                        let leave = self.leave_mount();
+                        self.outputs.push_back(leave);
                     }
                 } else if let RoleState::Secondary { replica, .. } = &mut self.role {
                     // The primary will ask for our keys; nothing to follow meanwhile.

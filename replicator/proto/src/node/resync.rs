@@ -294,6 +294,8 @@ impl NodeCore {
             self.note(
                 "resync: receiving; the local disk is Inconsistent until it completes".into(),
             );
+            // A standby view hides before the first value lands.
+            self.update_view();
         }
         self.outputs.push_back(Output::ApplyLocal(payload));
     }
@@ -314,6 +316,7 @@ impl NodeCore {
         if done == 0 && self.state.disk != DiskState::Inconsistent {
             self.state.disk = DiskState::Inconsistent;
             self.save(host);
+            self.update_view();
         }
         self.outputs.push_back(Output::Jump(position));
         self.pending_jump = Some((position, consistent_at.max(position), generation));

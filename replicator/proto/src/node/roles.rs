@@ -115,7 +115,8 @@ impl NodeCore {
         }
         self.unmounting = Some(Unmounting::Demote);
         self.release_suspended_writes(now);
-        self.outputs.push_back(Output::Unmount);
+        let leave = self.leave_mount();
+        self.outputs.push_back(leave);
         Ok(())
     }
 
@@ -129,11 +130,17 @@ impl NodeCore {
     ) -> Option<Result<String, String>> {
         match (self.unmounting.take()?, result) {
             (Unmounting::Demote, Ok(())) => {
+                if self.cfg.standby.is_some() {
+                    self.demoted_in_place();
+                }
                 self.become_secondary(now, host, "demoted to secondary");
                 Some(Ok(format!("{} is now secondary", self.cfg.name)))
             }
             (Unmounting::Victim, Ok(())) => {
                 self.pending_sb_demote = false;
+                if self.cfg.standby.is_some() {
+                    self.demoted_in_place();
+                }
                 self.become_secondary(
                     now,
                     host,
@@ -200,6 +207,11 @@ impl NodeCore {
 
     fn stop(&mut self) {
         self.abandon_resync();
+        if self.view != super::StandbyView::Off && self.role() != Role::Primary {
+            self.view = super::StandbyView::Off;
+            self.outputs
+                .push_back(Output::Standby(super::StandbyView::Off));
+        }
         self.stopped = true;
         self.outputs.push_back(Output::Stop);
     }

@@ -3,6 +3,7 @@
 
 use super::node_sim::Sim;
 use crate::node::verify::Difference;
+use crate::node::StandbyView;
 use crate::ConnectionState as Connection;
 use crate::{DiskState, Role, SplitBrainPolicy};
 use std::collections::BTreeSet;
@@ -16,7 +17,11 @@ fn key(prefix: &str, i: usize) -> String {
 
 /// Two connected nodes, alpha primary, `n` records written and replicated.
 fn pair_with_data(seed: u64, policy: SplitBrainPolicy, n: usize) -> Sim {
-    let mut sim = Sim::new(seed, policy);
+    fill(Sim::new(seed, policy), n)
+}
+
+/// Connects `sim`'s nodes, promotes alpha and writes `n` records.
+fn fill(mut sim: Sim, n: usize) -> Sim {
     sim.run_for(SEC);
     assert!(sim.connected(), "the nodes connect");
     sim.promote(0).expect("alpha promotes");
@@ -339,7 +344,8 @@ fn never_two_primaries_while_connected() {
                 SplitBrainPolicy::DiscardYoungerPrimary,
                 SplitBrainPolicy::DiscardLeastChanges,
             ][rng.below(4)];
-            let mut sim = Sim::new(rng.next_u64(), policy);
+            let standby = (rng.below(2) == 0).then_some(2 * SEC);
+            let mut sim = Sim::with_standby(rng.next_u64(), policy, standby);
             sim.kill_per_million = rng.below(500) as u32;
             sim.latency = Duration::from_micros(100 + rng.below(3_000) as u64);
             for step in 0..200 {
@@ -392,4 +398,83 @@ fn never_two_primaries_while_connected() {
     );
     // The runs reach the states the check is about.
     assert!(both_primary > 0 && resyncs > 0 && connected_steps > 0);
+}
+
+/// Issue 15: a secondary with `[standby] serve` shows its replica once in
+/// sync, keeps showing it (older and older) through an outage, hides it
+/// while a resync makes it Inconsistent (the simulation checks at every step
+/// that no resync value is applied while the view serves), shows it again
+/// after, and promotion and demotion keep the mount in place.
+#[test]
+fn a_standby_view_serves_hides_during_a_resync_and_tells_its_lag() {
+    let mut sim = Sim::with_standby(21, SplitBrainPolicy::Manual, Some(2 * SEC));
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.nodes[1].view,
+        StandbyView::Off,
+        "no view before the node follows a primary"
+    );
+    let health = sim.nodes[1].core().standby_health(sim.now);
+    assert!(health.is_err(), "{health:?}");
+    let mut sim = fill(sim, 200);
+    let beta = |sim: &Sim| sim.nodes[1].core().standby_lag(sim.now);
+    assert_eq!(sim.nodes[1].view, StandbyView::Serving);
+    let lag = beta(&sim);
+    assert!(
+        lag.exact && lag.mutations == 0 && lag.age == Some(Duration::ZERO),
+        "{lag:?}"
+    );
+    assert!(sim.nodes[1].core().standby_health(sim.now).is_ok());
+    assert_eq!(
+        sim.nodes[0].core().standby_health(sim.now),
+        Ok("primary".into())
+    );
+
+    // The link goes: the view stays, older every second, and fails the
+    // health check past max_lag.
+    sim.partitioned = true;
+    sim.run_for(SEC);
+    assert_eq!(sim.nodes[1].view, StandbyView::Serving);
+    let lag = beta(&sim);
+    assert!(!lag.exact, "{lag:?}");
+    assert!(lag.age.is_some_and(|a| a >= SEC / 2), "{lag:?}");
+    let changed = outage_writes(&mut sim, 10);
+    sim.run_for(SEC);
+    let health = sim.nodes[1].core().standby_health(sim.now);
+    assert!(
+        health.as_ref().is_err_and(|e| e.contains("too far behind")),
+        "{health:?}"
+    );
+
+    // Back: resynced (hidden meanwhile: checked at every step), serving again.
+    sim.partitioned = false;
+    sim.run_for(2 * SEC);
+    assert_resynced_exactly(&sim, &changed);
+    assert_eq!(sim.nodes[1].view, StandbyView::Serving);
+    assert!(
+        sim.nodes[1]
+            .notes
+            .iter()
+            .any(|n| n.contains("Inconsistent")),
+        "a resync ran"
+    );
+    assert!(sim.nodes[1].core().standby_health(sim.now).is_ok());
+
+    // A switchover: alpha's mount turns read-only in place, beta's read-write.
+    sim.demote(0).expect("alpha demotes");
+    sim.run_for(SEC);
+    assert_eq!(
+        sim.nodes[0].view,
+        StandbyView::Serving,
+        "alpha kept its mount"
+    );
+    assert!(sim.nodes[0].mounted || sim.nodes[0].view == StandbyView::Serving);
+    sim.promote(1).expect("beta promotes");
+    sim.run_for(SEC);
+    assert!(sim.write(1, "after", "switchover"));
+    sim.fsync(1);
+    sim.run_for(SEC);
+    assert_eq!(sim.records(0), sim.records(1));
+    assert!(sim.nodes[0].core().standby_health(sim.now).is_ok());
+    assert_eq!(sim.nodes[1].core().role(), Role::Primary);
 }

@@ -6,8 +6,9 @@
 
 use crate::fuzzing::Rng;
 use crate::node::verify::{compare, Difference, RecordDigest, VerifyAnswer, VerifyRequest};
+use crate::node::StandbyView;
 use crate::node::{key_count, Close, Host, LocalWrite, NodeConfig, NodeCore, NodeState, Output};
-use crate::{Frame, OnPeerLoss, Protocol, ProtocolConfig, Role, Seq, SplitBrainPolicy};
+use crate::{DiskState, Frame, OnPeerLoss, Protocol, ProtocolConfig, Role, Seq, SplitBrainPolicy};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,10 @@ pub(crate) struct SimNode {
     cfg: NodeConfig,
     pub(crate) writes_open: bool,
     pub(crate) mounted: bool,
+    /// What the standby mount shows (with `standby` on).
+    pub(crate) view: StandbyView,
+    /// Resync values applied while the view was serving (must stay 0).
+    pub(crate) applied_while_serving: u32,
     /// Writes submitted and not yet acknowledged: (seq, key, value).
     pending: Vec<(Seq, Vec<u8>, Vec<u8>)>,
     /// Writes acknowledged to the writer.
@@ -277,6 +282,15 @@ const NAMES: [&str; 2] = ["alpha", "beta"];
 
 impl Sim {
     pub(crate) fn new(seed: u64, policy: SplitBrainPolicy) -> Sim {
+        Sim::with_standby(seed, policy, None)
+    }
+
+    /// Both nodes serve a standby view when secondary (`[standby] serve`).
+    pub(crate) fn with_standby(
+        seed: u64,
+        policy: SplitBrainPolicy,
+        standby: Option<Duration>,
+    ) -> Sim {
         let now = Instant::now();
         let protocol = sim_protocol();
         let node = |i: usize| {
@@ -286,6 +300,7 @@ impl Sim {
                 protocol: protocol.clone(),
                 split_brain: policy,
                 evidence_source: "no evidence source".into(),
+                standby,
             };
             let mut host = SimHost {
                 store: ModelStore::default(),
@@ -300,6 +315,8 @@ impl Sim {
                 cfg,
                 writes_open: false,
                 mounted: false,
+                view: StandbyView::Off,
+                applied_while_serving: 0,
                 pending: Vec::new(),
                 acked: Vec::new(),
                 shipped: Vec::new(),
@@ -355,7 +372,18 @@ impl Sim {
         for n in &self.nodes {
             if let Some(c) = &n.core {
                 assert_eq!(c.state(), &n.host.saved_or(c.state()), "state saved");
+                if c.role() == Role::Secondary && n.view == StandbyView::Serving {
+                    assert_ne!(
+                        c.state().disk,
+                        DiskState::Inconsistent,
+                        "a standby view serves a half-resynced store"
+                    );
+                }
             }
+            assert_eq!(
+                n.applied_while_serving, 0,
+                "a resync value applied while serving"
+            );
         }
     }
 
@@ -502,7 +530,14 @@ impl Sim {
                     core.flushed(s);
                     fed = true;
                 }
-                Output::ApplyLocal(p) => n.host.store.apply_local(&p),
+                Output::ApplyLocal(p) => {
+                    if core.state().disk == DiskState::Inconsistent
+                        && n.view == StandbyView::Serving
+                    {
+                        n.applied_while_serving += 1;
+                    }
+                    n.host.store.apply_local(&p)
+                }
                 Output::Jump(p) => {
                     n.host.store.jump(p);
                     core.jumped(now, p, &mut n.host);
@@ -608,10 +643,22 @@ impl Sim {
                 }
                 Output::Unmount => {
                     n.mounted = false;
+                    n.view = StandbyView::Off;
                     if let Some(a) = core.unmounted(now, &mut n.host, Ok(())) {
                         n.answers.push(a);
                     }
                     fed = true;
+                }
+                Output::ReadOnly => {
+                    n.view = StandbyView::Serving;
+                    if let Some(a) = core.unmounted(now, &mut n.host, Ok(())) {
+                        n.answers.push(a);
+                    }
+                    fed = true;
+                }
+                Output::Standby(v) => {
+                    n.mounted = v != StandbyView::Off;
+                    n.view = v;
                 }
                 Output::RetainFloor(_) => {}
                 Output::SaveInBackground => {
@@ -707,6 +754,7 @@ impl Sim {
         n.host.store.crash();
         n.writes_open = false;
         n.mounted = false;
+        n.view = StandbyView::Off;
         n.pending.clear();
     }
 
