@@ -290,3 +290,166 @@ fn a_standby_view_stays_consistent_and_tells_how_far_behind_it_is() {
         health(&pair)
     );
 }
+
+/// The failures of a poller's samples, as (first, last) offsets; `None` when
+/// every request succeeded.
+fn failure_span(samples: &[web::Sample]) -> Option<(Duration, Duration)> {
+    let failed: Vec<Duration> = samples
+        .iter()
+        .filter(|s| !s.is_ok())
+        .map(|s| s.at)
+        .collect();
+    Some((*failed.first()?, *failed.last()?))
+}
+
+/// Item 3: promotion turns a serving standby's mount read-write in place and
+/// demotion turns it read-only in place (no unmount: Apache keeps serving).
+/// A client polls through the VIP and directly on both nodes: during a
+/// switchover neither node's own Apache fails a request, and during a
+/// failover the survivor's does not; through the VIP the only failures are
+/// the one window of the move itself.
+#[test]
+fn switchover_and_failover_keep_serving_on_both_nodes() {
+    use crate::failover::{failover_pair_with, require_all, start_serving, FAILOVER_LIMIT};
+    use crate::harness::lab::PublicOpts;
+    use crate::harness::web::Poller;
+    if !require_all("switchover_and_failover_keep_serving_on_both_nodes") {
+        return;
+    }
+    let (mut pair, _confs) =
+        failover_pair_with("standby-gap", PublicOpts::default(), |_, conf, _| {
+            format!("{}\n{}", conf.services_toml("apache2"), standby("10s"))
+        });
+    start_serving(&mut pair);
+    wait_serving(&pair, Node::B);
+    let page = b"<h1>one site, two servers</h1>\n".to_vec();
+    {
+        let mut f = std::fs::File::create(pair.node(Node::A).mnt().join("index.html")).unwrap();
+        f.write_all(&page).unwrap();
+        f.sync_all().unwrap();
+    }
+    let url = |addr: std::net::Ipv4Addr| format!("http://{addr}/index.html");
+    let (vip, pa, pb) = (
+        pair.lab.vip(),
+        pair.lab.public_addr(Node::A),
+        pair.lab.public_addr(Node::B),
+    );
+    // The standby's own Apache serves its read-only view (the hook keeps it running).
+    let served = poll_until(LONG, || {
+        web::http_get(&pair.lab, Place::Client, &url(pb), Duration::from_secs(2))
+            .ok()
+            .filter(|(code, body)| *code == 200 && *body == page)
+    });
+    assert!(
+        served.is_some(),
+        "beta's Apache does not serve its standby view: {:?}\nstatus: {:#}",
+        web::http_get(&pair.lab, Place::Client, &url(pb), Duration::from_secs(2)),
+        pair.status(Node::B)
+    );
+    let start = |addr| {
+        Poller::start(
+            &pair.lab,
+            Place::Client,
+            &url(addr),
+            Duration::from_secs(120),
+        )
+    };
+    let (p_vip, p_a, p_b) = (start(vip), start(pa), start(pb));
+    for p in [&p_vip, &p_a, &p_b] {
+        assert!(
+            p.wait_ok_after(Duration::ZERO, LONG).is_some(),
+            "{}",
+            p.report()
+        );
+    }
+
+    // Switchover: alpha's mount turns read-only, beta's read-write, in place.
+    let out = pair.twinfs(Node::A, &["switchover"]);
+    assert!(out.status.success(), "switchover: {out:?}");
+    crate::failover::wait_serving(&pair, Node::B);
+    let moved_at = p_vip.elapsed();
+    assert!(
+        p_vip.wait_ok_after(moved_at, LONG).is_some(),
+        "{}",
+        p_vip.report()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, b) = (p_a.stop(), p_b.stop());
+    for (who, samples) in [("alpha", &a), ("beta", &b)] {
+        assert_eq!(
+            failure_span(samples),
+            None,
+            "{who}'s own Apache failed requests during the switchover:\n{}",
+            web::report(samples)
+        );
+        assert!(samples
+            .iter()
+            .all(|s| s.hash() == Some(web::body_hash(&page))));
+    }
+    let log_a = pair.node(Node::A).log_text();
+    let log_b = pair.node(Node::B).log_text();
+    assert!(log_a.contains("the mount is read-only now"), "{log_a}");
+    assert!(
+        log_b.contains("the standby view is read-write now"),
+        "{log_b}"
+    );
+    assert!(!log_a.contains(" unmounted"), "alpha unmounted:\n{log_a}");
+    std::fs::write(
+        pair.node(Node::B).mnt().join("after.html"),
+        b"written on beta",
+    )
+    .unwrap();
+    let e = std::fs::write(pair.node(Node::A).mnt().join("x.html"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    wait_serving(&pair, Node::A);
+
+    // Failover: beta dies; alpha's view turns read-write where it stands.
+    let p_a = start(pa);
+    assert!(
+        p_a.wait_ok_after(Duration::ZERO, LONG).is_some(),
+        "{}",
+        p_a.report()
+    );
+    pair.kill(Node::B);
+    crate::failover::wait_serving(&pair, Node::A);
+    let after = p_vip.elapsed();
+    assert!(
+        p_vip.wait_ok_after(after, FAILOVER_LIMIT).is_some(),
+        "{}",
+        p_vip.report()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let a = p_a.stop();
+    assert_eq!(
+        failure_span(&a),
+        None,
+        "the survivor's own Apache failed requests during the failover:\n{}",
+        web::report(&a)
+    );
+    assert_eq!(
+        std::fs::read(pair.node(Node::A).mnt().join("after.html")).unwrap(),
+        b"written on beta"
+    );
+    std::fs::write(
+        pair.node(Node::A).mnt().join("after2.html"),
+        b"alpha writes",
+    )
+    .unwrap();
+    // Through the VIP: failures only inside the two moves, each one window.
+    let v = p_vip.stop();
+    let gaps: Vec<_> = v
+        .windows(2)
+        .filter(|w| w[0].is_ok() && !w[1].is_ok())
+        .map(|w| w[1].at)
+        .collect();
+    assert!(
+        gaps.len() <= 2,
+        "more than one outage window per move through the VIP:\n{}",
+        web::report(&v)
+    );
+    assert!(
+        v.last().is_some_and(web::Sample::is_ok),
+        "{}",
+        web::report(&v)
+    );
+}
