@@ -479,6 +479,18 @@ mod tests {
                 total_bytes: 40,
                 eta_seconds: Some(3),
             }),
+            health: twinfs_replicator::status::Health {
+                ok: true,
+                why: "primary".into(),
+            },
+            standby: Some(twinfs_replicator::status::StandbyStatus {
+                view: StandbyView::Serving,
+                behind_mutations: 3,
+                behind_bytes: 4096,
+                behind_ms: Some(1500),
+                exact: true,
+                max_lag_ms: 10_000,
+            }),
             ..Status::default()
         };
         let mut f = FailoverStatus {
@@ -509,6 +521,12 @@ mod tests {
             "twinfs_hook_failures_total{hook=\"on_promote\"} 1\n",
             "twinfs_hook_last_duration_seconds{hook=\"on_promote\"} 0.25\n",
             "# TYPE twinfs_failover_promotions_total counter\n",
+            "twinfs_health_ok 1\n",
+            "twinfs_standby_view{view=\"serving\"} 1\n",
+            "twinfs_standby_view{view=\"hidden\"} 0\n",
+            "twinfs_standby_behind_mutations 3\n",
+            "twinfs_standby_behind_bytes 4096\n",
+            "twinfs_standby_behind_seconds 1.5\n",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }

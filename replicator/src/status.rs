@@ -507,6 +507,32 @@ mod tests {
         }
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        // A secondary's standby view, and the health check's answer.
+        let s = Status {
+            role: Role::Secondary,
+            health: Health {
+                ok: false,
+                why: "standby too far behind".into(),
+            },
+            standby: Some(StandbyStatus {
+                view: StandbyView::Serving,
+                behind_mutations: 7,
+                behind_bytes: 2048,
+                behind_ms: Some(12_500),
+                exact: false,
+                max_lag_ms: 10_000,
+            }),
+            ..Status::default()
+        };
+        let h = s.human();
+        for want in [
+            "standby view: serving read-only; at least 7 mutations (2.0 KiB) behind, 12.500 s old (max_lag 10.0 s)",
+            "health: FAILING (standby too far behind)",
+        ] {
+            assert!(h.contains(want), "{want:?} missing from:\n{h}");
+        }
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["standby"]["view"], "serving");
     }
 
     /// `twinfs status --json` keeps the strings it printed before the fields
