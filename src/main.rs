@@ -370,7 +370,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .or_else(|| f.as_ref().map(|f| f.script.clone()))
                     .unwrap_or_else(|| PathBuf::from("/etc/twinfs/failover.lua"));
                 let vars = f.map(|f| f.hook_vars()).unwrap_or_default();
-                failover_cmd::hooks_dry_run(&hook, &script, cfg.node.name.as_str(), vars)
+                failover_cmd::hooks_dry_run(
+                    &hook,
+                    &script,
+                    cfg.node.name.as_str(),
+                    vars,
+                    cfg.standby.serve,
+                )
             }
         },
         Command::Demo => demo::run(),

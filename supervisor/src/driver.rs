@@ -196,6 +196,8 @@ struct Driver {
     board: StatusBoard,
     dirty: bool,
     has_witness: bool,
+    /// `standby.serve`: the hooks' `twinfs.state.standby_serves`.
+    standby_serves: bool,
     escalation_command: Option<Vec<String>>,
     counters: FailoverCounters,
     /// Set while a DemoteStore step runs (see [`PreUnmount`]).
@@ -241,6 +243,7 @@ impl Driver {
             board: StatusBoard::default(),
             dirty: true,
             has_witness: false,
+            standby_serves: false,
             escalation_command: None,
             counters: FailoverCounters::default(),
             demoting: Arc::default(),
