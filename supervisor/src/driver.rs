@@ -282,15 +282,20 @@ impl Driver {
 
     /// Cleans up what a crash may have left. Every node starts as Secondary
     /// (the replication node never resumes the primary role by itself), and a
-    /// Secondary must not hold the VIP or run the service: the `on_demote`
-    /// hook releases and stops them. This runs before the node joins the
-    /// pair, so the peer never sees two holders.
+    /// Secondary must not hold the VIP, nor run the service unless the
+    /// standby serves reads: the `on_demote` hook releases and stops them
+    /// (or starts the service, see `failover.lua`). This runs before the
+    /// node joins the pair, so the peer never sees two holders.
     fn reconcile(&mut self) {
-        self.note(
+        let service = if self.standby_serves {
+            "keeps the service running for standby reads"
+        } else {
+            "stops the service"
+        };
+        self.note(format!(
             "startup: this node starts as Secondary, so it releases any VIP left over and \
-             stops the service (on_demote)"
-                .into(),
-        );
+             {service} (on_demote)"
+        ));
         // The disk is not known yet: the hook sees "Unknown".
         let status = Status::default();
         if let Err(e) = self.run_hook_with_disk(Hook::Demote, &status, None, Role::Secondary) {
