@@ -10,6 +10,15 @@
 --   service   = "apache2"        optional; default: apache2 (Debian) or httpd (RHEL)
 --   check_url = "http://10.0.0.10/"  optional; default: http://<vip>/
 --
+-- Both servers serving ([standby] serve = true in twinfs.toml, the same on
+-- both nodes): the secondary mounts its replica read-only and its Apache
+-- serves reads that the primary's balancer sends it (`twinfs apache-conf`
+-- writes that site). Then on_demote releases the VIP but keeps the web
+-- server running (starting it if needed), and a node starting as secondary
+-- starts it too; on_promote is the same in both modes. With serve = false
+-- (the default), the secondary runs no web server: on_demote stops it.
+-- The hooks read the setting as twinfs.state.standby_serves.
+--
 -- Hooks (define the ones you need; a missing one does nothing):
 --   on_promote()  on_demote()  on_peer_lost()  on_peer_back()  on_split_brain()
 --   on_fence()  (optional: defined only where a fence device exists; see the end)
@@ -27,7 +36,8 @@
 --       -> {code, stdout, stderr, timed_out} (no shell; non-zero exit raises)
 --   twinfs.file_exists(path) -> bool
 --   twinfs.log.info(msg) .warn(msg) .error(msg) .debug(msg), twinfs.log(msg)
---   twinfs.state  (read-only): node, hook, role, disk, peer, peer_address, generation
+--   twinfs.state  (read-only): node, hook, role, disk, peer, peer_address, generation,
+--                 standby_serves (true with [standby] serve = true)
 --   twinfs.config (read-only): the [failover] settings above, as strings
 --
 -- Each hook has 30 s by default. If a hook fails, the VIP it claimed and the
@@ -79,7 +89,16 @@ end
 -- Take the site down, in reverse order. Stopping an already stopped service
 -- and releasing an address we do not hold are fine; the address is released
 -- even when the service would not stop, so the peer can take it.
+-- When the standby serves, only the address goes: the web server keeps
+-- serving reads from the read-only mount (started here if it was not
+-- running, e.g. when the node starts as secondary). The address goes first,
+-- so the peer can take it even if the web server will not start.
 function on_demote()
+  if twinfs.state.standby_serves then
+    twinfs.vip.release(vip())
+    twinfs.service.start(web_service())
+    return
+  end
   local stopped, err = pcall(function() twinfs.service.stop(web_service()) end)
   twinfs.vip.release(vip())
   if not stopped then error(err, 0) end

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twinfs_replicator::control::{self, Request, Response};
-use twinfs_supervisor::hooks::{self, Hook, HookContext};
+use twinfs_supervisor::hooks::{self, Hook, HookContext, HookState};
 use twinfs_supervisor::witness::{PublicKey, Signer, SigningKey, WitnessConfig, WitnessServer};
 
 /// `twinfs hooks check FILE`: compiles the script and lists its hooks.
@@ -42,9 +42,14 @@ pub(crate) fn hooks_dry_run(
     script: &Path,
     node: &str,
     vars: std::collections::BTreeMap<String, String>,
+    standby_serves: bool,
 ) -> anyhow::Result<ExitCode> {
     let hook: Hook = hook.parse().map_err(UsageError)?;
-    let lines = hooks::dry_run(script, hook, HookContext::new(node, vars))
+    let state = HookState {
+        standby_serves,
+        ..HookState::example(hook)
+    };
+    let lines = hooks::dry_run_with(script, hook, HookContext::new(node, vars), &state)
         .map_err(|e| UsageError(e.to_string()))?;
     println!(
         "{} {} (dry run: nothing was done):",

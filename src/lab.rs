@@ -17,3 +17,6 @@ pub(crate) mod apache;
 pub(crate) mod cmd;
 pub(crate) mod http;
 pub(crate) mod net;
+/// The product's site writer, which [`apache`] wraps (the tests' harness
+/// includes the same file under the same name).
+pub(crate) use crate::apache as site;

@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+mod apache;
+mod apache_cmd;
 pub mod config;
 mod daemon;
 mod demo;
@@ -105,6 +107,9 @@ enum Command {
     /// First-run setup: write this node's key, certificate and config from a
     /// few flags, and print how to pair it with the peer.
     Init(init::InitArgs),
+    /// Print this node's Apache site for both servers serving: the VIP
+    /// holder balances reads across both nodes and keeps writes to itself.
+    ApacheConf(apache_cmd::ApacheConfArgs),
     /// Write the man page or shell completions (used when building packages).
     #[command(hide = true)]
     Generate {
@@ -346,6 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(args) => init::main(&args),
+        Command::ApacheConf(args) => apache_cmd::main(&args),
         Command::Generate { command } => gen::run(&command),
         Command::Hooks { command } => match command {
             HooksCommand::Check { file } => failover_cmd::hooks_check(&file),
@@ -364,7 +370,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .or_else(|| f.as_ref().map(|f| f.script.clone()))
                     .unwrap_or_else(|| PathBuf::from("/etc/twinfs/failover.lua"));
                 let vars = f.map(|f| f.hook_vars()).unwrap_or_default();
-                failover_cmd::hooks_dry_run(&hook, &script, cfg.node.name.as_str(), vars)
+                failover_cmd::hooks_dry_run(
+                    &hook,
+                    &script,
+                    cfg.node.name.as_str(),
+                    vars,
+                    cfg.standby.serve,
+                )
             }
         },
         Command::Demo => demo::run(),

@@ -74,6 +74,7 @@ pub(crate) fn supervisor_config(
         },
         escalation_command: f.escalation_command.clone(),
         manual: f.manual,
+        standby_serves: cfg.standby.serve,
     }
 }
 
@@ -128,5 +129,10 @@ mod tests {
         assert_eq!(s.hold_down, Duration::from_secs(60));
         assert_eq!(s.escalation, Escalation::Poweroff);
         assert_eq!(s.services["httpd"].start, ["httpd", "-k", "start"]);
+        assert!(!s.standby_serves, "standby.serve is off by default");
+        let text = format!("{text}[standby]\nserve = true\n");
+        let cfg = Config::from_toml_str(&text, Path::new("t.toml")).unwrap();
+        let s = supervisor_config(&cfg, r, f);
+        assert!(s.standby_serves, "standby.serve reaches the hooks");
     }
 }

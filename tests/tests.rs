@@ -19,6 +19,7 @@ mod posix;
 
 mod apache;
 mod badinput;
+mod balance;
 mod crash;
 mod deps;
 mod durability;

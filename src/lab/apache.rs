@@ -3,6 +3,12 @@
 //! `/etc/apache2`, no systemd) and the control script `apachectl.sh` that
 //! the supervisor's `[failover.services.apache2]` runs.
 //!
+//! Two kinds of `httpd.conf`: [`write`] serves one DocumentRoot (the
+//! failover tests and the demo), [`write_site`] carries the product's site
+//! file for both servers serving (`src/apache.rs`, reached as `super::site`:
+//! `src/lab.rs` re-exports it, the tests' harness includes it), around the
+//! same private server part. The product text is never repeated here.
+//!
 //! The end-to-end tests compile this file into their harness
 //! (`tests/harness/web.rs` wraps it in `ApacheConf`); the demo and the
 //! failover bench get the same files from `twinfs lab apache-conf`
@@ -14,6 +20,8 @@ use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+
+use super::site::{Site, SiteError, MODULES};
 
 /// Debian's Apache binary.
 pub(crate) const APACHE_BIN: &str = "/usr/sbin/apache2";
@@ -59,6 +67,41 @@ pub(crate) fn write(
     port: u16,
     extra: &str,
 ) -> io::Result<ApacheFiles> {
+    write_with(dir, |f| conf_text(f, docroot, listen, port, extra))
+}
+
+/// Writes `dir/httpd.conf` with the lab's private server part (`Listen
+/// PORT` on every address, PORT being `site`'s own backend port), a
+/// `LoadModule` for each of the site's [`MODULES`] that is not compiled in,
+/// then `site`'s text as `twinfs apache-conf` prints it, then `extra`; and
+/// the control script, as [`write`] does. The site's DocumentRoot must be
+/// readable by `www-data`, as with [`write`].
+pub(crate) fn write_site(dir: &Path, site: &Site, extra: &str) -> io::Result<ApacheFiles> {
+    let text = site
+        .render()
+        .map_err(|e: SiteError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let port = site.this.addr.port();
+    write_with(dir, |f| {
+        let mut modules = String::new();
+        for m in MODULES {
+            // Guarded: Debian compiles some in (watchdog), and loading a
+            // compiled-in module is an error.
+            modules.push_str(&format!(
+                "<IfModule !{id}>\n    LoadModule {id} {APACHE_MODULES}/{file}\n</IfModule>\n",
+                id = m.id(),
+                file = m.file(),
+            ));
+        }
+        format!(
+            "{}# The modules of twinfs's site (src/apache.rs MODULES).\n{modules}\
+             # The site, as `twinfs apache-conf` writes it.\n{text}{}",
+            server_text(f, None, port),
+            with_newline(extra)
+        )
+    })
+}
+
+fn write_with(dir: &Path, conf: impl FnOnce(&ApacheFiles) -> String) -> io::Result<ApacheFiles> {
     let f = ApacheFiles {
         dir: dir.to_path_buf(),
         conf: dir.join("httpd.conf"),
@@ -71,8 +114,7 @@ pub(crate) fn write(
     // Workers run as www-data and may reopen files here.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| named(e, dir))?;
-    std::fs::write(&f.conf, conf_text(&f, docroot, listen, port, extra))
-        .map_err(|e| named(e, &f.conf))?;
+    std::fs::write(&f.conf, conf(&f)).map_err(|e| named(e, &f.conf))?;
     let health = dir.join("health.txt");
     std::fs::write(&health, b"ok\n").map_err(|e| named(e, &health))?;
     std::fs::write(&f.script, script_text(&f)).map_err(|e| named(e, &f.script))?;
@@ -88,17 +130,48 @@ fn conf_text(
     port: u16,
     extra: &str,
 ) -> String {
+    format!(
+        r#"{server}DocumentRoot "{root}"
+<Directory "{root}">
+    AllowOverride None
+    Require all granted
+</Directory>
+# A health page outside the replicated tree, for the hooks' http.check
+# (a fresh, empty store has no page yet).
+Alias /twinfs-health "{d}/health.txt"
+<Files "health.txt">
+    Require all granted
+</Files>
+<Directory "{d}">
+    Require all granted
+</Directory>
+{extra}"#,
+        server = server_text(f, listen, port),
+        d = f.dir.display(),
+        root = docroot.display(),
+        extra = with_newline(extra),
+    )
+}
+
+/// `extra` ending with a newline (unless empty).
+fn with_newline(extra: &str) -> String {
+    if extra.is_empty() || extra.ends_with('\n') {
+        extra.to_string()
+    } else {
+        format!("{extra}\n")
+    }
+}
+
+/// The private server part every lab `httpd.conf` starts with: where its
+/// files are, the MPM and the base modules, the user, few processes, and
+/// nothing served outside what the rest of the file grants.
+fn server_text(f: &ApacheFiles, listen: Option<IpAddr>, port: u16) -> String {
     let listen_line = match listen {
         None => format!("Listen {port}"),
         Some(IpAddr::V4(a)) => format!("Listen {a}:{port}"),
         Some(IpAddr::V6(a)) => format!("Listen [{a}]:{port}"),
     };
     let server_name = listen.map_or_else(|| "localhost".to_string(), |a| a.to_string());
-    let newline = if extra.is_empty() || extra.ends_with('\n') {
-        ""
-    } else {
-        "\n"
-    };
     format!(
         r#"# Private config written by twinfs's lab (src/lab/apache.rs); nothing
 # from /etc/apache2 is read.
@@ -127,30 +200,15 @@ ThreadsPerChild 8
 MaxRequestWorkers 16
 MinSpareThreads 8
 MaxSpareThreads 16
-DocumentRoot "{root}"
 <Directory />
     AllowOverride None
     Require all denied
 </Directory>
-<Directory "{root}">
-    AllowOverride None
-    Require all granted
-</Directory>
-# A health page outside the replicated tree, for the hooks' http.check
-# (a fresh, empty store has no page yet).
-Alias /twinfs-health "{d}/health.txt"
-<Files "health.txt">
-    Require all granted
-</Files>
-<Directory "{d}">
-    Require all granted
-</Directory>
-{extra}{newline}"#,
+"#,
         d = f.dir.display(),
         pid = f.pidfile.display(),
         log = f.error_log.display(),
         m = APACHE_MODULES,
-        root = docroot.display(),
     )
 }
 

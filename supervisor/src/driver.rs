@@ -196,6 +196,8 @@ struct Driver {
     board: StatusBoard,
     dirty: bool,
     has_witness: bool,
+    /// `standby.serve`: the hooks' `twinfs.state.standby_serves`.
+    standby_serves: bool,
     escalation_command: Option<Vec<String>>,
     counters: FailoverCounters,
     /// Set while a DemoteStore step runs (see [`PreUnmount`]).
@@ -241,6 +243,7 @@ impl Driver {
             board: StatusBoard::default(),
             dirty: true,
             has_witness: false,
+            standby_serves: false,
             escalation_command: None,
             counters: FailoverCounters::default(),
             demoting: Arc::default(),
@@ -279,15 +282,20 @@ impl Driver {
 
     /// Cleans up what a crash may have left. Every node starts as Secondary
     /// (the replication node never resumes the primary role by itself), and a
-    /// Secondary must not hold the VIP or run the service: the `on_demote`
-    /// hook releases and stops them. This runs before the node joins the
-    /// pair, so the peer never sees two holders.
+    /// Secondary must not hold the VIP, nor run the service unless the
+    /// standby serves reads: the `on_demote` hook releases and stops them
+    /// (or starts the service, see `failover.lua`). This runs before the
+    /// node joins the pair, so the peer never sees two holders.
     fn reconcile(&mut self) {
-        self.note(
+        let service = if self.standby_serves {
+            "keeps the service running for standby reads"
+        } else {
+            "stops the service"
+        };
+        self.note(format!(
             "startup: this node starts as Secondary, so it releases any VIP left over and \
-             stops the service (on_demote)"
-                .into(),
-        );
+             {service} (on_demote)"
+        ));
         // The disk is not known yet: the hook sees "Unknown".
         let status = Status::default();
         if let Err(e) = self.run_hook_with_disk(Hook::Demote, &status, None, Role::Secondary) {

@@ -73,8 +73,10 @@
 //! - `twinfs.state`: `node` (this node's name), `hook` (`"on_promote"`...),
 //!   `role` (`"primary"`/`"secondary"`, the role the node has or is taking),
 //!   `disk` (`"UpToDate"`, `"Outdated"`...), `peer` (`"connected"`, `"lost"`...),
-//!   `peer_address` (or `nil`), `generation` (a number), and any extra field the
-//!   supervisor adds. While the script loads, only `node` is set.
+//!   `peer_address` (or `nil`), `generation` (a number), `standby_serves`
+//!   (a boolean: `standby.serve`, the secondary serves its replica read-only,
+//!   so its web server stays up), and any extra field the supervisor adds.
+//!   While the script loads, only `node` is set.
 //! - `twinfs.config`: the string values of the `[failover]` table of
 //!   `twinfs.toml` (`vip`, `interface`, `service`, `check_url`, ...). A key that
 //!   is not set is `nil`.
@@ -152,7 +154,7 @@ use mlua::{ChunkMode, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmSta
 
 use crate::actions::Actuators;
 
-pub use check::{check_script, dry_run, CheckReport};
+pub use check::{check_script, dry_run, dry_run_with, CheckReport};
 pub use recorder::Recorder;
 pub use watchdog::HookRuntime;
 
@@ -262,6 +264,9 @@ pub struct HookState {
     pub peer_address: Option<String>,
     /// The data generation.
     pub generation: u64,
+    /// `standby.serve`: the secondary serves its replica read-only (both
+    /// servers serving), so a demoted node keeps its web server running.
+    pub standby_serves: bool,
     /// More fields, visible to the script under their own names.
     pub extra: BTreeMap<String, String>,
 }
@@ -284,6 +289,7 @@ impl HookState {
             peer: peer.into(),
             peer_address: Some("192.168.100.2:7788".into()),
             generation: 1,
+            standby_serves: false,
             extra: BTreeMap::new(),
         }
     }
@@ -707,6 +713,7 @@ impl Engine {
         t.raw_set("peer", state.peer.as_str())?;
         t.raw_set("peer_address", state.peer_address.as_deref())?;
         t.raw_set("generation", state.generation)?;
+        t.raw_set("standby_serves", state.standby_serves)?;
         Ok(())
     }
 

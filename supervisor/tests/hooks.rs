@@ -11,7 +11,8 @@ use twinfs_supervisor::actions::{
     ActionError, Actuators, ExecResult, HttpAnswer, HttpCheck, ServiceState, Vip, VipClaim,
 };
 use twinfs_supervisor::hooks::{
-    check_script, dry_run, Hook, HookContext, HookError, HookLimits, HookRuntime, HookState,
+    check_script, dry_run, dry_run_with, Hook, HookContext, HookError, HookLimits, HookRuntime,
+    HookState,
 };
 
 /// Records every call as one line (same format as the dry-run recorder) and
@@ -717,6 +718,102 @@ fn failover_lua_demote_stops_then_releases_even_when_stop_fails() {
     assert_eq!(
         fake.calls()[2..],
         ["service.stop apache2", "vip.release 10.0.0.10/24 on eth0"]
+    );
+}
+
+/// `HookState::example(hook)` on a node whose standby serves (or not).
+fn standby(hook: Hook, serves: bool) -> HookState {
+    HookState {
+        standby_serves: serves,
+        ..HookState::example(hook)
+    }
+}
+
+#[test]
+fn state_standby_serves_is_a_boolean_the_script_reads() {
+    let lab = Lab::new();
+    let fake = Fake::new();
+    let mut rt = lab
+        .load(
+            "function on_demote()\n  twinfs.log.info(type(twinfs.state.standby_serves) .. \" \" .. tostring(twinfs.state.standby_serves))\nend\n",
+            &fake,
+        )
+        .unwrap();
+    for serves in [true, false] {
+        let report = rt
+            .run(Hook::Demote, &standby(Hook::Demote, serves))
+            .unwrap();
+        assert_eq!(report.logs[0].message, format!("boolean {serves}"));
+    }
+}
+
+#[test]
+fn failover_lua_demote_with_standby_serving_releases_the_vip_and_keeps_apache() {
+    let lab = Lab::new();
+    lab.install("apache2");
+    let fake = Fake::new();
+    let mut rt = HookRuntime::load(
+        &lab.shipped_script(),
+        lab.ctx(VARS),
+        fake.clone(),
+        HookLimits::default(),
+    )
+    .unwrap();
+    rt.run(Hook::Demote, &standby(Hook::Demote, true)).unwrap();
+    assert_eq!(
+        fake.calls(),
+        ["vip.release 10.0.0.10/24 on eth0", "service.start apache2"]
+    );
+    // Off: today's demotion, Apache stopped.
+    rt.run(Hook::Demote, &standby(Hook::Demote, false)).unwrap();
+    assert_eq!(
+        fake.calls()[2..],
+        ["service.stop apache2", "vip.release 10.0.0.10/24 on eth0"]
+    );
+    // The address goes first: a failed release starts nothing.
+    fake.fail("vip.release", "ip addr del: no such device");
+    let msg = failed_message(rt.run(Hook::Demote, &standby(Hook::Demote, true)));
+    assert!(msg.contains("ip addr del: no such device"), "{msg}");
+    assert_eq!(fake.calls()[4..], ["vip.release 10.0.0.10/24 on eth0"]);
+}
+
+#[test]
+fn failover_lua_promote_is_the_same_whether_the_standby_serves() {
+    let mut seen = Vec::new();
+    for serves in [false, true] {
+        let lab = Lab::new();
+        lab.install("apache2");
+        let fake = Fake::new();
+        let mut rt = HookRuntime::load(
+            &lab.shipped_script(),
+            lab.ctx(VARS),
+            fake.clone(),
+            HookLimits::default(),
+        )
+        .unwrap();
+        rt.run(Hook::Promote, &standby(Hook::Promote, serves))
+            .unwrap();
+        seen.push(fake.calls());
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0][0], "vip.claim 10.0.0.10/24 on eth0");
+}
+
+#[test]
+fn dry_run_with_standby_serving_lists_the_standby_demotion() {
+    let lab = Lab::new();
+    lab.install("apache2");
+    let path = lab.shipped_script();
+    let lines = dry_run_with(
+        &path,
+        Hook::Demote,
+        lab.ctx(VARS),
+        &standby(Hook::Demote, true),
+    )
+    .unwrap();
+    assert_eq!(
+        lines,
+        ["vip.release 10.0.0.10/24 on eth0", "service.start apache2"]
     );
 }
 

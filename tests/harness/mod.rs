@@ -7,6 +7,8 @@
 //!   a seeded RNG, the root/FUSE prerequisites;
 //! - `apache`: the one writer of the lab's Apache configs (`src/lab/apache.rs`,
 //!   also behind `twinfs lab apache-conf`);
+//! - `site`: the product's Apache site writer for both servers serving
+//!   (`src/apache.rs`, behind `twinfs apache-conf`), which `apache` wraps;
 //! - `http`: the one HTTP client of the tests and the scripts
 //!   (`src/lab/http.rs`, also behind `twinfs lab get|poll`);
 //! - `pair`: a replicated pair of `twinfs run` nodes in a lab;
@@ -20,5 +22,7 @@ pub(crate) mod http;
 #[path = "../../src/lab/net.rs"]
 pub(crate) mod lab;
 pub(crate) mod pair;
+#[path = "../../src/apache.rs"]
+pub(crate) mod site;
 pub(crate) mod util;
 pub(crate) mod web;

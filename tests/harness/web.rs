@@ -49,9 +49,9 @@ use crate::harness::util::{kill_child, poll_until, spawn_captured, wait_bounded}
 
 pub(crate) use super::apache::{APACHE_BIN, APACHE_MODULES};
 // The one HTTP client of the tests and the scripts (`twinfs lab get|poll`).
-pub(crate) use super::http::http_get_here;
 #[cfg(test)]
 use super::http::parse_url;
+pub(crate) use super::http::{http_get_here, request_here, Response};
 /// Poll interval of [`Poller::start`].
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Per-request deadline (connect + send + receive) of [`Poller::start`].
@@ -134,6 +134,30 @@ impl ApacheConf {
             start_log: f.start_log,
             listen,
             port,
+        }
+    }
+
+    /// Writes `dir/httpd.conf` carrying the product's site for both servers
+    /// serving (`src/apache.rs`, as `twinfs apache-conf` prints it) around
+    /// the lab's private server part, then `extra`, and the control script
+    /// (the lab's one writer: `apache::write_site`). Apache listens on the
+    /// site's port on every address of the namespace.
+    ///
+    /// # Panics
+    ///
+    /// If the site does not render or a file cannot be written.
+    pub(crate) fn write_site(dir: &Path, site: &super::site::Site, extra: &str) -> ApacheConf {
+        let f = apache::write_site(dir, site, extra)
+            .unwrap_or_else(|e| panic!("writing the Apache site config: {e}"));
+        ApacheConf {
+            dir: f.dir,
+            conf: f.conf,
+            script: f.script,
+            pidfile: f.pidfile,
+            error_log: f.error_log,
+            start_log: f.start_log,
+            listen: None,
+            port: site.this.addr.port(),
         }
     }
 
@@ -327,6 +351,26 @@ pub(crate) fn http_get(
     lab::in_netns(lab.netns_path(place), || Ok(http_get_here(url, timeout))).unwrap_or_else(|e| {
         Err(format!(
             "GET {url}: cannot enter {place:?}'s namespace: {e}"
+        ))
+    })
+}
+
+/// One HTTP/1.0 request with any `method` and `body` from `place`'s
+/// namespace, keeping the answer's headers (see [`http_get`]).
+pub(crate) fn http_request(
+    lab: &Lab,
+    place: Place,
+    method: &str,
+    url: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response, String> {
+    lab::in_netns(lab.netns_path(place), || {
+        Ok(request_here(method, url, body, timeout))
+    })
+    .unwrap_or_else(|e| {
+        Err(format!(
+            "{method} {url}: cannot enter {place:?}'s namespace: {e}"
         ))
     })
 }

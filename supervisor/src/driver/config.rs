@@ -59,6 +59,9 @@ pub struct SupervisorConfig {
     pub escalation_command: Option<Vec<String>>,
     /// Detect and report, never act (starts in maintenance mode).
     pub manual: bool,
+    /// `standby.serve`: the secondary serves its replica read-only, so the
+    /// hooks keep its web server running (`twinfs.state.standby_serves`).
+    pub standby_serves: bool,
 }
 
 /// The public-network beacon's sockets.

@@ -241,6 +241,7 @@ pub fn start(
     driver.stop = stop.clone();
     driver.admin_rx = Some(admin_rx);
     driver.has_witness = cfg.witness.is_some();
+    driver.standby_serves = cfg.standby_serves;
     driver.escalation_command = cfg.escalation_command.clone();
     let board = driver.board.clone();
     let shutting_down = Arc::new(AtomicBool::new(false));

@@ -174,6 +174,7 @@ impl Driver {
             },
             peer_address: Some(self.peer_address.clone()),
             generation: u64::from_str_radix(&status.generation, 16).unwrap_or(0),
+            standby_serves: self.standby_serves,
             extra: Default::default(),
         };
         let started = self.now_ms();

@@ -221,6 +221,7 @@ impl Bench {
             escalation: crate::machine::Escalation::None,
             escalation_command: None,
             manual: false,
+            standby_serves: false,
         };
         let machine = Machine::new(cfg.machine_config(false), 0).unwrap();
         let node = FakeNode {

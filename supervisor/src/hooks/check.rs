@@ -102,9 +102,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// machine. Returns one line per action (`vip.claim 10.0.0.10/24 on eth0`,
 /// `service.start apache2`). `twinfs.state` is [`HookState::example`].
 pub fn dry_run(path: &Path, hook: Hook, ctx: HookContext) -> Result<Vec<String>, HookError> {
+    dry_run_with(path, hook, ctx, &HookState::example(hook))
+}
+
+/// [`dry_run`] with the node in `state` (e.g. [`HookState::example`] with
+/// `standby_serves` set from the config).
+pub fn dry_run_with(
+    path: &Path,
+    hook: Hook,
+    ctx: HookContext,
+    state: &HookState,
+) -> Result<Vec<String>, HookError> {
     let recorder = Arc::new(Recorder::new());
     let mut rt = HookRuntime::load(path, ctx, recorder.clone(), HookLimits::default())?;
-    rt.run(hook, &HookState::example(hook))?;
+    rt.run(hook, state)?;
     Ok(recorder.lines())
 }
 
