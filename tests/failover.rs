@@ -57,6 +57,27 @@ pub(crate) fn failover_pair_with(
     opts: PublicOpts,
     tail: impl Fn(Node, &ApacheConf, Option<std::net::Ipv4Addr>) -> String,
 ) -> (Pair, Vec<ApacheConf>) {
+    failover_pair_apache(
+        tag,
+        opts,
+        |_, _, dir, mnt| ApacheConf::write(dir, mnt, None, 80),
+        tail,
+    )
+}
+
+/// The lab's public addresses, for writing Apache configs: (alpha's,
+/// beta's), and the VIP.
+pub(crate) type PublicAddrs = ([std::net::Ipv4Addr; 2], std::net::Ipv4Addr);
+
+/// Like [`failover_pair_with`]; `apache(node, addrs, dir, mount)` writes
+/// that node's Apache config into `dir` (the plain one serves the mount on
+/// every address, port 80).
+pub(crate) fn failover_pair_apache(
+    tag: &str,
+    opts: PublicOpts,
+    apache: impl Fn(Node, PublicAddrs, &std::path::Path, &std::path::Path) -> ApacheConf,
+    tail: impl Fn(Node, &ApacheConf, Option<std::net::Ipv4Addr>) -> String,
+) -> (Pair, Vec<ApacheConf>) {
     let lab = Lab::with_public(tag, opts);
     let witness = opts.witness.then(|| lab.witness_addr());
     let vip = lab.vip();
@@ -66,7 +87,7 @@ pub(crate) fn failover_pair_with(
     let mut pair = Pair::in_lab(lab, tag, |node, files| {
         let dir = files.mnt().parent().unwrap().join("apache");
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = ApacheConf::write(&dir, &files.mnt(), None, 80);
+        let conf = apache(node, (publics, vip), &dir, &files.mnt());
         let tail = tail(node, &conf, witness);
         confs.borrow_mut().push(conf);
         let me = publics[idx(node)];

@@ -453,3 +453,203 @@ fn switchover_and_failover_keep_serving_on_both_nodes() {
         web::report(&v)
     );
 }
+
+/// One GET of `path` through the VIP: the status, the body, and the
+/// `X-Twinfs-Node` that answered.
+fn vip_get(pair: &Pair, path: &str) -> (u16, Vec<u8>, String) {
+    let url = format!("http://{}{path}", pair.lab.vip());
+    match web::http_request(
+        &pair.lab,
+        Place::Client,
+        "GET",
+        &url,
+        b"",
+        Duration::from_secs(10),
+    ) {
+        Ok(r) => {
+            let node = r
+                .header(crate::harness::site::NODE_HEADER)
+                .unwrap_or("(no header)")
+                .to_string();
+            (r.status, r.body, node)
+        }
+        Err(e) => (0, e.into_bytes(), "(no answer)".into()),
+    }
+}
+
+/// `n` GETs of `path` through the VIP, each of which must be a 200 with
+/// `body`; returns who answered, in order.
+fn vip_gets(pair: &Pair, path: &str, body: &[u8], n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (status, got, node) = vip_get(pair, path);
+            assert_eq!(
+                (status, got.as_slice()),
+                (200, body),
+                "GET {path} through the VIP: {status} {}",
+                String::from_utf8_lossy(&got)
+            );
+            node
+        })
+        .collect()
+}
+
+/// Polls (at most 600 requests, 90 s) until the last 10 answers are all
+/// 200 with `body` and `want(who answered them)` holds: the balancer's
+/// health checks take a few seconds to notice a change. Panics with what it
+/// saw.
+fn until_answered_by(pair: &Pair, body: &[u8], what: &str, want: impl Fn(&[String]) -> bool) {
+    let start = std::time::Instant::now();
+    let mut seen: Vec<(u16, String)> = Vec::new();
+    for _ in 0..60 {
+        for _ in 0..10 {
+            let (status, got, node) = vip_get(pair, "/index.html");
+            let status = if status == 200 && got != body {
+                1
+            } else {
+                status
+            };
+            seen.push((status, node));
+        }
+        let last = &seen[seen.len() - 10..];
+        let names: Vec<String> = last.iter().map(|(_, n)| n.clone()).collect();
+        if last.iter().all(|(s, _)| *s == 200) && want(&names) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "{what}: never seen; the last answers (status, node): {:?}",
+        &seen[seen.len().saturating_sub(20)..]
+    );
+}
+
+/// Item 4 with twinfs: both nodes run Apache with the site `twinfs
+/// apache-conf` writes (`src/apache.rs`), alpha holds the VIP. Reads through
+/// the VIP are answered by both nodes (the `X-Twinfs-Node` header); a POST
+/// and the admin-named path reach the primary only. Kill the standby: no
+/// failover, and the balancer routes around it. It comes back as a standby:
+/// both again. Kill the primary: a normal failover, and the new primary
+/// answers everything until the old one returns as a standby; then both.
+#[test]
+fn the_pair_balances_reads_across_both_servers() {
+    use crate::failover::{failover_pair_apache, require_all, start_serving, FAILOVER_LIMIT};
+    use crate::harness::lab::PublicOpts;
+    use crate::harness::site::{Backend, Site};
+    use crate::harness::web::ApacheConf;
+    if !require_all("the_pair_balances_reads_across_both_servers") {
+        return;
+    }
+    let names = |n: Node| if n == Node::A { "alpha" } else { "beta" };
+    let (mut pair, _confs) = failover_pair_apache(
+        "standby-lb",
+        PublicOpts::default(),
+        |node, (publics, vip), dir, mnt| {
+            let at = |n: Node| (publics[crate::failover::idx(n)], 80).into();
+            let site = Site {
+                this: Backend {
+                    name: names(node).into(),
+                    addr: at(node),
+                },
+                peer: Backend {
+                    name: names(node.peer()).into(),
+                    addr: at(node.peer()),
+                },
+                vip: vip.into(),
+                docroot: mnt.to_path_buf(),
+                health_url: "http://127.0.0.1:9747/health".into(),
+                write_paths: vec!["/admin".into()],
+            };
+            ApacheConf::write_site(dir, &site, "")
+        },
+        |_, conf, _| format!("{}\n{}", conf.services_toml("apache2"), standby("10s")),
+    );
+    start_serving(&mut pair);
+    wait_serving(&pair, Node::B);
+    let page = b"<h1>balanced</h1>\n".to_vec();
+    {
+        let mnt = pair.node(Node::A).mnt();
+        std::fs::create_dir(mnt.join("admin")).unwrap();
+        std::fs::write(mnt.join("admin/index.html"), b"admin\n").unwrap();
+        let mut f = std::fs::File::create(mnt.join("index.html")).unwrap();
+        f.write_all(&page).unwrap();
+        f.sync_all().unwrap();
+    }
+    until_answered_by(&pair, &page, "answers from both nodes", |last| {
+        last.iter().any(|n| n == "alpha") && last.iter().any(|n| n == "beta")
+    });
+    // Writes and the admin path go to the primary only.
+    let vip = pair.lab.vip();
+    for _ in 0..6 {
+        let r = web::http_request(
+            &pair.lab,
+            Place::Client,
+            "POST",
+            &format!("http://{vip}/index.html"),
+            b"x=1",
+            Duration::from_secs(10),
+        )
+        .expect("POST through the VIP");
+        assert_eq!(r.header(crate::harness::site::NODE_HEADER), Some("alpha"));
+        let r = web::http_request(
+            &pair.lab,
+            Place::Client,
+            "GET",
+            &format!("http://{vip}/admin/index.html"),
+            b"",
+            Duration::from_secs(10),
+        )
+        .expect("GET /admin through the VIP");
+        assert_eq!(
+            (r.status, r.header(crate::harness::site::NODE_HEADER)),
+            (200, Some("alpha"))
+        );
+    }
+
+    // The standby dies: no failover; the balancer routes around it.
+    pair.kill(Node::B);
+    until_answered_by(&pair, &page, "only alpha after beta's death", |last| {
+        last.iter().all(|n| n == "alpha")
+    });
+    assert!(vip_gets(&pair, "/index.html", &page, 30)
+        .iter()
+        .all(|n| n == "alpha"));
+    let a = pair.status(Node::A);
+    assert_eq!(a["role"], "Primary", "{a:#}");
+    assert_eq!(pair.lab.vip_holders(), vec![Node::A]);
+    assert!(
+        !crate::failover::decisions(&a).contains("Demote"),
+        "the standby's death moved the role:\n{}",
+        crate::failover::decisions(&a)
+    );
+    // It comes back as a standby (its Apache started by on_demote): both again.
+    pair.lab.revive_links(Node::B);
+    pair.start(Node::B);
+    wait_serving(&pair, Node::B);
+    until_answered_by(&pair, &page, "both nodes after beta's return", |last| {
+        last.iter().any(|n| n == "alpha") && last.iter().any(|n| n == "beta")
+    });
+
+    // The primary dies: a normal failover; beta answers everything.
+    pair.kill(Node::A);
+    crate::failover::wait_serving(&pair, Node::B);
+    until_answered_by(&pair, &page, "only beta after the failover", |last| {
+        last.iter().all(|n| n == "beta")
+    });
+    assert!(vip_gets(&pair, "/index.html", &page, 30)
+        .iter()
+        .all(|n| n == "beta"));
+    // Alpha returns as a standby: both again.
+    pair.lab.revive_links(Node::A);
+    pair.start(Node::A);
+    pair.wait_status(Node::A, "secondary, in sync", FAILOVER_LIMIT, |s| {
+        s["role"] == "Secondary" && s["disk"] == "UpToDate" && s["connection"] == "Connected"
+    });
+    wait_serving(&pair, Node::A);
+    until_answered_by(&pair, &page, "both nodes after alpha's return", |last| {
+        last.iter().any(|n| n == "alpha") && last.iter().any(|n| n == "beta")
+    });
+}
