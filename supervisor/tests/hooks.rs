@@ -665,18 +665,23 @@ fn exec_raises_on_failure_unless_check_is_false() {
     );
 }
 
-#[test]
-fn failover_lua_promote_claims_then_starts_then_checks() {
-    let lab = Lab::new();
-    lab.install("apache2");
-    let fake = Fake::new();
-    let mut rt = HookRuntime::load(
+/// The shipped failover.lua, loaded with the usual settings and `fake`'s actions.
+fn shipped(lab: &Lab, fake: &Arc<Fake>) -> HookRuntime {
+    HookRuntime::load(
         &lab.shipped_script(),
         lab.ctx(VARS),
         fake.clone(),
         HookLimits::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn failover_lua_promote_claims_then_starts_then_checks() {
+    let lab = Lab::new();
+    lab.install("apache2");
+    let fake = Fake::new();
+    let mut rt = shipped(&lab, &fake);
     assert_eq!(rt.defined(), &Hook::ALL[..5], "all but on_fence");
     let report = promote(&mut rt).unwrap();
     assert_eq!(
@@ -695,13 +700,7 @@ fn failover_lua_demote_stops_then_releases_even_when_stop_fails() {
     let lab = Lab::new();
     lab.install("apache2");
     let fake = Fake::new();
-    let mut rt = HookRuntime::load(
-        &lab.shipped_script(),
-        lab.ctx(VARS),
-        fake.clone(),
-        HookLimits::default(),
-    )
-    .unwrap();
+    let mut rt = shipped(&lab, &fake);
     rt.run(Hook::Demote, &HookState::example(Hook::Demote))
         .unwrap();
     assert_eq!(
@@ -752,13 +751,7 @@ fn failover_lua_demote_with_standby_serving_releases_the_vip_and_keeps_apache() 
     let lab = Lab::new();
     lab.install("apache2");
     let fake = Fake::new();
-    let mut rt = HookRuntime::load(
-        &lab.shipped_script(),
-        lab.ctx(VARS),
-        fake.clone(),
-        HookLimits::default(),
-    )
-    .unwrap();
+    let mut rt = shipped(&lab, &fake);
     rt.run(Hook::Demote, &standby(Hook::Demote, true)).unwrap();
     assert_eq!(
         fake.calls(),
@@ -870,13 +863,7 @@ fn failover_lua_peer_back_announces_only_on_the_primary() {
     let lab = Lab::new();
     lab.install("httpd");
     let fake = Fake::new();
-    let mut rt = HookRuntime::load(
-        &lab.shipped_script(),
-        lab.ctx(VARS),
-        fake.clone(),
-        HookLimits::default(),
-    )
-    .unwrap();
+    let mut rt = shipped(&lab, &fake);
     rt.run(Hook::PeerBack, &HookState::example(Hook::PeerBack))
         .unwrap();
     let secondary = HookState {

@@ -125,6 +125,10 @@ impl ApacheConf {
     ) -> ApacheConf {
         let f = apache::write(dir, docroot, listen, port, "")
             .unwrap_or_else(|e| panic!("writing the Apache config: {e}"));
+        ApacheConf::of(f, listen, port)
+    }
+
+    fn of(f: apache::ApacheFiles, listen: Option<IpAddr>, port: u16) -> ApacheConf {
         ApacheConf {
             dir: f.dir,
             conf: f.conf,
@@ -149,16 +153,7 @@ impl ApacheConf {
     pub(crate) fn write_site(dir: &Path, site: &super::site::Site, extra: &str) -> ApacheConf {
         let f = apache::write_site(dir, site, extra)
             .unwrap_or_else(|e| panic!("writing the Apache site config: {e}"));
-        ApacheConf {
-            dir: f.dir,
-            conf: f.conf,
-            script: f.script,
-            pidfile: f.pidfile,
-            error_log: f.error_log,
-            start_log: f.start_log,
-            listen: None,
-            port: site.this.addr.port(),
-        }
+        ApacheConf::of(f, None, site.this.addr.port())
     }
 
     /// The command that starts Apache (and returns once it serves), as an
