@@ -1297,6 +1297,61 @@ mod tests {
         assert!(matches!(fs.getxattr(f, b"user.a"), Err(FsError::NoData)));
     }
 
+    /// A standby's view (issue 15): loading changes nothing, an empty store
+    /// shows an empty root, a forgotten orphan is the primary's to delete;
+    /// made writable in place, the writer takes the store's next inode
+    /// number (which the peer's mutations moved), the root appears, and the
+    /// orphans the kernel does not hold are deleted.
+    #[test]
+    fn a_read_only_view_changes_nothing_until_made_writable() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(d.path()).unwrap());
+        let view = View::new(Access::ReadOnly);
+        let fs = Fs::with_view(store.clone(), 0, 0, view.clone()).unwrap();
+        assert_eq!(store.last_applied(), Seq(0), "loading wrote nothing");
+        assert_eq!(fs.getattr(Ino::ROOT).unwrap().kind, FileKind::Dir);
+        assert!(fs
+            .readdir(Ino::ROOT, 0, 10)
+            .unwrap()
+            .iter()
+            .all(|e| e.name == b"." || e.name == b".."));
+        assert!(view.begin_write().is_none(), "no change starts on a view");
+
+        // The peer (here: a writable Fs on the same store) makes a root, a
+        // file the kernel of this view looked up, and two orphans.
+        let peer = Fs::new(store.clone(), 0, 0).unwrap();
+        let (held, _) = peer
+            .mknod(U, Ino::ROOT, b"held", libc::S_IFREG | 0o644, 0)
+            .unwrap();
+        let (gone, _) = peer
+            .mknod(U, Ino::ROOT, b"gone", libc::S_IFREG | 0o644, 0)
+            .unwrap();
+        fs.remember(Ino::ROOT, b"held", held);
+        peer.remember(Ino::ROOT, b"held", held);
+        peer.remember(Ino::ROOT, b"gone", gone);
+        peer.unlink(Ino::ROOT, b"held").unwrap();
+        peer.unlink(Ino::ROOT, b"gone").unwrap();
+        let next = store.next_ino().unwrap();
+        assert_eq!(store.orphans().unwrap().len(), 2);
+        // A forget on the view deletes nothing.
+        fs.forget(held, 1).unwrap();
+        assert_eq!(store.orphans().unwrap().len(), 2);
+        fs.remember(Ino::ROOT, b"held", held);
+        assert_eq!(fs.known().len(), 1);
+
+        fs.become_writable(0, 0).unwrap();
+        assert_eq!(view.access(), Access::ReadWrite);
+        assert_eq!(
+            store.orphans().unwrap(),
+            vec![held],
+            "the held orphan stays"
+        );
+        let (ino, _) = fs.mkdir(U, Ino::ROOT, b"new", 0o755).unwrap();
+        assert_eq!(ino.0, next, "the writer took the store's next inode number");
+        assert!(view.make_read_only(), "no write in progress");
+        assert!(view.begin_write().is_none());
+    }
+
     #[test]
     fn unlinked_open_file_lives_until_forget() {
         let (_d, fs) = fs();
