@@ -32,6 +32,16 @@
 #                                          front worker on alpha while alpha's own
 #                                          backend may need a second one)
 #   SB_FILES=1000                          small files (10 directories)
+#   SB_APACHE=debian                       debian: Debian's defaults on top of the
+#                                          lab's config (KeepAlive On, 150 workers),
+#                                          as bench/run.sh does: wrk and the
+#                                          balancer's proxy reuse connections;
+#                                          lab: the lab's settings as the failover
+#                                          tests have them (KeepAlive Off, 16
+#                                          workers): every request is a new TCP
+#                                          connection, and the client's TIME_WAIT
+#                                          sockets (one client address) soon make
+#                                          connect() itself the bottleneck
 #   TWINFS_BIN                             default: target/release/twinfs if built,
 #                                          else `cargo build -p twinfs`, target/debug
 #   SB_OUT=FILE                            default bench/last-standby.json
@@ -60,6 +70,7 @@ THREADS=${SB_THREADS:-2}
 CONNS=${SB_CONNS:-8}
 FILES=${SB_FILES:-1000}
 OUT_JSON=${SB_OUT:-$BENCH/last-standby.json}
+APACHE_SET=${SB_APACHE:-debian}
 TARGETS=(primary standby balanced unbalanced)
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -88,6 +99,27 @@ if [[ -z ${TWINFS_BIN:-} ]]; then
 fi
 TWINFS_SCRIPTS=${TWINFS_SCRIPTS:-$REPO/scripts}
 export TWINFS_BIN TWINFS_SCRIPTS
+# What SB_APACHE=debian adds to the lab's config (`--extra`: later
+# directives override the lab's): Debian's apache2.conf and mpm_event.conf
+# defaults, as bench/run.sh's apache_tuning.
+apache_extra() {
+    [[ $APACHE_SET == debian ]] || return 0
+    cat <<EOF
+Timeout 300
+KeepAlive On
+MaxKeepAliveRequests 100
+KeepAliveTimeout 5
+ServerLimit 16
+StartServers 2
+MinSpareThreads 25
+MaxSpareThreads 75
+ThreadLimit 64
+ThreadsPerChild 25
+MaxRequestWorkers 150
+MaxConnectionsPerChild 0
+EOF
+}
+case $APACHE_SET in lab | debian) ;; *) echo "standby.sh: SB_APACHE is lab or debian" >&2; exit 2 ;; esac
 CLK_TCK=$(python3 -c 'import os; print(os.sysconf("SC_CLK_TCK"))')
 
 # --------------------------------------------------------------------------
@@ -205,10 +237,11 @@ log "lab $LAB_PREFIX: alpha ${LAB_PUB[alpha]}, beta ${LAB_PUB[beta]}, VIP $LAB_V
 lab_nodes "" "" $'[standby]\nserve = true'
 for n in alpha beta; do
     # Both configs in the node's Apache directory (same pid file and logs):
-    # the plain one (lab_nodes wrote it) and the product's site.
+    # the plain one (as lab_nodes writes it) and the product's site.
     d=$(lab_dir "$n")/apache
+    lab_apache_conf "$n" "$(lab_mnt "$n")" --extra "$(apache_extra)"
     cp "$d/httpd.conf" "$d/httpd-plain.conf"
-    lab_apache_site "$n"
+    lab_apache_site "$n" --extra "$(apache_extra)"
     cp "$d/httpd.conf" "$d/httpd-site.conf"
 done
 CONF_NOW=site
@@ -266,7 +299,7 @@ log "20 HEADs through the VIP with the site were served by: $BALANCE_CHECK"
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
-log "wrk -t$THREADS -c$CONNS -d${SECS}s (+${WARM_SECS}s warm-up) over $FILES paths; $ROUNDS rounds x ${#TARGETS[@]} targets, interleaved"
+log "wrk -t$THREADS -c$CONNS -d${SECS}s (+${WARM_SECS}s warm-up) over $FILES paths; $ROUNDS rounds x ${#TARGETS[@]} targets, interleaved; Apache settings: $APACHE_SET"
 for ((r = 1; r <= ROUNDS; r++)); do
     for ((k = 0; k < ${#TARGETS[@]}; k++)); do
         t=${TARGETS[$(((r - 1 + k) % ${#TARGETS[@]}))]}
@@ -296,7 +329,7 @@ log "load after: $LOAD_AFTER"
 
 SB_RESULTS=$RESULTS SB_CLK_TCK=$CLK_TCK SB_OUT=$OUT_JSON SB_DATE=$DATE \
     SB_LOAD_BEFORE=$LOAD_BEFORE SB_LOAD_AFTER=$LOAD_AFTER SB_BALANCE_CHECK=$BALANCE_CHECK \
-    SB_PARAMS="wrk -t$THREADS -c$CONNS -d${SECS}s (+${WARM_SECS}s warm-up), $ROUNDS rounds, $FILES files of 1-4 KiB, KeepAlive Off (the lab's Apache)" \
+    SB_PARAMS="wrk -t$THREADS -c$CONNS -d${SECS}s (+${WARM_SECS}s warm-up), $ROUNDS rounds, $FILES files of 1-4 KiB, Apache settings: $APACHE_SET ($(if [[ $APACHE_SET == debian ]]; then echo "Debian's defaults: KeepAlive On, 150 workers"; else echo "the lab's: KeepAlive Off, 16 workers"; fi))" \
     SB_TWINFS=$TWINFS_BIN python3 - <<'EOF'
 import json, os, platform, statistics, subprocess
 
@@ -323,6 +356,7 @@ for t in order:
     errs = {k: sum(x["wrk"].get(k, 0) for x in ok) for k in ("err_status", "err_connect", "err_read", "err_write", "err_timeout")}
     us = lambda k: (sum(x[k] for x in ok) / tck * 1e6 / reqs) if reqs else None
     s = dict(runs=len(rs), ok_runs=len(ok), rps=rps, rps_mean=statistics.mean(rps) if rps else None,
+             rps_median=statistics.median(rps) if rps else None,
              requests=reqs, errors=errs, all_200=(len(ok) == len(rs) and errs["err_status"] == 0 and sum(errs.values()) == 0),
              cpu_us_per_req_alpha=us("alpha_ticks"), cpu_us_per_req_beta=us("beta_ticks"),
              cpu_s_alpha=sum(x["alpha_ticks"] for x in ok) / tck, cpu_s_beta=sum(x["beta_ticks"] for x in ok) / tck,
@@ -343,6 +377,8 @@ ratios = {
     "balanced_over_primary_cpu": ratio(B["cpu_us_per_req_total"], P["cpu_us_per_req_total"]),
     "balanced_over_unbalanced_cpu": ratio(B["cpu_us_per_req_total"], U["cpu_us_per_req_total"]),
     "balanced_over_unbalanced_rps": ratio(B["rps_mean"], U["rps_mean"]),
+    "standby_over_primary_rps_median": ratio(S["rps_median"], P["rps_median"]),
+    "balanced_over_unbalanced_rps_median": ratio(B["rps_median"], U["rps_median"]),
 }
 verdict = lambda v, ok: "n/a" if v is None else ("PASS" if ok(v) else "MISS")
 checks = {
@@ -353,11 +389,11 @@ checks = {
 
 f = lambda v, p=0: "-" if v is None else f"{v:.{p}f}"
 print()
-print("| target | req/s (mean) | req/s per round | requests | non-2xx | CPU µs/req alpha | CPU µs/req beta | CPU µs/req total | machine µs/req | p50 / p99 ms |")
-print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| target | req/s (mean) | req/s (median) | req/s per round | requests | non-2xx | CPU µs/req alpha | CPU µs/req beta | CPU µs/req total | machine µs/req | p50 / p99 ms |")
+print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 for t in order:
     s = summary[t]
-    print(f"| {t}: {what[t]} | {f(s['rps_mean'])} | {' / '.join(f(x) for x in s['rps'])} | {s['requests']} | {s['errors']['err_status']} | "
+    print(f"| {t}: {what[t]} | {f(s['rps_mean'])} | {f(s['rps_median'])} | {' / '.join(f(x) for x in s['rps'])} | {s['requests']} | {s['errors']['err_status']} | "
           f"{f(s['cpu_us_per_req_alpha'], 1)} | {f(s['cpu_us_per_req_beta'], 1)} | {f(s['cpu_us_per_req_total'], 1)} | "
           f"{f(s['machine_us_per_req'], 1)} | {f(s['lat_p50_us'] and s['lat_p50_us'] / 1000, 2)} / {f(s['lat_p99_us'] and s['lat_p99_us'] / 1000, 2)} |")
 print()
@@ -366,6 +402,7 @@ print(f"balanced / direct CPU per request:      {f(ratios['balanced_over_direct_
 print(f"balanced / primary-direct CPU per req:  {f(ratios['balanced_over_primary_cpu'], 3)}")
 print(f"balanced / unbalanced CPU per request:  {f(ratios['balanced_over_unbalanced_cpu'], 3)}")
 print(f"balanced / unbalanced req/s:            {f(ratios['balanced_over_unbalanced_rps'], 3)}  (no target)")
+print(f"with medians: standby / primary req/s {f(ratios['standby_over_primary_rps_median'], 3)}, balanced / unbalanced req/s {f(ratios['balanced_over_unbalanced_rps_median'], 3)}")
 print(f"every response 200 (wrk non-2xx/3xx and socket errors all 0): {checks['every response 200']}")
 errs_any = {t: summary[t]["errors"] for t in order if sum(summary[t]["errors"].values())}
 if errs_any:

@@ -269,17 +269,19 @@ lab_reset() {
 # ---------------------------------------------------------------------------
 # Apache (Debian's apache2 with a private config, nothing from /etc/apache2)
 
-# lab_apache_conf NODE DOCROOT: writes LAB_WORK/NODE/apache/{httpd.conf,
+# lab_apache_conf NODE DOCROOT [FLAGS...]: writes LAB_WORK/NODE/apache/{httpd.conf,
 # apachectl.sh, health.txt} with `twinfs lab apache-conf` (the tests' Apache
 # config: src/lab/apache.rs). Apache listens on every address of the node's
 # namespace (the VIP comes and goes) and serves /twinfs-health from outside
 # the document root, for the hooks' check. apachectl.sh start|stop returns
-# once Apache serves / is gone (bounded: 10 s).
+# once Apache serves / is gone (bounded: 10 s). FLAGS go to the command
+# (e.g. --extra with a bench's server settings).
 lab_apache_conf() {
     local node=$1 root=$2 d=$LAB_WORK/$1/apache
+    shift 2
     mkdir -p "$d"
     chmod 755 "$LAB_WORK/$node" # Apache's workers run as www-data
-    "$TWINFS_BIN" lab apache-conf "$d" "$root" --port "$LAB_HTTP_PORT" ||
+    "$TWINFS_BIN" lab apache-conf "$d" "$root" --port "$LAB_HTTP_PORT" "$@" ||
         lab_fail "twinfs lab apache-conf $d"
 }
 
