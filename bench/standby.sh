@@ -261,8 +261,8 @@ lab_start_node alpha
 lab_start_node beta
 lab_wait "alpha primary, holding the VIP, Apache answering on it" 90 alpha_serves
 lab_wait "beta a serving standby (standby.view serving, health.ok)" 90 beta_serves
-# The hook keeps a demoted node's Apache running; a node that started as the
-# secondary has not had one started: start beta's (idempotent).
+# The hook keeps a demoted node's Apache running; beta never was primary:
+# start its Apache unless it runs already (apachectl.sh start is idempotent).
 lab_in beta /bin/sh "$(lab_dir beta)/apache/apachectl.sh" start >/dev/null ||
     lab_fail "starting beta's Apache"
 
