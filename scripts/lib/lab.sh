@@ -31,6 +31,7 @@
 #   lab_init demo /var/tmp/twinfs-demo.$$    # traps: cleanup on exit, Ctrl-C, errors
 #   lab_build                  # or: lab_build witness (needs TWINFS_BIN)
 #   lab_apache_conf alpha "$DOCROOT"   (twinfs nodes: lab_nodes does it, docroot = the mount)
+#   lab_apache_site alpha      # the product's balanced site instead (both servers serving)
 #   lab_nodes 'keepalive = "200ms"' 'hold_down = "5s"'   # keys + configs of both nodes
 #   lab_start_node alpha; lab_start_node beta
 #   lab_kill_node alpha        # SIGKILL everything in its namespace, links down
@@ -268,18 +269,38 @@ lab_reset() {
 # ---------------------------------------------------------------------------
 # Apache (Debian's apache2 with a private config, nothing from /etc/apache2)
 
-# lab_apache_conf NODE DOCROOT: writes LAB_WORK/NODE/apache/{httpd.conf,
+# lab_apache_conf NODE DOCROOT [FLAGS...]: writes LAB_WORK/NODE/apache/{httpd.conf,
 # apachectl.sh, health.txt} with `twinfs lab apache-conf` (the tests' Apache
 # config: src/lab/apache.rs). Apache listens on every address of the node's
 # namespace (the VIP comes and goes) and serves /twinfs-health from outside
 # the document root, for the hooks' check. apachectl.sh start|stop returns
-# once Apache serves / is gone (bounded: 10 s).
+# once Apache serves / is gone (bounded: 10 s). FLAGS go to the command
+# (e.g. --extra with a bench's server settings).
 lab_apache_conf() {
     local node=$1 root=$2 d=$LAB_WORK/$1/apache
+    shift 2
     mkdir -p "$d"
     chmod 755 "$LAB_WORK/$node" # Apache's workers run as www-data
-    "$TWINFS_BIN" lab apache-conf "$d" "$root" --port "$LAB_HTTP_PORT" ||
+    "$TWINFS_BIN" lab apache-conf "$d" "$root" --port "$LAB_HTTP_PORT" "$@" ||
         lab_fail "twinfs lab apache-conf $d"
+}
+
+# lab_apache_site NODE [FLAGS...]: like lab_apache_conf, with the product's
+# site for both servers serving instead of a plain DocumentRoot (`twinfs lab
+# apache-conf --name ...`: the `Site` that `twinfs apache-conf` renders,
+# src/apache.rs, around the lab's server part): docroot = the node's mount,
+# this node's and the peer's public addresses, the VIP, twinfs's /health at
+# the default metrics address in the node's namespace. FLAGS go to the
+# command (e.g. --write-path /admin). Same files, same control script.
+lab_apache_site() {
+    local node=$1 d=$LAB_WORK/$1/apache p=${LAB_PEER[$1]}
+    shift
+    mkdir -p "$d"
+    chmod 755 "$LAB_WORK/$node"
+    "$TWINFS_BIN" lab apache-conf "$d" "$(lab_mnt "$node")" --port "$LAB_HTTP_PORT" \
+        --name "$node" --address "${LAB_PUB[$node]}" --peer-name "$p" \
+        --peer-address "${LAB_PUB[$p]}" --vip "$LAB_VIP" "$@" ||
+        lab_fail "twinfs lab apache-conf --name $node $d"
 }
 
 # ---------------------------------------------------------------------------
@@ -289,13 +310,14 @@ lab_dir() { echo "$LAB_WORK/$1"; }
 lab_cfg() { echo "$LAB_WORK/$1/twinfs.toml"; }
 lab_mnt() { echo "$LAB_WORK/$1/mnt"; }
 
-# lab_nodes REPL_EXTRA FAILOVER_EXTRA: keys, directories, Apache config
-# (docroot = the node's mount) and the twinfs config of both nodes.
+# lab_nodes REPL_EXTRA FAILOVER_EXTRA [TABLES]: keys, directories, Apache
+# config (docroot = the node's mount) and the twinfs config of both nodes.
 # REPL_EXTRA is appended to [replication] (keepalive, deadtime, ...),
-# FAILOVER_EXTRA to [failover] (hold_down, hook_timeout, ...). Needs
-# TWINFS_BIN and TWINFS_SCRIPTS (the directory with failover.lua).
+# FAILOVER_EXTRA to [failover] (hold_down, hook_timeout, ...), TABLES
+# (optional, e.g. $'[standby]\nserve = true') to the end of each config.
+# Needs TWINFS_BIN and TWINFS_SCRIPTS (the directory with failover.lua).
 lab_nodes() {
-    local repl_extra=${1:-} fo_extra=${2:-} n d p out
+    local repl_extra=${1:-} fo_extra=${2:-} tables=${3:-} n d p out
     for n in "${LAB_NODES[@]}"; do
         d=$(lab_dir "$n")
         mkdir -p "$d/mnt"
@@ -338,7 +360,9 @@ $fo_extra}
 [failover.services.apache2]
 start = ["/bin/sh", "$d/apache/apachectl.sh", "start"]
 stop = ["/bin/sh", "$d/apache/apachectl.sh", "stop"]
-pidfile = "$d/apache/httpd.pid"
+pidfile = "$d/apache/httpd.pid"${tables:+
+
+$tables}
 EOF
     done
 }

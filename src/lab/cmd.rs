@@ -9,7 +9,7 @@
 //! made on this machine (by a test or a script) removes it as stale.
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -20,6 +20,7 @@ use clap::Subcommand;
 
 use super::http::http_get_here;
 use super::net::{Lab, Node, Place, PublicOpts};
+use super::site::{Backend, Site};
 
 /// How long `up` waits for each link of a fresh lab to pass packets.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -94,8 +95,41 @@ pub(crate) enum LabCommand {
         /// e.g. the benchmark's worker and keep-alive settings).
         #[arg(long, default_value = "")]
         extra: String,
+        /// Write the product's site for both servers serving instead (the
+        /// `Site` of `twinfs apache-conf`, src/apache.rs) around the lab's
+        /// server part, for this node NAME; needs --address, --peer-name,
+        /// --peer-address and --vip. Apache then listens on every address.
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires_all = ["address", "peer_name", "peer_address", "vip"],
+            conflicts_with = "listen"
+        )]
+        name: Option<String>,
+        /// This node's own address (its balancer member), with --name.
+        #[arg(long, value_name = "IP", requires = "name")]
+        address: Option<IpAddr>,
+        /// The peer's node name, with --name.
+        #[arg(long, value_name = "NAME", requires = "name")]
+        peer_name: Option<String>,
+        /// The peer's address (its balancer member), with --name.
+        #[arg(long, value_name = "IP", requires = "name")]
+        peer_address: Option<IpAddr>,
+        /// The VIP (the front vhost), with --name.
+        #[arg(long, value_name = "IP", requires = "name")]
+        vip: Option<IpAddr>,
+        /// twinfs's health URL in the node's namespace, with --name.
+        #[arg(long, value_name = "URL", requires = "name", default_value = DEFAULT_HEALTH_URL)]
+        health_url: String,
+        /// A path prefix sent to the VIP holder only (may be repeated), with --name.
+        #[arg(long = "write-path", value_name = "PATH", requires = "name")]
+        write_paths: Vec<String>,
     },
 }
+
+/// twinfs's `/health` at the default metrics address (`metrics.listen`),
+/// which every node of the lab has in its own namespace.
+const DEFAULT_HEALTH_URL: &str = "http://127.0.0.1:9747/health";
 
 /// A node on the command line: `a` or `b` (also `alpha`, `beta`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -174,10 +208,38 @@ pub(crate) fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             port,
             listen,
             extra,
-        } => {
-            super::apache::write(&dir, &docroot, listen, port, &extra)
-                .context("writing the Apache config")?;
-        }
+            name,
+            address,
+            peer_name,
+            peer_address,
+            vip,
+            health_url,
+            write_paths,
+        } => match (name, address, peer_name, peer_address, vip) {
+            (Some(name), Some(address), Some(peer_name), Some(peer_address), Some(vip)) => {
+                let site = Site {
+                    this: Backend {
+                        name,
+                        addr: SocketAddr::new(address, port),
+                    },
+                    peer: Backend {
+                        name: peer_name,
+                        addr: SocketAddr::new(peer_address, port),
+                    },
+                    vip,
+                    docroot,
+                    health_url,
+                    write_paths,
+                };
+                super::apache::write_site(&dir, &site, &extra)
+                    .context("writing the Apache config with twinfs's site")?;
+            }
+            (None, ..) => {
+                super::apache::write(&dir, &docroot, listen, port, &extra)
+                    .context("writing the Apache config")?;
+            }
+            _ => bail!("--name needs --address, --peer-name, --peer-address and --vip"),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
