@@ -3,7 +3,7 @@
 //! `/etc/apache2`, no systemd) and the control script `apachectl.sh` that
 //! the supervisor's `[failover.services.apache2]` runs.
 //!
-//! Two kinds of `httpd.conf`: [`write`] serves one DocumentRoot (the
+//! Two kinds of `httpd.conf`: [`write()`] serves one DocumentRoot (the
 //! failover tests and the demo), [`write_site`] carries the product's site
 //! file for both servers serving (`src/apache.rs`, reached as `super::site`:
 //! `src/lab.rs` re-exports it, the tests' harness includes it), around the
@@ -74,8 +74,8 @@ pub(crate) fn write(
 /// PORT` on every address, PORT being `site`'s own backend port), a
 /// `LoadModule` for each of the site's [`MODULES`] that is not compiled in,
 /// then `site`'s text as `twinfs apache-conf` prints it, then `extra`; and
-/// the control script, as [`write`] does. The site's DocumentRoot must be
-/// readable by `www-data`, as with [`write`].
+/// the control script, as [`write()`] does. The site's DocumentRoot must be
+/// readable by `www-data`, as with [`write()`].
 pub(crate) fn write_site(dir: &Path, site: &Site, extra: &str) -> io::Result<ApacheFiles> {
     let text = site
         .render()
