@@ -63,25 +63,10 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 # --------------------------------------------------------------------------
 # Prerequisites
 
-need=()
-[[ -x /usr/sbin/apache2 ]] || need+=(apache2)
-command -v keepalived >/dev/null 2>&1 || need+=(keepalived)
-command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
-if ((${#need[@]} > 0)); then
-    log "installing ${need[*]} (scripts/setup-deps.sh bench)"
-    bash "$REPO/scripts/setup-deps.sh" bench >/dev/null || { echo "failover.sh: setup-deps failed" >&2; exit 1; }
-fi
-if [[ -z ${TWINFS_BIN:-} ]]; then
-    if [[ -x $REPO/target/release/twinfs ]]; then
-        TWINFS_BIN=$REPO/target/release/twinfs
-    else
-        log "building twinfs (cargo build -p twinfs)"
-        (cd "$REPO" && cargo build -q -p twinfs)
-        TWINFS_BIN=$REPO/target/debug/twinfs
-    fi
-fi
-TWINFS_SCRIPTS=${TWINFS_SCRIPTS:-$REPO/scripts}
-export TWINFS_BIN TWINFS_SCRIPTS
+# shellcheck source=lib/setup.sh
+source "$BENCH/lib/setup.sh"
+bench_need failover.sh file:/usr/sbin/apache2=apache2 cmd:keepalived=keepalived cmd:fusermount3=fuse3
+bench_twinfs_bin
 
 # --------------------------------------------------------------------------
 # Checks used while waiting

@@ -64,6 +64,8 @@ CUR_PID=""; APACHE_PID=""; BINDFS_PID=""; TWINFS_PID=""; CLEANED=0; SCRATCH_MADE
 BENCH_NAME=bench
 # shellcheck source=lib/common.sh
 source "$LIB/common.sh"
+# shellcheck source=lib/setup.sh
+source "$LIB/setup.sh"
 
 # ---------------------------------------------------------------- cleanup
 
@@ -364,19 +366,8 @@ bench_small() {
 apache_tuning() {  # apache_tuning TARGET
     cat <<EOF
 ErrorLog $LOGS/apache-error-$1.log
-Timeout 300
-KeepAlive On
-MaxKeepAliveRequests 100
-KeepAliveTimeout 5
-ServerLimit 16
-StartServers 2
-MinSpareThreads 25
-MaxSpareThreads 75
-ThreadLimit 64
-ThreadsPerChild 25
-MaxRequestWorkers 150
-MaxConnectionsPerChild 0
 EOF
+    debian_apache_defaults
 }
 
 start_apache() {  # start_apache TARGET PORT DOCROOT

@@ -78,46 +78,16 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 # --------------------------------------------------------------------------
 # Prerequisites
 
-need=()
-[[ -x /usr/sbin/apache2 ]] || need+=(apache2)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
-if ((${#need[@]} > 0)); then
-    log "installing ${need[*]} (scripts/setup-deps.sh bench)"
-    bash "$REPO/scripts/setup-deps.sh" bench >/dev/null || { echo "standby.sh: setup-deps failed" >&2; exit 1; }
-fi
-if [[ -z ${TWINFS_BIN:-} ]]; then
-    if [[ -x $REPO/target/release/twinfs ]]; then
-        TWINFS_BIN=$REPO/target/release/twinfs
-    else
-        log "building twinfs (cargo build -p twinfs)"
-        (cd "$REPO" && cargo build -q -p twinfs)
-        TWINFS_BIN=$REPO/target/debug/twinfs
-    fi
-fi
-TWINFS_SCRIPTS=${TWINFS_SCRIPTS:-$REPO/scripts}
-export TWINFS_BIN TWINFS_SCRIPTS
+# shellcheck source=lib/setup.sh
+source "$BENCH/lib/setup.sh"
+bench_need standby.sh file:/usr/sbin/apache2=apache2 cmd:wrk=wrk cmd:curl=curl cmd:python3=python3 cmd:fusermount3=fuse3
+bench_twinfs_bin
 # What SB_APACHE=debian adds to the lab's config (`--extra`: later
 # directives override the lab's): Debian's apache2.conf and mpm_event.conf
 # defaults, as bench/run.sh's apache_tuning.
 apache_extra() {
     [[ $APACHE_SET == debian ]] || return 0
-    cat <<EOF
-Timeout 300
-KeepAlive On
-MaxKeepAliveRequests 100
-KeepAliveTimeout 5
-ServerLimit 16
-StartServers 2
-MinSpareThreads 25
-MaxSpareThreads 75
-ThreadLimit 64
-ThreadsPerChild 25
-MaxRequestWorkers 150
-MaxConnectionsPerChild 0
-EOF
+    debian_apache_defaults
 }
 case $APACHE_SET in lab | debian) ;; *) echo "standby.sh: SB_APACHE is lab or debian" >&2; exit 2 ;; esac
 CLK_TCK=$(python3 -c 'import os; print(os.sysconf("SC_CLK_TCK"))')
