@@ -125,7 +125,9 @@ pub(super) fn do_job(
     job: Job,
     early: Option<&mpsc::UnboundedSender<Input>>,
 ) -> Option<Input> {
-    let early = early.filter(|_| !view.attached());
+    // Without a mounted view there is no kernel cache to drop: no decoding for it.
+    let watched = view.attached();
+    let early = early.filter(|_| !watched);
     // Issue 13: fault injection for tests, debug builds only (see fault.rs).
     crate::fault::before_apply(matches!(job, Job::Apply(..)));
     Some(match job {
@@ -141,7 +143,7 @@ pub(super) fn do_job(
                     }
                 };
                 let applied = disk.apply_wire_then(&bytes, logged);
-                if applied.is_ok() {
+                if applied.is_ok() && watched {
                     if let Some(t) = Touched::of_record(&bytes) {
                         view.applied(&t);
                     }
@@ -171,10 +173,12 @@ pub(super) fn do_job(
                 bytes.len()
             )),
             Some(m) => {
-                let touched = Touched::of_ops(&m.ops);
+                let touched = watched.then(|| Touched::of_ops(&m.ops));
                 match disk.apply_local(m.ops) {
                     Ok(()) => {
-                        view.applied(&touched);
+                        if let Some(t) = touched {
+                            view.applied(&t);
+                        }
                         return None;
                     }
                     Err(e) => Input::ApplyFailed(format!("resync chunk: {e}")),
